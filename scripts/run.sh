@@ -1,0 +1,17 @@
+#!/bin/sh
+# Sets up and starts securesock on this machine: installs the missing system packages (libssl-dev,
+# pkg-config, openssl, a C toolchain), makes a self-signed certificate when there is none, builds the
+# release binary and runs it. Extra arguments go to the binary, e.g.
+#
+#   scripts/run.sh --listen 127.0.0.1:8443
+set -eu
+cd "$(dirname "$0")/.."
+. scripts/common.sh
+
+need_packages openssl libssl-dev pkg-config gcc libc6-dev ca-certificates
+need_cargo
+if [ ! -e certs/server-cert.pem ] && [ ! -e certs/server-key.pem ]; then
+    scripts/gen-certs.sh
+fi
+cargo build --release --locked --quiet --bin securesock
+exec target/release/securesock "$@"

@@ -1,0 +1,396 @@
+//! One client connection, on its own thread: a deadline-bounded handshake, then the mode's work,
+//! then an orderly close, and one log line that says how it went.
+//!
+//! The socket is non-blocking and every wait goes through poll(2) with a deadline, so no client can
+//! hold a thread longer than the limits allow. Nothing here may panic on what a client sends: every
+//! failure ends this connection only, with a reason in its log line.
+
+use std::fmt;
+use std::io::{self, Read};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use openssl::ssl::{ErrorCode, HandshakeError, NameType, ShutdownResult, SslAcceptor, SslStream};
+
+use crate::net::{Interest, wait};
+
+/// How long, at most, a closed connection waits for the client's last bytes before closing, so
+/// that a client that wrote first gets the whole greeting and close_notify instead of a reset.
+pub const LINGER: Duration = Duration::from_secs(2);
+/// How many bytes the linger reads and discards at most.
+pub const LINGER_BYTES: usize = 64 * 1024;
+
+/// What a connection does once the handshake is done.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// Send the greeting, close_notify, close: the tutorial's server.
+    Greet { greeting: Vec<u8> },
+}
+
+impl Mode {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Mode::Greet { .. } => "greet",
+        }
+    }
+}
+
+/// Per-connection settings, the same for every connection.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub mode: Mode,
+    pub handshake_timeout: Duration,
+}
+
+/// How a connection ended, as the log line's `result=` and the metrics label say it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    /// A deadline passed; the text says which stage.
+    Timeout(&'static str),
+    /// The handshake failed: category and OpenSSL's reason.
+    HandshakeFailed(HandshakeFailure, String),
+    /// The connection broke after the handshake.
+    Io(String),
+}
+
+/// Handshake failures, grouped the way an operator asks about them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// The client's bytes were not TLS at all (plaintext, random data, SSLv2).
+    NotTls,
+    /// The client offered only protocol versions the profile refuses.
+    ProtocolVersion,
+    /// No cipher suite in common.
+    NoSharedCipher,
+    /// The client went away mid-handshake.
+    Eof,
+    /// Any other TLS protocol failure.
+    Protocol,
+}
+
+impl HandshakeFailure {
+    pub fn label(self) -> &'static str {
+        match self {
+            HandshakeFailure::NotTls => "not_tls",
+            HandshakeFailure::ProtocolVersion => "protocol_version",
+            HandshakeFailure::NoSharedCipher => "no_shared_cipher",
+            HandshakeFailure::Eof => "eof",
+            HandshakeFailure::Protocol => "protocol_error",
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Ok => write!(f, "result=ok"),
+            Outcome::Timeout(stage) => write!(f, "result=timeout stage={stage}"),
+            Outcome::HandshakeFailed(kind, reason) => {
+                write!(
+                    f,
+                    "result=handshake_failed kind={} reason={}",
+                    kind.label(),
+                    quoted(reason)
+                )
+            }
+            Outcome::Io(reason) => write!(f, "result=error reason={}", quoted(reason)),
+        }
+    }
+}
+
+/// A value for a key=value log line: bare when it is one word, quoted otherwise.
+pub fn quoted(value: &str) -> String {
+    if !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'=')
+    {
+        value.to_string()
+    } else {
+        format!("{value:?}")
+    }
+}
+
+/// Everything the log line reports about one connection.
+#[derive(Debug)]
+pub struct Report {
+    pub peer: SocketAddr,
+    pub sni: Option<String>,
+    pub protocol: Option<&'static str>,
+    pub cipher: Option<&'static str>,
+    pub mode: &'static str,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub elapsed: Duration,
+    pub handshake: Option<Duration>,
+    pub outcome: Outcome,
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "conn peer={} sni={} proto={} cipher={} mode={} in={} out={} ms={} {}",
+            self.peer,
+            self.sni
+                .as_deref()
+                .map(quoted)
+                .unwrap_or_else(|| "-".into()),
+            self.protocol.unwrap_or("-"),
+            self.cipher.unwrap_or("-"),
+            self.mode,
+            self.bytes_in,
+            self.bytes_out,
+            self.elapsed.as_millis(),
+            self.outcome
+        )
+    }
+}
+
+/// Why an I/O step stopped.
+enum Stop {
+    Timeout(&'static str),
+    Failed(String),
+}
+
+impl Stop {
+    fn into_outcome(self) -> Outcome {
+        match self {
+            Stop::Timeout(stage) => Outcome::Timeout(stage),
+            Stop::Failed(reason) => Outcome::Io(reason),
+        }
+    }
+}
+
+/// Runs one SSL operation on the non-blocking socket until it completes, waiting in poll(2) for
+/// whatever OpenSSL wants, until `deadline`.
+fn drive<T>(
+    stream: &mut SslStream<TcpStream>,
+    deadline: Instant,
+    stage: &'static str,
+    mut op: impl FnMut(&mut SslStream<TcpStream>) -> Result<T, openssl::ssl::Error>,
+) -> Result<T, Stop> {
+    loop {
+        let err = match op(stream) {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        let interest = match err.code() {
+            ErrorCode::WANT_READ => Interest::Read,
+            ErrorCode::WANT_WRITE => Interest::Write,
+            _ => return Err(Stop::Failed(ssl_reason(&err))),
+        };
+        match wait(stream.get_ref().as_raw_fd(), interest, Some(deadline)) {
+            Ok(true) => {}
+            Ok(false) => return Err(Stop::Timeout(stage)),
+            Err(e) => return Err(Stop::Failed(e.to_string())),
+        }
+    }
+}
+
+/// OpenSSL's reason for a failure, or the I/O error behind it.
+fn ssl_reason(e: &openssl::ssl::Error) -> String {
+    if let Some(reason) = e
+        .ssl_error()
+        .and_then(|stack| stack.errors().first())
+        .and_then(|err| err.reason())
+    {
+        return reason.to_string();
+    }
+    if let Some(io) = e.io_error() {
+        return io.to_string();
+    }
+    match e.code() {
+        ErrorCode::ZERO_RETURN => "closed by peer".into(),
+        ErrorCode::SYSCALL => "connection closed by peer".into(),
+        code => format!("TLS error {}", code.as_raw()),
+    }
+}
+
+fn classify(e: &openssl::ssl::Error) -> HandshakeFailure {
+    let reason = ssl_reason(e);
+    if e.ssl_error().is_none() {
+        return HandshakeFailure::Eof;
+    }
+    match reason.as_str() {
+        "wrong version number"
+        | "http request"
+        | "https proxy request"
+        | "record layer failure"
+        | "packet length too long"
+        | "record too small"
+        | "bad packet length" => HandshakeFailure::NotTls,
+        "unsupported protocol" | "no protocols available" | "tlsv1 alert protocol version" => {
+            HandshakeFailure::ProtocolVersion
+        }
+        "no shared cipher" | "no suitable signature algorithm" => HandshakeFailure::NoSharedCipher,
+        _ => HandshakeFailure::Protocol,
+    }
+}
+
+/// Deadline-bounded server handshake. The SSL object is created only once the client has sent
+/// something, so a connection that stays silent costs a thread waiting in poll and nothing more.
+fn handshake(
+    acceptor: &SslAcceptor,
+    stream: TcpStream,
+    deadline: Instant,
+) -> Result<SslStream<TcpStream>, Outcome> {
+    match wait(stream.as_raw_fd(), Interest::Read, Some(deadline)) {
+        Ok(true) => {}
+        Ok(false) => return Err(Outcome::Timeout("handshake")),
+        Err(e) => return Err(Outcome::Io(e.to_string())),
+    }
+    let mut attempt = acceptor.accept(stream);
+    loop {
+        match attempt {
+            Ok(s) => return Ok(s),
+            Err(HandshakeError::WouldBlock(mid)) => {
+                let interest = if mid.error().code() == ErrorCode::WANT_WRITE {
+                    Interest::Write
+                } else {
+                    Interest::Read
+                };
+                match wait(mid.get_ref().as_raw_fd(), interest, Some(deadline)) {
+                    Ok(true) => attempt = mid.handshake(),
+                    Ok(false) => return Err(Outcome::Timeout("handshake")),
+                    Err(e) => return Err(Outcome::Io(e.to_string())),
+                }
+            }
+            Err(HandshakeError::Failure(mid)) => {
+                return Err(Outcome::HandshakeFailed(
+                    classify(mid.error()),
+                    ssl_reason(mid.error()),
+                ));
+            }
+            Err(HandshakeError::SetupFailure(stack)) => {
+                return Err(Outcome::Io(format!("TLS setup failed: {stack}")));
+            }
+        }
+    }
+}
+
+/// Writes all of `data`, returning how much went out before any failure.
+fn write_all(
+    stream: &mut SslStream<TcpStream>,
+    data: &[u8],
+    deadline: Instant,
+    sent: &mut u64,
+) -> Result<(), Stop> {
+    let mut rest = data;
+    while !rest.is_empty() {
+        let n = drive(stream, deadline, "write", |s| s.ssl_write(rest))?;
+        rest = &rest[n..];
+        *sent += n as u64;
+    }
+    Ok(())
+}
+
+/// Sends close_notify, closes our sending side, then reads and discards what the client still
+/// sends (bounded in bytes and time) so the close is a FIN, never a reset that could destroy the
+/// greeting in the client's receive buffer.
+///
+/// A client that already went away makes the close_notify fail; there is nothing left to protect
+/// then, and what it was sent before stays counted, so the failure is not reported.
+fn close_gracefully(mut stream: SslStream<TcpStream>, deadline: Instant) {
+    let sent = drive(&mut stream, deadline, "close", |s| s.shutdown());
+    let tcp = stream.get_ref();
+    let _ = tcp.shutdown(Shutdown::Write);
+    if let Ok(ShutdownResult::Sent | ShutdownResult::Received) = sent {
+        linger(tcp, Instant::now() + LINGER);
+    }
+}
+
+/// Reads and discards until EOF, LINGER_BYTES or the deadline.
+fn linger(mut tcp: &TcpStream, deadline: Instant) {
+    let mut buf = [0u8; 4096];
+    let mut total = 0;
+    while total < LINGER_BYTES {
+        match tcp.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => total += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                match wait(tcp.as_raw_fd(), Interest::Read, Some(deadline)) {
+                    Ok(true) => {}
+                    _ => return,
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Serves one accepted connection to its end and says how it went.
+pub fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    accepted: Instant,
+    acceptor: &SslAcceptor,
+    settings: &Settings,
+) -> Report {
+    let mut report = Report {
+        peer,
+        sni: None,
+        protocol: None,
+        cipher: None,
+        mode: settings.mode.name(),
+        bytes_in: 0,
+        bytes_out: 0,
+        elapsed: Duration::ZERO,
+        handshake: None,
+        outcome: Outcome::Ok,
+    };
+    let outcome = serve_inner(stream, accepted, acceptor, settings, &mut report);
+    report.outcome = outcome;
+    report.elapsed = accepted.elapsed();
+    report
+}
+
+fn serve_inner(
+    stream: TcpStream,
+    accepted: Instant,
+    acceptor: &SslAcceptor,
+    settings: &Settings,
+    report: &mut Report,
+) -> Outcome {
+    if let Err(e) = stream.set_nonblocking(true) {
+        return Outcome::Io(format!("setting non-blocking mode: {e}"));
+    }
+    // The greeting and small replies go out at once rather than waiting on Nagle.
+    let _ = stream.set_nodelay(true);
+    let mut tls = match handshake(acceptor, stream, accepted + settings.handshake_timeout) {
+        Ok(s) => s,
+        Err(outcome) => return outcome,
+    };
+    report.handshake = Some(accepted.elapsed());
+    let ssl = tls.ssl();
+    report.sni = ssl.servername(NameType::HOST_NAME).map(str::to_string);
+    report.protocol = Some(ssl.version_str());
+    report.cipher = ssl.current_cipher().map(|c| c.name());
+
+    match &settings.mode {
+        Mode::Greet { greeting } => {
+            let deadline = Instant::now() + settings.handshake_timeout;
+            if let Err(stop) = write_all(&mut tls, greeting, deadline, &mut report.bytes_out) {
+                return stop.into_outcome();
+            }
+            close_gracefully(tls, deadline);
+            Outcome::Ok
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_keeps_lines_parseable() {
+        assert_eq!(quoted("timeout"), "timeout");
+        assert_eq!(quoted("wrong version number"), "\"wrong version number\"");
+        assert_eq!(quoted("a=b"), "\"a=b\"");
+        assert_eq!(quoted(""), "\"\"");
+    }
+}

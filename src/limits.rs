@@ -1,0 +1,214 @@
+//! Admission control: how many connections are open, in all and per source address, and waiting for
+//! them to finish when the server drains. Also the rate limiter that keeps refusal logging from
+//! flooding the log during an attack.
+//!
+//! The accept loop asks [`Tracker::admit`] for a [`Slot`] before it spends anything on a connection;
+//! the slot is released when the connection's thread drops it, whatever way the connection ends.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `--max-connections` reached.
+    GlobalCap,
+    /// `--max-per-ip` reached for this source address.
+    PerIpCap,
+}
+
+impl Refusal {
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::GlobalCap => "max_connections",
+            Refusal::PerIpCap => "max_per_ip",
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counts {
+    active: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// Counts open connections and wakes whoever waits for them to reach zero.
+pub struct Tracker {
+    counts: Mutex<Counts>,
+    /// Signalled whenever a slot is released, for the drain.
+    released: Condvar,
+    max_total: usize,
+    max_per_ip: usize,
+}
+
+/// One admitted connection's place; releasing it is dropping it.
+pub struct Slot {
+    tracker: Arc<Tracker>,
+    ip: IpAddr,
+}
+
+/// A connection is counted under its plain address: an IPv4 client reaching an IPv6 socket as
+/// `::ffff:a.b.c.d` shares the cap with the same client over IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    ip.to_canonical()
+}
+
+impl Tracker {
+    pub fn new(max_total: usize, max_per_ip: usize) -> Arc<Tracker> {
+        Arc::new(Tracker {
+            counts: Mutex::new(Counts::default()),
+            released: Condvar::new(),
+            max_total,
+            max_per_ip,
+        })
+    }
+
+    /// The counters stay consistent even if a thread panicked while holding the lock (every update
+    /// is a single field change), so a poisoned lock is used as it is.
+    fn lock(&self) -> MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes a slot for a connection from `ip`, or says which cap refuses it.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Refusal> {
+        let ip = canonical(ip);
+        let mut c = self.lock();
+        if c.active >= self.max_total {
+            return Err(Refusal::GlobalCap);
+        }
+        let n = c.per_ip.entry(ip).or_insert(0);
+        if *n >= self.max_per_ip {
+            return Err(Refusal::PerIpCap);
+        }
+        *n += 1;
+        c.active += 1;
+        Ok(Slot {
+            tracker: Arc::clone(self),
+            ip,
+        })
+    }
+
+    /// The cap behind a refusal.
+    pub fn limit(&self, why: Refusal) -> usize {
+        match why {
+            Refusal::GlobalCap => self.max_total,
+            Refusal::PerIpCap => self.max_per_ip,
+        }
+    }
+
+    /// Connections open now.
+    pub fn active(&self) -> usize {
+        self.lock().active
+    }
+
+    /// Waits until no connection is open or the deadline passes; returns how many are still open.
+    pub fn wait_idle(&self, deadline: Instant) -> usize {
+        let mut c = self.lock();
+        while c.active > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            c = self
+                .released
+                .wait_timeout(c, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        c.active
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut c = self.tracker.lock();
+        c.active -= 1;
+        if let Some(n) = c.per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                c.per_ip.remove(&self.ip);
+            }
+        }
+        drop(c);
+        self.tracker.released.notify_all();
+    }
+}
+
+/// Lets one message through per interval and counts the ones held back, so that an attack that
+/// triggers a log line per connection costs one line per second.
+pub struct RateLimit {
+    state: Mutex<(Option<Instant>, u64)>,
+    interval: Duration,
+}
+
+impl RateLimit {
+    pub const fn new(interval: Duration) -> RateLimit {
+        RateLimit {
+            state: Mutex::new((None, 0)),
+            interval,
+        }
+    }
+
+    /// `Some(n)` when a line may be written now, `n` being how many were suppressed since the last
+    /// one; `None` when this one is suppressed.
+    pub fn allow(&self) -> Option<u64> {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        match s.0 {
+            Some(last) if now.duration_since(last) < self.interval => {
+                s.1 += 1;
+                None
+            }
+            _ => {
+                let suppressed = s.1;
+                *s = (Some(now), 0);
+                Some(suppressed)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_and_release() {
+        let t = Tracker::new(3, 2);
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let s1 = t.admit(a).unwrap();
+        let _s2 = t.admit(a).unwrap();
+        assert_eq!(t.admit(a).err(), Some(Refusal::PerIpCap));
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        assert_eq!(t.admit(mapped).err(), Some(Refusal::PerIpCap));
+        let _s3 = t.admit(b).unwrap();
+        assert_eq!(t.admit(b).err(), Some(Refusal::GlobalCap));
+        drop(s1);
+        assert_eq!(t.active(), 2);
+        assert!(t.admit(a).is_ok());
+    }
+
+    #[test]
+    fn wait_idle_returns_when_released_or_at_deadline() {
+        let t = Tracker::new(10, 10);
+        let slot = t.admit("127.0.0.1".parse().unwrap()).unwrap();
+        assert_eq!(t.wait_idle(Instant::now() + Duration::from_millis(10)), 1);
+        let releaser = std::thread::spawn(move || drop(slot));
+        assert_eq!(t.wait_idle(Instant::now() + Duration::from_secs(30)), 0);
+        releaser.join().unwrap();
+    }
+
+    #[test]
+    fn rate_limit_counts_suppressed_lines() {
+        let r = RateLimit::new(Duration::from_secs(3600));
+        assert_eq!(r.allow(), Some(0));
+        assert_eq!(r.allow(), None);
+        assert_eq!(r.allow(), None);
+        let r = RateLimit::new(Duration::ZERO);
+        assert_eq!(r.allow(), Some(0));
+        assert_eq!(r.allow(), Some(0));
+    }
+}

@@ -1,0 +1,161 @@
+//! The `securesock` binary: parse, build the TLS context, bind, serve until a signal, drain.
+//!
+//! Exit codes: 0 after a clean shutdown, 2 for any configuration or start-up problem (printed as one
+//! line naming it), 1 when the server fails while running, 128+N when a second signal N cuts the
+//! drain short.
+
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::thread;
+
+use anyhow::{Context, Result};
+use arc_swap::ArcSwap;
+use log::{info, warn};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use securesock::config::{ArgsError, Config, parse_args};
+use securesock::connection::{Mode, Settings};
+use securesock::limits::Tracker;
+use securesock::net;
+use securesock::server::{self, Shared, Shutdown};
+use securesock::tls::{self, EXPIRY_WARNING_DAYS, Tls, TlsSettings};
+
+/// A failure before serving starts: configuration, certificates, binding.
+const EXIT_CONFIG: u8 = 2;
+/// A failure while serving.
+const EXIT_RUNTIME: u8 = 1;
+
+fn main() -> ExitCode {
+    init_logging();
+    let config = match parse_args(std::env::args_os()) {
+        Ok(config) => config,
+        Err(ArgsError::Info(help)) => {
+            // --help / --version: clap prints it; a closed stdout is not worth an error.
+            let _ = help.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(ArgsError::Invalid(line)) => return fail(EXIT_CONFIG, &line),
+    };
+    let (listener, shared, shutdown) = match start(&config) {
+        Ok(started) => started,
+        Err(e) => return fail(EXIT_CONFIG, &format!("{e:#}")),
+    };
+    if let Err(e) = handle_signals(Arc::clone(&shutdown)) {
+        return fail(EXIT_CONFIG, &format!("{e:#}"));
+    }
+    match server::run(listener, shared, shutdown, config.limits.drain_timeout) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => fail(EXIT_RUNTIME, &format!("server failed: {e}")),
+    }
+}
+
+/// Prints one line to stderr and returns the exit code.
+fn fail(code: u8, message: &str) -> ExitCode {
+    let _ = writeln!(std::io::stderr(), "securesock: error: {message}");
+    ExitCode::from(code)
+}
+
+fn init_logging() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .format_target(false)
+        .init();
+}
+
+/// Everything that can fail because of the configuration, in the order a user would fix it.
+fn start(config: &Config) -> Result<(std::net::TcpListener, Arc<Shared>, Arc<Shutdown>)> {
+    let settings = TlsSettings {
+        cert: config.cert.clone(),
+        key: config.key.clone(),
+        profile: config.tls_profile,
+    };
+    let tls = tls::build(&settings)?;
+    let listener = net::bind(config.listen, config.backlog)
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let local = listener.local_addr().context("reading the bound address")?;
+    let shutdown = Shutdown::new().context("creating the shutdown channel")?;
+
+    let (openssl, too_old) = tls::linked_openssl();
+    info!(
+        "securesock {} listening on {local} profile={} mode=greet backlog={} max_connections={} max_per_ip={} handshake_timeout={:?}",
+        env!("CARGO_PKG_VERSION"),
+        config.tls_profile.name(),
+        effective_backlog(config.backlog),
+        config.limits.max_connections,
+        config.limits.max_per_ip,
+        config.limits.handshake_timeout,
+    );
+    if too_old {
+        warn!("linked {openssl}: older than 3.0 and out of support; update libssl");
+    } else {
+        info!("linked {openssl}; key exchange groups {}", tls.groups);
+    }
+    log_certificate(&tls);
+
+    let shared = Arc::new(Shared {
+        tls: ArcSwap::from_pointee(tls),
+        settings: Settings {
+            mode: Mode::Greet {
+                greeting: config.greeting.clone(),
+            },
+            handshake_timeout: config.limits.handshake_timeout,
+        },
+        tracker: Tracker::new(config.limits.max_connections, config.limits.max_per_ip),
+    });
+    Ok((listener, shared, shutdown))
+}
+
+/// The backlog the kernel will really use.
+fn effective_backlog(asked: u32) -> u32 {
+    net::somaxconn().map_or(asked, |max| asked.min(max))
+}
+
+fn log_certificate(tls: &Tls) {
+    let c = &tls.info;
+    info!(
+        "certificate subject=\"{}\" sans={} serial={} expires_in_days={} chain={}",
+        c.subject,
+        if c.sans.is_empty() {
+            "-".to_string()
+        } else {
+            c.sans.join(",")
+        },
+        c.serial,
+        c.days_left,
+        c.chain_len
+    );
+    if c.days_left < EXPIRY_WARNING_DAYS {
+        warn!("certificate expires in {} days: renew it", c.days_left);
+    }
+    if c.self_signed {
+        info!(
+            "certificate is self-signed: clients must trust it explicitly (s_client -CAfile); use a CA-issued certificate in production"
+        );
+    }
+}
+
+/// SIGTERM/SIGINT start the drain; a second one exits at once.
+fn handle_signals(shutdown: Arc<Shutdown>) -> Result<()> {
+    let mut signals = Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                let name = if signal == SIGTERM {
+                    "SIGTERM"
+                } else {
+                    "SIGINT"
+                };
+                if shutdown.requested() {
+                    warn!("received {name} again: exiting now");
+                    std::process::exit(128 + signal);
+                }
+                info!("received {name}: shutting down (send it again to exit at once)");
+                shutdown.trigger();
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok(())
+}
