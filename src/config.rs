@@ -34,7 +34,7 @@ impl TlsProfile {
 /// Every flag can also be set through the environment variable named in its help
 /// (`SECURESOCK_<FLAG>`); a flag on the command line wins over the variable.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "securesock", version, about, long_about = None)]
+#[command(name = "securesock", version, about, long_about = None, args_override_self = true)]
 pub struct Args {
     /// Address to listen on: IPv4 `A.B.C.D:PORT` or IPv6 `[ADDR]:PORT`
     #[arg(

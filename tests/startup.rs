@@ -1,0 +1,158 @@
+//! Start-up checks: every configuration problem is one line on stderr naming it, and exit code 2.
+
+mod support;
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Command;
+
+use support::{binary, default_certs, now_unix, write_cert};
+
+/// Runs the binary with `args` (after the default certificate flags) and returns its one error
+/// line, asserting exit code 2 and that nothing else was printed.
+fn start_error(args: &[&str]) -> String {
+    let certs = default_certs();
+    let out = Command::new(binary())
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--cert")
+        .arg(&certs.cert)
+        .arg("--key")
+        .arg(&certs.key)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{args:?}: not one line: {stderr}");
+    assert!(lines[0].starts_with("securesock: error: "), "{stderr}");
+    lines[0].to_string()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn missing_certificate_names_the_file_and_the_script() {
+    let line = start_error(&["--cert", "/nonexistent/server-cert.pem"]);
+    assert!(line.contains("/nonexistent/server-cert.pem"), "{line}");
+    assert!(line.contains("scripts/gen-certs.sh"), "{line}");
+}
+
+#[test]
+fn missing_key_names_the_file() {
+    let line = start_error(&["--key", "/nonexistent/server-key.pem"]);
+    assert!(line.contains("/nonexistent/server-key.pem"), "{line}");
+}
+
+#[test]
+fn unreadable_certificate_is_refused() {
+    // A directory cannot be read as a file, even by root (the tests may run as root).
+    let dir = tempfile::tempdir().unwrap();
+    let line = start_error(&["--cert", s(dir.path())]);
+    assert!(line.contains("cannot read certificate"), "{line}");
+}
+
+#[test]
+fn malformed_pem_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.pem");
+    std::fs::write(
+        &bad,
+        "-----BEGIN CERTIFICATE-----\nnot base64 !!\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let line = start_error(&["--cert", s(&bad)]);
+    assert!(
+        line.contains("bad.pem") && line.contains("not valid PEM"),
+        "{line}"
+    );
+    let line = start_error(&["--key", s(&bad)]);
+    assert!(
+        line.contains("bad.pem") && line.contains("not a valid"),
+        "{line}"
+    );
+}
+
+#[test]
+fn key_not_matching_the_certificate_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = write_cert(dir.path(), "other", now_unix() - 60, now_unix() + 86_400);
+    let line = start_error(&["--key", s(&other.key)]);
+    assert!(line.contains("does not match"), "{line}");
+    assert!(line.contains("other-key.pem"), "{line}");
+}
+
+#[test]
+fn expired_certificate_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = write_cert(
+        dir.path(),
+        "old",
+        now_unix() - 10 * 86_400,
+        now_unix() - 86_400,
+    );
+    let line = start_error(&["--cert", s(&old.cert), "--key", s(&old.key)]);
+    assert!(
+        line.contains("old-cert.pem") && line.contains("expired"),
+        "{line}"
+    );
+}
+
+#[test]
+fn bad_listen_address_is_refused() {
+    let line = start_error(&["--listen", "localhost:http"]);
+    assert!(line.contains("bad listen address"), "{line}");
+}
+
+#[test]
+fn address_in_use_is_refused() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let line = start_error(&["--listen", &addr]);
+    assert!(line.contains(&addr) && line.contains("in use"), "{line}");
+}
+
+#[test]
+fn bad_flags_are_one_line_too() {
+    let line = start_error(&["--tls-profile", "ancient"]);
+    assert!(line.contains("ancient"), "{line}");
+    let line = start_error(&["--handshake-timeout", "0"]);
+    assert!(line.contains("--handshake-timeout"), "{line}");
+}
+
+#[test]
+fn environment_variables_configure_the_server() {
+    let certs = default_certs();
+    let mut cmd = Command::new(binary());
+    cmd.env("SECURESOCK_LISTEN", "127.0.0.1:0")
+        .env("SECURESOCK_CERT", &certs.cert)
+        .env("SECURESOCK_KEY", &certs.key)
+        .env("SECURESOCK_GREETING", "from the environment");
+    let server = support::Server::spawn(cmd, &certs.cert);
+    assert_eq!(server.greeting(), b"from the environment");
+}
+
+#[test]
+fn help_documents_every_flag_with_its_environment_variable() {
+    let out = Command::new(binary()).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "listen",
+        "cert",
+        "key",
+        "greeting",
+        "tls-profile",
+        "max-connections",
+        "handshake-timeout",
+    ] {
+        assert!(help.contains(&format!("--{flag}")), "--{flag} missing");
+        let var = format!("SECURESOCK_{}", flag.to_uppercase().replace('-', "_"));
+        assert!(help.contains(&var), "{var} missing");
+    }
+    assert!(help.contains("[default: 0.0.0.0:12345]"));
+}

@@ -1,0 +1,371 @@
+//! Test harness shared by the integration tests: certificates, the real `securesock` binary started
+//! on 127.0.0.1 port 0 and stopped on drop, its log lines, and TLS clients (Rust and `openssl
+//! s_client`).
+//!
+//! Synchronisation is always on something observable: a log line, a socket event, a process exit.
+#![allow(dead_code)] // each test crate uses its own part of the harness
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use openssl::asn1::Asn1Time;
+use openssl::bn::BigNum;
+use openssl::hash::MessageDigest;
+use openssl::pkey::PKey;
+use openssl::rsa::Rsa;
+use openssl::ssl::{SslConnector, SslMethod, SslStream, SslVerifyMode};
+use openssl::x509::extension::SubjectAlternativeName;
+use openssl::x509::{X509, X509NameBuilder};
+
+/// Long enough for anything that should happen, short enough that a hang fails the test.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A certificate and key on disk.
+pub struct CertPair {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The self-signed pair every test uses unless it needs another, made once per test binary by the
+/// real `scripts/gen-certs.sh`.
+pub fn default_certs() -> &'static CertPair {
+    static CERTS: OnceLock<(tempfile::TempDir, CertPair)> = OnceLock::new();
+    let (_, pair) = CERTS.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let out = Command::new(repo_root().join("scripts/gen-certs.sh"))
+            .arg("--out")
+            .arg(dir.path())
+            .output()
+            .expect("running gen-certs.sh");
+        assert!(
+            out.status.success(),
+            "gen-certs.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pair = CertPair {
+            cert: dir.path().join("server-cert.pem"),
+            key: dir.path().join("server-key.pem"),
+        };
+        (dir, pair)
+    });
+    pair
+}
+
+/// Writes a self-signed RSA certificate valid from `not_before` to `not_after` (Unix seconds).
+pub fn write_cert(dir: &Path, name: &str, not_before: i64, not_after: i64) -> CertPair {
+    let rsa = Rsa::generate(2048).unwrap();
+    let key = PKey::from_rsa(rsa).unwrap();
+    let mut subject = X509NameBuilder::new().unwrap();
+    subject.append_entry_by_text("CN", "localhost").unwrap();
+    let subject = subject.build();
+    let mut b = X509::builder().unwrap();
+    b.set_version(2).unwrap();
+    let serial = BigNum::from_u32(rand_u32())
+        .unwrap()
+        .to_asn1_integer()
+        .unwrap();
+    b.set_serial_number(&serial).unwrap();
+    b.set_subject_name(&subject).unwrap();
+    b.set_issuer_name(&subject).unwrap();
+    b.set_pubkey(&key).unwrap();
+    b.set_not_before(&Asn1Time::from_unix(not_before).unwrap())
+        .unwrap();
+    b.set_not_after(&Asn1Time::from_unix(not_after).unwrap())
+        .unwrap();
+    let san = SubjectAlternativeName::new()
+        .dns("localhost")
+        .ip("127.0.0.1")
+        .build(&b.x509v3_context(None, None))
+        .unwrap();
+    b.append_extension(san).unwrap();
+    b.sign(&key, MessageDigest::sha256()).unwrap();
+    let cert = b.build();
+    let pair = CertPair {
+        cert: dir.join(format!("{name}-cert.pem")),
+        key: dir.join(format!("{name}-key.pem")),
+    };
+    std::fs::write(&pair.cert, cert.to_pem().unwrap()).unwrap();
+    std::fs::write(&pair.key, key.private_key_to_pem_pkcs8().unwrap()).unwrap();
+    pair
+}
+
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn rand_u32() -> u32 {
+    let mut b = [0u8; 4];
+    openssl::rand::rand_bytes(&mut b).unwrap();
+    u32::from_le_bytes(b) >> 1
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so payload tests are repeatable.
+pub fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        out.extend_from_slice(&seed.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// The server's stderr, line by line, with a way to wait for a line.
+#[derive(Clone, Default)]
+pub struct Logs {
+    inner: Arc<(Mutex<Vec<String>>, Condvar)>,
+}
+
+impl Logs {
+    fn push(&self, line: String) {
+        let (lines, cv) = &*self.inner;
+        lines.lock().unwrap().push(line);
+        cv.notify_all();
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.inner.0.lock().unwrap().clone()
+    }
+
+    /// Lines containing every one of `parts`.
+    pub fn matching(&self, parts: &[&str]) -> Vec<String> {
+        self.lines()
+            .into_iter()
+            .filter(|l| parts.iter().all(|p| l.contains(p)))
+            .collect()
+    }
+
+    /// Waits until `count` lines contain every one of `parts`; returns the first `count` of them.
+    pub fn wait_for_n(&self, parts: &[&str], count: usize) -> Vec<String> {
+        let (lines, cv) = &*self.inner;
+        let deadline = Instant::now() + PATIENCE;
+        let mut guard = lines.lock().unwrap();
+        loop {
+            let found: Vec<String> = guard
+                .iter()
+                .filter(|l| parts.iter().all(|p| l.contains(p)))
+                .take(count)
+                .cloned()
+                .collect();
+            if found.len() >= count {
+                return found;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no log line with {parts:?} after {PATIENCE:?}; log:\n{}",
+                guard.join("\n")
+            );
+            guard = cv.wait_timeout(guard, left).unwrap().0;
+        }
+    }
+
+    pub fn wait_for(&self, parts: &[&str]) -> String {
+        self.wait_for_n(parts, 1).remove(0)
+    }
+}
+
+/// The real `securesock` binary, started on 127.0.0.1:0; killed on drop if still running.
+pub struct Server {
+    pid: i32,
+    /// Filled by a waiter thread when the process exits.
+    exit: Arc<(Mutex<Option<ExitStatus>>, Condvar)>,
+    pub addr: SocketAddr,
+    pub logs: Logs,
+    pub certs: PathBuf,
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_securesock")
+}
+
+impl Server {
+    /// Starts with the default certificate and the given extra flags.
+    pub fn start(args: &[&str]) -> Server {
+        let certs = default_certs();
+        Server::start_with(&certs.cert, &certs.key, args)
+    }
+
+    pub fn start_with(cert: &Path, key: &Path, args: &[&str]) -> Server {
+        let mut cmd = Command::new(binary());
+        cmd.arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--cert")
+            .arg(cert)
+            .arg("--key")
+            .arg(key);
+        cmd.args(args);
+        Server::spawn(cmd, cert)
+    }
+
+    /// Starts a prepared command (which must listen somewhere and log its address).
+    pub fn spawn(mut cmd: Command, cert: &Path) -> Server {
+        cmd.env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("starting securesock");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let logs = Logs::default();
+        let sink = logs.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                match line {
+                    Ok(line) => sink.push(line),
+                    Err(_) => break,
+                }
+            }
+            sink.push("<stderr closed>".into());
+        });
+        let pid = child.id() as i32;
+        let exit: Arc<(Mutex<Option<ExitStatus>>, Condvar)> = Arc::default();
+        let exit_slot = Arc::clone(&exit);
+        thread::spawn(move || {
+            let status = child.wait().expect("waiting for securesock");
+            *exit_slot.0.lock().unwrap() = Some(status);
+            exit_slot.1.notify_all();
+        });
+        let mut server = Server {
+            pid,
+            exit,
+            addr: "0.0.0.0:0".parse().unwrap(),
+            logs,
+            certs: cert.to_path_buf(),
+        };
+        let line = server.logs.wait_for(&["listening on"]);
+        let addr = line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        server.addr = addr;
+        server
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    pub fn exited(&self) -> Option<ExitStatus> {
+        *self.exit.0.lock().unwrap()
+    }
+
+    pub fn signal(&self, signal: i32) {
+        assert!(
+            self.exited().is_none(),
+            "signalling a server that already exited"
+        );
+        // SAFETY: kill(2) on the PID of a child this harness started and has not reaped yet.
+        let rc = unsafe { libc::kill(self.pid(), signal) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    /// Waits for the process to exit, failing the test after `limit`.
+    pub fn wait_exit(&self, limit: Duration) -> ExitStatus {
+        let (slot, cv) = &*self.exit;
+        let guard = slot.lock().unwrap();
+        let (guard, _) = cv
+            .wait_timeout_while(guard, limit, |s| s.is_none())
+            .unwrap();
+        guard.unwrap_or_else(|| panic!("server still running after {limit:?}"))
+    }
+
+    /// A connector that trusts exactly this server's certificate.
+    pub fn connector(&self) -> SslConnector {
+        connector_trusting(&self.certs)
+    }
+
+    /// Connects, handshakes (verifying the certificate for `localhost`) and returns the stream.
+    pub fn tls(&self) -> SslStream<TcpStream> {
+        let tcp = TcpStream::connect(self.addr).unwrap();
+        tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+        self.connector().connect("localhost", tcp).unwrap()
+    }
+
+    /// Connects and returns everything the server sent before close_notify; fails on a TCP close
+    /// without close_notify (OpenSSL 3 reports that as an unexpected EOF).
+    pub fn greeting(&self) -> Vec<u8> {
+        let mut s = self.tls();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).expect("greeting then close_notify");
+        got
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.exited().is_none() {
+            // SAFETY: kill(2) on our own child, which the waiter thread has not reaped yet.
+            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+            let (slot, cv) = &*self.exit;
+            let guard = slot.lock().unwrap();
+            let _ = cv.wait_timeout_while(guard, PATIENCE, |s| s.is_none());
+        }
+    }
+}
+
+pub fn connector_trusting(ca: &Path) -> SslConnector {
+    let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    b.set_ca_file(ca).unwrap();
+    b.set_verify(SslVerifyMode::PEER);
+    b.build()
+}
+
+/// Runs `openssl s_client -brief -ign_eof` against `addr` with extra arguments; stdout holds only
+/// what the server sent, stderr the connection summary.
+pub fn s_client(addr: SocketAddr, args: &[&str]) -> Output {
+    Command::new("timeout")
+        .arg("20")
+        .arg("openssl")
+        .arg("s_client")
+        .arg("-connect")
+        .arg(addr.to_string())
+        .args(["-brief", "-ign_eof"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running openssl s_client")
+}
+
+/// A field of s_client's -brief summary, such as "Protocol version".
+pub fn brief_field(out: &Output, field: &str) -> Option<String> {
+    let text = String::from_utf8_lossy(&out.stderr);
+    text.lines().find_map(|l| {
+        l.strip_prefix(&format!("{field}: "))
+            .map(|v| v.trim().to_string())
+    })
+}
+
+/// Writes `bytes` and reads until the server closes; returns what came back. The read timeout is
+/// a failsafe: reaching it fails the test rather than synchronising anything.
+pub fn send_raw_until_closed(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    // The server may close before taking every byte; that is one of the outcomes under test.
+    let _ = s.write_all(bytes);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return got,
+            Err(e) => panic!("server did not close the connection: {e}"),
+        }
+    }
+}
