@@ -112,6 +112,29 @@ pub struct Args {
     )]
     pub drain_timeout: f64,
 
+    /// Seconds without a byte in either direction after which an echo or forward connection is closed
+    #[arg(
+        long,
+        env = "SECURESOCK_IDLE_TIMEOUT",
+        value_name = "SECS",
+        default_value_t = 300.0
+    )]
+    pub idle_timeout: f64,
+
+    /// Seconds between checks of the certificate and key files for changes (0 turns watching off;
+    /// SIGHUP always reloads)
+    #[arg(
+        long,
+        env = "SECURESOCK_WATCH_INTERVAL",
+        value_name = "SECS",
+        default_value_t = 5.0
+    )]
+    pub watch_interval: f64,
+
+    /// Serve Prometheus metrics over plain HTTP at http://ADDR/metrics (off when not given)
+    #[arg(long, env = "SECURESOCK_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+
     /// Listen queue length for connections not yet accepted (capped by net.core.somaxconn)
     #[arg(
         long,
@@ -136,6 +159,10 @@ pub struct Config {
     pub limits: Limits,
     /// Listen queue length asked of the kernel.
     pub backlog: u32,
+    /// How often to look for changed certificate files; `None` when only SIGHUP reloads.
+    pub watch_interval: Option<Duration>,
+    /// Where to serve metrics, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The bounds that keep one client (or many) from taking the server down.
@@ -149,6 +176,8 @@ pub struct Limits {
     pub handshake_timeout: Duration,
     /// How long shutdown waits for open connections.
     pub drain_timeout: Duration,
+    /// How long a data-carrying connection may stay silent both ways.
+    pub idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -158,12 +187,18 @@ impl Default for Limits {
             max_per_ip: 256,
             handshake_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(300),
         }
     }
 }
 
 /// Parses a seconds value given as a flag: positive, finite, at most a day.
 fn seconds(flag: &str, value: f64) -> Result<Duration, String> {
+    if value > 0.0 && value < 0.001 {
+        return Err(format!(
+            "--{flag} must be at least 0.001 seconds, got {value}"
+        ));
+    }
     if !value.is_finite() || value <= 0.0 || value > 86_400.0 {
         return Err(format!(
             "--{flag} must be between 0 and 86400 seconds, got {value}"
@@ -172,16 +207,30 @@ fn seconds(flag: &str, value: f64) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(value))
 }
 
+/// An IP:PORT flag value, or the line that says what is wrong with it.
+fn socket_addr(flag: &str, value: &str) -> Result<SocketAddr, String> {
+    value.parse().map_err(|_| {
+        format!(
+            "bad {flag} address '{value}': expected IP:PORT, such as 0.0.0.0:12345 or [::]:12345"
+        )
+    })
+}
+
 impl Args {
     /// Checks every value and combination and returns the typed configuration, or one line that
     /// names the problem.
     pub fn validate(self) -> Result<Config, String> {
-        let listen: SocketAddr = self.listen.parse().map_err(|_| {
-            format!(
-                "bad listen address '{}': expected IP:PORT, such as 0.0.0.0:12345 or [::]:12345",
-                self.listen
-            )
-        })?;
+        let listen = socket_addr("listen", &self.listen)?;
+        let metrics_listen = self
+            .metrics_listen
+            .as_deref()
+            .map(|a| socket_addr("metrics-listen", a))
+            .transpose()?;
+        let watch_interval = if self.watch_interval == 0.0 {
+            None
+        } else {
+            Some(seconds("watch-interval", self.watch_interval)?)
+        };
         if self.max_connections == 0 {
             return Err("--max-connections must be at least 1".into());
         }
@@ -202,8 +251,11 @@ impl Args {
                 max_per_ip: self.max_per_ip,
                 handshake_timeout: seconds("handshake-timeout", self.handshake_timeout)?,
                 drain_timeout: seconds("drain-timeout", self.drain_timeout)?,
+                idle_timeout: seconds("idle-timeout", self.idle_timeout)?,
             },
             backlog: self.backlog,
+            watch_interval,
+            metrics_listen,
         })
     }
 }
@@ -267,6 +319,21 @@ mod tests {
         assert_eq!(c.limits.max_per_ip, 256);
         assert_eq!(c.limits.drain_timeout, Duration::from_secs(30));
         assert_eq!(c.backlog, 4096);
+        assert_eq!(c.limits.idle_timeout, Duration::from_secs(300));
+        assert_eq!(c.watch_interval, Some(Duration::from_secs(5)));
+        assert_eq!(c.metrics_listen, None);
+    }
+
+    #[test]
+    fn watching_can_be_turned_off() {
+        assert_eq!(
+            parse(&["--watch-interval", "0"]).unwrap().watch_interval,
+            None
+        );
+        assert_eq!(
+            parse(&["--watch-interval", "0.25"]).unwrap().watch_interval,
+            Some(Duration::from_millis(250))
+        );
     }
 
     #[test]
@@ -286,6 +353,8 @@ mod tests {
             &["--max-connections", "many"][..],
             &["--no-such-flag"][..],
             &["--tls-profile", "old"][..],
+            &["--metrics-listen", "9100"][..],
+            &["--watch-interval", "-1"][..],
         ] {
             let err = parse(args).unwrap_err();
             assert!(!err.trim().contains('\n'), "{args:?}: {err}");

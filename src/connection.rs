@@ -128,6 +128,21 @@ pub struct Report {
     pub outcome: Outcome,
 }
 
+impl Report {
+    /// How the handshake itself went, for the handshakes metric: `ok` for every connection that
+    /// got past it, whatever happened later.
+    pub fn handshake_result(&self) -> &'static str {
+        if self.handshake.is_some() {
+            return "ok";
+        }
+        match &self.outcome {
+            Outcome::Timeout(_) => "timeout",
+            Outcome::HandshakeFailed(kind, _) => kind.label(),
+            Outcome::Ok | Outcome::Io(_) => "error",
+        }
+    }
+}
+
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

@@ -13,6 +13,8 @@
 pub mod config;
 pub mod connection;
 pub mod limits;
+pub mod metrics;
 pub mod net;
+pub mod reload;
 pub mod server;
 pub mod tls;

@@ -7,20 +7,22 @@
 use std::io::Write as _;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::mpsc::Sender;
 use std::thread;
 
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
 use log::{info, warn};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use securesock::config::{ArgsError, Config, parse_args};
 use securesock::connection::{Mode, Settings};
 use securesock::limits::Tracker;
-use securesock::net;
+use securesock::metrics::{self, Metrics};
 use securesock::server::{self, Shared, Shutdown};
 use securesock::tls::{self, EXPIRY_WARNING_DAYS, Tls, TlsSettings};
+use securesock::{net, reload};
 
 /// A failure before serving starts: configuration, certificates, binding.
 const EXIT_CONFIG: u8 = 2;
@@ -42,9 +44,6 @@ fn main() -> ExitCode {
         Ok(started) => started,
         Err(e) => return fail(EXIT_CONFIG, &format!("{e:#}")),
     };
-    if let Err(e) = handle_signals(Arc::clone(&shutdown)) {
-        return fail(EXIT_CONFIG, &format!("{e:#}"));
-    }
     match server::run(listener, shared, shutdown, config.limits.drain_timeout) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => fail(EXIT_RUNTIME, &format!("server failed: {e}")),
@@ -57,14 +56,23 @@ fn fail(code: u8, message: &str) -> ExitCode {
     ExitCode::from(code)
 }
 
+/// `2026-11-27T15:17:54.742Z INFO  message`: a timestamp, the level, the message.
 fn init_logging() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .format_target(false)
+        .format(|buf, record| {
+            writeln!(
+                buf,
+                "{} {:<5} {}",
+                buf.timestamp_millis(),
+                record.level(),
+                record.args()
+            )
+        })
         .init();
 }
 
-/// Everything that can fail because of the configuration, in the order a user would fix it.
+/// Everything that can fail because of the configuration, in the order a user would fix it, then
+/// the threads that serve beside the accept loop (signals, reload, metrics).
 fn start(config: &Config) -> Result<(std::net::TcpListener, Arc<Shared>, Arc<Shutdown>)> {
     let settings = TlsSettings {
         cert: config.cert.clone(),
@@ -76,8 +84,46 @@ fn start(config: &Config) -> Result<(std::net::TcpListener, Arc<Shared>, Arc<Shu
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local = listener.local_addr().context("reading the bound address")?;
     let shutdown = Shutdown::new().context("creating the shutdown channel")?;
+    let metrics = Arc::new(Metrics::new());
+    metrics.certificate_expiry(tls.info.not_after_unix);
 
     let (openssl, too_old) = tls::linked_openssl();
+    if too_old {
+        warn!("linked {openssl}: older than 3.0 and out of support; update libssl");
+    } else {
+        info!("linked {openssl}; key exchange groups {}", tls.groups);
+    }
+    log_certificate(&tls);
+
+    let shared = Arc::new(Shared {
+        tls: Arc::new(ArcSwap::from_pointee(tls)),
+        settings: Settings {
+            mode: Mode::Greet {
+                greeting: config.greeting.clone(),
+            },
+            handshake_timeout: config.limits.handshake_timeout,
+        },
+        tracker: Tracker::new(config.limits.max_connections, config.limits.max_per_ip),
+        metrics: Arc::clone(&metrics),
+    });
+    if let Some(addr) = config.metrics_listen {
+        let tracker = Arc::clone(&shared.tracker);
+        metrics::serve(addr, metrics, move || tracker.active())?;
+    }
+    let reload = reload::spawn(
+        settings,
+        Arc::clone(&shared.tls),
+        Arc::clone(&shared.metrics),
+        config.watch_interval,
+    )?;
+    match config.watch_interval {
+        Some(every) => info!(
+            "reload: on SIGHUP, and when the certificate files change (checked every {every:?})"
+        ),
+        None => info!("reload: on SIGHUP (file watching off)"),
+    }
+    handle_signals(Arc::clone(&shutdown), reload)?;
+    // Last, once signals are handled: tests and supervisors take this line as "ready".
     info!(
         "securesock {} listening on {local} profile={} mode=greet backlog={} max_connections={} max_per_ip={} handshake_timeout={:?}",
         env!("CARGO_PKG_VERSION"),
@@ -87,23 +133,6 @@ fn start(config: &Config) -> Result<(std::net::TcpListener, Arc<Shared>, Arc<Shu
         config.limits.max_per_ip,
         config.limits.handshake_timeout,
     );
-    if too_old {
-        warn!("linked {openssl}: older than 3.0 and out of support; update libssl");
-    } else {
-        info!("linked {openssl}; key exchange groups {}", tls.groups);
-    }
-    log_certificate(&tls);
-
-    let shared = Arc::new(Shared {
-        tls: ArcSwap::from_pointee(tls),
-        settings: Settings {
-            mode: Mode::Greet {
-                greeting: config.greeting.clone(),
-            },
-            handshake_timeout: config.limits.handshake_timeout,
-        },
-        tracker: Tracker::new(config.limits.max_connections, config.limits.max_per_ip),
-    });
     Ok((listener, shared, shutdown))
 }
 
@@ -136,13 +165,20 @@ fn log_certificate(tls: &Tls) {
     }
 }
 
-/// SIGTERM/SIGINT start the drain; a second one exits at once.
-fn handle_signals(shutdown: Arc<Shutdown>) -> Result<()> {
-    let mut signals = Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
+/// SIGTERM/SIGINT start the drain, and a second one exits at once; SIGHUP reloads the certificate.
+fn handle_signals(shutdown: Arc<Shutdown>, reload: Sender<()>) -> Result<()> {
+    let mut signals =
+        Signals::new([SIGTERM, SIGINT, SIGHUP]).context("installing signal handlers")?;
     thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             for signal in signals.forever() {
+                if signal == SIGHUP {
+                    info!("received SIGHUP: reloading the certificate");
+                    // The reload thread lives as long as the process.
+                    let _ = reload.send(());
+                    continue;
+                }
                 let name = if signal == SIGTERM {
                     "SIGTERM"
                 } else {

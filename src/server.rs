@@ -18,6 +18,7 @@ use log::{error, info, warn};
 
 use crate::connection::{self, Settings};
 use crate::limits::{RateLimit, Refusal, Slot, Tracker};
+use crate::metrics::Metrics;
 use crate::net::{Interest, poll, pollfd};
 use crate::tls::Tls;
 
@@ -33,11 +34,12 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub struct Shared {
     /// The current TLS context. Each connection takes the one current at accept and keeps it;
     /// a reload stores a new one.
-    pub tls: ArcSwap<Tls>,
+    pub tls: Arc<ArcSwap<Tls>>,
     /// Mode and deadlines, the same for every connection.
     pub settings: Settings,
     /// Open-connection counts for the caps and the drain.
     pub tracker: Arc<Tracker>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// A shutdown request that can be made from any thread (a signal handler thread, a test) and that
@@ -86,7 +88,8 @@ static REFUSAL_LOG: [RateLimit; 2] = [
 ];
 static ACCEPT_ERROR_LOG: RateLimit = RateLimit::new(Duration::from_secs(1));
 
-fn log_refusal(peer: SocketAddr, why: Refusal, limit: usize) {
+fn log_refusal(peer: SocketAddr, why: Refusal, limit: usize, metrics: &Metrics) {
+    metrics.refused(why.label());
     let gate = match why {
         Refusal::GlobalCap => &REFUSAL_LOG[0],
         Refusal::PerIpCap => &REFUSAL_LOG[1],
@@ -157,10 +160,11 @@ fn accept_ready(listener: &TcpListener, shared: &Arc<Shared>, shutdown: &Shutdow
 
 fn admit(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
     let accepted = Instant::now();
+    shared.metrics.accepted();
     let slot = match shared.tracker.admit(peer.ip()) {
         Ok(slot) => slot,
         Err(why) => {
-            log_refusal(peer, why, shared.tracker.limit(why));
+            log_refusal(peer, why, shared.tracker.limit(why), &shared.metrics);
             return; // dropping the stream closes it at once
         }
     };
@@ -190,5 +194,9 @@ fn connection_thread(
     let report = connection::serve(stream, peer, accepted, &tls.acceptor, &shared.settings);
     // The slot goes first: once the line is logged, the connection no longer counts against a cap.
     drop(slot);
+    shared
+        .metrics
+        .handshake(report.handshake_result(), report.handshake);
+    shared.metrics.bytes(report.bytes_in, report.bytes_out);
     info!("{report}");
 }

@@ -41,6 +41,13 @@ pub struct TlsSettings {
     pub profile: TlsProfile,
 }
 
+impl TlsSettings {
+    /// Every file the context is built from, for change detection.
+    pub fn files(&self) -> Vec<PathBuf> {
+        vec![self.cert.clone(), self.key.clone()]
+    }
+}
+
 /// A ready TLS context and what it serves.
 pub struct Tls {
     /// Shared read-only by every connection; cloning it only bumps a reference count.

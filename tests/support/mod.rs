@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 
 use openssl::asn1::Asn1Time;
 use openssl::bn::BigNum;
+use openssl::ec::{EcGroup, EcKey};
 use openssl::hash::MessageDigest;
+use openssl::nid::Nid;
 use openssl::pkey::PKey;
-use openssl::rsa::Rsa;
 use openssl::ssl::{SslConnector, SslMethod, SslStream, SslVerifyMode};
 use openssl::x509::extension::SubjectAlternativeName;
 use openssl::x509::{X509, X509NameBuilder};
@@ -60,10 +61,11 @@ pub fn default_certs() -> &'static CertPair {
     pair
 }
 
-/// Writes a self-signed RSA certificate valid from `not_before` to `not_after` (Unix seconds).
+/// Writes a self-signed certificate valid from `not_before` to `not_after` (Unix seconds). The key
+/// is ECDSA P-256: quick to generate and to handshake with, which keeps load tests short.
 pub fn write_cert(dir: &Path, name: &str, not_before: i64, not_after: i64) -> CertPair {
-    let rsa = Rsa::generate(2048).unwrap();
-    let key = PKey::from_rsa(rsa).unwrap();
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+    let key = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
     let mut subject = X509NameBuilder::new().unwrap();
     subject.append_entry_by_text("CN", "localhost").unwrap();
     let subject = subject.build();
@@ -368,4 +370,83 @@ pub fn send_raw_until_closed(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
             Err(e) => panic!("server did not close the connection: {e}"),
         }
     }
+}
+
+/// The serial number of a PEM certificate file, in the hex form the server logs.
+pub fn serial_of(cert: &Path) -> String {
+    let cert = X509::from_pem(&std::fs::read(cert).unwrap()).unwrap();
+    cert.serial_number()
+        .to_bn()
+        .unwrap()
+        .to_hex_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Connects without verifying (the certificate changes under the test) and returns the serial of
+/// the certificate the server presented, after reading its greeting.
+pub fn served_serial(addr: SocketAddr) -> Result<String, String> {
+    let mut b = SslConnector::builder(SslMethod::tls_client()).map_err(|e| e.to_string())?;
+    b.set_verify(SslVerifyMode::NONE);
+    let tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(PATIENCE))
+        .map_err(|e| e.to_string())?;
+    let mut s = b
+        .build()
+        .connect("localhost", tcp)
+        .map_err(|e| e.to_string())?;
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).map_err(|e| e.to_string())?;
+    if got.is_empty() {
+        return Err("no greeting".into());
+    }
+    let cert = s.ssl().peer_certificate().ok_or("no certificate")?;
+    Ok(cert
+        .serial_number()
+        .to_bn()
+        .unwrap()
+        .to_hex_str()
+        .unwrap()
+        .to_string())
+}
+
+/// GETs `path` from a plain-HTTP endpoint and returns (status line, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
+}
+
+/// Parses Prometheus/OpenMetrics text into (series, value) pairs, failing on a malformed line.
+pub fn parse_metrics(text: &str) -> Vec<(String, f64)> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        out.push((series.to_string(), value));
+    }
+    assert!(text.trim_end().ends_with("# EOF"), "no # EOF terminator");
+    out
+}
+
+pub fn metric(samples: &[(String, f64)], series: &str) -> f64 {
+    samples
+        .iter()
+        .find(|(s, _)| s == series)
+        .map(|(_, v)| *v)
+        .unwrap_or(0.0)
 }

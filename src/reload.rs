@@ -1,0 +1,138 @@
+//! Certificate reload without restart: on request (SIGHUP) and when the files' contents change.
+//!
+//! A reload builds a whole new TLS context from the files, validates it exactly as start-up does,
+//! and swaps it in atomically; connections already open keep the context they started with. On any
+//! failure the current context stays, and one error line names the file. Change detection reads
+//! the files' contents through their paths, so a symlink re-pointed to a new target (certbot's
+//! `live/`, Kubernetes secret volumes) counts as a change even when the link itself is untouched.
+
+use std::sync::Arc;
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use arc_swap::ArcSwap;
+use log::{error, info, warn};
+use openssl::sha::Sha256;
+
+use crate::metrics::Metrics;
+use crate::tls::{self, EXPIRY_WARNING_DAYS, Tls, TlsSettings};
+
+/// A digest of every file the TLS context is built from. A file that cannot be read contributes
+/// its error, so its disappearance or return is a change too.
+fn fingerprint(settings: &TlsSettings) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for path in settings.files() {
+        h.update(path.as_os_str().as_encoded_bytes());
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                h.update(b"\0ok\0");
+                h.update(&bytes);
+            }
+            Err(e) => {
+                h.update(b"\0err\0");
+                h.update(e.to_string().as_bytes());
+            }
+        }
+        h.update(b"\0\0");
+    }
+    h.finish()
+}
+
+/// Why a reload runs.
+#[derive(Debug, Clone, Copy)]
+pub enum Trigger {
+    Signal,
+    FileChange,
+}
+
+/// Builds a new context and swaps it in; on failure keeps the old one. Returns whether it swapped.
+pub fn reload(
+    settings: &TlsSettings,
+    current: &ArcSwap<Tls>,
+    metrics: &Metrics,
+    why: Trigger,
+) -> bool {
+    match tls::build(settings) {
+        Ok(new) => {
+            let c = &new.info;
+            info!(
+                "reload ok trigger={} subject=\"{}\" serial={} not_after={} expires_in_days={}",
+                trigger_name(why),
+                c.subject,
+                c.serial,
+                c.not_after_unix,
+                c.days_left
+            );
+            if c.days_left < EXPIRY_WARNING_DAYS {
+                warn!("certificate expires in {} days: renew it", c.days_left);
+            }
+            metrics.certificate_expiry(c.not_after_unix);
+            metrics.reload(true);
+            current.store(Arc::new(new));
+            true
+        }
+        Err(e) => {
+            error!(
+                "reload failed trigger={}: {e:#}; still serving serial={}",
+                trigger_name(why),
+                current.load().info.serial
+            );
+            metrics.reload(false);
+            false
+        }
+    }
+}
+
+fn trigger_name(why: Trigger) -> &'static str {
+    match why {
+        Trigger::Signal => "signal",
+        Trigger::FileChange => "file_change",
+    }
+}
+
+/// Starts the reload thread. Sending on the returned channel asks for a reload now (SIGHUP);
+/// with `watch` set, the files are also polled at that interval.
+///
+/// A change is acted on once the files have stayed the same for one whole interval, so a renewal
+/// that writes the certificate and then the key is seen as one change, not as a mismatched pair.
+/// A content that failed is not retried until it changes again (or SIGHUP asks).
+pub fn spawn(
+    settings: TlsSettings,
+    current: Arc<ArcSwap<Tls>>,
+    metrics: Arc<Metrics>,
+    watch: Option<Duration>,
+) -> Result<Sender<()>> {
+    let (tx, rx) = mpsc::channel::<()>();
+    let mut loaded = fingerprint(&settings);
+    thread::Builder::new()
+        .name("reload".into())
+        .spawn(move || {
+            let mut seen = loaded;
+            loop {
+                let event = match watch {
+                    Some(interval) => rx.recv_timeout(interval),
+                    None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                };
+                match event {
+                    Ok(()) => {
+                        seen = fingerprint(&settings);
+                        reload(&settings, &current, &metrics, Trigger::Signal);
+                        loaded = seen;
+                    }
+                    Err(RecvTimeoutError::Timeout) => {
+                        let now = fingerprint(&settings);
+                        if now != loaded && now == seen {
+                            reload(&settings, &current, &metrics, Trigger::FileChange);
+                            loaded = now;
+                        }
+                        seen = now;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
+        })
+        .context("starting the reload thread")?;
+    Ok(tx)
+}
