@@ -67,10 +67,14 @@ if [ "$ecdsa" -eq 1 ]; then
 else
     newkey="-newkey rsa:2048"
 fi
-# The tutorial's command, with -subj and -addext so it runs unattended.
+# The tutorial's command, with -subj and -addext so it runs unattended. `req -x509` marks the
+# certificate as a CA by default (openssl.cnf's v3_ca); strict verifiers (Python's cryptography, hence
+# sslyze, and rustls/webpki) then refuse it as a server certificate even when told to trust it, so it is
+# declared an end-entity certificate for TLS servers. OpenSSL clients given it with -CAfile accept both.
 # shellcheck disable=SC2086 # $newkey is two or three words on purpose
 openssl req $newkey -nodes -keyout "$tmpkey" -x509 -days "$days" -out "$tmpcert" \
-    -subj "/CN=$cn" -addext "subjectAltName=$san" 2>/dev/null
+    -subj "/CN=$cn" -addext "subjectAltName=$san" \
+    -addext "basicConstraints=critical,CA:FALSE" -addext "extendedKeyUsage=serverAuth" 2>/dev/null
 
 chmod 600 "$tmpkey"
 chmod 644 "$tmpcert"
