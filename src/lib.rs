@@ -14,5 +14,7 @@ pub mod config;
 pub mod connection;
 pub mod limits;
 pub mod net;
+pub mod proxy_protocol;
+pub mod relay;
 pub mod server;
 pub mod tls;

@@ -1,0 +1,1 @@
+//! PROXY protocol headers (placeholder, filled in below).
