@@ -243,11 +243,15 @@ struct Buffer {
 }
 
 impl Buffer {
-    fn new() -> Buffer {
+    /// A buffer that starts out queueing `bytes`; it is larger than [`BUF_SIZE`] only if they
+    /// need it.
+    fn holding(bytes: &[u8]) -> Buffer {
+        let mut data = vec![0; BUF_SIZE.max(bytes.len())].into_boxed_slice();
+        data[..bytes.len()].copy_from_slice(bytes);
         Buffer {
-            data: vec![0; BUF_SIZE].into_boxed_slice(),
+            data,
             start: 0,
-            end: 0,
+            end: bytes.len(),
         }
     }
 
@@ -311,8 +315,13 @@ enum Fault {
 
 impl Lane {
     fn new() -> Lane {
+        Lane::with_preamble(&[])
+    }
+
+    /// A lane whose first bytes out are `preamble`, which was never read from the source.
+    fn with_preamble(preamble: &[u8]) -> Lane {
         Lane {
-            buf: Buffer::new(),
+            buf: Buffer::holding(preamble),
             read_wait: None,
             write_wait: None,
             eof: false,
@@ -506,8 +515,21 @@ pub fn forward(
     upstream: &mut TcpStream,
     idle_timeout: Duration,
 ) -> RelayResult {
+    forward_with_preamble(tls, upstream, &[], idle_timeout)
+}
+
+/// [`forward`], sending `preamble` to the upstream before the client's first byte: a PROXY
+/// protocol header goes out through the same non-blocking, deadline-bounded path as the data, so
+/// an upstream that does not read cannot block the thread. The preamble is not counted in
+/// `bytes_in`.
+pub fn forward_with_preamble(
+    tls: &mut SslStream<TcpStream>,
+    upstream: &mut TcpStream,
+    preamble: &[u8],
+    idle_timeout: Duration,
+) -> RelayResult {
     // Client → upstream and upstream → client.
-    let mut up = Lane::new();
+    let mut up = Lane::with_preamble(preamble);
     let mut down = Lane::new();
     let end = forward_loop(tls, upstream, &mut up, &mut down, idle_timeout);
     RelayResult {
@@ -588,7 +610,7 @@ mod tests {
 
     #[test]
     fn buffer_compacts_only_when_the_tail_is_short() {
-        let mut b = Buffer::new();
+        let mut b = Buffer::holding(&[]);
         let room = b.room().len();
         assert_eq!(room, BUF_SIZE);
         b.commit(BUF_SIZE - 100);
@@ -603,7 +625,7 @@ mod tests {
 
     #[test]
     fn a_full_buffer_offers_no_room() {
-        let mut b = Buffer::new();
+        let mut b = Buffer::holding(&[]);
         b.commit(BUF_SIZE);
         assert!(!b.has_room());
         b.consume(1);

@@ -19,6 +19,7 @@ use openssl::ssl::{ErrorCode, SslAcceptor, SslConnector, SslMethod, SslStream, S
 use openssl::x509::extension::SubjectAlternativeName;
 use openssl::x509::{X509, X509NameBuilder};
 use securesock::net::{Interest, poll, pollfd};
+use securesock::proxy_protocol;
 use securesock::relay::{self, BUF_SIZE, RelayEnd, RelayResult};
 use socket2::SockRef;
 
@@ -99,9 +100,10 @@ fn pattern(len: usize, seed: u64) -> Vec<u8> {
 
 /// A server that accepts one connection, completes the handshake, makes the socket non-blocking
 /// and hands it to `mode` on its own thread, as a connection thread does.
-fn serve_one<F>(acceptor: SslAcceptor, mode: F) -> (SocketAddr, JoinHandle<RelayResult>)
+fn serve_one<F, T>(acceptor: SslAcceptor, mode: F) -> (SocketAddr, JoinHandle<T>)
 where
-    F: FnOnce(&mut SslStream<TcpStream>) -> RelayResult + Send + 'static,
+    F: FnOnce(&mut SslStream<TcpStream>) -> T + Send + 'static,
+    T: Send + 'static,
 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -112,9 +114,9 @@ where
     (addr, handle)
 }
 
-fn serve_stream<F>(acceptor: &SslAcceptor, tcp: TcpStream, mode: F) -> RelayResult
+fn serve_stream<F, T>(acceptor: &SslAcceptor, tcp: TcpStream, mode: F) -> T
 where
-    F: FnOnce(&mut SslStream<TcpStream>) -> RelayResult,
+    F: FnOnce(&mut SslStream<TcpStream>) -> T,
 {
     let _ = tcp.set_nodelay(true);
     let mut tls = acceptor.accept(tcp).unwrap();
@@ -370,9 +372,12 @@ fn idle_timeout_ends_a_quiet_connection_with_close_notify() {
         let _ = s.read_to_end(&mut rest);
         rest.len()
     });
-    let (addr, server) = serve_one(acceptor(false), forwarder(up_addr, idle));
+    let (addr, server) = serve_one(acceptor(false), move |tls| {
+        let start = Instant::now();
+        let result = forwarder(up_addr, idle)(tls);
+        (result, start.elapsed())
+    });
     let mut client = connect(addr);
-    let start = Instant::now();
     client
         .get_ref()
         .set_read_timeout(Some(TEST_DEADLINE))
@@ -384,12 +389,8 @@ fn idle_timeout_ends_a_quiet_connection_with_close_notify() {
         ErrorCode::ZERO_RETURN,
         "expected close_notify: {err}"
     );
-    assert!(
-        start.elapsed() >= idle,
-        "closed after {:?}",
-        start.elapsed()
-    );
-    let result = server.join().unwrap();
+    let (result, lasted) = server.join().unwrap();
+    assert!(lasted >= idle, "closed after {lasted:?}");
     assert_eq!(result.end, RelayEnd::IdleTimeout);
     assert_eq!((result.bytes_in, result.bytes_out), (0, 0));
     assert_eq!(upstream.join().unwrap(), 0);
@@ -536,4 +537,38 @@ fn sixty_four_connections_at_once() {
         );
     }
     upstream.join().unwrap();
+}
+
+#[test]
+fn a_proxy_header_goes_first_and_facts_come_from_the_handshake() {
+    let (up_addr, upstream) = upstream_one(|mut s| {
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        got
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (addr, server) = serve_one(acceptor(false), move |tls| {
+        let facts = proxy_protocol::TlsFacts::from_ssl(tls.ssl());
+        let peer = tls.get_ref().peer_addr().unwrap();
+        let local = tls.get_ref().local_addr().unwrap();
+        let header = proxy_protocol::v2(peer, local, &facts);
+        tx.send((facts, header.clone())).unwrap();
+        let mut up = TcpStream::connect(up_addr).unwrap();
+        up.set_nonblocking(true).unwrap();
+        relay::forward_with_preamble(tls, &mut up, &header, LONG_IDLE)
+    });
+    let got = exchange(&mut connect(addr), b"payload", true);
+    assert!(got.data.is_empty() && got.close_notify);
+    let (facts, header) = rx.recv().unwrap();
+    assert_eq!(facts.version, "TLSv1.3");
+    assert_eq!(facts.sni.as_deref(), Some("localhost"));
+    assert!(facts.cipher.starts_with("TLS_"), "{}", facts.cipher);
+    assert!(!facts.client_cert && facts.client_cn.is_none());
+    let mut expected = header;
+    expected.extend_from_slice(b"payload");
+    assert_eq!(upstream.join().unwrap(), expected);
+    let result = server.join().unwrap();
+    assert_eq!(result.end, RelayEnd::Done);
+    assert_eq!(result.bytes_in, 7, "the header is not client data");
 }
