@@ -572,3 +572,32 @@ fn a_proxy_header_goes_first_and_facts_come_from_the_handshake() {
     assert_eq!(result.end, RelayEnd::Done);
     assert_eq!(result.bytes_in, 7, "the header is not client data");
 }
+
+#[test]
+fn a_tcp_half_close_without_close_notify_still_gets_the_reply() {
+    let (up_addr, upstream) = upstream_one(|mut s| {
+        let mut request = Vec::new();
+        s.read_to_end(&mut request).unwrap();
+        s.write_all(b"reply").unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        request
+    });
+    let (addr, server) = serve_one(acceptor(false), forwarder(up_addr, LONG_IDLE));
+    let mut client = connect(addr);
+    client
+        .get_ref()
+        .set_read_timeout(Some(TEST_DEADLINE))
+        .unwrap();
+    client.write_all(b"abc").unwrap();
+    // A FIN with no close_notify before it: the client's input ends all the same.
+    client.get_ref().shutdown(Shutdown::Write).unwrap();
+    let mut buf = [0u8; 16];
+    let n = client.ssl_read(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"reply");
+    let end = client.ssl_read(&mut buf).unwrap_err();
+    assert_eq!(end.code(), ErrorCode::ZERO_RETURN);
+    assert_eq!(upstream.join().unwrap(), b"abc");
+    let result = server.join().unwrap();
+    assert_eq!(result.end, RelayEnd::Done);
+    assert_eq!((result.bytes_in, result.bytes_out), (3, 5));
+}
