@@ -482,7 +482,8 @@ fn an_upstream_reset_is_an_upstream_error_without_close_notify() {
 #[test]
 fn sixty_four_connections_at_once() {
     const N: usize = 64;
-    const LEN: usize = 256 * 1024;
+    // Twice a relay buffer: every connection goes through backpressure at least once.
+    const LEN: usize = 2 * BUF_SIZE;
     // An echoing upstream, one thread per connection.
     let up_listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let up_addr = up_listener.local_addr().unwrap();
