@@ -15,6 +15,8 @@ pub mod connection;
 pub mod limits;
 pub mod metrics;
 pub mod net;
+pub mod proxy_protocol;
+pub mod relay;
 pub mod reload;
 pub mod server;
 pub mod tls;

@@ -1,0 +1,644 @@
+//! The data phase of one connection, after the handshake: echo the client's bytes back
+//! ([`echo`]), or relay them to an upstream TCP service and back ([`forward`]).
+//!
+//! Everything runs on the connection's own thread over non-blocking sockets. Each operation is tried
+//! until it would block, and only then does the thread sleep in poll(2), on exactly what the blocked
+//! operations wait for. That one rule covers three traps at once: bytes OpenSSL already holds
+//! (poll cannot see them, but the next `SSL_read` returns them), an `SSL_read` that needs to write
+//! or an `SSL_write` that needs to read, and idle loops (a blocked operation is not retried until
+//! its socket is ready).
+//!
+//! Memory is bounded: each direction owns one fixed [`BUF_SIZE`] buffer, allocated once. When the
+//! reader at one end is slow, its buffer fills, the other end is no longer read, and TCP flow
+//! control pushes back on the sender. Nothing here may grow a buffer, spin without waiting, or wait
+//! without a deadline.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use openssl::ssl::{ErrorCode, SslStream};
+
+use crate::net::{Interest, poll, pollfd, wait};
+
+/// Bytes buffered per direction. Four full TLS records, so one plaintext write to the upstream
+/// carries what several `SSL_read`s produced and one `SSL_write` fills several records.
+pub const BUF_SIZE: usize = 64 * 1024;
+
+/// The largest TLS record's plaintext. A read into less room than this is allowed but wasteful, so
+/// the buffer compacts before offering a shorter tail.
+const RECORD: usize = 16 * 1024;
+
+/// How long a close_notify may take to go out once the relay has decided to stop for a reason of
+/// its own (idle timeout). A client that does not read never gets it; this bounds the attempt.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// OpenSSL 3's reason code for a peer that closed TCP without close_notify
+/// (`SSL_R_UNEXPECTED_EOF_WHILE_READING`), and the SSL library's error code (`ERR_LIB_SSL`);
+/// openssl-sys exports neither.
+const SSL_R_UNEXPECTED_EOF_WHILE_READING: libc::c_int = 294;
+const ERR_LIB_SSL: libc::c_int = 20;
+
+/// What the relay moved and how it ended, for the connection's log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayResult {
+    /// Plaintext bytes received from the client (for `forward`, the client → upstream direction).
+    pub bytes_in: u64,
+    /// Plaintext bytes delivered to the client (for `forward`, the upstream → client direction).
+    pub bytes_out: u64,
+    pub end: RelayEnd,
+}
+
+/// Why the relay stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayEnd {
+    /// Both directions finished: each end's EOF was passed on and everything buffered delivered.
+    Done,
+    /// No byte moved in either direction for the idle timeout; close_notify was attempted.
+    IdleTimeout,
+    /// The client's side failed (reset, TLS alert, bad record); the text says how.
+    ClientError(String),
+    /// The upstream's side failed (reset, refused write); the text says how. The client gets no
+    /// close_notify, so it can tell a cut-off stream from a complete one.
+    UpstreamError(String),
+    /// poll(2) itself failed, which only resource exhaustion can cause.
+    Poll(String),
+}
+
+impl RelayEnd {
+    /// The short word for the log line's `result=` and a metrics label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            RelayEnd::Done => "ok",
+            RelayEnd::IdleTimeout => "idle_timeout",
+            RelayEnd::ClientError(_) => "client_error",
+            RelayEnd::UpstreamError(_) => "upstream_error",
+            RelayEnd::Poll(_) => "error",
+        }
+    }
+
+    /// The failure's reason, when there is one.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            RelayEnd::Done | RelayEnd::IdleTimeout => None,
+            RelayEnd::ClientError(r) | RelayEnd::UpstreamError(r) | RelayEnd::Poll(r) => Some(r),
+        }
+    }
+}
+
+impl fmt::Display for RelayEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.reason() {
+            Some(reason) => write!(f, "{}: {reason}", self.label()),
+            None => f.write_str(self.label()),
+        }
+    }
+}
+
+/// The result of one attempt at a non-blocking operation.
+enum Io {
+    /// This many bytes moved (0 for a completed close).
+    Moved(usize),
+    /// Nothing moved; retry once the socket is ready for this.
+    Blocked(Interest),
+    /// The source ended (EOF or close_notify).
+    Ended,
+    Failed(String),
+}
+
+/// One end of a relay, seen as a byte source and sink. Implemented by the TLS client connection and
+/// the plaintext upstream socket, so one [`Lane`] type serves every direction.
+trait Endpoint {
+    fn read_into(&mut self, buf: &mut [u8]) -> Io;
+    fn write_from(&mut self, data: &[u8]) -> Io;
+    /// Tells the peer no more bytes follow: close_notify, or a TCP FIN.
+    fn close_write(&mut self) -> Io;
+}
+
+impl Endpoint for SslStream<TcpStream> {
+    fn read_into(&mut self, buf: &mut [u8]) -> Io {
+        match self.ssl_read(buf) {
+            Ok(n) => Io::Moved(n),
+            Err(e) => match e.code() {
+                ErrorCode::WANT_READ => Io::Blocked(Interest::Read),
+                ErrorCode::WANT_WRITE => Io::Blocked(Interest::Write),
+                ErrorCode::ZERO_RETURN => Io::Ended,
+                _ if is_eof(&e) => Io::Ended,
+                _ => Io::Failed(ssl_reason(&e)),
+            },
+        }
+    }
+
+    fn write_from(&mut self, data: &[u8]) -> Io {
+        // SSL_MODE_ENABLE_PARTIAL_WRITE and ACCEPT_MOVING_WRITE_BUFFER (set by every SslAcceptor)
+        // make this return after each record once the socket is full, and let a retry pass the
+        // same bytes from a buffer that has since been compacted or grown.
+        match self.ssl_write(data) {
+            Ok(n) => Io::Moved(n),
+            Err(e) => match e.code() {
+                ErrorCode::WANT_READ => Io::Blocked(Interest::Read),
+                ErrorCode::WANT_WRITE => Io::Blocked(Interest::Write),
+                _ => Io::Failed(ssl_reason(&e)),
+            },
+        }
+    }
+
+    fn close_write(&mut self) -> Io {
+        match self.shutdown() {
+            Ok(_) => Io::Moved(0),
+            Err(e) => match e.code() {
+                ErrorCode::WANT_READ => Io::Blocked(Interest::Read),
+                ErrorCode::WANT_WRITE => Io::Blocked(Interest::Write),
+                _ => Io::Failed(ssl_reason(&e)),
+            },
+        }
+    }
+}
+
+impl Endpoint for TcpStream {
+    fn read_into(&mut self, buf: &mut [u8]) -> Io {
+        loop {
+            return match self.read(buf) {
+                Ok(0) => Io::Ended,
+                Ok(n) => Io::Moved(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Io::Blocked(Interest::Read),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => Io::Failed(io_reason(&e)),
+            };
+        }
+    }
+
+    fn write_from(&mut self, data: &[u8]) -> Io {
+        loop {
+            return match self.write(data) {
+                Ok(0) => Io::Failed("write accepted no bytes".into()),
+                Ok(n) => Io::Moved(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Io::Blocked(Interest::Write),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => Io::Failed(io_reason(&e)),
+            };
+        }
+    }
+
+    fn close_write(&mut self) -> Io {
+        match self.shutdown(Shutdown::Write) {
+            Ok(()) => Io::Moved(0),
+            Err(e) => Io::Failed(io_reason(&e)),
+        }
+    }
+}
+
+/// Whether a failed `SSL_read` means the peer closed TCP without close_notify. That ends the
+/// client's input like a close_notify does (as nginx and ghostunnel treat it); whether the reply
+/// can still reach a peer that did so is for the write side to find out.
+fn is_eof(e: &openssl::ssl::Error) -> bool {
+    match e.code() {
+        // OpenSSL 1.1: SYSCALL with neither a queued error nor an errno.
+        ErrorCode::SYSCALL => e.io_error().is_none() && e.ssl_error().is_none(),
+        ErrorCode::SSL => e.ssl_error().is_some_and(|stack| {
+            stack.errors().iter().any(|err| {
+                err.library_code() == ERR_LIB_SSL
+                    && err.reason_code() == SSL_R_UNEXPECTED_EOF_WHILE_READING
+            })
+        }),
+        _ => false,
+    }
+}
+
+/// OpenSSL's reason for a failure, or the I/O error behind it.
+fn ssl_reason(e: &openssl::ssl::Error) -> String {
+    if let Some(reason) = e
+        .ssl_error()
+        .and_then(|stack| stack.errors().first())
+        .and_then(|err| err.reason())
+    {
+        return reason.to_string();
+    }
+    if let Some(io) = e.io_error() {
+        return io_reason(io);
+    }
+    match e.code() {
+        ErrorCode::ZERO_RETURN => "closed by peer".into(),
+        ErrorCode::SYSCALL => "connection closed by peer".into(),
+        code => format!("TLS error {}", code.as_raw()),
+    }
+}
+
+/// An io::Error's text without Rust's "(os error N)" suffix.
+fn io_reason(e: &io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
+}
+
+/// A fixed-size byte queue: filled at `end`, drained from `start`.
+struct Buffer {
+    data: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+impl Buffer {
+    /// A buffer that starts out queueing `bytes`; it is larger than [`BUF_SIZE`] only if they
+    /// need it.
+    fn holding(bytes: &[u8]) -> Buffer {
+        let mut data = vec![0; BUF_SIZE.max(bytes.len())].into_boxed_slice();
+        data[..bytes.len()].copy_from_slice(bytes);
+        Buffer {
+            data,
+            start: 0,
+            end: bytes.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    fn has_room(&self) -> bool {
+        self.end - self.start < self.data.len()
+    }
+
+    fn filled(&self) -> &[u8] {
+        &self.data[self.start..self.end]
+    }
+
+    /// The free space after the queued bytes. The bytes move to the front first when the tail is
+    /// shorter than a record: a rare, small copy that keeps every read large.
+    fn room(&mut self) -> &mut [u8] {
+        if self.start > 0 && self.data.len() - self.end < RECORD {
+            self.data.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        &mut self.data[self.end..]
+    }
+
+    fn commit(&mut self, n: usize) {
+        self.end += n;
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+}
+
+/// One direction of a relay: a buffer and the state of the read that fills it and the write that
+/// drains it. A wait of `None` means the operation may succeed now and is worth trying.
+struct Lane {
+    buf: Buffer,
+    /// What the last read blocked on, until poll says that is ready.
+    read_wait: Option<Interest>,
+    /// What the last write (or close) blocked on, until poll says that is ready.
+    write_wait: Option<Interest>,
+    /// The source ended; what is buffered still goes out, then the end is passed on.
+    eof: bool,
+    /// The end was passed on to the destination: this direction is finished.
+    shut: bool,
+    read: u64,
+    written: u64,
+}
+
+/// Which half of a lane failed, so the caller can blame the right peer.
+enum Fault {
+    Source(String),
+    Sink(String),
+}
+
+impl Lane {
+    fn new() -> Lane {
+        Lane::with_preamble(&[])
+    }
+
+    /// A lane whose first bytes out are `preamble`, which was never read from the source.
+    fn with_preamble(preamble: &[u8]) -> Lane {
+        Lane {
+            buf: Buffer::holding(preamble),
+            read_wait: None,
+            write_wait: None,
+            eof: false,
+            shut: false,
+            read: 0,
+            written: 0,
+        }
+    }
+
+    /// What a read waits for, when a read is wanted at all.
+    fn read_interest(&self) -> Option<Interest> {
+        if self.eof || !self.buf.has_room() {
+            return None;
+        }
+        self.read_wait
+    }
+
+    /// What a write or the close waits for, when either is wanted at all.
+    fn write_interest(&self) -> Option<Interest> {
+        if self.shut || (self.buf.is_empty() && !self.eof) {
+            return None;
+        }
+        self.write_wait
+    }
+
+    /// Reads from `src` until the buffer is full or the read would block. True when bytes came in.
+    fn fill(&mut self, src: &mut impl Endpoint) -> Result<bool, Fault> {
+        let mut moved = false;
+        while !self.eof && self.read_wait.is_none() && self.buf.has_room() {
+            match src.read_into(self.buf.room()) {
+                Io::Moved(n) => {
+                    self.buf.commit(n);
+                    self.read += n as u64;
+                    moved = true;
+                }
+                Io::Blocked(interest) => self.read_wait = Some(interest),
+                Io::Ended => self.eof = true,
+                Io::Failed(reason) => return Err(Fault::Source(reason)),
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Writes to `dst` until the buffer is empty or the write would block, then passes the
+    /// source's end on once everything is out. True when bytes went out.
+    fn drain(&mut self, dst: &mut impl Endpoint) -> Result<bool, Fault> {
+        let mut moved = false;
+        while !self.buf.is_empty() && self.write_wait.is_none() {
+            match dst.write_from(self.buf.filled()) {
+                Io::Moved(n) => {
+                    self.buf.consume(n);
+                    self.written += n as u64;
+                    moved = true;
+                }
+                Io::Blocked(interest) => self.write_wait = Some(interest),
+                Io::Ended => return Err(Fault::Sink("closed".into())),
+                Io::Failed(reason) => return Err(Fault::Sink(reason)),
+            }
+        }
+        if self.eof && !self.shut && self.buf.is_empty() && self.write_wait.is_none() {
+            match dst.close_write() {
+                Io::Moved(_) => self.shut = true,
+                Io::Blocked(interest) => self.write_wait = Some(interest),
+                Io::Ended | Io::Failed(_) => {
+                    // The peer is already gone, so it cannot miss the end-of-stream signal, and
+                    // everything it was sent got out: nothing was lost.
+                    self.shut = true;
+                }
+            }
+        }
+        Ok(moved)
+    }
+}
+
+/// poll(2) event bits for an interest.
+fn bits(interest: Interest) -> libc::c_short {
+    match interest {
+        Interest::Read => libc::POLLIN,
+        Interest::Write => libc::POLLOUT,
+        Interest::Both => libc::POLLIN | libc::POLLOUT,
+    }
+}
+
+/// A pollfd for `fd` waiting on every interest given; ignored by poll (fd -1) when there is none,
+/// so a hung-up socket nobody waits on cannot wake the loop over and over.
+fn entry(fd: &impl AsRawFd, interests: &[Option<Interest>]) -> libc::pollfd {
+    let mut p = pollfd(fd, Interest::Read);
+    p.events = interests.iter().flatten().fold(0, |acc, &i| acc | bits(i));
+    if p.events == 0 {
+        p.fd = -1;
+    }
+    p
+}
+
+/// Clears a wait that the socket's poll result satisfied. Errors and hang-ups satisfy every wait:
+/// the retried operation reports them.
+fn wake(wait: &mut Option<Interest>, revents: libc::c_short) {
+    let fired = revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0
+        || wait.is_some_and(|i| revents & bits(i) != 0);
+    if fired {
+        *wait = None;
+    }
+}
+
+/// Sends close_notify within [`CLOSE_TIMEOUT`], when the client still takes bytes.
+fn close_notify(tls: &mut SslStream<TcpStream>) {
+    let deadline = Instant::now() + CLOSE_TIMEOUT;
+    loop {
+        match tls.close_write() {
+            Io::Blocked(interest) => {
+                match wait(tls.get_ref().as_raw_fd(), interest, Some(deadline)) {
+                    Ok(true) => {}
+                    _ => return,
+                }
+            }
+            _ => return,
+        }
+    }
+}
+
+/// Sends every byte the client sends back to it, until the client ends its side (close_notify or
+/// EOF) and everything is echoed, then sends close_notify. Stops after `idle_timeout` without a
+/// byte moving either way. A client that writes without reading fills the buffer and then is no
+/// longer read, so memory stays at one [`BUF_SIZE`] buffer.
+pub fn echo(tls: &mut SslStream<TcpStream>, idle_timeout: Duration) -> RelayResult {
+    let mut lane = Lane::new();
+    let end = echo_loop(tls, &mut lane, idle_timeout);
+    RelayResult {
+        bytes_in: lane.read,
+        bytes_out: lane.written,
+        end,
+    }
+}
+
+fn echo_loop(tls: &mut SslStream<TcpStream>, lane: &mut Lane, idle: Duration) -> RelayEnd {
+    let mut last = Instant::now();
+    loop {
+        let mut moved = lane.fill(tls).map_err(client_fault);
+        if let Ok(read) = moved {
+            moved = lane
+                .drain(tls)
+                .map(|wrote| read | wrote)
+                .map_err(client_fault);
+        }
+        match moved {
+            Err(end) => return end,
+            Ok(true) => {
+                last = Instant::now();
+                continue;
+            }
+            Ok(false) => {}
+        }
+        if lane.shut {
+            return RelayEnd::Done;
+        }
+        let mut fds = [entry(
+            tls.get_ref(),
+            &[lane.read_interest(), lane.write_interest()],
+        )];
+        match poll(&mut fds, Some(last + idle)) {
+            Ok(0) if Instant::now() >= last + idle => {
+                close_notify(tls);
+                return RelayEnd::IdleTimeout;
+            }
+            Ok(_) => {
+                wake(&mut lane.read_wait, fds[0].revents);
+                wake(&mut lane.write_wait, fds[0].revents);
+            }
+            Err(e) => return RelayEnd::Poll(io_reason(&e)),
+        }
+    }
+}
+
+/// Both halves of a client-side lane touch the client.
+fn client_fault(fault: Fault) -> RelayEnd {
+    match fault {
+        Fault::Source(r) | Fault::Sink(r) => RelayEnd::ClientError(r),
+    }
+}
+
+/// Relays between the TLS client and a plaintext upstream until both directions are done, then
+/// returns; the caller closes both sockets.
+///
+/// Half-close is carried faithfully: the client's close_notify (or EOF) becomes a FIN to the
+/// upstream (`shutdown(Write)`) while upstream → client keeps flowing; the upstream's EOF becomes
+/// close_notify to the client, once everything before it is delivered, while client → upstream
+/// keeps flowing until the client ends too. `idle_timeout` without a byte moving either way ends
+/// the relay with close_notify to the client. Either side failing ends it at once.
+pub fn forward(
+    tls: &mut SslStream<TcpStream>,
+    upstream: &mut TcpStream,
+    idle_timeout: Duration,
+) -> RelayResult {
+    forward_with_preamble(tls, upstream, &[], idle_timeout)
+}
+
+/// [`forward`], sending `preamble` to the upstream before the client's first byte: a PROXY
+/// protocol header goes out through the same non-blocking, deadline-bounded path as the data, so
+/// an upstream that does not read cannot block the thread. The preamble is not counted in
+/// `bytes_in`.
+pub fn forward_with_preamble(
+    tls: &mut SslStream<TcpStream>,
+    upstream: &mut TcpStream,
+    preamble: &[u8],
+    idle_timeout: Duration,
+) -> RelayResult {
+    // Client → upstream and upstream → client.
+    let mut up = Lane::with_preamble(preamble);
+    let mut down = Lane::new();
+    let end = forward_loop(tls, upstream, &mut up, &mut down, idle_timeout);
+    RelayResult {
+        bytes_in: up.read,
+        bytes_out: down.written,
+        end,
+    }
+}
+
+fn forward_loop(
+    tls: &mut SslStream<TcpStream>,
+    upstream: &mut TcpStream,
+    up: &mut Lane,
+    down: &mut Lane,
+    idle: Duration,
+) -> RelayEnd {
+    let mut last = Instant::now();
+    loop {
+        match step(tls, upstream, up, down) {
+            Err(end) => return end,
+            Ok(true) => {
+                last = Instant::now();
+                continue;
+            }
+            Ok(false) => {}
+        }
+        if up.shut && down.shut {
+            return RelayEnd::Done;
+        }
+        let mut fds = [
+            entry(tls.get_ref(), &[up.read_interest(), down.write_interest()]),
+            entry(&*upstream, &[up.write_interest(), down.read_interest()]),
+        ];
+        match poll(&mut fds, Some(last + idle)) {
+            Ok(0) if Instant::now() >= last + idle => {
+                if !down.shut {
+                    close_notify(tls);
+                }
+                return RelayEnd::IdleTimeout;
+            }
+            Ok(_) => {
+                wake(&mut up.read_wait, fds[0].revents);
+                wake(&mut down.write_wait, fds[0].revents);
+                wake(&mut up.write_wait, fds[1].revents);
+                wake(&mut down.read_wait, fds[1].revents);
+            }
+            Err(e) => return RelayEnd::Poll(io_reason(&e)),
+        }
+    }
+}
+
+/// Moves what can move without waiting, both ways. True when any byte moved.
+fn step(
+    tls: &mut SslStream<TcpStream>,
+    upstream: &mut TcpStream,
+    up: &mut Lane,
+    down: &mut Lane,
+) -> Result<bool, RelayEnd> {
+    let a = up.fill(tls).map_err(|f| blame(f, false))?;
+    let b = up.drain(upstream).map_err(|f| blame(f, false))?;
+    let c = down.fill(upstream).map_err(|f| blame(f, true))?;
+    let d = down.drain(tls).map_err(|f| blame(f, true))?;
+    Ok(a | b | c | d)
+}
+
+/// Names the peer behind a lane's failure: the client is the source going up and the sink coming
+/// down.
+fn blame(fault: Fault, downstream: bool) -> RelayEnd {
+    match (fault, downstream) {
+        (Fault::Source(r), false) | (Fault::Sink(r), true) => RelayEnd::ClientError(r),
+        (Fault::Source(r), true) | (Fault::Sink(r), false) => RelayEnd::UpstreamError(r),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffer_compacts_only_when_the_tail_is_short() {
+        let mut b = Buffer::holding(&[]);
+        let room = b.room().len();
+        assert_eq!(room, BUF_SIZE);
+        b.commit(BUF_SIZE - 100);
+        b.consume(RECORD);
+        // 100 bytes of tail: compaction moves the queued bytes to the front.
+        assert_eq!(b.room().len(), RECORD + 100);
+        assert_eq!(b.filled().len(), BUF_SIZE - 100 - RECORD);
+        b.consume(b.filled().len());
+        assert!(b.is_empty());
+        assert_eq!(b.room().len(), BUF_SIZE);
+    }
+
+    #[test]
+    fn a_full_buffer_offers_no_room() {
+        let mut b = Buffer::holding(&[]);
+        b.commit(BUF_SIZE);
+        assert!(!b.has_room());
+        b.consume(1);
+        assert!(b.has_room());
+        assert_eq!(b.room().len(), 1);
+    }
+
+    #[test]
+    fn labels() {
+        assert_eq!(RelayEnd::Done.to_string(), "ok");
+        assert_eq!(
+            RelayEnd::UpstreamError("Connection reset by peer".into()).to_string(),
+            "upstream_error: Connection reset by peer"
+        );
+    }
+}

@@ -1,0 +1,604 @@
+//! The data phase over real sockets: a real SslAcceptor on 127.0.0.1, a real SslConnector client
+//! that reads and writes at the same time, and a plaintext upstream, with `relay::echo` or
+//! `relay::forward` running on the server's thread exactly as a connection thread runs them.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::OnceLock;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use openssl::asn1::Asn1Time;
+use openssl::bn::{BigNum, MsbOption};
+use openssl::ec::{EcGroup, EcKey};
+use openssl::hash::MessageDigest;
+use openssl::nid::Nid;
+use openssl::pkey::{PKey, Private};
+use openssl::sha::sha256;
+use openssl::ssl::{ErrorCode, SslAcceptor, SslConnector, SslMethod, SslStream, SslVerifyMode};
+use openssl::x509::extension::SubjectAlternativeName;
+use openssl::x509::{X509, X509NameBuilder};
+use securesock::net::{Interest, poll, pollfd};
+use securesock::proxy_protocol;
+use securesock::relay::{self, BUF_SIZE, RelayEnd, RelayResult};
+use socket2::SockRef;
+
+/// Far beyond what any test here needs; only a hung test reaches it.
+const TEST_DEADLINE: Duration = Duration::from_secs(60);
+/// How long a test upstream waits on one read or write before failing its test.
+const UPSTREAM_STALL: Duration = Duration::from_secs(20);
+const LONG_IDLE: Duration = Duration::from_secs(30);
+const MIB: usize = 1024 * 1024;
+
+/// A self-signed P-256 certificate for localhost, made once per test binary.
+fn identity() -> &'static (X509, PKey<Private>) {
+    static ID: OnceLock<(X509, PKey<Private>)> = OnceLock::new();
+    ID.get_or_init(|| {
+        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+        let key = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
+        let mut name = X509NameBuilder::new().unwrap();
+        name.append_entry_by_nid(Nid::COMMONNAME, "localhost")
+            .unwrap();
+        let name = name.build();
+        let mut b = X509::builder().unwrap();
+        b.set_version(2).unwrap();
+        let mut serial = BigNum::new().unwrap();
+        serial.rand(64, MsbOption::MAYBE_ZERO, false).unwrap();
+        b.set_serial_number(&serial.to_asn1_integer().unwrap())
+            .unwrap();
+        b.set_subject_name(&name).unwrap();
+        b.set_issuer_name(&name).unwrap();
+        b.set_pubkey(&key).unwrap();
+        b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+            .unwrap();
+        b.set_not_after(&Asn1Time::days_from_now(1).unwrap())
+            .unwrap();
+        let san = SubjectAlternativeName::new()
+            .dns("localhost")
+            .ip("127.0.0.1")
+            .build(&b.x509v3_context(None, None))
+            .unwrap();
+        b.append_extension(san).unwrap();
+        b.sign(&key, MessageDigest::sha256()).unwrap();
+        (b.build(), key)
+    })
+}
+
+/// The server context. `read_ahead` makes OpenSSL pull whole socket buffers into its own, which
+/// poll(2) cannot see: the relay must still deliver every byte.
+fn acceptor(read_ahead: bool) -> SslAcceptor {
+    let (cert, key) = identity();
+    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).unwrap();
+    b.set_certificate(cert).unwrap();
+    b.set_private_key(key).unwrap();
+    if read_ahead {
+        b.set_read_ahead(true);
+    }
+    b.build()
+}
+
+fn connector() -> SslConnector {
+    let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    b.cert_store_mut().add_cert(identity().0.clone()).unwrap();
+    b.set_verify(SslVerifyMode::PEER);
+    b.build()
+}
+
+/// Deterministic bytes that differ at every offset, so a lost, doubled or reordered chunk changes
+/// the hash.
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A server that accepts one connection, completes the handshake, makes the socket non-blocking
+/// and hands it to `mode` on its own thread, as a connection thread does.
+fn serve_one<F, T>(acceptor: SslAcceptor, mode: F) -> (SocketAddr, JoinHandle<T>)
+where
+    F: FnOnce(&mut SslStream<TcpStream>) -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handle = thread::spawn(move || {
+        let (tcp, _) = listener.accept().unwrap();
+        serve_stream(&acceptor, tcp, mode)
+    });
+    (addr, handle)
+}
+
+fn serve_stream<F, T>(acceptor: &SslAcceptor, tcp: TcpStream, mode: F) -> T
+where
+    F: FnOnce(&mut SslStream<TcpStream>) -> T,
+{
+    let _ = tcp.set_nodelay(true);
+    let mut tls = acceptor.accept(tcp).unwrap();
+    tls.get_ref().set_nonblocking(true).unwrap();
+    mode(&mut tls)
+}
+
+/// Connects `forward` to `upstream` for one client connection.
+fn forwarder(
+    upstream: SocketAddr,
+    idle: Duration,
+) -> impl FnOnce(&mut SslStream<TcpStream>) -> RelayResult + Send + 'static {
+    move |tls| {
+        let mut up = TcpStream::connect(upstream).unwrap();
+        up.set_nonblocking(true).unwrap();
+        let _ = up.set_nodelay(true);
+        relay::forward(tls, &mut up, idle)
+    }
+}
+
+/// A plaintext upstream that accepts one connection and runs `handler` on it.
+fn upstream_one<T: Send + 'static>(
+    handler: impl FnOnce(TcpStream) -> T + Send + 'static,
+) -> (SocketAddr, JoinHandle<T>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handle = thread::spawn(move || {
+        let s = listener.accept().unwrap().0;
+        // A relay that loses an end-of-stream must fail the test, not hang it.
+        s.set_read_timeout(Some(UPSTREAM_STALL)).unwrap();
+        s.set_write_timeout(Some(UPSTREAM_STALL)).unwrap();
+        handler(s)
+    });
+    (addr, handle)
+}
+
+fn connect(addr: SocketAddr) -> SslStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).unwrap();
+    connector()
+        .connect("localhost", tcp)
+        .map_err(|e| e.to_string())
+        .unwrap()
+}
+
+/// What a client saw.
+#[derive(Debug)]
+struct Received {
+    data: Vec<u8>,
+    /// The server ended with close_notify (not a bare EOF or an error).
+    close_notify: bool,
+}
+
+/// A non-blocking client loop that sends `send` (then close_notify when `close` is set) while
+/// reading at the same time, until it has sent everything and the server has ended its side.
+fn exchange(tls: &mut SslStream<TcpStream>, send: &[u8], close: bool) -> Received {
+    tls.get_ref().set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + TEST_DEADLINE;
+    let mut got = Received {
+        data: Vec::new(),
+        close_notify: false,
+    };
+    let mut sent = 0;
+    let mut closed = !close;
+    let mut read_done = false;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let mut want_write = false;
+        while sent < send.len() {
+            let end = send.len().min(sent + 64 * 1024);
+            match tls.ssl_write(&send[sent..end]) {
+                Ok(n) => sent += n,
+                Err(e) if e.code() == ErrorCode::WANT_WRITE => {
+                    want_write = true;
+                    break;
+                }
+                Err(e) if e.code() == ErrorCode::WANT_READ => break,
+                Err(e) => panic!("client write failed after {sent} bytes: {e}"),
+            }
+        }
+        if sent == send.len() && !closed {
+            match tls.shutdown() {
+                Ok(_) => closed = true,
+                Err(e) if e.code() == ErrorCode::WANT_WRITE => want_write = true,
+                Err(e) if e.code() == ErrorCode::WANT_READ => {}
+                Err(e) => panic!("client close_notify failed: {e}"),
+            }
+        }
+        while !read_done {
+            match tls.ssl_read(&mut buf) {
+                Ok(n) => got.data.extend_from_slice(&buf[..n]),
+                Err(e) if e.code() == ErrorCode::WANT_READ => break,
+                Err(e) if e.code() == ErrorCode::WANT_WRITE => {
+                    want_write = true;
+                    break;
+                }
+                Err(e) if e.code() == ErrorCode::ZERO_RETURN => {
+                    got.close_notify = true;
+                    read_done = true;
+                }
+                Err(_) => read_done = true,
+            }
+        }
+        if read_done && sent == send.len() && closed {
+            return got;
+        }
+        let interest = match (read_done, want_write) {
+            (false, true) => Interest::Both,
+            (false, false) => Interest::Read,
+            (true, _) => Interest::Write,
+        };
+        let mut fds = [pollfd(tls.get_ref(), interest)];
+        let ready = poll(&mut fds, Some(deadline)).unwrap();
+        assert!(
+            ready > 0,
+            "client timed out: sent {sent}, got {}",
+            got.data.len()
+        );
+    }
+}
+
+fn check_echo(len: usize, read_ahead: bool) {
+    let (addr, server) = serve_one(acceptor(read_ahead), |tls| relay::echo(tls, LONG_IDLE));
+    let data = pattern(len, len as u64);
+    let got = exchange(&mut connect(addr), &data, true);
+    let result = server.join().unwrap();
+    assert_eq!(got.data.len(), len);
+    assert_eq!(sha256(&got.data), sha256(&data), "echo differs");
+    assert!(got.close_notify, "no close_notify after the echo");
+    assert_eq!(result.end, RelayEnd::Done);
+    assert_eq!(
+        (result.bytes_in, result.bytes_out),
+        (len as u64, len as u64)
+    );
+}
+
+#[test]
+fn echo_one_byte() {
+    check_echo(1, false);
+}
+
+#[test]
+fn echo_one_record() {
+    check_echo(16 * 1024, false);
+}
+
+#[test]
+fn echo_ten_mib_while_reading() {
+    check_echo(10 * MIB, false);
+}
+
+#[test]
+fn echo_ten_mib_with_read_ahead() {
+    check_echo(10 * MIB, true);
+}
+
+/// Upstream side of the both-ways test: sends its own stream while reading the relay's to EOF,
+/// and reports the hash of what it read.
+fn send_and_drain(up: TcpStream, send: Vec<u8>) -> [u8; 32] {
+    let mut writer = up.try_clone().unwrap();
+    let w = thread::spawn(move || {
+        writer.write_all(&send).unwrap();
+        writer.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut got = Vec::new();
+    (&up).read_to_end(&mut got).unwrap();
+    w.join().unwrap();
+    sha256(&got)
+}
+
+fn check_forward_both_ways(read_ahead: bool) {
+    let down_data = pattern(10 * MIB, 7);
+    let up_data = pattern(10 * MIB, 11);
+    let to_send = down_data.clone();
+    let (up_addr, upstream) = upstream_one(move |s| send_and_drain(s, to_send));
+    let (addr, server) = serve_one(acceptor(read_ahead), forwarder(up_addr, LONG_IDLE));
+    let got = exchange(&mut connect(addr), &up_data, true);
+    let upstream_got = upstream.join().unwrap();
+    let result = server.join().unwrap();
+    assert_eq!(got.data.len(), down_data.len());
+    assert_eq!(
+        sha256(&got.data),
+        sha256(&down_data),
+        "upstream → client differs"
+    );
+    assert_eq!(upstream_got, sha256(&up_data), "client → upstream differs");
+    assert!(got.close_notify);
+    assert_eq!(result.end, RelayEnd::Done);
+    assert_eq!(result.bytes_in, up_data.len() as u64);
+    assert_eq!(result.bytes_out, down_data.len() as u64);
+}
+
+#[test]
+fn forward_ten_mib_each_way_at_once() {
+    check_forward_both_ways(false);
+}
+
+#[test]
+fn forward_ten_mib_each_way_with_read_ahead() {
+    check_forward_both_ways(true);
+}
+
+#[test]
+fn client_half_close_still_gets_the_answer() {
+    let (up_addr, upstream) = upstream_one(|mut s| {
+        // The request ends with EOF: the client's close_notify must arrive as a FIN.
+        let mut request = Vec::new();
+        s.read_to_end(&mut request).unwrap();
+        s.write_all(b"answer to ").unwrap();
+        s.write_all(&request).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        request
+    });
+    let (addr, server) = serve_one(acceptor(false), forwarder(up_addr, LONG_IDLE));
+    let got = exchange(&mut connect(addr), b"question", true);
+    assert_eq!(upstream.join().unwrap(), b"question");
+    assert_eq!(got.data, b"answer to question");
+    assert!(got.close_notify);
+    let result = server.join().unwrap();
+    assert_eq!(result.end, RelayEnd::Done);
+    assert_eq!((result.bytes_in, result.bytes_out), (8, 18));
+}
+
+#[test]
+fn upstream_half_close_lets_the_client_keep_sending() {
+    let (up_addr, upstream) = upstream_one(|mut s| {
+        s.write_all(b"hello").unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap();
+        rest
+    });
+    let (addr, server) = serve_one(acceptor(false), forwarder(up_addr, LONG_IDLE));
+    let mut client = connect(addr);
+    // First the upstream's bytes and its end, as close_notify, without the client sending anything.
+    let first = exchange(&mut client, b"", false);
+    assert_eq!(first.data, b"hello");
+    assert!(first.close_notify);
+    // The client → upstream direction is still open.
+    let second = exchange(&mut client, b"still here", true);
+    assert!(second.data.is_empty());
+    assert_eq!(upstream.join().unwrap(), b"still here");
+    let result = server.join().unwrap();
+    assert_eq!(result.end, RelayEnd::Done);
+    assert_eq!((result.bytes_in, result.bytes_out), (10, 5));
+}
+
+#[test]
+fn idle_timeout_ends_a_quiet_connection_with_close_notify() {
+    let idle = Duration::from_millis(200);
+    let (up_addr, upstream) = upstream_one(|mut s| {
+        // Silent until the relay gives up, then sees the connection end.
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        rest.len()
+    });
+    let (addr, server) = serve_one(acceptor(false), move |tls| {
+        let start = Instant::now();
+        let result = forwarder(up_addr, idle)(tls);
+        (result, start.elapsed())
+    });
+    let mut client = connect(addr);
+    client
+        .get_ref()
+        .set_read_timeout(Some(TEST_DEADLINE))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let err = client.ssl_read(&mut buf).unwrap_err();
+    assert_eq!(
+        err.code(),
+        ErrorCode::ZERO_RETURN,
+        "expected close_notify: {err}"
+    );
+    let (result, lasted) = server.join().unwrap();
+    assert!(lasted >= idle, "closed after {lasted:?}");
+    assert_eq!(result.end, RelayEnd::IdleTimeout);
+    assert_eq!((result.bytes_in, result.bytes_out), (0, 0));
+    assert_eq!(upstream.join().unwrap(), 0);
+}
+
+#[test]
+fn echo_idle_timeout_sends_close_notify() {
+    let (addr, server) = serve_one(acceptor(false), |tls| {
+        relay::echo(tls, Duration::from_millis(100))
+    });
+    let got = exchange(&mut connect(addr), b"ping", false);
+    assert_eq!(got.data, b"ping");
+    assert!(got.close_notify);
+    assert_eq!(server.join().unwrap().end, RelayEnd::IdleTimeout);
+}
+
+/// The kernel's idea of a socket's buffers after asking for small ones.
+fn shrink(s: &TcpStream) -> usize {
+    let r = SockRef::from(s);
+    r.set_send_buffer_size(16 * 1024).unwrap();
+    r.set_recv_buffer_size(16 * 1024).unwrap();
+    r.send_buffer_size().unwrap() + r.recv_buffer_size().unwrap()
+}
+
+#[test]
+fn a_client_that_never_reads_stalls_the_upstream_without_growing_memory() {
+    let (up_tx, up_rx) = std::sync::mpsc::channel();
+    let (up_addr, upstream) = upstream_one(move |mut s| {
+        up_tx.send(shrink(&s)).unwrap();
+        // Blocking writes: they stall once every buffer on the way is full, and fail once the
+        // relay gives up and closes.
+        let chunk = pattern(64 * 1024, 3);
+        let mut written = 0usize;
+        while written < 256 * MIB {
+            match s.write(&chunk) {
+                Ok(n) => written += n,
+                Err(_) => break,
+            }
+        }
+        written
+    });
+    let idle = Duration::from_millis(300);
+    let (srv_tx, srv_rx) = std::sync::mpsc::channel();
+    let (addr, server) = serve_one(acceptor(false), move |tls| {
+        let mut up = TcpStream::connect(up_addr).unwrap();
+        up.set_nonblocking(true).unwrap();
+        srv_tx.send(shrink(tls.get_ref()) + shrink(&up)).unwrap();
+        relay::forward(tls, &mut up, idle)
+    });
+    let client = connect(addr);
+    let client_buffers = shrink(client.get_ref());
+    let result = server.join().unwrap();
+    let written = upstream.join().unwrap();
+    drop(client);
+
+    assert_eq!(result.end, RelayEnd::IdleTimeout);
+    // What left the upstream sits in socket buffers, in one relay buffer, and in the one TLS
+    // record OpenSSL is still trying to send; an unbounded relay would have taken it all.
+    let kernel = up_rx.recv().unwrap() + srv_rx.recv().unwrap() + client_buffers;
+    let bound = kernel + BUF_SIZE + 2 * 16 * 1024;
+    assert!(
+        written <= bound,
+        "upstream got {written} bytes out; buffers on the path hold at most {bound}"
+    );
+    assert!(result.bytes_out as usize <= written);
+}
+
+#[test]
+fn an_upstream_reset_is_an_upstream_error_without_close_notify() {
+    let (up_addr, upstream) = upstream_one(|mut s| {
+        SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
+        s.write_all(b"partial").unwrap();
+        // Closing with linger 0 sends a reset instead of a FIN.
+        drop(s);
+    });
+    let (addr, server) = serve_one(acceptor(false), forwarder(up_addr, LONG_IDLE));
+    let mut client = connect(addr);
+    upstream.join().unwrap();
+    let got = exchange(&mut client, b"", false);
+    let result = server.join().unwrap();
+    assert!(
+        matches!(result.end, RelayEnd::UpstreamError(_)),
+        "{:?}",
+        result.end
+    );
+    assert!(!got.close_notify, "a cut-off stream must not look complete");
+}
+
+#[test]
+fn sixty_four_connections_at_once() {
+    const N: usize = 64;
+    // Twice a relay buffer: every connection goes through backpressure at least once.
+    const LEN: usize = 2 * BUF_SIZE;
+    // An echoing upstream, one thread per connection.
+    let up_listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let up_addr = up_listener.local_addr().unwrap();
+    let upstream = thread::spawn(move || {
+        let workers: Vec<_> = (0..N)
+            .map(|_| {
+                let (s, _) = up_listener.accept().unwrap();
+                thread::spawn(move || {
+                    io::copy(&mut &s, &mut &s).unwrap();
+                    s.shutdown(Shutdown::Write).unwrap();
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().unwrap();
+        }
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = thread::spawn(move || {
+        let acceptor = acceptor(false);
+        let conns: Vec<_> = (0..N)
+            .map(|_| {
+                let (tcp, _) = listener.accept().unwrap();
+                let acceptor = acceptor.clone();
+                thread::spawn(move || serve_stream(&acceptor, tcp, forwarder(up_addr, LONG_IDLE)))
+            })
+            .collect();
+        conns
+            .into_iter()
+            .map(|c| c.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    let clients: Vec<_> = (0..N)
+        .map(|i| {
+            thread::spawn(move || {
+                let data = pattern(LEN, i as u64 + 100);
+                let got = exchange(&mut connect(addr), &data, true);
+                assert_eq!(sha256(&got.data), sha256(&data), "connection {i} differs");
+                assert!(got.close_notify);
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    for result in server.join().unwrap() {
+        assert_eq!(result.end, RelayEnd::Done);
+        assert_eq!(
+            (result.bytes_in, result.bytes_out),
+            (LEN as u64, LEN as u64)
+        );
+    }
+    upstream.join().unwrap();
+}
+
+#[test]
+fn a_proxy_header_goes_first_and_facts_come_from_the_handshake() {
+    let (up_addr, upstream) = upstream_one(|mut s| {
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        got
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (addr, server) = serve_one(acceptor(false), move |tls| {
+        let facts = proxy_protocol::TlsFacts::from_ssl(tls.ssl());
+        let peer = tls.get_ref().peer_addr().unwrap();
+        let local = tls.get_ref().local_addr().unwrap();
+        let header = proxy_protocol::v2(peer, local, &facts);
+        tx.send((facts, header.clone())).unwrap();
+        let mut up = TcpStream::connect(up_addr).unwrap();
+        up.set_nonblocking(true).unwrap();
+        relay::forward_with_preamble(tls, &mut up, &header, LONG_IDLE)
+    });
+    let got = exchange(&mut connect(addr), b"payload", true);
+    assert!(got.data.is_empty() && got.close_notify);
+    let (facts, header) = rx.recv().unwrap();
+    assert_eq!(facts.version, "TLSv1.3");
+    assert_eq!(facts.sni.as_deref(), Some("localhost"));
+    assert!(facts.cipher.starts_with("TLS_"), "{}", facts.cipher);
+    assert!(!facts.client_cert && facts.client_cn.is_none());
+    let mut expected = header;
+    expected.extend_from_slice(b"payload");
+    assert_eq!(upstream.join().unwrap(), expected);
+    let result = server.join().unwrap();
+    assert_eq!(result.end, RelayEnd::Done);
+    assert_eq!(result.bytes_in, 7, "the header is not client data");
+}
+
+#[test]
+fn a_tcp_half_close_without_close_notify_still_gets_the_reply() {
+    let (up_addr, upstream) = upstream_one(|mut s| {
+        let mut request = Vec::new();
+        s.read_to_end(&mut request).unwrap();
+        s.write_all(b"reply").unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        request
+    });
+    let (addr, server) = serve_one(acceptor(false), forwarder(up_addr, LONG_IDLE));
+    let mut client = connect(addr);
+    client
+        .get_ref()
+        .set_read_timeout(Some(TEST_DEADLINE))
+        .unwrap();
+    client.write_all(b"abc").unwrap();
+    // A FIN with no close_notify before it: the client's input ends all the same.
+    client.get_ref().shutdown(Shutdown::Write).unwrap();
+    let mut buf = [0u8; 16];
+    let n = client.ssl_read(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"reply");
+    let end = client.ssl_read(&mut buf).unwrap_err();
+    assert_eq!(end.code(), ErrorCode::ZERO_RETURN);
+    assert_eq!(upstream.join().unwrap(), b"abc");
+    let result = server.join().unwrap();
+    assert_eq!(result.end, RelayEnd::Done);
+    assert_eq!((result.bytes_in, result.bytes_out), (3, 5));
+}
