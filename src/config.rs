@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::tls::{ClientAuth, SniSpec, TlsSettings};
+
 /// The Mozilla Server Side TLS profile to apply (guidelines v6.0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TlsProfile {
@@ -27,6 +29,26 @@ impl TlsProfile {
             TlsProfile::Modern => "modern",
         }
     }
+}
+
+/// What each connection does after the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// Send the greeting, close_notify, close (the tutorial's server)
+    Greet,
+    /// Send back every byte received until the client closes
+    Echo,
+    /// Relay to the plaintext --upstream service (TLS termination)
+    Forward,
+}
+
+/// PROXY protocol version sent to the upstream in forward mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProxyProtocol {
+    /// Text header: addresses only
+    V1,
+    /// Binary header: addresses plus TLS version, cipher, SNI and client-certificate CN
+    V2,
 }
 
 /// A TLS server that greets every client, as in the tutorial, done properly.
@@ -71,6 +93,71 @@ pub struct Args {
         default_value = "Hello, secure world!"
     )]
     pub greeting: String,
+
+    /// What to do after the handshake
+    #[arg(long, env = "SECURESOCK_MODE", value_name = "MODE", value_enum, default_value_t = ModeArg::Greet)]
+    pub mode: ModeArg,
+
+    /// Plaintext service to relay to in forward mode, as HOST:PORT (resolved at start and on reload)
+    #[arg(long, env = "SECURESOCK_UPSTREAM", value_name = "HOST:PORT")]
+    pub upstream: Option<String>,
+
+    /// Seconds to wait for the upstream to accept a connection (forward mode)
+    #[arg(
+        long,
+        env = "SECURESOCK_CONNECT_TIMEOUT",
+        value_name = "SECS",
+        default_value_t = 5.0
+    )]
+    pub connect_timeout: f64,
+
+    /// Send a PROXY protocol header to the upstream so it learns the client's address (forward mode)
+    #[arg(
+        long,
+        env = "SECURESOCK_PROXY_PROTOCOL",
+        value_name = "VERSION",
+        value_enum
+    )]
+    pub proxy_protocol: Option<ProxyProtocol>,
+
+    /// Verify client certificates against the CA certificates in this PEM file (mutual TLS)
+    #[arg(long, env = "SECURESOCK_CLIENT_CA", value_name = "FILE")]
+    pub client_ca: Option<PathBuf>,
+
+    /// Refuse clients that present no certificate (needs --client-ca)
+    #[arg(long, env = "SECURESOCK_REQUIRE_CLIENT_CERT")]
+    pub require_client_cert: bool,
+
+    /// Refuse client certificates revoked by this PEM CRL (needs --client-ca)
+    #[arg(long, env = "SECURESOCK_CRL", value_name = "FILE")]
+    pub crl: Option<PathBuf>,
+
+    /// Serve CERT and KEY to clients asking for NAME (exact, or *.domain for one label); repeatable.
+    /// In the environment, separate entries with spaces
+    #[arg(
+        long,
+        env = "SECURESOCK_SNI",
+        value_name = "NAME=CERT,KEY",
+        value_delimiter = ' '
+    )]
+    pub sni: Vec<String>,
+
+    /// Refuse server names that no certificate is for, with an unrecognized_name alert
+    #[arg(long, env = "SECURESOCK_STRICT_SNI")]
+    pub strict_sni: bool,
+
+    /// ALPN protocols to offer, in the server's order of preference, e.g. h2,http/1.1
+    #[arg(
+        long,
+        env = "SECURESOCK_ALPN",
+        value_name = "LIST",
+        value_delimiter = ','
+    )]
+    pub alpn: Vec<String>,
+
+    /// Without a protocol in common, continue without ALPN instead of failing with no_application_protocol
+    #[arg(long, env = "SECURESOCK_ALPN_OPTIONAL")]
+    pub alpn_optional: bool,
 
     /// Mozilla TLS profile: intermediate (TLS 1.2 + 1.3) or modern (TLS 1.3 only)
     #[arg(long, env = "SECURESOCK_TLS_PROFILE", value_name = "PROFILE", value_enum, default_value_t = TlsProfile::Intermediate)]
@@ -150,12 +237,11 @@ pub struct Args {
 pub struct Config {
     /// Where to listen.
     pub listen: SocketAddr,
-    /// Certificate chain (PEM) and its key.
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    /// Bytes written to each client in greet mode.
-    pub greeting: Vec<u8>,
-    pub tls_profile: TlsProfile,
+    /// Certificates, keys, profile, client authentication, SNI and ALPN.
+    pub tls: TlsSettings,
+    pub mode: ModeConfig,
+    /// Deadline for connecting to the upstream.
+    pub connect_timeout: Duration,
     pub limits: Limits,
     /// Listen queue length asked of the kernel.
     pub backlog: u32,
@@ -163,6 +249,29 @@ pub struct Config {
     pub watch_interval: Option<Duration>,
     /// Where to serve metrics, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+}
+
+/// The mode with what it needs, before any name is resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModeConfig {
+    Greet {
+        greeting: Vec<u8>,
+    },
+    Echo,
+    Forward {
+        upstream: String,
+        proxy_protocol: Option<ProxyProtocol>,
+    },
+}
+
+impl ModeConfig {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ModeConfig::Greet { .. } => "greet",
+            ModeConfig::Echo => "echo",
+            ModeConfig::Forward { .. } => "forward",
+        }
+    }
 }
 
 /// The bounds that keep one client (or many) from taking the server down.
@@ -207,6 +316,52 @@ fn seconds(flag: &str, value: f64) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(value))
 }
 
+/// Checks a HOST:PORT value's shape (the name is resolved later, at start).
+fn host_port(flag: &str, value: &str) -> Result<String, String> {
+    let bad = || {
+        format!(
+            "bad {flag} '{value}': expected HOST:PORT, such as 127.0.0.1:6379 or db.internal:5432"
+        )
+    };
+    let (host, port) = value.rsplit_once(':').ok_or_else(bad)?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(bad());
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(value.to_string()),
+        _ => Err(bad()),
+    }
+}
+
+/// Parses `NAME=CERT,KEY`.
+fn sni_spec(value: &str) -> Result<SniSpec, String> {
+    let bad = |why: &str| format!("bad --sni '{value}': {why} (expected NAME=CERT,KEY)");
+    let (name, files) = value.split_once('=').ok_or_else(|| bad("no '='"))?;
+    let (cert, key) = files
+        .split_once(',')
+        .ok_or_else(|| bad("no ',' between certificate and key"))?;
+    let name = name.trim().to_ascii_lowercase();
+    let bare = name.strip_prefix("*.").unwrap_or(&name);
+    let valid_label = |l: &str| {
+        !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if bare.is_empty() || !bare.split('.').all(valid_label) {
+        return Err(bad("the name must be a DNS name, or *. followed by one"));
+    }
+    if cert.is_empty() || key.is_empty() {
+        return Err(bad("empty file name"));
+    }
+    Ok(SniSpec {
+        name,
+        cert: cert.into(),
+        key: key.into(),
+    })
+}
+
 /// An IP:PORT flag value, or the line that says what is wrong with it.
 fn socket_addr(flag: &str, value: &str) -> Result<SocketAddr, String> {
     value.parse().map_err(|_| {
@@ -240,12 +395,63 @@ impl Args {
         if self.backlog == 0 {
             return Err("--backlog must be at least 1".into());
         }
-        Ok(Config {
-            listen,
+        let mode = match (self.mode, self.upstream) {
+            (ModeArg::Forward, Some(up)) => ModeConfig::Forward {
+                upstream: host_port("upstream", &up)?,
+                proxy_protocol: self.proxy_protocol,
+            },
+            (ModeArg::Forward, None) => {
+                return Err("--mode forward needs --upstream HOST:PORT".into());
+            }
+            (_, Some(_)) => return Err("--upstream only applies to --mode forward".into()),
+            (ModeArg::Greet, None) => ModeConfig::Greet {
+                greeting: self.greeting.into_bytes(),
+            },
+            (ModeArg::Echo, None) => ModeConfig::Echo,
+        };
+        if self.proxy_protocol.is_some() && !matches!(mode, ModeConfig::Forward { .. }) {
+            return Err("--proxy-protocol only applies to --mode forward".into());
+        }
+        let client_auth = match self.client_ca {
+            Some(ca) => Some(ClientAuth {
+                ca,
+                require: self.require_client_cert,
+                crl: self.crl,
+            }),
+            None if self.require_client_cert => {
+                return Err("--require-client-cert needs --client-ca FILE".into());
+            }
+            None if self.crl.is_some() => return Err("--crl needs --client-ca FILE".into()),
+            None => None,
+        };
+        let sni = self
+            .sni
+            .iter()
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| sni_spec(v))
+            .collect::<Result<Vec<_>, _>>()?;
+        let alpn: Vec<String> = self.alpn.into_iter().filter(|p| !p.is_empty()).collect();
+        if let Some(p) = alpn.iter().find(|p| p.len() > 255) {
+            return Err(format!("--alpn protocol '{p}' is longer than 255 bytes"));
+        }
+        if self.alpn_optional && alpn.is_empty() {
+            return Err("--alpn-optional needs --alpn LIST".into());
+        }
+        let tls = TlsSettings {
             cert: self.cert,
             key: self.key,
-            greeting: self.greeting.into_bytes(),
-            tls_profile: self.tls_profile,
+            profile: self.tls_profile,
+            client_auth,
+            sni,
+            strict_sni: self.strict_sni,
+            alpn,
+            alpn_optional: self.alpn_optional,
+        };
+        Ok(Config {
+            listen,
+            tls,
+            mode,
+            connect_timeout: seconds("connect-timeout", self.connect_timeout)?,
             limits: Limits {
                 max_connections: self.max_connections,
                 max_per_ip: self.max_per_ip,
@@ -312,8 +518,14 @@ mod tests {
     fn defaults_match_the_tutorial() {
         let c = parse(&[]).unwrap();
         assert_eq!(c.listen, "0.0.0.0:12345".parse().unwrap());
-        assert_eq!(c.greeting, b"Hello, secure world!");
-        assert_eq!(c.tls_profile, TlsProfile::Intermediate);
+        assert_eq!(
+            c.mode,
+            ModeConfig::Greet {
+                greeting: b"Hello, secure world!".to_vec()
+            }
+        );
+        assert_eq!(c.tls.profile, TlsProfile::Intermediate);
+        assert_eq!(c.connect_timeout, Duration::from_secs(5));
         assert_eq!(c.limits.max_connections, 10_000);
         assert_eq!(c.limits.handshake_timeout, Duration::from_secs(10));
         assert_eq!(c.limits.max_per_ip, 256);
@@ -322,6 +534,47 @@ mod tests {
         assert_eq!(c.limits.idle_timeout, Duration::from_secs(300));
         assert_eq!(c.watch_interval, Some(Duration::from_secs(5)));
         assert_eq!(c.metrics_listen, None);
+    }
+
+    #[test]
+    fn modes_and_tls_options_parse() {
+        let c = parse(&[
+            "--mode",
+            "forward",
+            "--upstream",
+            "[::1]:6379",
+            "--proxy-protocol",
+            "v2",
+            "--client-ca",
+            "ca.pem",
+            "--require-client-cert",
+            "--crl",
+            "crl.pem",
+            "--sni",
+            "API.example.com=a.pem,a.key",
+            "--sni",
+            "*.example.org=b.pem,b.key",
+            "--alpn",
+            "h2,http/1.1",
+            "--alpn-optional",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.mode,
+            ModeConfig::Forward {
+                upstream: "[::1]:6379".into(),
+                proxy_protocol: Some(ProxyProtocol::V2)
+            }
+        );
+        let auth = c.tls.client_auth.unwrap();
+        assert!(auth.require);
+        assert_eq!(auth.crl, Some("crl.pem".into()));
+        assert_eq!(c.tls.sni.len(), 2);
+        assert_eq!(c.tls.sni[0].name, "api.example.com");
+        assert_eq!(c.tls.sni[1].name, "*.example.org");
+        assert_eq!(c.tls.alpn, vec!["h2".to_string(), "http/1.1".to_string()]);
+        assert!(c.tls.alpn_optional);
+        assert_eq!(parse(&["--mode", "echo"]).unwrap().mode, ModeConfig::Echo);
     }
 
     #[test]
@@ -355,6 +608,17 @@ mod tests {
             &["--tls-profile", "old"][..],
             &["--metrics-listen", "9100"][..],
             &["--watch-interval", "-1"][..],
+            &["--mode", "forward"][..],
+            &["--upstream", "127.0.0.1:80"][..],
+            &["--mode", "forward", "--upstream", "no-port"][..],
+            &["--mode", "forward", "--upstream", "host:0"][..],
+            &["--proxy-protocol", "v1"][..],
+            &["--require-client-cert"][..],
+            &["--crl", "x.pem"][..],
+            &["--sni", "example.com"][..],
+            &["--sni", "bad name=a,b"][..],
+            &["--sni", "*.=a,b"][..],
+            &["--alpn-optional"][..],
         ] {
             let err = parse(args).unwrap_err();
             assert!(!err.trim().contains('\n'), "{args:?}: {err}");

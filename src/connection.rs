@@ -9,11 +9,16 @@ use std::fmt;
 use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openssl::ssl::{ErrorCode, HandshakeError, NameType, ShutdownResult, SslAcceptor, SslStream};
 
+use crate::config::ProxyProtocol;
 use crate::net::{Interest, wait};
+use crate::proxy_protocol::{self, TlsFacts};
+use crate::relay::{self, RelayEnd, RelayResult};
+use crate::upstream::Upstream;
 
 /// How long, at most, a closed connection waits for the client's last bytes before closing, so
 /// that a client that wrote first gets the whole greeting and close_notify instead of a reset.
@@ -22,25 +27,38 @@ pub const LINGER: Duration = Duration::from_secs(2);
 pub const LINGER_BYTES: usize = 64 * 1024;
 
 /// What a connection does once the handshake is done.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Mode {
     /// Send the greeting, close_notify, close: the tutorial's server.
     Greet { greeting: Vec<u8> },
+    /// Send back what the client sends until it closes or goes idle.
+    Echo,
+    /// Relay to a plaintext upstream, optionally announcing the client with a PROXY header.
+    Forward {
+        upstream: Arc<Upstream>,
+        proxy_protocol: Option<ProxyProtocol>,
+    },
 }
 
 impl Mode {
     pub fn name(&self) -> &'static str {
         match self {
             Mode::Greet { .. } => "greet",
+            Mode::Echo => "echo",
+            Mode::Forward { .. } => "forward",
         }
     }
 }
 
 /// Per-connection settings, the same for every connection.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Settings {
     pub mode: Mode,
     pub handshake_timeout: Duration,
+    /// Echo and forward: how long both directions may stay silent.
+    pub idle_timeout: Duration,
+    /// Forward: how long the upstream has to accept.
+    pub connect_timeout: Duration,
 }
 
 /// How a connection ended, as the log line's `result=` and the metrics label say it.
@@ -53,6 +71,8 @@ pub enum Outcome {
     HandshakeFailed(HandshakeFailure, String),
     /// The connection broke after the handshake.
     Io(String),
+    /// Forward mode: the upstream could not be reached or failed mid-stream.
+    Upstream(String),
 }
 
 /// Handshake failures, grouped the way an operator asks about them.
@@ -96,6 +116,9 @@ impl fmt::Display for Outcome {
                 )
             }
             Outcome::Io(reason) => write!(f, "result=error reason={}", quoted(reason)),
+            Outcome::Upstream(reason) => {
+                write!(f, "result=upstream_error reason={}", quoted(reason))
+            }
         }
     }
 }
@@ -121,6 +144,10 @@ pub struct Report {
     pub protocol: Option<&'static str>,
     pub cipher: Option<&'static str>,
     pub mode: &'static str,
+    /// ALPN protocol agreed, if any.
+    pub alpn: Option<String>,
+    /// Subject of the client certificate, when one was presented and verified.
+    pub client: Option<String>,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub elapsed: Duration,
@@ -138,7 +165,7 @@ impl Report {
         match &self.outcome {
             Outcome::Timeout(_) => "timeout",
             Outcome::HandshakeFailed(kind, _) => kind.label(),
-            Outcome::Ok | Outcome::Io(_) => "error",
+            Outcome::Ok | Outcome::Io(_) | Outcome::Upstream(_) => "error",
         }
     }
 }
@@ -351,6 +378,8 @@ pub fn serve(
         protocol: None,
         cipher: None,
         mode: settings.mode.name(),
+        alpn: None,
+        client: None,
         bytes_in: 0,
         bytes_out: 0,
         elapsed: Duration::ZERO,
@@ -384,6 +413,10 @@ fn serve_inner(
     report.sni = ssl.servername(NameType::HOST_NAME).map(str::to_string);
     report.protocol = Some(ssl.version_str());
     report.cipher = ssl.current_cipher().map(|c| c.name());
+    report.alpn = ssl
+        .selected_alpn_protocol()
+        .map(|p| String::from_utf8_lossy(p).into_owned());
+    report.client = ssl.peer_certificate().map(|c| crate::tls::subject(&c));
 
     match &settings.mode {
         Mode::Greet { greeting } => {
@@ -394,6 +427,44 @@ fn serve_inner(
             close_gracefully(tls, deadline);
             Outcome::Ok
         }
+        Mode::Echo => relayed(relay::echo(&mut tls, settings.idle_timeout), report),
+        Mode::Forward {
+            upstream,
+            proxy_protocol,
+        } => {
+            let mut up = match upstream.connect(settings.connect_timeout) {
+                Ok(up) => up,
+                Err(e) => {
+                    // The client learns nothing about the upstream but an orderly close.
+                    close_gracefully(tls, Instant::now() + settings.handshake_timeout);
+                    return Outcome::Upstream(format!("upstream {}: {e}", upstream.spec));
+                }
+            };
+            let header = match (proxy_protocol, tls.get_ref().local_addr()) {
+                (None, _) => Vec::new(),
+                (Some(ProxyProtocol::V1), Ok(local)) => proxy_protocol::v1(report.peer, local),
+                (Some(ProxyProtocol::V2), Ok(local)) => {
+                    proxy_protocol::v2(report.peer, local, &TlsFacts::from_ssl(tls.ssl()))
+                }
+                (Some(_), Err(e)) => return Outcome::Io(format!("reading the local address: {e}")),
+            };
+            let result =
+                relay::forward_with_preamble(&mut tls, &mut up, &header, settings.idle_timeout);
+            relayed(result, report)
+        }
+    }
+}
+
+/// Records a relay's byte counts and turns how it ended into the connection's outcome. The relay
+/// has already closed the TLS side as that end requires.
+fn relayed(result: RelayResult, report: &mut Report) -> Outcome {
+    report.bytes_in = result.bytes_in;
+    report.bytes_out = result.bytes_out;
+    match result.end {
+        RelayEnd::Done => Outcome::Ok,
+        RelayEnd::IdleTimeout => Outcome::Timeout("idle"),
+        RelayEnd::ClientError(reason) | RelayEnd::Poll(reason) => Outcome::Io(reason),
+        RelayEnd::UpstreamError(reason) => Outcome::Upstream(reason),
     }
 }
 

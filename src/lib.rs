@@ -20,3 +20,4 @@ pub mod relay;
 pub mod reload;
 pub mod server;
 pub mod tls;
+pub mod upstream;

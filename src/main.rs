@@ -16,12 +16,13 @@ use log::{info, warn};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use securesock::config::{ArgsError, Config, parse_args};
+use securesock::config::{ArgsError, Config, ModeConfig, ProxyProtocol, parse_args};
 use securesock::connection::{Mode, Settings};
 use securesock::limits::Tracker;
 use securesock::metrics::{self, Metrics};
 use securesock::server::{self, Shared, Shutdown};
 use securesock::tls::{self, EXPIRY_WARNING_DAYS, Tls, TlsSettings};
+use securesock::upstream::Upstream;
 use securesock::{net, reload};
 
 /// A failure before serving starts: configuration, certificates, binding.
@@ -74,12 +75,28 @@ fn init_logging() {
 /// Everything that can fail because of the configuration, in the order a user would fix it, then
 /// the threads that serve beside the accept loop (signals, reload, metrics).
 fn start(config: &Config) -> Result<(std::net::TcpListener, Arc<Shared>, Arc<Shutdown>)> {
-    let settings = TlsSettings {
-        cert: config.cert.clone(),
-        key: config.key.clone(),
-        profile: config.tls_profile,
-    };
+    let settings = config.tls.clone();
     let tls = tls::build(&settings)?;
+    let (mode, upstream) = match &config.mode {
+        ModeConfig::Greet { greeting } => (
+            Mode::Greet {
+                greeting: greeting.clone(),
+            },
+            None,
+        ),
+        ModeConfig::Echo => (Mode::Echo, None),
+        ModeConfig::Forward {
+            upstream,
+            proxy_protocol,
+        } => {
+            let upstream = Upstream::resolve(upstream)?;
+            let mode = Mode::Forward {
+                upstream: Arc::clone(&upstream),
+                proxy_protocol: *proxy_protocol,
+            };
+            (mode, Some(upstream))
+        }
+    };
     let listener = net::bind(config.listen, config.backlog)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local = listener.local_addr().context("reading the bound address")?;
@@ -98,10 +115,10 @@ fn start(config: &Config) -> Result<(std::net::TcpListener, Arc<Shared>, Arc<Shu
     let shared = Arc::new(Shared {
         tls: Arc::new(ArcSwap::from_pointee(tls)),
         settings: Settings {
-            mode: Mode::Greet {
-                greeting: config.greeting.clone(),
-            },
+            mode,
             handshake_timeout: config.limits.handshake_timeout,
+            idle_timeout: config.limits.idle_timeout,
+            connect_timeout: config.connect_timeout,
         },
         tracker: Tracker::new(config.limits.max_connections, config.limits.max_per_ip),
         metrics: Arc::clone(&metrics),
@@ -115,6 +132,7 @@ fn start(config: &Config) -> Result<(std::net::TcpListener, Arc<Shared>, Arc<Shu
         Arc::clone(&shared.tls),
         Arc::clone(&shared.metrics),
         config.watch_interval,
+        upstream.clone(),
     )?;
     match config.watch_interval {
         Some(every) => info!(
@@ -123,17 +141,71 @@ fn start(config: &Config) -> Result<(std::net::TcpListener, Arc<Shared>, Arc<Shu
         None => info!("reload: on SIGHUP (file watching off)"),
     }
     handle_signals(Arc::clone(&shutdown), reload)?;
+    if let Some(up) = &upstream {
+        info!(
+            "forwarding to {} ({:?}) proxy_protocol={} connect_timeout={:?} idle_timeout={:?}",
+            up.spec,
+            up.addrs(),
+            match &config.mode {
+                ModeConfig::Forward {
+                    proxy_protocol: Some(ProxyProtocol::V1),
+                    ..
+                } => "v1",
+                ModeConfig::Forward {
+                    proxy_protocol: Some(ProxyProtocol::V2),
+                    ..
+                } => "v2",
+                _ => "off",
+            },
+            config.connect_timeout,
+            config.limits.idle_timeout
+        );
+    }
+    log_tls_options(&config.tls);
     // Last, once signals are handled: tests and supervisors take this line as "ready".
     info!(
-        "securesock {} listening on {local} profile={} mode=greet backlog={} max_connections={} max_per_ip={} handshake_timeout={:?}",
+        "securesock {} listening on {local} profile={} mode={} backlog={} max_connections={} max_per_ip={} handshake_timeout={:?}",
         env!("CARGO_PKG_VERSION"),
-        config.tls_profile.name(),
+        config.tls.profile.name(),
+        config.mode.name(),
         effective_backlog(config.backlog),
         config.limits.max_connections,
         config.limits.max_per_ip,
         config.limits.handshake_timeout,
     );
     Ok((listener, shared, shutdown))
+}
+
+/// One line each for the TLS options beyond the certificate, when used.
+fn log_tls_options(tls: &TlsSettings) {
+    if let Some(auth) = &tls.client_auth {
+        info!(
+            "client certificates: verified against {} ({}){}",
+            auth.ca.display(),
+            if auth.require { "required" } else { "optional" },
+            auth.crl
+                .as_ref()
+                .map(|c| format!(", revocations from {}", c.display()))
+                .unwrap_or_default()
+        );
+    }
+    for sni in &tls.sni {
+        info!("sni name={} cert={}", sni.name, sni.cert.display());
+    }
+    if tls.strict_sni {
+        info!("strict SNI: names no certificate is for are refused");
+    }
+    if !tls.alpn.is_empty() {
+        info!(
+            "alpn protocols={} ({})",
+            tls.alpn.join(","),
+            if tls.alpn_optional {
+                "optional"
+            } else {
+                "required"
+            }
+        );
+    }
 }
 
 /// The backlog the kernel will really use.

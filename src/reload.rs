@@ -1,4 +1,5 @@
 //! Certificate reload without restart: on request (SIGHUP) and when the files' contents change.
+//! The forward mode's upstream name is resolved again at each reload too.
 //!
 //! A reload builds a whole new TLS context from the files, validates it exactly as start-up does,
 //! and swaps it in atomically; connections already open keep the context they started with. On any
@@ -18,6 +19,7 @@ use openssl::sha::Sha256;
 
 use crate::metrics::Metrics;
 use crate::tls::{self, EXPIRY_WARNING_DAYS, Tls, TlsSettings};
+use crate::upstream::Upstream;
 
 /// A digest of every file the TLS context is built from. A file that cannot be read contributes
 /// its error, so its disappearance or return is a change too.
@@ -103,7 +105,13 @@ pub fn spawn(
     current: Arc<ArcSwap<Tls>>,
     metrics: Arc<Metrics>,
     watch: Option<Duration>,
+    upstream: Option<Arc<Upstream>>,
 ) -> Result<Sender<()>> {
+    let refresh = move || {
+        if let Some(up) = &upstream {
+            up.refresh();
+        }
+    };
     let (tx, rx) = mpsc::channel::<()>();
     let mut loaded = fingerprint(&settings);
     thread::Builder::new()
@@ -118,12 +126,14 @@ pub fn spawn(
                 match event {
                     Ok(()) => {
                         seen = fingerprint(&settings);
+                        refresh();
                         reload(&settings, &current, &metrics, Trigger::Signal);
                         loaded = seen;
                     }
                     Err(RecvTimeoutError::Timeout) => {
                         let now = fingerprint(&settings);
                         if now != loaded && now == seen {
+                            refresh();
                             reload(&settings, &current, &metrics, Trigger::FileChange);
                             loaded = now;
                         }

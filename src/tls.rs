@@ -12,8 +12,13 @@ use anyhow::{Context, Result, anyhow, bail};
 use openssl::asn1::{Asn1Time, Asn1TimeRef};
 use openssl::nid::Nid;
 use openssl::pkey::{PKey, Private};
-use openssl::ssl::{SslAcceptor, SslMethod, SslOptions, SslVersion};
-use openssl::x509::{X509, X509NameRef};
+use openssl::ssl::{
+    AlpnError, NameType, SniError, SslAcceptor, SslAcceptorBuilder, SslAlert, SslContext,
+    SslFiletype, SslMethod, SslOptions, SslVerifyMode, SslVersion,
+};
+use openssl::x509::store::X509Lookup;
+use openssl::x509::verify::X509VerifyFlags;
+use openssl::x509::{X509, X509Name, X509NameRef, X509Ref};
 
 use crate::config::TlsProfile;
 
@@ -33,18 +38,71 @@ const GROUPS_CLASSIC: &str = "X25519:prime256v1:secp384r1";
 /// Days before expiry under which start-up and reload warn.
 pub const EXPIRY_WARNING_DAYS: i64 = 30;
 
-/// Where the certificate and key come from and how to serve them.
+/// Where the certificates and keys come from and how to serve them.
 #[derive(Debug, Clone)]
 pub struct TlsSettings {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub profile: TlsProfile,
+    /// Client certificate verification, when asked for.
+    pub client_auth: Option<ClientAuth>,
+    /// Extra certificates picked by server name.
+    pub sni: Vec<SniSpec>,
+    /// Refuse names no certificate is for, with an `unrecognized_name` alert.
+    pub strict_sni: bool,
+    /// Protocols offered with ALPN, in the server's order of preference.
+    pub alpn: Vec<String>,
+    /// Without a common protocol, go on without ALPN instead of failing the handshake.
+    pub alpn_optional: bool,
+}
+
+/// Mutual TLS: whom to trust for client certificates.
+#[derive(Debug, Clone)]
+pub struct ClientAuth {
+    /// PEM file of the CA certificates client certificates must chain to.
+    pub ca: PathBuf,
+    /// Refuse clients that present no certificate.
+    pub require: bool,
+    /// PEM certificate revocation list issued by that CA.
+    pub crl: Option<PathBuf>,
+}
+
+/// One `--sni NAME=CERT,KEY`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SniSpec {
+    /// Lower-case DNS name, or `*.domain` for any one label in front of `domain`.
+    pub name: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl TlsSettings {
+    /// Settings for a certificate and key with everything else at its default.
+    pub fn new(cert: PathBuf, key: PathBuf, profile: TlsProfile) -> TlsSettings {
+        TlsSettings {
+            cert,
+            key,
+            profile,
+            client_auth: None,
+            sni: Vec::new(),
+            strict_sni: false,
+            alpn: Vec::new(),
+            alpn_optional: false,
+        }
+    }
+
     /// Every file the context is built from, for change detection.
     pub fn files(&self) -> Vec<PathBuf> {
-        vec![self.cert.clone(), self.key.clone()]
+        let mut files = vec![self.cert.clone(), self.key.clone()];
+        if let Some(auth) = &self.client_auth {
+            files.push(auth.ca.clone());
+            files.extend(auth.crl.clone());
+        }
+        for s in &self.sni {
+            files.push(s.cert.clone());
+            files.push(s.key.clone());
+        }
+        files
     }
 }
 
@@ -146,6 +204,11 @@ fn name_to_string(name: &X509NameRef) -> String {
     }
 }
 
+/// A certificate's subject as `CN=..., O=...`.
+pub fn subject(cert: &X509Ref) -> String {
+    name_to_string(cert.subject_name())
+}
+
 /// The common name of a certificate's subject, when it has one.
 pub fn common_name(cert: &X509) -> Option<String> {
     cert.subject_name()
@@ -233,23 +296,29 @@ fn groups_for(builder: &mut openssl::ssl::SslContextBuilder) -> Result<&'static 
     Ok(GROUPS_CLASSIC)
 }
 
-/// Builds and validates the TLS context: Mozilla profile, certificate chain, matching key.
-pub fn build(settings: &TlsSettings) -> Result<Tls> {
-    let chain = load_chain(&settings.cert)?;
-    let key = load_key(&settings.key)?;
+/// Loads a certificate chain and its key and checks that they belong together and are valid now.
+fn load_identity(cert: &Path, key: &Path) -> Result<(Vec<X509>, PKey<Private>)> {
+    let chain = load_chain(cert)?;
+    let pkey = load_key(key)?;
     let leaf = &chain[0];
-    check_validity(&settings.cert, leaf)?;
+    check_validity(cert, leaf)?;
     let leaf_key = leaf
         .public_key()
         .context("reading the certificate's public key")?;
-    if !leaf_key.public_eq(&key) {
+    if !leaf_key.public_eq(&pkey) {
         bail!(
             "key {} does not match certificate {}",
-            settings.key.display(),
-            settings.cert.display()
+            key.display(),
+            cert.display()
         );
     }
+    Ok((chain, pkey))
+}
 
+/// A context builder with the profile, client authentication and ALPN applied; every context
+/// (the default one and each SNI one) starts from this, since OpenSSL reads some of these settings
+/// from whichever context the connection ends up on.
+fn profile_builder(settings: &TlsSettings) -> Result<(SslAcceptorBuilder, &'static str)> {
     // The modern v5 builder is the cleanest base: it sets only TLS 1.3 and its suites (the
     // intermediate v5 one also loads DHE parameters that v6.0 dropped). The profile is applied on top.
     let mut b = SslAcceptor::mozilla_modern_v5(SslMethod::tls_server())?;
@@ -267,21 +336,145 @@ pub fn build(settings: &TlsSettings) -> Result<Tls> {
     // which only ever served attacks, is off.
     b.clear_options(SslOptions::CIPHER_SERVER_PREFERENCE);
     b.set_options(SslOptions::NO_RENEGOTIATION);
+    // Sessions are only resumed in the context that made them; with client certificates OpenSSL
+    // refuses resumption without one.
     b.set_session_id_context(b"securesock")?;
 
-    b.set_certificate(leaf)?;
+    if let Some(auth) = &settings.client_auth {
+        let ca = auth.ca.display();
+        let names = X509Name::load_client_ca_file(&auth.ca)
+            .map_err(|_| anyhow!("client CA {ca} is not a readable PEM certificate file"))?;
+        if names.is_empty() {
+            bail!("client CA {ca} holds no certificate");
+        }
+        b.set_ca_file(&auth.ca)
+            .map_err(|_| anyhow!("cannot load client CA {ca}"))?;
+        b.set_client_ca_list(names);
+        let mut mode = SslVerifyMode::PEER;
+        if auth.require {
+            mode |= SslVerifyMode::FAIL_IF_NO_PEER_CERT;
+        }
+        b.set_verify(mode);
+        if let Some(crl) = &auth.crl {
+            let lookup = b.cert_store_mut().add_lookup(X509Lookup::file())?;
+            lookup
+                .load_crl_file(crl, SslFiletype::PEM)
+                .map_err(|_| anyhow!("CRL {} is not a readable PEM CRL", crl.display()))?;
+            b.verify_param_mut().set_flags(X509VerifyFlags::CRL_CHECK)?;
+        }
+    }
+
+    if !settings.alpn.is_empty() {
+        let server: Vec<Vec<u8>> = settings
+            .alpn
+            .iter()
+            .map(|p| p.as_bytes().to_vec())
+            .collect();
+        let optional = settings.alpn_optional;
+        b.set_alpn_select_callback(move |_, client| match select_alpn(&server, client) {
+            Some(chosen) => Ok(chosen),
+            None if optional => Err(AlpnError::NOACK),
+            None => Err(AlpnError::ALERT_FATAL),
+        });
+    }
+    Ok((b, groups))
+}
+
+/// The first of the server's protocols that the client offers, as a slice of the client's list
+/// (wire format: each name prefixed by its length).
+fn select_alpn<'a>(server: &[Vec<u8>], client: &'a [u8]) -> Option<&'a [u8]> {
+    let mut offered = Vec::new();
+    let mut rest = client;
+    while let Some((&len, tail)) = rest.split_first() {
+        let len = usize::from(len);
+        if len == 0 || tail.len() < len {
+            return None; // malformed: OpenSSL normally rejects this before asking us
+        }
+        offered.push(&tail[..len]);
+        rest = &tail[len..];
+    }
+    server
+        .iter()
+        .find_map(|want| offered.iter().find(|o| **o == want.as_slice()).copied())
+}
+
+/// Whether a server name matches a certificate name (`*.example.com` covers exactly one label).
+pub fn name_matches(pattern: &str, name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    match pattern.strip_prefix("*.") {
+        Some(domain) => name
+            .strip_suffix(domain)
+            .and_then(|head| head.strip_suffix('.'))
+            .is_some_and(|label| !label.is_empty() && !label.contains('.')),
+        None => pattern.eq_ignore_ascii_case(&name),
+    }
+}
+
+/// Installs a certificate chain and key on a builder.
+fn set_identity(
+    b: &mut SslAcceptorBuilder,
+    chain: &[X509],
+    key: &PKey<Private>,
+    cert: &Path,
+    key_path: &Path,
+) -> Result<()> {
+    b.set_certificate(&chain[0])?;
     for extra in &chain[1..] {
         b.add_extra_chain_cert(extra.clone())?;
     }
-    b.set_private_key(&key)?;
+    b.set_private_key(key)?;
     b.check_private_key().map_err(|_| {
         anyhow!(
             "key {} does not match certificate {}",
-            settings.key.display(),
-            settings.cert.display()
+            key_path.display(),
+            cert.display()
         )
-    })?;
+    })
+}
+
+/// Builds and validates the TLS context: Mozilla profile, certificate chain, matching key, and
+/// the client authentication, SNI certificates and ALPN asked for.
+pub fn build(settings: &TlsSettings) -> Result<Tls> {
+    let (chain, key) = load_identity(&settings.cert, &settings.key)?;
+    let (mut b, groups) = profile_builder(settings)?;
+    set_identity(&mut b, &chain, &key, &settings.cert, &settings.key)?;
     let info = describe(&chain)?;
+
+    if !settings.sni.is_empty() || settings.strict_sni {
+        let mut by_name: Vec<(String, SslContext)> = Vec::new();
+        for spec in &settings.sni {
+            let (chain, key) = load_identity(&spec.cert, &spec.key)?;
+            let (mut sb, _) = profile_builder(settings)?;
+            set_identity(&mut sb, &chain, &key, &spec.cert, &spec.key)?;
+            by_name.push((spec.name.clone(), sb.build().into_context()));
+        }
+        // The default certificate answers for its own DNS names too, which matters to --strict-sni.
+        let default_names: Vec<String> = info
+            .sans
+            .iter()
+            .filter_map(|s| s.strip_prefix("DNS:"))
+            .map(str::to_ascii_lowercase)
+            .collect();
+        let strict = settings.strict_sni;
+        b.set_servername_callback(move |ssl, alert| {
+            // No name (a client connecting by address) gets the default certificate.
+            let Some(name) = ssl.servername(NameType::HOST_NAME).map(str::to_string) else {
+                return Ok(());
+            };
+            let chosen = by_name
+                .iter()
+                .find(|(p, _)| !p.starts_with("*.") && name_matches(p, &name))
+                .or_else(|| by_name.iter().find(|(p, _)| name_matches(p, &name)));
+            if let Some((_, ctx)) = chosen {
+                return ssl.set_ssl_context(ctx).map_err(|_| SniError::ALERT_FATAL);
+            }
+            if strict && !default_names.iter().any(|p| name_matches(p, &name)) {
+                *alert = SslAlert::UNRECOGNIZED_NAME;
+                return Err(SniError::ALERT_FATAL);
+            }
+            Ok(())
+        });
+    }
     Ok(Tls {
         acceptor: b.build(),
         info,
@@ -303,16 +496,43 @@ mod tests {
 
     #[test]
     fn missing_files_name_the_file_and_the_script() {
-        let err = build(&TlsSettings {
-            cert: "/nonexistent/cert.pem".into(),
-            key: "/nonexistent/key.pem".into(),
-            profile: TlsProfile::Intermediate,
-        })
+        let err = build(&TlsSettings::new(
+            "/nonexistent/cert.pem".into(),
+            "/nonexistent/key.pem".into(),
+            TlsProfile::Intermediate,
+        ))
         .err()
         .map(|e| format!("{e:#}"))
         .unwrap_or_default();
         assert!(err.contains("/nonexistent/cert.pem"), "{err}");
         assert!(err.contains("scripts/gen-certs.sh"), "{err}");
+    }
+
+    #[test]
+    fn wildcards_cover_exactly_one_label() {
+        assert!(name_matches("*.example.com", "a.example.com"));
+        assert!(name_matches("*.example.com", "A.Example.COM"));
+        assert!(!name_matches("*.example.com", "example.com"));
+        assert!(!name_matches("*.example.com", "a.b.example.com"));
+        assert!(!name_matches("*.example.com", ".example.com"));
+        assert!(!name_matches("*.example.com", "aexample.com"));
+        assert!(name_matches("api.example.com", "API.example.com"));
+        assert!(!name_matches("api.example.com", "www.example.com"));
+    }
+
+    #[test]
+    fn alpn_follows_the_servers_order() {
+        let server = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        assert_eq!(
+            select_alpn(&server, b"\x08http/1.1\x02h2"),
+            Some(&b"h2"[..])
+        );
+        assert_eq!(
+            select_alpn(&server, b"\x08http/1.1"),
+            Some(&b"http/1.1"[..])
+        );
+        assert_eq!(select_alpn(&server, b"\x06spdy/3"), None);
+        assert_eq!(select_alpn(&server, b"\x09h2"), None);
     }
 
     #[test]

@@ -18,10 +18,12 @@ use openssl::sha::sha256;
 use openssl::ssl::{ErrorCode, SslAcceptor, SslConnector, SslMethod, SslStream, SslVerifyMode};
 use openssl::x509::extension::SubjectAlternativeName;
 use openssl::x509::{X509, X509NameBuilder};
-use securesock::net::{Interest, poll, pollfd};
 use securesock::proxy_protocol;
 use securesock::relay::{self, BUF_SIZE, RelayEnd, RelayResult};
 use socket2::SockRef;
+use support::exchange;
+
+mod support;
 
 /// Far beyond what any test here needs; only a hung test reaches it.
 const TEST_DEADLINE: Duration = Duration::from_secs(60);
@@ -159,82 +161,6 @@ fn connect(addr: SocketAddr) -> SslStream<TcpStream> {
         .connect("localhost", tcp)
         .map_err(|e| e.to_string())
         .unwrap()
-}
-
-/// What a client saw.
-#[derive(Debug)]
-struct Received {
-    data: Vec<u8>,
-    /// The server ended with close_notify (not a bare EOF or an error).
-    close_notify: bool,
-}
-
-/// A non-blocking client loop that sends `send` (then close_notify when `close` is set) while
-/// reading at the same time, until it has sent everything and the server has ended its side.
-fn exchange(tls: &mut SslStream<TcpStream>, send: &[u8], close: bool) -> Received {
-    tls.get_ref().set_nonblocking(true).unwrap();
-    let deadline = Instant::now() + TEST_DEADLINE;
-    let mut got = Received {
-        data: Vec::new(),
-        close_notify: false,
-    };
-    let mut sent = 0;
-    let mut closed = !close;
-    let mut read_done = false;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let mut want_write = false;
-        while sent < send.len() {
-            let end = send.len().min(sent + 64 * 1024);
-            match tls.ssl_write(&send[sent..end]) {
-                Ok(n) => sent += n,
-                Err(e) if e.code() == ErrorCode::WANT_WRITE => {
-                    want_write = true;
-                    break;
-                }
-                Err(e) if e.code() == ErrorCode::WANT_READ => break,
-                Err(e) => panic!("client write failed after {sent} bytes: {e}"),
-            }
-        }
-        if sent == send.len() && !closed {
-            match tls.shutdown() {
-                Ok(_) => closed = true,
-                Err(e) if e.code() == ErrorCode::WANT_WRITE => want_write = true,
-                Err(e) if e.code() == ErrorCode::WANT_READ => {}
-                Err(e) => panic!("client close_notify failed: {e}"),
-            }
-        }
-        while !read_done {
-            match tls.ssl_read(&mut buf) {
-                Ok(n) => got.data.extend_from_slice(&buf[..n]),
-                Err(e) if e.code() == ErrorCode::WANT_READ => break,
-                Err(e) if e.code() == ErrorCode::WANT_WRITE => {
-                    want_write = true;
-                    break;
-                }
-                Err(e) if e.code() == ErrorCode::ZERO_RETURN => {
-                    got.close_notify = true;
-                    read_done = true;
-                }
-                Err(_) => read_done = true,
-            }
-        }
-        if read_done && sent == send.len() && closed {
-            return got;
-        }
-        let interest = match (read_done, want_write) {
-            (false, true) => Interest::Both,
-            (false, false) => Interest::Read,
-            (true, _) => Interest::Write,
-        };
-        let mut fds = [pollfd(tls.get_ref(), interest)];
-        let ready = poll(&mut fds, Some(deadline)).unwrap();
-        assert!(
-            ready > 0,
-            "client timed out: sent {sent}, got {}",
-            got.data.len()
-        );
-    }
 }
 
 fn check_echo(len: usize, read_ahead: bool) {

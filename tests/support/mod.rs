@@ -19,9 +19,10 @@ use openssl::ec::{EcGroup, EcKey};
 use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
 use openssl::pkey::PKey;
-use openssl::ssl::{SslConnector, SslMethod, SslStream, SslVerifyMode};
+use openssl::ssl::{ErrorCode, SslConnector, SslMethod, SslStream, SslVerifyMode};
 use openssl::x509::extension::SubjectAlternativeName;
 use openssl::x509::{X509, X509NameBuilder};
+use securesock::net::{Interest, poll, pollfd};
 
 /// Long enough for anything that should happen, short enough that a hang fails the test.
 pub const PATIENCE: Duration = Duration::from_secs(20);
@@ -449,4 +450,118 @@ pub fn metric(samples: &[(String, f64)], series: &str) -> f64 {
         .find(|(s, _)| s == series)
         .map(|(_, v)| *v)
         .unwrap_or(0.0)
+}
+
+/// Bound on a whole bulk transfer in a test; reaching it fails the test.
+pub const TRANSFER_DEADLINE: Duration = Duration::from_secs(60);
+
+/// What a client saw.
+#[derive(Debug)]
+pub struct Received {
+    pub data: Vec<u8>,
+    /// The server ended with close_notify (not a bare EOF or an error).
+    pub close_notify: bool,
+}
+
+/// A non-blocking client loop that sends `send` (then close_notify when `close` is set) while
+/// reading at the same time, until it has sent everything and the server has ended its side.
+pub fn exchange(tls: &mut SslStream<TcpStream>, send: &[u8], close: bool) -> Received {
+    tls.get_ref().set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + TRANSFER_DEADLINE;
+    let mut got = Received {
+        data: Vec::new(),
+        close_notify: false,
+    };
+    let mut sent = 0;
+    let mut closed = !close;
+    let mut read_done = false;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let mut want_write = false;
+        while sent < send.len() {
+            let end = send.len().min(sent + 64 * 1024);
+            match tls.ssl_write(&send[sent..end]) {
+                Ok(n) => sent += n,
+                Err(e) if e.code() == ErrorCode::WANT_WRITE => {
+                    want_write = true;
+                    break;
+                }
+                Err(e) if e.code() == ErrorCode::WANT_READ => break,
+                Err(e) => panic!("client write failed after {sent} bytes: {e}"),
+            }
+        }
+        if sent == send.len() && !closed {
+            match tls.shutdown() {
+                Ok(_) => closed = true,
+                Err(e) if e.code() == ErrorCode::WANT_WRITE => want_write = true,
+                Err(e) if e.code() == ErrorCode::WANT_READ => {}
+                Err(e) => panic!("client close_notify failed: {e}"),
+            }
+        }
+        while !read_done {
+            match tls.ssl_read(&mut buf) {
+                Ok(n) => got.data.extend_from_slice(&buf[..n]),
+                Err(e) if e.code() == ErrorCode::WANT_READ => break,
+                Err(e) if e.code() == ErrorCode::WANT_WRITE => {
+                    want_write = true;
+                    break;
+                }
+                Err(e) if e.code() == ErrorCode::ZERO_RETURN => {
+                    got.close_notify = true;
+                    read_done = true;
+                }
+                Err(_) => read_done = true,
+            }
+        }
+        if read_done && sent == send.len() && closed {
+            return got;
+        }
+        let interest = match (read_done, want_write) {
+            (false, true) => Interest::Both,
+            (false, false) => Interest::Read,
+            (true, _) => Interest::Write,
+        };
+        let mut fds = [pollfd(tls.get_ref(), interest)];
+        let ready = poll(&mut fds, Some(deadline)).unwrap();
+        assert!(
+            ready > 0,
+            "client timed out: sent {sent}, got {}",
+            got.data.len()
+        );
+    }
+}
+
+/// The test PKI from the real `scripts/gen-ca.sh`, made once per test binary.
+pub fn mtls_dir() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let out = Command::new(repo_root().join("scripts/gen-ca.sh"))
+            .arg("--out")
+            .arg(dir.path())
+            .output()
+            .expect("running gen-ca.sh");
+        assert!(
+            out.status.success(),
+            "gen-ca.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    })
+    .path()
+}
+
+/// A path inside the test PKI, as a string for command lines.
+pub fn mtls(file: &str) -> String {
+    mtls_dir().join(file).to_str().unwrap().to_string()
+}
+
+/// Resident memory of a process, in KiB.
+pub fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
 }
