@@ -13,6 +13,7 @@
 pub mod config;
 pub mod connection;
 pub mod limits;
+pub mod loadgen;
 pub mod metrics;
 pub mod net;
 pub mod proxy_protocol;

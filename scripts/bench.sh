@@ -1,0 +1,518 @@
+#!/bin/bash
+# Benchmarks securesock against nginx (stream module) and stunnel on loopback, same certificate,
+# same Mozilla intermediate v6.0 settings, driven by securesock-bench, and writes BENCHMARKS.md.
+#
+#   scripts/bench.sh [--quick] [--throughput] [--idle-memory] [--soak [N]] [--all] [--rounds N] [--duration SECS] [--no-write]
+#
+# Sections (default: --throughput):
+#   --throughput   full and resumed handshakes at 1, 16 and 64 clients, peers in alternating rounds;
+#                  medians of conns/s, p50/p99, server CPU per connection, peak RSS; a PNG chart
+#   --idle-memory  securesock's RSS before and with 5,000 idle connections, the burst's accept time,
+#                  the same for nginx, and whether a client from 127.0.0.2 is still served in 50 ms
+#   --soak [N]     N connections (default 1,000,000) against securesock: failures, RSS, open fds at
+#                  start, middle and end
+#   --all          throughput and idle-memory (not soak)
+# --quick runs a seconds-long version of whatever is chosen (a smoke test). --no-write prints the
+# results without touching BENCHMARKS.md. Installs nginx, libnginx-mod-stream, stunnel4, jq and
+# gnuplot-nox when missing. All traffic stays on 127.0.0.1 (and 127.0.0.2 as a second client).
+set -eu
+cd "$(dirname "$0")/.."
+. scripts/common.sh
+
+usage() {
+    sed -n '5p' "$0" | sed 's/^#  *//' >&2
+}
+
+# Recorded before the options are consumed, for the "command" line of each section.
+command_line="scripts/bench.sh${*:+ $*}"
+quick=0
+rounds=3
+duration=5
+write=1
+sections=""
+soak_n=1000000
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) quick=1; shift ;;
+        --throughput) sections="$sections throughput"; shift ;;
+        --idle-memory) sections="$sections idle"; shift ;;
+        --soak)
+            sections="$sections soak"; shift
+            case "${1:-}" in ''|-*) ;; *) soak_n=$1; shift ;; esac ;;
+        --all) sections="$sections throughput idle"; shift ;;
+        --rounds) [ $# -ge 2 ] || { usage; exit 2; }; rounds=$2; shift 2 ;;
+        --duration) [ $# -ge 2 ] || { usage; exit 2; }; duration=$2; shift 2 ;;
+        --no-write) write=0; shift ;;
+        -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "bench.sh: unknown argument '$1'" >&2; usage; exit 2 ;;
+    esac
+done
+[ -n "$sections" ] || sections=throughput
+for v in "$rounds" "$soak_n"; do
+    case "$v" in ''|*[!0-9]*|0) echo "bench.sh: --rounds and --soak need a positive whole number, got '$v'" >&2; exit 2 ;; esac
+done
+case "$duration" in ''|*[!0-9.]*) echo "bench.sh: --duration needs seconds, got '$duration'" >&2; exit 2 ;; esac
+
+concurrencies="1 16 64"
+idle_k=5000
+if [ "$quick" -eq 1 ]; then
+    rounds=1
+    duration=1
+    concurrencies="1 16"
+    idle_k=200
+    [ "$soak_n" -eq 1000000 ] && soak_n=2000
+fi
+
+need_packages openssl libssl-dev pkg-config gcc libc6-dev ca-certificates \
+    nginx libnginx-mod-stream stunnel4 jq gnuplot-nox
+need_cargo
+
+# Many sockets at once (5,000 idle on each side, plus the servers' own): raise the descriptor limit
+# for this shell and everything it starts.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+echo "== building (release)" >&2
+cargo build --release --locked --quiet --bin securesock --bin securesock-bench --example plain-greeter
+bin=$PWD/target/release
+bench=$bin/securesock-bench
+
+work=$(mktemp -d /tmp/securesock-bench.XXXXXX)
+started_pids=""
+cleanup() {
+    # Only the processes this script started, by PID.
+    for pid in $started_pids; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in $started_pids; do
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+scripts/gen-certs.sh --out "$work/certs" >/dev/null
+cert=$work/certs/server-cert.pem
+key=$work/certs/server-key.pem
+
+# Mozilla intermediate v6.0, as securesock applies it (src/tls.rs), for the peers' configurations.
+tls12_ciphers="ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+tls13_suites="TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+# securesock puts the post-quantum hybrid first when libssl has it (3.5+); the peers get the same.
+if openssl list -kem-algorithms 2>/dev/null | grep -q X25519MLKEM768; then
+    groups="X25519MLKEM768:X25519:prime256v1:secp384r1"
+else
+    groups="X25519:prime256v1:secp384r1"
+fi
+greeting="Hello, secure world!"
+# Long enough that idle connections outlive any section; throughput is not affected by it.
+handshake_timeout=300
+
+# A free loopback port, from a fixed range so nothing else on the box is disturbed.
+next_port=24400
+free_port() {
+    while (exec 3<>"/dev/tcp/127.0.0.1/$next_port") 2>/dev/null; do
+        next_port=$((next_port + 1))
+    done
+    port=$next_port
+    next_port=$((next_port + 1))
+}
+
+# wait_for CMD...: runs CMD every 50 ms until it succeeds, for at most 20 s.
+wait_for() {
+    tries=400
+    until "$@"; do
+        tries=$((tries - 1))
+        if [ "$tries" -le 0 ]; then
+            echo "bench.sh: timed out waiting for: $*" >&2
+            return 1
+        fi
+        sleep 0.05
+    done
+}
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+logged_listening() { grep -q "listening on" "$1" 2>/dev/null; }
+alive() { kill -0 "$1" 2>/dev/null; }
+
+# Servers: each start_* sets $pid (the process to stop) and $port.
+start_securesock() { # NAME EXTRA-FLAGS...
+    name=$1; shift
+    "$bin/securesock" --listen 127.0.0.1:0 --cert "$cert" --key "$key" \
+        --handshake-timeout "$handshake_timeout" "$@" 2>"$work/$name.log" &
+    pid=$!
+    started_pids="$started_pids $pid"
+    wait_for logged_listening "$work/$name.log"
+    port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$work/$name.log" | head -n 1)
+}
+
+start_nginx() { # NAME WORKERS
+    name=$1
+    free_port
+    mkdir -p "$work/$name"
+    cat >"$work/$name/nginx.conf" <<EOF
+load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+worker_processes $2;
+worker_rlimit_nofile 65536;
+daemon off;
+pid $work/$name/nginx.pid;
+error_log $work/$name/error.log warn;
+events { worker_connections 20000; }
+stream {
+    server {
+        listen 127.0.0.1:$port ssl;
+        ssl_certificate $cert;
+        ssl_certificate_key $key;
+        # Mozilla intermediate v6.0 for nginx, as its generator writes it.
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_ecdh_curve $groups;
+        ssl_ciphers $tls12_ciphers;
+        ssl_conf_command Ciphersuites $tls13_suites;
+        ssl_prefer_server_ciphers off;
+        ssl_session_timeout 1d;
+        ssl_session_cache shared:MozSSL:10m;
+        ssl_session_tickets off;
+        ssl_handshake_timeout ${handshake_timeout}s;
+        return "$greeting";
+    }
+}
+EOF
+    nginx -e "$work/$name/error.log" -p "$work/$name" -c "$work/$name/nginx.conf" &
+    pid=$!
+    started_pids="$started_pids $pid"
+    wait_for port_open "$port"
+}
+
+start_stunnel() { # NAME
+    name=$1
+    "$bin/examples/plain-greeter" 127.0.0.1:0 "$greeting" 2>"$work/greeter.log" &
+    greeter_pid=$!
+    started_pids="$started_pids $greeter_pid"
+    wait_for logged_listening "$work/greeter.log"
+    greeter_port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$work/greeter.log" | head -n 1)
+    free_port
+    cat >"$work/$name.conf" <<EOF
+foreground = quiet
+syslog = no
+output = $work/$name.log
+pid =
+[greet]
+accept = 127.0.0.1:$port
+connect = 127.0.0.1:$greeter_port
+cert = $cert
+key = $key
+sslVersionMin = TLSv1.2
+ciphers = $tls12_ciphers
+ciphersuites = $tls13_suites
+curves = $groups
+TIMEOUTbusy = $handshake_timeout
+EOF
+    stunnel "$work/$name.conf" &
+    pid=$!
+    started_pids="$started_pids $pid"
+    wait_for port_open "$port"
+}
+
+stop() { # PID
+    kill "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+
+# The PIDs of a server: the process and its children (nginx's workers).
+family() { # PID
+    echo "$1"
+    pgrep -P "$1" || true
+}
+# Clock ticks of user + system CPU used so far by a server's processes (threads included, exited
+# threads too). Fields 14 and 15 of /proc/PID/stat, counted after the ")" that ends the name.
+cpu_ticks() { # PID
+    total=0
+    for p in $(family "$1"); do
+        t=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}') || t=0
+        total=$((total + ${t:-0}))
+    done
+    echo "$total"
+}
+# Sum of a /proc/PID/status field (kB) over a server's processes: VmRSS now, VmHWM at peak.
+mem_kb() { # PID FIELD
+    for p in $(family "$1"); do
+        awk -v f="$2:" '$1 == f {print $2}' "/proc/$p/status" 2>/dev/null || true
+    done | awk '{s += $1} END {print s + 0}'
+}
+fd_count() { # PID
+    for p in $(family "$1"); do
+        find "/proc/$p/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l
+    done | awk '{s += $1} END {print s + 0}'
+}
+tck=$(getconf CLK_TCK)
+
+versions() {
+    echo "- machine: $(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1), $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), kernel $(uname -r)"
+    echo "- $(openssl version)"
+    echo "- $(nginx -v 2>&1 | sed 's/^nginx version: //'), stream module, Debian package $(dpkg-query -W -f='${Version}' nginx 2>/dev/null)"
+    echo "- $(stunnel -version 2>&1 | grep -m1 '^stunnel' | sed 's/ on .*//')"
+    echo "- $("$bin/securesock" --version) (release build), $("$bin/securesock-bench" --version)"
+    echo "- key exchange groups: $groups; certificate: RSA 2048, self-signed (scripts/gen-certs.sh)"
+}
+
+# replace_section NAME FILE: puts FILE between NAME's markers in BENCHMARKS.md (appending the
+# section when it is not there yet), leaving the other sections as they are.
+replace_section() {
+    md=BENCHMARKS.md
+    begin="<!-- bench:$1:begin -->"
+    end="<!-- bench:$1:end -->"
+    if [ ! -e "$md" ]; then
+        printf '%s\n\n%s\n' "# Benchmarks" "Written by \`scripts/bench.sh\`; each section is replaced when its part is run again." >"$md"
+    fi
+    if grep -qF "$begin" "$md"; then
+        awk -v b="$begin" -v e="$end" -v f="$2" '
+            $0 == b { print; while ((getline line < f) > 0) print line; skip = 1; next }
+            $0 == e { skip = 0 }
+            !skip' "$md" >"$md.new"
+    else
+        { cat "$md"; echo; echo "$begin"; cat "$2"; echo "$end"; } >"$md.new"
+    fi
+    mv "$md.new" "$md"
+    echo "wrote section '$1' of $md" >&2
+}
+
+# ---------------------------------------------------------------------------------------------
+throughput() {
+    echo "== throughput: $rounds round(s) x clients {$concurrencies} x {full, resumed}, ${duration}s each" >&2
+    servers="securesock nginx nginx-1w stunnel"
+    declare -A pids ports
+    start_securesock securesock; pids[securesock]=$pid; ports[securesock]=$port
+    start_nginx nginx 2; pids[nginx]=$pid; ports[nginx]=$port
+    start_nginx nginx-1w 1; pids[nginx-1w]=$pid; ports[nginx-1w]=$port
+    start_stunnel stunnel; pids[stunnel]=$pid; ports[stunnel]=$port
+
+    # Each peer must pass the same check before it is measured.
+    for s in $servers; do
+        "$bench" "127.0.0.1:${ports[$s]}" --ca "$cert" -n 3 --json >"$work/check.json" ||
+            { echo "bench.sh: $s fails the greeting check:" >&2; cat "$work/check.json" >&2; exit 1; }
+    done
+
+    results=$work/throughput.jsonl
+    : >"$results"
+    for round in $(seq 1 "$rounds"); do
+        for c in $concurrencies; do
+            for resume in false true; do
+                flag=""
+                [ "$resume" = true ] && flag=--resume
+                # Alternate the peers within each cell so drift (thermal, noisy neighbours) hits all.
+                for s in $servers; do
+                    before=$(cpu_ticks "${pids[$s]}")
+                    # shellcheck disable=SC2086 # $flag is empty or one word
+                    "$bench" "127.0.0.1:${ports[$s]}" --insecure -c "$c" -d "$duration" $flag --json >"$work/run.json" || true
+                    after=$(cpu_ticks "${pids[$s]}")
+                    jq -c --arg s "$s" --argjson r "$round" --argjson t "$((after - before))" --argjson tck "$tck" \
+                        '. + {server: $s, round: $r,
+                              server_cpu_us: (if .ok > 0 then $t * 1000000 / $tck / .ok else null end)}' \
+                        "$work/run.json" >>"$results"
+                    jq -r '"  \(.server) c=\(.concurrency) resume=\(.resume) round \(.round): \(.conns_per_s | floor) conns/s, p99 \(.latency_us.p99 / 1000) ms, failed \(.failed)"' \
+                        <(tail -n 1 "$results") >&2
+                done
+            done
+        done
+    done
+    for s in $servers; do
+        echo "$s $(mem_kb "${pids[$s]}" VmHWM)"
+    done >"$work/hwm.txt"
+    for s in $servers; do
+        stop "${pids[$s]}"
+    done
+    stop "$greeter_pid"
+
+    # Medians per server, clients and mode, with each one's ratio to nginx (2 workers).
+    jq -s -r '
+        def median: sort | if length == 0 then null elif length % 2 == 1 then .[length / 2 | floor]
+                    else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+        def r(x): if x == null then "-" else (x * 10 | round / 10 | tostring) end;
+        group_by([.resume, .concurrency, .server]) | map({
+            resume: .[0].resume, concurrency: .[0].concurrency, server: .[0].server,
+            rate: (map(.conns_per_s) | median),
+            p50: (map(.latency_us.p50) | median / 1000), p99: (map(.latency_us.p99) | median / 1000),
+            cpu: (map(.server_cpu_us | select(. != null)) | median),
+            client: (map(.client_cpu_us_per_conn) | median),
+            resumed: (map(.resumed_pct) | median),
+            failed: (map(.failed) | add), ok: (map(.ok) | add),
+            protocol: .[0].protocol, cipher: .[0].cipher }) as $rows
+        | ($rows | map(select(.server == "nginx")) | map({key: "\(.resume)/\(.concurrency)", value: .}) | from_entries) as $ng
+        | $rows | sort_by(.resume, .concurrency, (.server as $sv | ["securesock", "nginx", "nginx-1w", "stunnel"] | index($sv)))
+        | .[] | . as $x | $ng["\(.resume)/\(.concurrency)"] as $n
+        | [ (if .resume then "resumed" else "full" end), .concurrency, .server,
+            (.rate | floor), (if $n.rate > 0 then r(.rate / $n.rate) else "-" end),
+            r(.p50), r(.p99), r(.cpu), (if $n.cpu != null and .cpu != null and $n.cpu > 0 then r(.cpu / $n.cpu) else "-" end),
+            r(.client), r(.resumed), .failed, .ok ] | @tsv' "$results" >"$work/medians.tsv"
+
+    {
+        echo "## Handshake throughput (greet mode)"
+        echo
+        versions
+        echo "- command: \`$command_line\` ($rounds round(s), ${duration} s per run, peers alternated within each cell: securesock, nginx, nginx-1w, stunnel)"
+        echo "- peers: securesock (thread per connection, default flags, info log to a file); nginx stream \`return\` with Mozilla's intermediate v6.0 settings (session cache on, tickets off, as Mozilla's generator writes), 2 workers and 1 worker; stunnel (its default logging) in front of \`examples/plain-greeter.rs\` (plaintext, not counted in stunnel's CPU)"
+        echo "- client: \`securesock-bench --insecure -c CLIENTS -d ${duration} [--resume]\` on the same 2 cores; each run's protocol: $(jq -r -s 'map(.protocol) | unique | join(", ")' "$results"), cipher: $(jq -r -s 'map(.cipher) | unique | join(", ")' "$results")"
+        echo "- server CPU: utime+stime from /proc/PID/stat of the server's processes (nginx: master + workers) over the run ÷ successful connections; medians over the rounds; ratios are to nginx with 2 workers"
+        echo
+        echo "| mode | clients | server | conns/s | ×nginx | p50 ms | p99 ms | server CPU µs/conn | ×nginx | client CPU µs/conn | resumed % | failed | ok |"
+        echo "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        awk -F'\t' -v OFS=' | ' '{ $1 = $1; print "| " $0 " |" }' "$work/medians.tsv"
+        echo
+        echo "Peak RSS over the whole run (VmHWM, summed over each server's processes):"
+        echo
+        echo "| server | peak RSS MiB |"
+        echo "|---|---:|"
+        awk '{ printf "| %s | %.1f |\n", $1, $2 / 1024 }' "$work/hwm.txt"
+        echo
+        echo "![conns/s and p99 by clients](docs/bench-throughput.png)"
+        echo
+        echo "### Forward mode (TLS in front of a TCP service)"
+        echo
+        echo "Pending forward mode (\`--mode forward --upstream\`): to be measured against nginx \`proxy_pass\` and stunnel with \`securesock-bench --send BYTES\` once it exists."
+    } >"$work/throughput.md"
+
+    chart "$work/medians.tsv"
+    cat "$work/throughput.md"
+    if [ "$write" -eq 1 ]; then
+        mkdir -p docs
+        cp "$work/chart.png" docs/bench-throughput.png
+        replace_section throughput "$work/throughput.md"
+    fi
+}
+
+# chart MEDIANS.TSV: conns/s and p99 against clients, one line per server, full and resumed.
+chart() {
+    rate_plot=""
+    p99_plot=""
+    for mode in full resumed; do
+        dash=1
+        [ "$mode" = resumed ] && dash=2
+        for s in securesock nginx nginx-1w stunnel; do
+            dat=$work/plot-$mode-$s.dat
+            awk -F'\t' -v m="$mode" -v s="$s" '$1 == m && $3 == s { print $2, $4, $7 }' "$1" >"$dat"
+            rate_plot="$rate_plot${rate_plot:+, }'$dat' using 1:2 with linespoints dt $dash title '$s $mode'"
+            p99_plot="$p99_plot${p99_plot:+, }'$dat' using 1:3 with linespoints dt $dash title '$s $mode'"
+        done
+    done
+    gnuplot <<EOF
+set terminal pngcairo size 1200,500 noenhanced
+set output '$work/chart.png'
+set multiplot layout 1,2 title 'securesock vs nginx stream vs stunnel ($(nproc) cores, loopback, medians)'
+set logscale x 2
+set xlabel 'concurrent clients'
+set key left top font ',8'
+set yrange [0:*]
+set ylabel 'connections/s'
+plot $rate_plot
+set ylabel 'p99 latency (ms)'
+plot $p99_plot
+unset multiplot
+EOF
+}
+
+# ---------------------------------------------------------------------------------------------
+# idle_probe NAME PID PORT: holds $idle_k idle connections, then measures memory, accept time and
+# a second client's service. Appends a table row to $work/idle-rows.md.
+idle_probe() {
+    name=$1 server_pid=$2 server_port=$3
+    rss0=$(mem_kb "$server_pid" VmRSS)
+    fds0=$(fd_count "$server_pid")
+    t0=$(date +%s%N)
+    "$bench" "127.0.0.1:$server_port" --idle "$idle_k" -c 4 --hold 600 --json >"$work/idle-$name.json" &
+    holder=$!
+    started_pids="$started_pids $holder"
+    wait_for grep -q '"mode":"idle"' "$work/idle-$name.json"
+    # Accepted = the server holds a descriptor for each (polled every 10 ms, so ±10 ms).
+    tries=3000
+    while [ "$(fd_count "$server_pid")" -lt $((fds0 + idle_k)) ] && [ "$tries" -gt 0 ]; do
+        sleep 0.01
+        tries=$((tries - 1))
+    done
+    t1=$(date +%s%N)
+    accepted=$(( $(fd_count "$server_pid") - fds0 ))
+    rss1=$(mem_kb "$server_pid" VmRSS)
+    "$bench" 127.0.0.1:"$server_port" --source 127.0.0.2 --insecure -n 20 --json >"$work/probe-$name.json" || true
+    probe_max=$(jq '.latency_us.max / 1000' "$work/probe-$name.json")
+    probe_ok=$(jq '.ok' "$work/probe-$name.json")
+    served=no
+    if [ "$probe_ok" -eq 20 ] && jq -e '.latency_us.max < 50000' "$work/probe-$name.json" >/dev/null; then
+        served=yes
+    fi
+    stop "$holder"
+    jq -r --arg n "$name" --argjson rss0 "$rss0" --argjson rss1 "$rss1" --argjson k "$idle_k" \
+        --argjson acc "$accepted" --argjson ms "$(( (t1 - t0) / 1000000 ))" \
+        --arg served "$served" --argjson pmax "$probe_max" --argjson pok "$probe_ok" \
+        '"| \($n) | \($k) | \(.connected) | \(.burst_ms | round) | \($acc) in ≤ \($ms) | \($rss0 / 1024 * 10 | round / 10) | \($rss1 / 1024 * 10 | round / 10) | \(($rss1 - $rss0) / $k * 10 | round / 10) | \($served) (\($pok)/20 ok, max \($pmax * 10 | round / 10) ms) |"' \
+        <(head -n 1 "$work/idle-$name.json") >>"$work/idle-rows.md"
+    tail -n 1 "$work/idle-rows.md" >&2
+}
+
+idle_memory() {
+    echo "== idle memory: $idle_k idle connections from 127.0.0.1, a client from 127.0.0.2" >&2
+    : >"$work/idle-rows.md"
+    start_securesock securesock-idle --max-per-ip 10000 --max-connections 20000
+    idle_probe securesock "$pid" "$port"
+    stop "$pid"
+    start_nginx nginx-idle 2
+    idle_probe nginx "$pid" "$port"
+    stop "$pid"
+    {
+        echo "## Idle connections: memory and fairness"
+        echo
+        versions
+        echo "- command: \`$command_line\`"
+        echo "- $idle_k TCP connections from 127.0.0.1 that never send a byte (\`securesock-bench --idle $idle_k -c 4\`), held while measuring; securesock runs with \`--max-per-ip 10000 --max-connections 20000 --handshake-timeout $handshake_timeout\`, nginx with 2 workers and \`ssl_handshake_timeout ${handshake_timeout}s\`"
+        echo "- accepted: the server's open descriptors grew by this many, within this time from starting the burst (polled every 10 ms); RSS is VmRSS summed over the server's processes (nginx: master + workers, shared pages counted in each)"
+        echo "- second client: 20 full handshakes from 127.0.0.2 while the burst is held; \"yes\" when all succeed with the slowest under 50 ms"
+        echo
+        echo "| server | idle asked | connected | client burst ms | accepted | RSS before MiB | RSS with idle MiB | KiB per idle conn | 127.0.0.2 served in 50 ms |"
+        echo "|---|---:|---:|---:|---|---:|---:|---:|---|"
+        cat "$work/idle-rows.md"
+    } >"$work/idle.md"
+    cat "$work/idle.md"
+    [ "$write" -eq 0 ] || replace_section idle-memory "$work/idle.md"
+}
+
+# ---------------------------------------------------------------------------------------------
+soak() {
+    echo "== soak: $soak_n connections against securesock, 16 clients" >&2
+    start_securesock securesock-soak
+    half=$((soak_n / 2))
+    rest=$((soak_n - half))
+    snapshot() { # LABEL CONNECTIONS FAILED
+        echo "| $1 | $2 | $3 | $(awk '{printf "%.1f", $1 / 1024}' <<<"$(mem_kb "$pid" VmRSS)") | $(fd_count "$pid") | $(awk '/^Threads:/ {print $2}' "/proc/$pid/status") |"
+    }
+    {
+        echo "| point | connections so far | failed so far | RSS MiB | open fds | threads |"
+        echo "|---|---:|---:|---:|---:|---:|"
+        snapshot start 0 0
+    } >"$work/soak-rows.md"
+    t0=$(date +%s)
+    "$bench" "127.0.0.1:$port" --insecure -c 16 -n "$half" --json >"$work/soak1.json" || true
+    f1=$(jq .failed "$work/soak1.json")
+    snapshot middle "$half" "$f1" >>"$work/soak-rows.md"
+    "$bench" "127.0.0.1:$port" --insecure -c 16 -n "$rest" --json >"$work/soak2.json" || true
+    f2=$(( f1 + $(jq .failed "$work/soak2.json") ))
+    snapshot end "$soak_n" "$f2" >>"$work/soak-rows.md"
+    t1=$(date +%s)
+    hwm=$(mem_kb "$pid" VmHWM)
+    stop "$pid"
+    {
+        echo "## Soak: $soak_n connections"
+        echo
+        versions
+        echo "- command: \`$command_line\`; 16 clients, full handshakes, $((t1 - t0)) s in all; peak RSS $(awk '{printf "%.1f", $1 / 1024}' <<<"$hwm") MiB"
+        echo "- failures: $f2 ($(jq -c -s 'map(.errors) | add' "$work/soak1.json" "$work/soak2.json"))"
+        echo
+        cat "$work/soak-rows.md"
+    } >"$work/soak.md"
+    cat "$work/soak.md"
+    [ "$write" -eq 0 ] || replace_section soak "$work/soak.md"
+}
+
+for section in $sections; do
+    case "$section" in
+        throughput) throughput ;;
+        idle) idle_memory ;;
+        soak) soak ;;
+    esac
+done

@@ -1,0 +1,56 @@
+//! The `securesock-bench` binary: parse, run the load (or hold the idle burst), report.
+//! Everything it does lives in [`securesock::loadgen`], where the tests can reach it.
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use securesock::loadgen;
+
+/// Bad arguments or a setup failure (unreadable CA, unresolvable target).
+const EXIT_SETUP: u8 = 2;
+/// The run completed but not one connection succeeded.
+const EXIT_ALL_FAILED: u8 = 1;
+
+fn main() -> ExitCode {
+    let plan = match loadgen::parse_args(std::env::args_os()) {
+        Ok(plan) => plan,
+        Err(e) => {
+            // clap prints help and version to stdout (exit 0) and errors to stderr (exit 2).
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_SETUP)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let mut stdout = std::io::stdout();
+    if plan.idle.is_some() {
+        return match loadgen::run_idle(&plan, &mut stdout) {
+            Ok(burst) if burst.held.is_empty() => ExitCode::from(EXIT_ALL_FAILED),
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => fail(&format!("{e:#}")),
+        };
+    }
+    let summary = match loadgen::run(&plan) {
+        Ok(summary) => summary,
+        Err(e) => return fail(&format!("{e:#}")),
+    };
+    let text = if plan.json {
+        format!("{}\n", summary.to_json())
+    } else {
+        summary.table()
+    };
+    // A closed stdout (piped into `head`) is not worth another error.
+    let _ = stdout.write_all(text.as_bytes());
+    if summary.ok == 0 {
+        ExitCode::from(EXIT_ALL_FAILED)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    let _ = writeln!(std::io::stderr(), "securesock-bench: error: {message}");
+    ExitCode::from(EXIT_SETUP)
+}

@@ -1,0 +1,205 @@
+//! The load generator against the real server: the `securesock` binary on 127.0.0.1 port 0 with a
+//! certificate from scripts/gen-certs.sh, driven by the real `securesock-bench` binary with --json.
+//!
+//! Only counts, the protocol and failure reasons are asserted, never a figure: these tests prove the
+//! tool measures what it says, not how fast anything is.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// Connections per run: enough for every thread to offer tickets many times, still well under a
+/// second against a debug build.
+const N: u64 = 300;
+const CLIENTS: &str = "4";
+
+/// Makes a self-signed certificate and key in `dir` with the project's own script.
+fn gen_certs(dir: &Path) -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/gen-certs.sh");
+    let out = Command::new(script)
+        .arg("--out")
+        .arg(dir)
+        .output()
+        .expect("running scripts/gen-certs.sh");
+    assert!(out.status.success(), "gen-certs.sh failed: {out:?}");
+    dir.join("server-cert.pem")
+}
+
+/// The real server, stopped on drop.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    /// Starts securesock on 127.0.0.1 port 0 and learns the port from its `listening on` line.
+    fn start(certs: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_securesock"))
+            .args(["--listen", "127.0.0.1:0", "--cert"])
+            .arg(certs.join("server-cert.pem"))
+            .arg("--key")
+            .arg(certs.join("server-key.pem"))
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting securesock");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (tx, rx) = mpsc::channel();
+        // Reads the log to its end, so the server never blocks on a full pipe; the first
+        // `listening on` line goes back to the test.
+        thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on ").nth(1)
+                    && let Some(tx) = tx.take()
+                {
+                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("securesock never logged `listening on`");
+        Server {
+            child,
+            addr: addr.parse().expect("a socket address after `listening on`"),
+        }
+    }
+
+    fn target(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn bench(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_securesock-bench"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running securesock-bench")
+}
+
+/// Each line of stdout as JSON.
+fn json_lines(out: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+fn run_json(args: &[&str]) -> Value {
+    let out = bench(args);
+    assert!(out.status.success(), "securesock-bench {args:?}: {out:?}");
+    let mut lines = json_lines(&out);
+    assert_eq!(lines.len(), 1, "{out:?}");
+    lines.remove(0)
+}
+
+#[test]
+fn full_and_resumed_handshakes_all_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = gen_certs(dir.path());
+    let server = Server::start(dir.path(), &[]);
+    let target = server.target();
+    let ca = cert.to_str().unwrap();
+    let n = N.to_string();
+
+    let full = run_json(&[&target, "--ca", ca, "-n", &n, "-c", CLIENTS, "--json"]);
+    assert_eq!(full["ok"], N, "{full}");
+    assert_eq!(full["failed"], 0, "{full}");
+    assert_eq!(full["resumed"], 0, "{full}");
+    assert_eq!(full["protocol"], "TLSv1.3", "{full}");
+    assert!(full["latency_us"]["p99"].as_u64().unwrap() > 0, "{full}");
+
+    let resumed = run_json(&[
+        &target, "--ca", ca, "-n", &n, "-c", CLIENTS, "--resume", "--json",
+    ]);
+    assert_eq!(resumed["ok"], N, "{resumed}");
+    assert_eq!(resumed["failed"], 0, "{resumed}");
+    assert_eq!(resumed["protocol"], "TLSv1.3", "{resumed}");
+    assert!(resumed["resumed_pct"].as_f64().unwrap() > 0.0, "{resumed}");
+    // Each thread's first connection has nothing to offer, so never everything resumes.
+    assert!(resumed["resumed"].as_u64().unwrap() < N, "{resumed}");
+}
+
+#[test]
+fn a_wrong_payload_or_an_untrusted_certificate_counts_as_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    gen_certs(dir.path());
+    let other = tempfile::tempdir().unwrap();
+    let other_cert = gen_certs(other.path());
+    let server = Server::start(dir.path(), &["--greeting", "Hello, other world!"]);
+    let target = server.target();
+
+    let out = bench(&[&target, "--insecure", "-n", "5", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let report = &json_lines(&out)[0];
+    assert_eq!(report["ok"], 0, "{report}");
+    assert_eq!(report["failed"], 5, "{report}");
+    assert!(
+        report["errors"].to_string().contains("wrong payload"),
+        "{report}"
+    );
+
+    let out = bench(&[
+        &target,
+        "--ca",
+        other_cert.to_str().unwrap(),
+        "--expect",
+        "Hello, other world!",
+        "-n",
+        "3",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let report = &json_lines(&out)[0];
+    assert_eq!(report["failed"], 3, "{report}");
+    assert!(
+        report["errors"]
+            .to_string()
+            .contains("certificate verify failed"),
+        "{report}"
+    );
+}
+
+#[test]
+fn idle_connections_are_opened_and_held() {
+    let dir = tempfile::tempdir().unwrap();
+    gen_certs(dir.path());
+    // The server's handshake deadline (10 s by default) is far beyond the hold, so every
+    // connection must still be open when the hold ends.
+    let server = Server::start(dir.path(), &[]);
+    let out = bench(&[
+        &server.target(),
+        "--idle",
+        "20",
+        "-c",
+        "2",
+        "--hold",
+        "0.5",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 2, "{out:?}");
+    assert_eq!(lines[0]["connected"], 20, "{}", lines[0]);
+    assert_eq!(lines[0]["failed"], 0, "{}", lines[0]);
+    assert_eq!(lines[1]["still_open"], 20, "{}", lines[1]);
+}
