@@ -6,7 +6,8 @@
 # release binary and scripts are copied where its COPY lines put them, and the ENTRYPOINT runs as its
 # USER, as PID 1 of private pid/net/mount/uts namespaces with its ENV. Then, from inside those
 # namespaces: scripts/check.sh (openssl s_client), the HEALTHCHECK command, and SIGTERM (drain, exit 0).
-# Two runs: mounted certificates, and none (the entrypoint must make a self-signed pair).
+# Runs: mounted certificates; none (the entrypoint must make a self-signed pair); none with
+# SECURESOCK_SELF_SIGNED=never (it must refuse, exit 2).
 #
 #   scripts/container-smoke.sh [--without PKG]...
 #
@@ -141,6 +142,9 @@ for c in "${copies[@]}"; do
 done
 
 # ---- Running the "container" -----------------------------------------------------------------
+# Extra KEY=value settings for the next start_container, like `docker run -e`.
+extra_env=()
+
 # start_container NAME [CERTDIR]: runs the ENTRYPOINT as PID 1 of new pid/net/mount/uts namespaces,
 # in an overlay of the cached root (so every run starts from the image as built), with CERTDIR
 # bind-mounted read-only at /certs like `docker run -v DIR:/certs:ro`. Sets $unshare_pid.
@@ -174,7 +178,7 @@ start_container() {
         exec chroot --userspec="$uid:$gid" "$m" "$@"
     ' container "$root" "$tmp/$name" "$tmp/copies" "$certs" "$uid" "$gid" "${without[*]}" \
         env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/ \
-        HOSTNAME=securesock-smoke "${envs[@]}" "${entry_cmd[@]}" \
+        HOSTNAME=securesock-smoke "${envs[@]}" "${extra_env[@]}" "${entry_cmd[@]}" \
         </dev/null >"$tmp/$name.log" 2>&1 &
     unshare_pid=$!
     started+=("$unshare_pid")
@@ -259,4 +263,16 @@ scripts/gen-certs.sh --out "$tmp/certs" >/dev/null
 chown -R "$uid:$gid" "$tmp/certs"
 scenario mounted-certs "$tmp/certs"
 scenario generated-certs
+
+# SECURESOCK_SELF_SIGNED=never: no mounted pair must mean no start (exit 2), not a self-signed pair.
+echo "-- refuse-self-signed: SECURESOCK_SELF_SIGNED=never and nothing mounted"
+extra_env=(SECURESOCK_SELF_SIGNED=never)
+start_container refuse-self-signed
+rc=0
+timeout 20 tail --pid="$unshare_pid" -f /dev/null || fail "refuse-self-signed: still running"
+wait "$unshare_pid" || rc=$?
+[ "$rc" -eq 2 ] || { cat "$tmp/refuse-self-signed.log" >&2; fail "refuse-self-signed: exit $rc, expected 2"; }
+grep -q "SECURESOCK_SELF_SIGNED=never" "$tmp/refuse-self-signed.log" || fail "refuse-self-signed: no message saying why"
+! grep -q "SELF-SIGNED pair" "$tmp/refuse-self-signed.log" || fail "refuse-self-signed: made a pair anyway"
+echo "   exit 2: $(head -n 1 "$tmp/refuse-self-signed.log")"
 echo "container smoke: OK ($((SECONDS - start)) s)"

@@ -29,10 +29,12 @@ if ! cargo deb --version >/dev/null 2>&1; then
     cargo install --locked --quiet cargo-deb --version '^3.8'
 fi
 
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
 start=$SECONDS
 echo "== deb test: cargo deb"
-deb=$(cargo deb --locked --quiet 2>/dev/null | tail -n 1)
-[ -f "$deb" ] || fail "cargo deb made no package"
+deb=$(cargo deb --locked --quiet 2>"$tmp/cargo-deb.log" | tail -n 1) || true
+[ -f "$deb" ] || { cat "$tmp/cargo-deb.log" >&2; fail "cargo deb made no package"; }
 case "$(basename "$deb")" in
     securesock_*_amd64.deb) ;;
     *) fail "unexpected package name $(basename "$deb")" ;;
@@ -49,7 +51,6 @@ esac
 deps=$(echo "$depends" | tr ',' '\n' | sed 's/|.*//; s/(.*)//; s/[[:space:]]//g' | sed '/^$/d' | paste -sd, -)
 root=$(scripts/rootfs.sh --name deb-systemd --include "systemd,systemd-sysv,libnss-systemd,$deps" | tail -n 1)
 
-tmp=$(mktemp -d)
 nspawn_pid=""
 cleanup() {
     if [ -n "$nspawn_pid" ]; then
