@@ -94,10 +94,19 @@ need_packages debootstrap util-linux iproute2 openssl
 tmp=$(mktemp -d)
 started=()
 cleanup() {
-    local pid
+    local pid child
     for pid in "${started[@]}"; do
-        # wait reaps it quietly; otherwise bash reports the killed job with its whole command line.
-        { kill -KILL "$pid" && wait "$pid"; } 2>/dev/null || true
+        # The namespace's PID 1 first: killing unshare alone would leave it running (the parent-death
+        # signal does not survive the switch to the image's user). Its death ends the namespace.
+        # unshare then reaps it and exits; only without a child yet is unshare itself killed.
+        child=$(pgrep -P "$pid" || true)
+        if [ -n "$child" ]; then
+            kill -KILL "$child" 2>/dev/null || true
+        else
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+        # wait quietly: otherwise bash reports the killed job with its whole command line.
+        wait "$pid" 2>/dev/null || true
     done
     rm -rf "$tmp"
 }

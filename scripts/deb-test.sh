@@ -52,9 +52,17 @@ deps=$(echo "$depends" | tr ',' '\n' | sed 's/|.*//; s/(.*)//; s/[[:space:]]//g'
 root=$(scripts/rootfs.sh --name deb-systemd --include "systemd,systemd-sysv,libnss-systemd,$deps" | tail -n 1)
 
 nspawn_pid=""
+leader=""
 cleanup() {
     if [ -n "$nspawn_pid" ]; then
-        { kill -KILL "$nspawn_pid" && wait "$nspawn_pid"; } 2>/dev/null || true
+        # The container's init (its death ends the container and nspawn reaps it and exits); nspawn
+        # itself only when the container has not started.
+        if [ -n "$leader" ]; then
+            kill -KILL "$leader" 2>/dev/null || true
+        else
+            kill -KILL "$nspawn_pid" 2>/dev/null || true
+        fi
+        wait "$nspawn_pid" 2>/dev/null || true
     fi
     rm -rf "$tmp"
 }
