@@ -1,6 +1,8 @@
 #!/bin/sh
 # Installs what the tests need and runs the whole suite: formatting, lints (clippy and shellcheck),
-# then every unit and integration test against the real binary and the real `openssl s_client`.
+# every unit and integration test against the real binary and the real `openssl s_client`, then
+# the Kubernetes manifest checks, the sslyze compliance scan, and the container and Debian package
+# checks (these need root; tools and root filesystems are cached under /var/cache/securesock-*).
 set -eu
 cd "$(dirname "$0")/.."
 . scripts/common.sh
@@ -11,8 +13,14 @@ need_cargo
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== shellcheck"
-shellcheck scripts/*.sh .ci/run
+shellcheck scripts/*.sh deploy/kubernetes/check.sh packaging/postinst packaging/postrm .ci/run
 echo "== cargo clippy"
 cargo clippy --locked --all-targets --quiet -- -D warnings
 echo "== cargo test"
 cargo test --locked
+echo "== kubernetes manifests (yamllint, schemas, security properties)"
+deploy/kubernetes/check.sh
+echo "== TLS compliance scan (sslyze against Mozilla intermediate and modern)"
+scripts/scan-test.sh
+echo "== container image and Debian package (hadolint, rootfs smoke test, systemd-nspawn)"
+scripts/container-test.sh
