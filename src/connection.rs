@@ -84,6 +84,12 @@ pub enum HandshakeFailure {
     ProtocolVersion,
     /// No cipher suite in common.
     NoSharedCipher,
+    /// Mutual TLS: no client certificate, or one that does not verify (unknown CA, revoked, expired).
+    ClientCert,
+    /// ALPN: no protocol in common.
+    Alpn,
+    /// `--strict-sni`: a server name no certificate is for.
+    UnknownName,
     /// The client went away mid-handshake.
     Eof,
     /// Any other TLS protocol failure.
@@ -96,6 +102,9 @@ impl HandshakeFailure {
             HandshakeFailure::NotTls => "not_tls",
             HandshakeFailure::ProtocolVersion => "protocol_version",
             HandshakeFailure::NoSharedCipher => "no_shared_cipher",
+            HandshakeFailure::ClientCert => "client_cert",
+            HandshakeFailure::Alpn => "alpn",
+            HandshakeFailure::UnknownName => "unknown_name",
             HandshakeFailure::Eof => "eof",
             HandshakeFailure::Protocol => "protocol_error",
         }
@@ -172,16 +181,16 @@ impl Report {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = |v: &Option<String>| v.as_deref().map(quoted).unwrap_or_else(|| "-".into());
         write!(
             f,
-            "conn peer={} sni={} proto={} cipher={} mode={} in={} out={} ms={} {}",
+            "conn peer={} sni={} proto={} cipher={} alpn={} client={} mode={} in={} out={} ms={} {}",
             self.peer,
-            self.sni
-                .as_deref()
-                .map(quoted)
-                .unwrap_or_else(|| "-".into()),
+            text(&self.sni),
             self.protocol.unwrap_or("-"),
             self.cipher.unwrap_or("-"),
+            text(&self.alpn),
+            text(&self.client),
             self.mode,
             self.bytes_in,
             self.bytes_out,
@@ -268,16 +277,24 @@ fn classify(e: &openssl::ssl::Error) -> HandshakeFailure {
             HandshakeFailure::ProtocolVersion
         }
         "no shared cipher" | "no suitable signature algorithm" => HandshakeFailure::NoSharedCipher,
+        "peer did not return a certificate" | "certificate verify failed" => {
+            HandshakeFailure::ClientCert
+        }
+        "no application protocol" => HandshakeFailure::Alpn,
+        // The only callback that can refuse a handshake is the SNI one, under --strict-sni.
+        "callback failed" => HandshakeFailure::UnknownName,
         _ => HandshakeFailure::Protocol,
     }
 }
 
 /// Deadline-bounded server handshake. The SSL object is created only once the client has sent
 /// something, so a connection that stays silent costs a thread waiting in poll and nothing more.
+/// A failed handshake still reports the server name the client asked for, when it got that far.
 fn handshake(
     acceptor: &SslAcceptor,
     stream: TcpStream,
     deadline: Instant,
+    sni: &mut Option<String>,
 ) -> Result<SslStream<TcpStream>, Outcome> {
     match wait(stream.as_raw_fd(), Interest::Read, Some(deadline)) {
         Ok(true) => {}
@@ -296,11 +313,15 @@ fn handshake(
                 };
                 match wait(mid.get_ref().as_raw_fd(), interest, Some(deadline)) {
                     Ok(true) => attempt = mid.handshake(),
-                    Ok(false) => return Err(Outcome::Timeout("handshake")),
+                    Ok(false) => {
+                        *sni = crate::tls::requested_name(mid.ssl());
+                        return Err(Outcome::Timeout("handshake"));
+                    }
                     Err(e) => return Err(Outcome::Io(e.to_string())),
                 }
             }
             Err(HandshakeError::Failure(mid)) => {
+                *sni = crate::tls::requested_name(mid.ssl());
                 return Err(Outcome::HandshakeFailed(
                     classify(mid.error()),
                     ssl_reason(mid.error()),
@@ -404,7 +425,8 @@ fn serve_inner(
     }
     // The greeting and small replies go out at once rather than waiting on Nagle.
     let _ = stream.set_nodelay(true);
-    let mut tls = match handshake(acceptor, stream, accepted + settings.handshake_timeout) {
+    let deadline = accepted + settings.handshake_timeout;
+    let mut tls = match handshake(acceptor, stream, deadline, &mut report.sni) {
         Ok(s) => s,
         Err(outcome) => return outcome,
     };

@@ -73,7 +73,7 @@ impl Metrics {
         );
         registry.register(
             "handshakes",
-            "TLS handshakes by result (ok, timeout, not_tls, protocol_version, no_shared_cipher, eof, protocol_error, error)",
+            "TLS handshakes by result (ok, timeout, not_tls, protocol_version, no_shared_cipher, client_cert, alpn, unknown_name, eof, protocol_error, error)",
             handshakes.clone(),
         );
         registry.register(

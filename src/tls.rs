@@ -7,14 +7,16 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use anyhow::{Context, Result, anyhow, bail};
 use openssl::asn1::{Asn1Time, Asn1TimeRef};
+use openssl::ex_data::Index;
 use openssl::nid::Nid;
 use openssl::pkey::{PKey, Private};
 use openssl::ssl::{
-    AlpnError, NameType, SniError, SslAcceptor, SslAcceptorBuilder, SslAlert, SslContext,
-    SslFiletype, SslMethod, SslOptions, SslVerifyMode, SslVersion,
+    AlpnError, NameType, SniError, Ssl, SslAcceptor, SslAcceptorBuilder, SslAlert, SslContext,
+    SslFiletype, SslMethod, SslOptions, SslRef, SslVerifyMode, SslVersion,
 };
 use openssl::x509::store::X509Lookup;
 use openssl::x509::verify::X509VerifyFlags;
@@ -398,6 +400,21 @@ fn select_alpn<'a>(server: &[Vec<u8>], client: &'a [u8]) -> Option<&'a [u8]> {
         .find_map(|want| offered.iter().find(|o| **o == want.as_slice()).copied())
 }
 
+/// Where the SNI callback keeps the name a client asked for, so that a refused handshake can
+/// still be logged with it (OpenSSL forgets a name the callback refused).
+fn requested_name_index() -> Option<Index<Ssl, String>> {
+    static INDEX: OnceLock<Option<Index<Ssl, String>>> = OnceLock::new();
+    *INDEX.get_or_init(|| Ssl::new_ex_index().ok())
+}
+
+/// The server name the client asked for, accepted or not.
+pub fn requested_name(ssl: &SslRef) -> Option<String> {
+    if let Some(name) = ssl.servername(NameType::HOST_NAME) {
+        return Some(name.to_string());
+    }
+    requested_name_index().and_then(|idx| ssl.ex_data(idx).cloned())
+}
+
 /// Whether a server name matches a certificate name (`*.example.com` covers exactly one label).
 pub fn name_matches(pattern: &str, name: &str) -> bool {
     let name = name.to_ascii_lowercase();
@@ -469,6 +486,9 @@ pub fn build(settings: &TlsSettings) -> Result<Tls> {
                 return ssl.set_ssl_context(ctx).map_err(|_| SniError::ALERT_FATAL);
             }
             if strict && !default_names.iter().any(|p| name_matches(p, &name)) {
+                if let Some(idx) = requested_name_index() {
+                    ssl.set_ex_data(idx, name);
+                }
                 *alert = SslAlert::UNRECOGNIZED_NAME;
                 return Err(SniError::ALERT_FATAL);
             }

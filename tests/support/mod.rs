@@ -168,11 +168,11 @@ impl Logs {
                 return found;
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
-                "no log line with {parts:?} after {PATIENCE:?}; log:\n{}",
-                guard.join("\n")
-            );
+            if left.is_zero() {
+                let log = guard.join("\n");
+                drop(guard); // unlocked, so the thread still collecting lines is not poisoned
+                panic!("no log line with {parts:?} after {PATIENCE:?}; log:\n{log}");
+            }
             guard = cv.wait_timeout(guard, left).unwrap().0;
         }
     }
@@ -387,15 +387,17 @@ pub fn serial_of(cert: &Path) -> String {
 /// Connects without verifying (the certificate changes under the test) and returns the serial of
 /// the certificate the server presented, after reading its greeting.
 pub fn served_serial(addr: SocketAddr) -> Result<String, String> {
+    served_serial_for(addr, "localhost")
+}
+
+/// Like [`served_serial`], asking for the server name `name` (SNI).
+pub fn served_serial_for(addr: SocketAddr, name: &str) -> Result<String, String> {
     let mut b = SslConnector::builder(SslMethod::tls_client()).map_err(|e| e.to_string())?;
     b.set_verify(SslVerifyMode::NONE);
     let tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
     tcp.set_read_timeout(Some(PATIENCE))
         .map_err(|e| e.to_string())?;
-    let mut s = b
-        .build()
-        .connect("localhost", tcp)
-        .map_err(|e| e.to_string())?;
+    let mut s = b.build().connect(name, tcp).map_err(|e| e.to_string())?;
     let mut got = Vec::new();
     s.read_to_end(&mut got).map_err(|e| e.to_string())?;
     if got.is_empty() {
@@ -564,4 +566,57 @@ pub fn rss_kib(pid: i32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
+}
+
+/// Writes a certificate for `dns` (CN and SAN) with a fresh P-256 key, valid for a day.
+pub fn write_cert_for(dir: &Path, dns: &str) -> CertPair {
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+    let key = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
+    let mut name = X509NameBuilder::new().unwrap();
+    name.append_entry_by_text("CN", dns).unwrap();
+    let name = name.build();
+    let mut b = X509::builder().unwrap();
+    b.set_version(2).unwrap();
+    let serial = BigNum::from_u32(rand_u32())
+        .unwrap()
+        .to_asn1_integer()
+        .unwrap();
+    b.set_serial_number(&serial).unwrap();
+    b.set_subject_name(&name).unwrap();
+    b.set_issuer_name(&name).unwrap();
+    b.set_pubkey(&key).unwrap();
+    b.set_not_before(&Asn1Time::from_unix(now_unix() - 60).unwrap())
+        .unwrap();
+    b.set_not_after(&Asn1Time::from_unix(now_unix() + 86_400).unwrap())
+        .unwrap();
+    let san = SubjectAlternativeName::new()
+        .dns(dns)
+        .build(&b.x509v3_context(None, None))
+        .unwrap();
+    b.append_extension(san).unwrap();
+    b.sign(&key, MessageDigest::sha256()).unwrap();
+    let file = dns.replace('*', "star");
+    let pair = CertPair {
+        cert: dir.join(format!("{file}-cert.pem")),
+        key: dir.join(format!("{file}-key.pem")),
+    };
+    std::fs::write(&pair.cert, b.build().to_pem().unwrap()).unwrap();
+    std::fs::write(&pair.key, key.private_key_to_pem_pkcs8().unwrap()).unwrap();
+    pair
+}
+
+/// Runs `openssl s_client` in its full (not -brief) form, which also reports ALPN and session
+/// reuse; stdout holds the report and the server's bytes.
+pub fn s_client_full(addr: SocketAddr, args: &[&str]) -> Output {
+    Command::new("timeout")
+        .arg("20")
+        .arg("openssl")
+        .arg("s_client")
+        .arg("-connect")
+        .arg(addr.to_string())
+        .arg("-ign_eof")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running openssl s_client")
 }

@@ -1,0 +1,231 @@
+//! Mutual TLS, SNI and ALPN, checked with the real `openssl s_client`.
+
+mod support;
+
+use std::path::Path;
+
+use support::{Server, brief_field, mtls, s_client, s_client_full, write_cert_for};
+
+const GREETING: &[u8] = b"Hello, secure world!";
+
+/// A server with the gen-ca.sh server certificate and `args`.
+fn mtls_server(args: &[&str]) -> Server {
+    let (cert, key) = (mtls("server-cert.pem"), mtls("server-key.pem"));
+    Server::start_with(Path::new(&cert), Path::new(&key), args)
+}
+
+/// s_client presenting the client certificate `name` (`client`, `revoked`, `other-client`), or
+/// none.
+fn with_client_cert(server: &Server, name: Option<&str>) -> std::process::Output {
+    let ca = mtls("ca-cert.pem");
+    let mut args = vec![
+        "-CAfile".to_string(),
+        ca,
+        "-verify_return_error".to_string(),
+    ];
+    if let Some(name) = name {
+        args.extend(["-cert".into(), mtls(&format!("{name}-cert.pem"))]);
+        args.extend(["-key".into(), mtls(&format!("{name}-key.pem"))]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    s_client(server.addr, &args)
+}
+
+fn refused_with(server: &Server, out: &std::process::Output, kind: &str, n: usize) {
+    assert!(
+        out.stdout.is_empty(),
+        "got data: {:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let line = server
+        .logs
+        .wait_for_n(&["result=handshake_failed"], n)
+        .pop()
+        .unwrap();
+    assert!(line.contains(&format!("kind={kind}")), "{line}");
+}
+
+#[test]
+fn required_client_certificates() {
+    let ca = mtls("ca-cert.pem");
+    let server = mtls_server(&["--client-ca", &ca, "--require-client-cert"]);
+    let good = with_client_cert(&server, Some("client"));
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+    assert_eq!(good.stdout, GREETING);
+    let line = server.logs.wait_for(&["result=ok"]);
+    assert!(line.contains("client=\"CN=client\""), "{line}");
+
+    refused_with(&server, &with_client_cert(&server, None), "client_cert", 1);
+    refused_with(
+        &server,
+        &with_client_cert(&server, Some("other-client")),
+        "client_cert",
+        2,
+    );
+}
+
+#[test]
+fn optional_client_certificates_are_verified_when_presented() {
+    let ca = mtls("ca-cert.pem");
+    let server = mtls_server(&["--client-ca", &ca]);
+    let anonymous = with_client_cert(&server, None);
+    assert_eq!(anonymous.stdout, GREETING);
+    let line = server.logs.wait_for(&["result=ok"]);
+    assert!(line.contains("client=-"), "{line}");
+    refused_with(
+        &server,
+        &with_client_cert(&server, Some("other-client")),
+        "client_cert",
+        1,
+    );
+}
+
+#[test]
+fn revoked_client_certificates_are_refused() {
+    let (ca, crl) = (mtls("ca-cert.pem"), mtls("crl.pem"));
+    let server = mtls_server(&["--client-ca", &ca, "--require-client-cert", "--crl", &crl]);
+    assert_eq!(with_client_cert(&server, Some("client")).stdout, GREETING);
+    refused_with(
+        &server,
+        &with_client_cert(&server, Some("revoked")),
+        "client_cert",
+        1,
+    );
+    let line = server
+        .logs
+        .matching(&["result=handshake_failed"])
+        .pop()
+        .unwrap();
+    assert!(line.contains("certificate verify failed"), "{line}");
+}
+
+#[test]
+fn sessions_resume_with_client_certificates() {
+    let ca = mtls("ca-cert.pem");
+    let server = mtls_server(&["--client-ca", &ca, "--require-client-cert"]);
+    let dir = tempfile::tempdir().unwrap();
+    let session = dir.path().join("session.pem");
+    let session = session.to_str().unwrap();
+    let (cert, key) = (mtls("client-cert.pem"), mtls("client-key.pem"));
+    let common = ["-CAfile", &ca, "-cert", &cert, "-key", &key];
+    let first = s_client_full(
+        server.addr,
+        &[&common[..], &["-sess_out", session]].concat(),
+    );
+    assert!(first.status.success());
+    let again = s_client_full(server.addr, &[&common[..], &["-sess_in", session]].concat());
+    let text = String::from_utf8_lossy(&again.stdout);
+    assert!(text.contains("Reused, TLSv1.3"), "{text}");
+    assert!(text.contains("Hello, secure world!"));
+}
+
+fn peer_cn(out: &std::process::Output) -> String {
+    brief_field(out, "Peer certificate").unwrap_or_default()
+}
+
+#[test]
+fn sni_picks_the_certificate_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = write_cert_for(dir.path(), "api.example.test");
+    let wild = write_cert_for(dir.path(), "*.example.org");
+    let sni = |name: &str, pair: &support::CertPair| {
+        format!("{name}={},{}", pair.cert.display(), pair.key.display())
+    };
+    let (a, w) = (sni("api.example.test", &api), sni("*.example.org", &wild));
+    let server = Server::start(&["--sni", &a, "--sni", &w]);
+    for (name, want) in [
+        ("api.example.test", "CN = api.example.test"),
+        ("API.Example.Test", "CN = api.example.test"),
+        ("www.example.org", "CN = *.example.org"),
+        ("a.b.example.org", "CN = localhost"),
+        ("unknown.test", "CN = localhost"),
+    ] {
+        let out = s_client(server.addr, &["-servername", name]);
+        assert_eq!(out.stdout, GREETING, "{name}");
+        assert_eq!(peer_cn(&out), want, "{name}");
+    }
+    let line = server.logs.wait_for(&["sni=www.example.org"]);
+    assert!(line.contains("result=ok"), "{line}");
+}
+
+#[test]
+fn strict_sni_refuses_unknown_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = write_cert_for(dir.path(), "api.example.test");
+    let a = format!(
+        "api.example.test={},{}",
+        api.cert.display(),
+        api.key.display()
+    );
+    let server = Server::start(&["--sni", &a, "--strict-sni"]);
+    let refused = s_client(server.addr, &["-servername", "unknown.test"]);
+    assert!(refused.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("unrecognized name"), "{stderr}");
+    let line = server
+        .logs
+        .wait_for(&["result=handshake_failed", "sni=unknown.test"]);
+    assert!(line.contains("kind=unknown_name"), "{line}");
+    // Names the certificates are for, and clients that send no name, are served.
+    assert_eq!(
+        peer_cn(&s_client(server.addr, &["-servername", "api.example.test"])),
+        "CN = api.example.test"
+    );
+    assert_eq!(
+        s_client(server.addr, &["-servername", "localhost"]).stdout,
+        GREETING
+    );
+    assert_eq!(s_client(server.addr, &["-noservername"]).stdout, GREETING);
+}
+
+#[test]
+fn alpn_selects_in_the_servers_order_refuses_or_goes_on_when_optional() {
+    let server = Server::start(&["--alpn", "h2,http/1.1"]);
+    let out = s_client_full(server.addr, &["-alpn", "http/1.1,h2"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("ALPN protocol: h2"), "{text}");
+    let out = s_client_full(server.addr, &["-alpn", "http/1.1"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ALPN protocol: http/1.1"));
+    let line = server.logs.wait_for(&["alpn=http/1.1"]);
+    assert!(line.contains("result=ok"), "{line}");
+
+    let refused = s_client(server.addr, &["-alpn", "spdy/3"]);
+    assert!(refused.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("no application protocol"));
+    server
+        .logs
+        .wait_for(&["result=handshake_failed", "kind=alpn"]);
+
+    let optional = Server::start(&["--alpn", "h2", "--alpn-optional"]);
+    let out = s_client_full(optional.addr, &["-alpn", "spdy/3"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("No ALPN negotiated"), "{text}");
+    assert!(text.contains("Hello, secure world!"));
+}
+
+#[test]
+fn sni_certificates_reload_with_the_default_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = write_cert_for(dir.path(), "api.example.test");
+    let a = format!(
+        "api.example.test={},{}",
+        api.cert.display(),
+        api.key.display()
+    );
+    let server = Server::start(&["--sni", &a, "--watch-interval", "0"]);
+    let before = support::served_serial_for(server.addr, "api.example.test").unwrap();
+    assert_eq!(before, support::serial_of(&api.cert));
+    let renewed = tempfile::tempdir().unwrap();
+    let new = write_cert_for(renewed.path(), "api.example.test");
+    std::fs::copy(&new.cert, &api.cert).unwrap();
+    std::fs::copy(&new.key, &api.key).unwrap();
+    server.signal(libc::SIGHUP);
+    server.logs.wait_for(&["reload ok"]);
+    let after = support::served_serial_for(server.addr, "api.example.test").unwrap();
+    assert_eq!(after, support::serial_of(&new.cert));
+    assert_ne!(after, before);
+}
