@@ -62,13 +62,25 @@ pub fn default_certs() -> &'static CertPair {
     pair
 }
 
-/// Writes a self-signed certificate valid from `not_before` to `not_after` (Unix seconds). The key
-/// is ECDSA P-256: quick to generate and to handshake with, which keeps load tests short.
+/// Writes a self-signed certificate valid from `not_before` to `not_after` (Unix seconds), for
+/// CN and SAN `localhost` (plus IP 127.0.0.1), as `DIR/NAME-cert.pem` and `DIR/NAME-key.pem`.
 pub fn write_cert(dir: &Path, name: &str, not_before: i64, not_after: i64) -> CertPair {
+    self_signed(dir, name, "localhost", not_before, not_after)
+}
+
+/// Writes a certificate for `dns` (CN and SAN), valid for a day.
+pub fn write_cert_for(dir: &Path, dns: &str) -> CertPair {
+    let now = now_unix();
+    self_signed(dir, &dns.replace('*', "star"), dns, now - 60, now + 86_400)
+}
+
+/// A self-signed certificate for `dns` with a fresh ECDSA P-256 key: quick to generate and to
+/// handshake with, which keeps load tests short.
+fn self_signed(dir: &Path, file: &str, dns: &str, not_before: i64, not_after: i64) -> CertPair {
     let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
     let key = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
     let mut subject = X509NameBuilder::new().unwrap();
-    subject.append_entry_by_text("CN", "localhost").unwrap();
+    subject.append_entry_by_text("CN", dns).unwrap();
     let subject = subject.build();
     let mut b = X509::builder().unwrap();
     b.set_version(2).unwrap();
@@ -84,19 +96,19 @@ pub fn write_cert(dir: &Path, name: &str, not_before: i64, not_after: i64) -> Ce
         .unwrap();
     b.set_not_after(&Asn1Time::from_unix(not_after).unwrap())
         .unwrap();
-    let san = SubjectAlternativeName::new()
-        .dns("localhost")
-        .ip("127.0.0.1")
-        .build(&b.x509v3_context(None, None))
-        .unwrap();
+    let mut san = SubjectAlternativeName::new();
+    san.dns(dns);
+    if dns == "localhost" {
+        san.ip("127.0.0.1");
+    }
+    let san = san.build(&b.x509v3_context(None, None)).unwrap();
     b.append_extension(san).unwrap();
     b.sign(&key, MessageDigest::sha256()).unwrap();
-    let cert = b.build();
     let pair = CertPair {
-        cert: dir.join(format!("{name}-cert.pem")),
-        key: dir.join(format!("{name}-key.pem")),
+        cert: dir.join(format!("{file}-cert.pem")),
+        key: dir.join(format!("{file}-key.pem")),
     };
-    std::fs::write(&pair.cert, cert.to_pem().unwrap()).unwrap();
+    std::fs::write(&pair.cert, b.build().to_pem().unwrap()).unwrap();
     std::fs::write(&pair.key, key.private_key_to_pem_pkcs8().unwrap()).unwrap();
     pair
 }
@@ -566,43 +578,6 @@ pub fn rss_kib(pid: i32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
-}
-
-/// Writes a certificate for `dns` (CN and SAN) with a fresh P-256 key, valid for a day.
-pub fn write_cert_for(dir: &Path, dns: &str) -> CertPair {
-    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
-    let key = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
-    let mut name = X509NameBuilder::new().unwrap();
-    name.append_entry_by_text("CN", dns).unwrap();
-    let name = name.build();
-    let mut b = X509::builder().unwrap();
-    b.set_version(2).unwrap();
-    let serial = BigNum::from_u32(rand_u32())
-        .unwrap()
-        .to_asn1_integer()
-        .unwrap();
-    b.set_serial_number(&serial).unwrap();
-    b.set_subject_name(&name).unwrap();
-    b.set_issuer_name(&name).unwrap();
-    b.set_pubkey(&key).unwrap();
-    b.set_not_before(&Asn1Time::from_unix(now_unix() - 60).unwrap())
-        .unwrap();
-    b.set_not_after(&Asn1Time::from_unix(now_unix() + 86_400).unwrap())
-        .unwrap();
-    let san = SubjectAlternativeName::new()
-        .dns(dns)
-        .build(&b.x509v3_context(None, None))
-        .unwrap();
-    b.append_extension(san).unwrap();
-    b.sign(&key, MessageDigest::sha256()).unwrap();
-    let file = dns.replace('*', "star");
-    let pair = CertPair {
-        cert: dir.join(format!("{file}-cert.pem")),
-        key: dir.join(format!("{file}-key.pem")),
-    };
-    std::fs::write(&pair.cert, b.build().to_pem().unwrap()).unwrap();
-    std::fs::write(&pair.key, key.private_key_to_pem_pkcs8().unwrap()).unwrap();
-    pair
 }
 
 /// Runs `openssl s_client` in its full (not -brief) form, which also reports ALPN and session
