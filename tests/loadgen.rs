@@ -4,89 +4,17 @@
 //! Only counts, the protocol and failure reasons are asserted, never a figure: these tests prove the
 //! tool measures what it says, not how fast anything is.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::thread;
-use std::time::Duration;
+mod support;
+
+use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
+use support::{Server, default_certs};
 
 /// Connections per run: enough for every thread to offer tickets many times, still well under a
 /// second against a debug build.
 const N: u64 = 300;
 const CLIENTS: &str = "4";
-
-/// Makes a self-signed certificate and key in `dir` with the project's own script.
-fn gen_certs(dir: &Path) -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/gen-certs.sh");
-    let out = Command::new(script)
-        .arg("--out")
-        .arg(dir)
-        .output()
-        .expect("running scripts/gen-certs.sh");
-    assert!(out.status.success(), "gen-certs.sh failed: {out:?}");
-    dir.join("server-cert.pem")
-}
-
-/// The real server, stopped on drop.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Server {
-    /// Starts securesock on 127.0.0.1 port 0 and learns the port from its `listening on` line.
-    fn start(certs: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_securesock"))
-            .args(["--listen", "127.0.0.1:0", "--cert"])
-            .arg(certs.join("server-cert.pem"))
-            .arg("--key")
-            .arg(certs.join("server-key.pem"))
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting securesock");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let (tx, rx) = mpsc::channel();
-        // Reads the log to its end, so the server never blocks on a full pipe; the first
-        // `listening on` line goes back to the test.
-        thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on ").nth(1)
-                    && let Some(tx) = tx.take()
-                {
-                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
-                    let _ = tx.send(addr);
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("securesock never logged `listening on`");
-        Server {
-            child,
-            addr: addr.parse().expect("a socket address after `listening on`"),
-        }
-    }
-
-    fn target(&self) -> String {
-        self.addr.to_string()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn bench(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_securesock-bench"))
@@ -114,10 +42,9 @@ fn run_json(args: &[&str]) -> Value {
 
 #[test]
 fn full_and_resumed_handshakes_all_succeed() {
-    let dir = tempfile::tempdir().unwrap();
-    let cert = gen_certs(dir.path());
-    let server = Server::start(dir.path(), &[]);
-    let target = server.target();
+    let cert = &default_certs().cert;
+    let server = Server::start(&[]);
+    let target = server.addr.to_string();
     let ca = cert.to_str().unwrap();
     let n = N.to_string();
 
@@ -141,12 +68,16 @@ fn full_and_resumed_handshakes_all_succeed() {
 
 #[test]
 fn a_wrong_payload_or_an_untrusted_certificate_counts_as_failed() {
-    let dir = tempfile::tempdir().unwrap();
-    gen_certs(dir.path());
     let other = tempfile::tempdir().unwrap();
-    let other_cert = gen_certs(other.path());
-    let server = Server::start(dir.path(), &["--greeting", "Hello, other world!"]);
-    let target = server.target();
+    let other_cert = support::write_cert(
+        other.path(),
+        "other",
+        support::now_unix() - 60,
+        support::now_unix() + 86_400,
+    )
+    .cert;
+    let server = Server::start(&["--greeting", "Hello, other world!"]);
+    let target = server.addr.to_string();
 
     let out = bench(&[&target, "--insecure", "-n", "5", "--json"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
@@ -181,13 +112,11 @@ fn a_wrong_payload_or_an_untrusted_certificate_counts_as_failed() {
 
 #[test]
 fn idle_connections_are_opened_and_held() {
-    let dir = tempfile::tempdir().unwrap();
-    gen_certs(dir.path());
     // The server's handshake deadline (10 s by default) is far beyond the hold, so every
     // connection must still be open when the hold ends.
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::start(&[]);
     let out = bench(&[
-        &server.target(),
+        &server.addr.to_string(),
         "--idle",
         "20",
         "-c",
