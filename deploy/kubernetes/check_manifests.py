@@ -12,13 +12,26 @@ Needs PyYAML. Exit status 0 when every check and every mutation test passes.
 """
 
 import copy
+import json
+import re
 import sys
 from pathlib import Path
 
 import yaml
 
 SECRET = "securesock-tls"
-HEALTHCHECK = "/usr/local/bin/securesock-healthcheck"
+
+def image_healthcheck():
+    """The command the image's own HEALTHCHECK runs, read from the Dockerfile so the readiness
+    probe cannot drift from what the image contains."""
+    dockerfile = Path(__file__).resolve().parents[2] / "Dockerfile"
+    match = re.search(r"^HEALTHCHECK .*CMD (\[.*\])\s*$", dockerfile.read_text(), re.M)
+    if not match:
+        sys.exit(f"no exec-form HEALTHCHECK in {dockerfile}")
+    return json.loads(match.group(1))[0]
+
+
+HEALTHCHECK = image_healthcheck()
 UID = 10001
 
 
