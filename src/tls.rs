@@ -343,6 +343,11 @@ fn profile_builder(settings: &TlsSettings) -> Result<(SslAcceptorBuilder, &'stat
     // one, and each ticket costs an encryption, a MAC and bytes on the wire. Resumed handshakes
     // still get a fresh ticket each, so a client can keep resuming.
     b.set_num_tickets(1)?;
+    // Read as many records as the socket holds in one recv instead of one recv for each record's
+    // header and another for its body: forward mode's client-to-upstream direction measured 8 %
+    // faster for 14 % less CPU per GiB. OpenSSL keeps what it read ahead, and every reader here
+    // retries SSL_read until it would block, so bytes held inside OpenSSL are never waited on.
+    b.set_read_ahead(true);
 
     if let Some(auth) = &settings.client_auth {
         let ca = auth.ca.display();
