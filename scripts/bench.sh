@@ -2,16 +2,19 @@
 # Benchmarks securesock against nginx (stream module) and stunnel on loopback, same certificate,
 # same Mozilla intermediate v6.0 settings, driven by securesock-bench, and writes BENCHMARKS.md.
 #
-#   scripts/bench.sh [--quick] [--throughput] [--idle-memory] [--soak [N]] [--all] [--rounds N] [--duration SECS] [--no-write]
+#   scripts/bench.sh [--quick] [--throughput] [--forward] [--idle-memory] [--soak [N]] [--all] [--rounds N] [--duration SECS] [--no-write]
 #
 # Sections (default: --throughput):
 #   --throughput   full and resumed handshakes at 1, 16 and 64 clients, peers in alternating rounds;
 #                  medians of conns/s, p50/p99, server CPU per connection, peak RSS; a PNG chart
+#   --forward      forward mode: one connection moving 1 GiB up, then 1 GiB down, through securesock
+#                  --mode forward, nginx stream proxy_pass and stunnel to a plaintext upstream
+#                  (examples/bulk.rs); MB/s and server CPU s/GiB, medians over the rounds
 #   --idle-memory  securesock's RSS before and with 5,000 idle connections, the burst's accept time,
 #                  the same for nginx, and whether a client from 127.0.0.2 is still served in 50 ms
 #   --soak [N]     N connections (default 1,000,000) against securesock: failures, RSS, open fds at
 #                  start, middle and end
-#   --all          throughput and idle-memory (not soak)
+#   --all          throughput, forward and idle-memory (not soak)
 # --quick runs a seconds-long version of whatever is chosen (a smoke test). --no-write prints the
 # results without touching BENCHMARKS.md. Installs nginx, libnginx-mod-stream, stunnel4, jq and
 # gnuplot-nox when missing. All traffic stays on 127.0.0.1 (and 127.0.0.2 as a second client).
@@ -35,15 +38,16 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --quick) quick=1; shift ;;
         --throughput) sections="$sections throughput"; shift ;;
+        --forward) sections="$sections forward"; shift ;;
         --idle-memory) sections="$sections idle"; shift ;;
         --soak)
             sections="$sections soak"; shift
             case "${1:-}" in ''|-*) ;; *) soak_n=$1; shift ;; esac ;;
-        --all) sections="$sections throughput idle"; shift ;;
+        --all) sections="$sections throughput forward idle"; shift ;;
         --rounds) [ $# -ge 2 ] || { usage; exit 2; }; rounds=$2; shift 2 ;;
         --duration) [ $# -ge 2 ] || { usage; exit 2; }; duration=$2; shift 2 ;;
         --no-write) write=0; shift ;;
-        -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench.sh: unknown argument '$1'" >&2; usage; exit 2 ;;
     esac
 done
@@ -55,7 +59,9 @@ case "$duration" in ''|*[!0-9.]*) echo "bench.sh: --duration needs seconds, got 
 
 concurrencies="1 16 64"
 idle_k=5000
+bulk_bytes=$((1024 * 1024 * 1024))
 if [ "$quick" -eq 1 ]; then
+    bulk_bytes=$((64 * 1024 * 1024))
     rounds=1
     duration=1
     concurrencies="1 16"
@@ -72,7 +78,7 @@ need_cargo
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 echo "== building (release)" >&2
-cargo build --release --locked --quiet --bin securesock --bin securesock-bench --example plain-greeter
+cargo build --release --locked --quiet --bin securesock --bin securesock-bench --example plain-greeter --example bulk
 bin=$PWD/target/release
 bench=$bin/securesock-bench
 
@@ -145,8 +151,12 @@ start_securesock() { # NAME EXTRA-FLAGS...
     port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$work/$name.log" | head -n 1)
 }
 
-start_nginx() { # NAME WORKERS
+start_nginx() { # NAME WORKERS [UPSTREAM-PORT]
     name=$1
+    # Greet with `return`, or forward to a plaintext upstream (half-close on, as a TLS front for
+    # a request/response protocol needs).
+    body="return \"$greeting\";"
+    [ -z "${3:-}" ] || body="proxy_pass 127.0.0.1:$3; proxy_half_close on;"
     free_port
     mkdir -p "$work/$name"
     cat >"$work/$name/nginx.conf" <<EOF
@@ -172,7 +182,7 @@ stream {
         ssl_session_cache shared:MozSSL:10m;
         ssl_session_tickets off;
         ssl_handshake_timeout ${handshake_timeout}s;
-        return "$greeting";
+        $body
     }
 }
 EOF
@@ -182,13 +192,17 @@ EOF
     wait_for port_open "$port"
 }
 
-start_stunnel() { # NAME
+start_stunnel() { # NAME [UPSTREAM-PORT]
     name=$1
-    "$bin/examples/plain-greeter" 127.0.0.1:0 "$greeting" 2>"$work/greeter.log" &
-    greeter_pid=$!
-    started_pids="$started_pids $greeter_pid"
-    wait_for logged_listening "$work/greeter.log"
-    greeter_port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$work/greeter.log" | head -n 1)
+    if [ -n "${2:-}" ]; then
+        greeter_port=$2
+    else
+        "$bin/examples/plain-greeter" 127.0.0.1:0 "$greeting" 2>"$work/greeter.log" &
+        greeter_pid=$!
+        started_pids="$started_pids $greeter_pid"
+        wait_for logged_listening "$work/greeter.log"
+        greeter_port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$work/greeter.log" | head -n 1)
+    fi
     free_port
     cat >"$work/$name.conf" <<EOF
 foreground = quiet
@@ -364,10 +378,6 @@ throughput() {
         awk '{ printf "| %s | %.1f |\n", $1, $2 / 1024 }' "$work/hwm.txt"
         echo
         echo "![conns/s and p99 by clients](docs/bench-throughput.png)"
-        echo
-        echo "### Forward mode (TLS in front of a TCP service)"
-        echo
-        echo "Pending forward mode (\`--mode forward --upstream\`): to be measured against nginx \`proxy_pass\` and stunnel with \`securesock-bench --send BYTES\` once it exists."
     } >"$work/throughput.md"
 
     chart "$work/medians.tsv"
@@ -407,6 +417,82 @@ set ylabel 'p99 latency (ms)'
 plot $p99_plot
 unset multiplot
 EOF
+}
+
+# ---------------------------------------------------------------------------------------------
+# forward: one TLS connection moving $bulk_bytes up, then down, through each forwarder to the
+# plaintext upstream of examples/bulk.rs; MB/s as the client sees it, server CPU per GiB.
+forward() {
+    echo "== forward: $rounds round(s) x {up, down} x 1 connection of $bulk_bytes bytes" >&2
+    "$bin/examples/bulk" upstream 127.0.0.1:0 2>"$work/bulk-upstream.log" &
+    up_pid=$!
+    started_pids="$started_pids $up_pid"
+    wait_for logged_listening "$work/bulk-upstream.log"
+    up_port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$work/bulk-upstream.log" | head -n 1)
+    # Kernel TLS needs the kernel's `tls` upper-layer protocol and a libssl built with KTLS.
+    if grep -qw tls /proc/sys/net/ipv4/tcp_available_ulp 2>/dev/null; then
+        ktls="the kernel offers the \`tls\` ULP"
+    else
+        ktls="unavailable: this kernel offers no \`tls\` ULP (/proc/sys/net/ipv4/tcp_available_ulp: $(cat /proc/sys/net/ipv4/tcp_available_ulp 2>/dev/null || echo none)$(zcat /proc/config.gz 2>/dev/null | grep -q '^# CONFIG_TLS is not set' && echo '; CONFIG_TLS is not set'))"
+    fi
+    if strings "$(ldconfig -p | awk '/libssl\.so\.3 / {print $NF; exit}')" 2>/dev/null | grep -qx KTLS; then
+        ktls="$ktls; Debian's libssl3 is built with KTLS"
+    fi
+    servers="securesock nginx stunnel"
+    declare -A pids ports
+    start_securesock securesock-fwd --mode forward --upstream "127.0.0.1:$up_port"; pids[securesock]=$pid; ports[securesock]=$port
+    start_nginx nginx-fwd 2 "$up_port"; pids[nginx]=$pid; ports[nginx]=$port
+    start_stunnel stunnel-fwd "$up_port"; pids[stunnel]=$pid; ports[stunnel]=$port
+    results=$work/forward.jsonl
+    : >"$results"
+    for round in $(seq 1 "$rounds"); do
+        for dir in up down; do
+            for s in $servers; do
+                before=$(cpu_ticks "${pids[$s]}")
+                if ! "$bin/examples/bulk" "$dir" "127.0.0.1:${ports[$s]}" "$bulk_bytes" >"$work/bulk.json" 2>"$work/bulk.err"; then
+                    echo "bench.sh: forward $dir through $s failed: $(cat "$work/bulk.err")" >&2
+                    continue
+                fi
+                after=$(cpu_ticks "${pids[$s]}")
+                jq -c --arg s "$s" --argjson t "$((after - before))" --argjson tck "$tck" \
+                    '. + {server: $s, cpu_s_per_gib: ($t / $tck / (.bytes / 1073741824))}' "$work/bulk.json" >>"$results"
+                jq -r '"  \(.server) \(.direction): \(.mb_per_s) MB/s, \(.cpu_s_per_gib * 100 | round / 100) CPU s/GiB"' <(tail -n 1 "$results") >&2
+            done
+        done
+    done
+    for s in $servers; do
+        stop "${pids[$s]}"
+    done
+    stop "$up_pid"
+    jq -s -r '
+        def median: sort | if length == 0 then null elif length % 2 == 1 then .[length / 2 | floor]
+                    else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+        def r(x): if x == null then "-" else (x * 100 | round / 100 | tostring) end;
+        group_by([.server, .direction]) | map({server: .[0].server, direction: .[0].direction,
+            mbs: (map(.mb_per_s) | median), cpu: (map(.cpu_s_per_gib) | median), runs: length})
+        | (map(select(.server == "nginx")) | map({key: .direction, value: .}) | from_entries) as $ng
+        | group_by(.server) | sort_by(.[0].server as $sv | ["securesock", "nginx", "stunnel"] | index($sv))
+        | .[] | (map({key: .direction, value: .}) | from_entries) as $x
+        | [ .[0].server,
+            ($x.up.mbs | floor), r($x.up.mbs / $ng.up.mbs), r($x.up.cpu), r($x.up.cpu / $ng.up.cpu),
+            ($x.down.mbs | floor), r($x.down.mbs / $ng.down.mbs), r($x.down.cpu), r($x.down.cpu / $ng.down.cpu),
+            $x.up.runs + $x.down.runs ] | @tsv' "$results" >"$work/forward.tsv"
+    {
+        echo "## Forward mode: bulk transfer on one connection"
+        echo
+        versions
+        echo "- command: \`$command_line\` ($rounds round(s), peers alternated within each direction)"
+        echo "- one TLS 1.3 connection per run: \`examples/bulk.rs\` sends $bulk_bytes bytes up (the upstream counts them to EOF and answers with the count) or asks for $bulk_bytes bytes down; the clock runs from connect to the last byte; 256 KiB reads and writes on the client and the upstream"
+        echo "- peers: securesock \`--mode forward --upstream\`; nginx stream \`proxy_pass\` with \`proxy_half_close on\` (2 workers, default \`proxy_buffer_size\` 16k); stunnel \`connect =\`; all with the same certificate and Mozilla intermediate v6.0 settings as above"
+        echo "- server CPU: utime+stime of the forwarder's processes over the run ÷ GiB moved; medians over the rounds; ratios are to nginx"
+        echo "- kernel TLS offload: $ktls"
+        echo
+        echo "| server | up MB/s | ×nginx | up CPU s/GiB | ×nginx | down MB/s | ×nginx | down CPU s/GiB | ×nginx | runs |"
+        echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        awk -F'\t' -v OFS=' | ' '{ $1 = $1; print "| " $0 " |" }' "$work/forward.tsv"
+    } >"$work/forward.md"
+    cat "$work/forward.md"
+    [ "$write" -eq 0 ] || replace_section forward "$work/forward.md"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -512,6 +598,7 @@ soak() {
 for section in $sections; do
     case "$section" in
         throughput) throughput ;;
+        forward) forward ;;
         idle) idle_memory ;;
         soak) soak ;;
     esac

@@ -341,6 +341,15 @@ fn profile_builder(settings: &TlsSettings) -> Result<(SslAcceptorBuilder, &'stat
     // Sessions are only resumed in the context that made them; with client certificates OpenSSL
     // refuses resumption without one.
     b.set_session_id_context(b"securesock")?;
+    // One TLS 1.3 session ticket per full handshake instead of OpenSSL's two: a client resumes with
+    // one, and each ticket costs an encryption, a MAC and bytes on the wire. Resumed handshakes
+    // still get a fresh ticket each, so a client can keep resuming.
+    b.set_num_tickets(1)?;
+    // Read as many records as the socket holds in one recv instead of one recv for each record's
+    // header and another for its body: forward mode's client-to-upstream direction measured 8 %
+    // faster for 14 % less CPU per GiB. OpenSSL keeps what it read ahead, and every reader here
+    // retries SSL_read until it would block, so bytes held inside OpenSSL are never waited on.
+    b.set_read_ahead(true);
 
     if let Some(auth) = &settings.client_auth {
         let ca = auth.ca.display();
