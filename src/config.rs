@@ -218,6 +218,16 @@ pub struct Args {
     )]
     pub watch_interval: f64,
 
+    /// Seconds a set of TLS session-ticket keys lives before a fresh context replaces it (0: only
+    /// on reload); bounds how long a stolen ticket key could decrypt recorded resumed sessions
+    #[arg(
+        long,
+        env = "SECURESOCK_TICKET_KEY_ROTATION",
+        value_name = "SECS",
+        default_value_t = 3600.0
+    )]
+    pub ticket_key_rotation: f64,
+
     /// Serve Prometheus metrics over plain HTTP at http://ADDR/metrics (off when not given)
     #[arg(long, env = "SECURESOCK_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<String>,
@@ -247,6 +257,8 @@ pub struct Config {
     pub backlog: u32,
     /// How often to look for changed certificate files; `None` when only SIGHUP reloads.
     pub watch_interval: Option<Duration>,
+    /// How long session-ticket keys live; `None` when they change only on reload.
+    pub ticket_key_rotation: Option<Duration>,
     /// Where to serve metrics, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
 }
@@ -316,6 +328,15 @@ fn seconds(flag: &str, value: f64) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(value))
 }
 
+/// Like [`seconds`], with 0 meaning "never".
+fn optional_seconds(flag: &str, value: f64) -> Result<Option<Duration>, String> {
+    if value == 0.0 {
+        Ok(None)
+    } else {
+        seconds(flag, value).map(Some)
+    }
+}
+
 /// Checks a HOST:PORT value's shape (the name is resolved later, at start).
 fn host_port(flag: &str, value: &str) -> Result<String, String> {
     let bad = || {
@@ -381,11 +402,9 @@ impl Args {
             .as_deref()
             .map(|a| socket_addr("metrics-listen", a))
             .transpose()?;
-        let watch_interval = if self.watch_interval == 0.0 {
-            None
-        } else {
-            Some(seconds("watch-interval", self.watch_interval)?)
-        };
+        let watch_interval = optional_seconds("watch-interval", self.watch_interval)?;
+        let ticket_key_rotation =
+            optional_seconds("ticket-key-rotation", self.ticket_key_rotation)?;
         if self.max_connections == 0 {
             return Err("--max-connections must be at least 1".into());
         }
@@ -461,6 +480,7 @@ impl Args {
             },
             backlog: self.backlog,
             watch_interval,
+            ticket_key_rotation,
             metrics_listen,
         })
     }
@@ -533,6 +553,7 @@ mod tests {
         assert_eq!(c.backlog, 4096);
         assert_eq!(c.limits.idle_timeout, Duration::from_secs(300));
         assert_eq!(c.watch_interval, Some(Duration::from_secs(5)));
+        assert_eq!(c.ticket_key_rotation, Some(Duration::from_secs(3600)));
         assert_eq!(c.metrics_listen, None);
     }
 

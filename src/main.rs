@@ -131,15 +131,21 @@ fn start(config: &Config) -> Result<(std::net::TcpListener, Arc<Shared>, Arc<Shu
         settings,
         Arc::clone(&shared.tls),
         Arc::clone(&shared.metrics),
-        config.watch_interval,
+        reload::Schedule {
+            watch: config.watch_interval,
+            ticket_key_rotation: config.ticket_key_rotation,
+        },
         upstream.clone(),
     )?;
-    match config.watch_interval {
-        Some(every) => info!(
-            "reload: on SIGHUP, and when the certificate files change (checked every {every:?})"
-        ),
-        None => info!("reload: on SIGHUP (file watching off)"),
-    }
+    let watching = match config.watch_interval {
+        Some(every) => format!("and when the certificate files change (checked every {every:?})"),
+        None => "only (file watching off)".to_string(),
+    };
+    let rotation = match config.ticket_key_rotation {
+        Some(every) => format!("every {every:?} and on each reload"),
+        None => "on each reload only".to_string(),
+    };
+    info!("reload: on SIGHUP {watching}; session-ticket keys rotate {rotation}");
     handle_signals(Arc::clone(&shutdown), reload)?;
     if let Some(up) = &upstream {
         info!(

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
@@ -47,6 +47,7 @@ fn fingerprint(settings: &TlsSettings) -> [u8; 32] {
 pub enum Trigger {
     Signal,
     FileChange,
+    TicketKeyRotation,
 }
 
 /// Builds a new context and swaps it in; on failure keeps the old one. Returns whether it swapped.
@@ -91,20 +92,35 @@ fn trigger_name(why: Trigger) -> &'static str {
     match why {
         Trigger::Signal => "signal",
         Trigger::FileChange => "file_change",
+        Trigger::TicketKeyRotation => "ticket_key_rotation",
     }
 }
 
+/// When the reload thread acts on its own.
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    /// How often to look at the files; `None` when only SIGHUP reloads.
+    pub watch: Option<Duration>,
+    /// How long one context's session-ticket keys may live; `None` when they change only on reload.
+    pub ticket_key_rotation: Option<Duration>,
+}
+
 /// Starts the reload thread. Sending on the returned channel asks for a reload now (SIGHUP);
-/// with `watch` set, the files are also polled at that interval.
+/// with `schedule.watch` set, the files are also polled at that interval.
 ///
 /// A change is acted on once the files have stayed the same for one whole interval, so a renewal
 /// that writes the certificate and then the key is seen as one change, not as a mismatched pair.
 /// A content that failed is not retried until it changes again (or SIGHUP asks).
+///
+/// Every new context has new session-ticket keys (OpenSSL makes them at random per context), so
+/// rebuilding it when `schedule.ticket_key_rotation` has passed since the last successful build
+/// bounds how long a stolen key could decrypt recorded sessions: forward secrecy for resumed
+/// sessions. Tickets from before a rotation no longer resume; those clients do one full handshake.
 pub fn spawn(
     settings: TlsSettings,
     current: Arc<ArcSwap<Tls>>,
     metrics: Arc<Metrics>,
-    watch: Option<Duration>,
+    schedule: Schedule,
     upstream: Option<Arc<Upstream>>,
 ) -> Result<Sender<()>> {
     let refresh = move || {
@@ -118,28 +134,47 @@ pub fn spawn(
         .name("reload".into())
         .spawn(move || {
             let mut seen = loaded;
+            let rotation = schedule.ticket_key_rotation;
+            let mut rotate_at = rotation.map(|r| Instant::now() + r);
             loop {
-                let event = match watch {
-                    Some(interval) => rx.recv_timeout(interval),
+                let until_rotation = rotate_at.map(|t| t.saturating_duration_since(Instant::now()));
+                let event = match [schedule.watch, until_rotation].into_iter().flatten().min() {
+                    Some(wait) => rx.recv_timeout(wait),
                     None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
                 };
-                match event {
+                let rebuilt = match event {
                     Ok(()) => {
                         seen = fingerprint(&settings);
                         refresh();
-                        reload(&settings, &current, &metrics, Trigger::Signal);
                         loaded = seen;
+                        reload(&settings, &current, &metrics, Trigger::Signal)
                     }
                     Err(RecvTimeoutError::Timeout) => {
-                        let now = fingerprint(&settings);
-                        if now != loaded && now == seen {
-                            refresh();
-                            reload(&settings, &current, &metrics, Trigger::FileChange);
-                            loaded = now;
+                        if rotate_at.is_some_and(|t| Instant::now() >= t) {
+                            loaded = fingerprint(&settings);
+                            seen = loaded;
+                            // On failure the old context (and keys) stay; try again next period.
+                            rotate_at = rotation.map(|r| Instant::now() + r);
+                            reload(&settings, &current, &metrics, Trigger::TicketKeyRotation)
+                        } else if schedule.watch.is_some() {
+                            let now = fingerprint(&settings);
+                            let changed = now != loaded && now == seen;
+                            seen = now;
+                            if changed {
+                                refresh();
+                                loaded = now;
+                                reload(&settings, &current, &metrics, Trigger::FileChange)
+                            } else {
+                                false
+                            }
+                        } else {
+                            false
                         }
-                        seen = now;
                     }
                     Err(RecvTimeoutError::Disconnected) => return,
+                };
+                if rebuilt {
+                    rotate_at = rotation.map(|r| Instant::now() + r);
                 }
             }
         })

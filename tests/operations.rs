@@ -238,8 +238,10 @@ fn sigterm_closes_the_listener_and_lets_open_connections_finish() {
     let server = Server::start(&["--handshake-timeout", "30"]);
     // A client in the middle of its connection: accepted, handshake not started yet.
     let pending = TcpStream::connect(server.addr).unwrap();
-    // Make sure it was accepted before the signal: one full connection after it has been served.
+    // Make sure it was accepted before the signal: one full connection after it has been served,
+    // and finished (its slot is released before its line is logged), so exactly one is open.
     assert_eq!(server.greeting(), GREETING);
+    server.logs.wait_for(&["conn peer=", "result=ok"]);
     server.signal(libc::SIGTERM);
     server
         .logs
@@ -444,4 +446,37 @@ fn sigterm_lets_an_echo_connection_and_looping_clients_finish() {
     server.logs.wait_for(&["drained: all connections finished"]);
     let conns = server.logs.matching(&["conn peer="]);
     assert!(conns.iter().all(|l| l.contains("result=ok")), "{conns:#?}");
+}
+
+/// Resumes the session saved in `session` (or saves a new one with `save`); true when reused.
+fn resumed(server: &Server, session: &std::path::Path, save: bool) -> bool {
+    let flag = if save { "-sess_out" } else { "-sess_in" };
+    let out = support::s_client_full(server.addr, &[flag, session.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Hello, secure world!"), "{text}");
+    text.contains("Reused, TLSv1.3")
+}
+
+#[test]
+fn session_ticket_keys_rotate_on_schedule() {
+    let server = Server::start(&["--ticket-key-rotation", "3", "--watch-interval", "0"]);
+    let dir = tempfile::tempdir().unwrap();
+    let session = dir.path().join("session.pem");
+    // Right after a rotation, a ticket resumes (the next rotation is 3 s away)...
+    server
+        .logs
+        .wait_for_n(&["reload ok trigger=ticket_key_rotation"], 1);
+    assert!(!resumed(&server, &session, true));
+    assert!(
+        resumed(&server, &session, false),
+        "a fresh ticket did not resume"
+    );
+    // ...and after the next one it no longer does: a full handshake instead.
+    server
+        .logs
+        .wait_for_n(&["reload ok trigger=ticket_key_rotation"], 2);
+    assert!(
+        !resumed(&server, &session, false),
+        "a ticket outlived its key"
+    );
 }
