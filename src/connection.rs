@@ -232,7 +232,7 @@ fn drive<T>(
         let interest = match err.code() {
             ErrorCode::WANT_READ => Interest::Read,
             ErrorCode::WANT_WRITE => Interest::Write,
-            _ => return Err(Stop::Failed(ssl_reason(&err))),
+            _ => return Err(Stop::Failed(crate::tls::ssl_reason(&err))),
         };
         match wait(stream.get_ref().as_raw_fd(), interest, Some(deadline)) {
             Ok(true) => {}
@@ -242,27 +242,8 @@ fn drive<T>(
     }
 }
 
-/// OpenSSL's reason for a failure, or the I/O error behind it.
-fn ssl_reason(e: &openssl::ssl::Error) -> String {
-    if let Some(reason) = e
-        .ssl_error()
-        .and_then(|stack| stack.errors().first())
-        .and_then(|err| err.reason())
-    {
-        return reason.to_string();
-    }
-    if let Some(io) = e.io_error() {
-        return io.to_string();
-    }
-    match e.code() {
-        ErrorCode::ZERO_RETURN => "closed by peer".into(),
-        ErrorCode::SYSCALL => "connection closed by peer".into(),
-        code => format!("TLS error {}", code.as_raw()),
-    }
-}
-
 fn classify(e: &openssl::ssl::Error) -> HandshakeFailure {
-    let reason = ssl_reason(e);
+    let reason = crate::tls::ssl_reason(e);
     if e.ssl_error().is_none() {
         return HandshakeFailure::Eof;
     }
@@ -342,7 +323,7 @@ fn handshake(
                 *sni = crate::tls::requested_name(mid.ssl());
                 return Err(Outcome::HandshakeFailed(
                     classify(mid.error()),
-                    ssl_reason(mid.error()),
+                    crate::tls::ssl_reason(mid.error()),
                 ));
             }
             Err(HandshakeError::SetupFailure(stack)) => {

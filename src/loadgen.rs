@@ -258,25 +258,6 @@ struct Done {
     session: Option<SslSession>,
 }
 
-/// Short, stable failure reasons so that a run's failures group into a few lines.
-fn ssl_reason(e: &openssl::ssl::Error) -> String {
-    if let Some(reason) = e
-        .ssl_error()
-        .and_then(|stack| stack.errors().first())
-        .and_then(|err| err.reason())
-    {
-        return reason.to_string();
-    }
-    if let Some(io) = e.io_error() {
-        return io.kind().to_string();
-    }
-    match e.code() {
-        ErrorCode::ZERO_RETURN => "closed by peer".into(),
-        ErrorCode::SYSCALL => "connection closed by peer".into(),
-        code => format!("TLS error {}", code.as_raw()),
-    }
-}
-
 fn io_failure(stage: &str, e: &io::Error) -> String {
     format!("{stage}: {}", e.kind())
 }
@@ -307,7 +288,9 @@ fn one_connection(
         unsafe { config.set_session(session) }.map_err(|e| format!("setup: {e}"))?;
     }
     let mut stream = config.connect(&plan.servername, tcp).map_err(|e| match e {
-        HandshakeError::Failure(mid) => format!("handshake: {}", ssl_reason(mid.error())),
+        HandshakeError::Failure(mid) => {
+            format!("handshake: {}", crate::tls::ssl_reason(mid.error()))
+        }
         HandshakeError::WouldBlock(_) => "handshake: timed out".to_string(),
         HandshakeError::SetupFailure(stack) => format!("setup: {stack}"),
     })?;
@@ -330,7 +313,7 @@ fn one_connection(
             echo(&mut stream, *n)?;
             stream
                 .shutdown()
-                .map_err(|e| format!("close: {}", ssl_reason(&e)))?;
+                .map_err(|e| format!("close: {}", crate::tls::ssl_reason(&e)))?;
             let rest = read_to_close_notify(&mut stream, EXTRA_BYTES)?;
             if !rest.is_empty() {
                 return Err(format!("{} bytes after the echo", rest.len()));
@@ -365,7 +348,7 @@ fn read_to_close_notify(
                 }
             }
             Err(e) if e.code() == ErrorCode::ZERO_RETURN => return Ok(got),
-            Err(e) => return Err(format!("read: {}", ssl_reason(&e))),
+            Err(e) => return Err(format!("read: {}", crate::tls::ssl_reason(&e))),
         }
     }
 }

@@ -126,7 +126,7 @@ impl Endpoint for SslStream<TcpStream> {
                 ErrorCode::WANT_WRITE => Io::Blocked(Interest::Write),
                 ErrorCode::ZERO_RETURN => Io::Ended,
                 _ if is_eof(&e) => Io::Ended,
-                _ => Io::Failed(ssl_reason(&e)),
+                _ => Io::Failed(crate::tls::ssl_reason(&e)),
             },
         }
     }
@@ -140,7 +140,7 @@ impl Endpoint for SslStream<TcpStream> {
             Err(e) => match e.code() {
                 ErrorCode::WANT_READ => Io::Blocked(Interest::Read),
                 ErrorCode::WANT_WRITE => Io::Blocked(Interest::Write),
-                _ => Io::Failed(ssl_reason(&e)),
+                _ => Io::Failed(crate::tls::ssl_reason(&e)),
             },
         }
     }
@@ -151,7 +151,7 @@ impl Endpoint for SslStream<TcpStream> {
             Err(e) => match e.code() {
                 ErrorCode::WANT_READ => Io::Blocked(Interest::Read),
                 ErrorCode::WANT_WRITE => Io::Blocked(Interest::Write),
-                _ => Io::Failed(ssl_reason(&e)),
+                _ => Io::Failed(crate::tls::ssl_reason(&e)),
             },
         }
     }
@@ -165,7 +165,7 @@ impl Endpoint for TcpStream {
                 Ok(n) => Io::Moved(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => Io::Blocked(Interest::Read),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => Io::Failed(io_reason(&e)),
+                Err(e) => Io::Failed(crate::tls::io_reason(&e)),
             };
         }
     }
@@ -177,7 +177,7 @@ impl Endpoint for TcpStream {
                 Ok(n) => Io::Moved(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => Io::Blocked(Interest::Write),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => Io::Failed(io_reason(&e)),
+                Err(e) => Io::Failed(crate::tls::io_reason(&e)),
             };
         }
     }
@@ -185,7 +185,7 @@ impl Endpoint for TcpStream {
     fn close_write(&mut self) -> Io {
         match self.shutdown(Shutdown::Write) {
             Ok(()) => Io::Moved(0),
-            Err(e) => Io::Failed(io_reason(&e)),
+            Err(e) => Io::Failed(crate::tls::io_reason(&e)),
         }
     }
 }
@@ -204,34 +204,6 @@ fn is_eof(e: &openssl::ssl::Error) -> bool {
             })
         }),
         _ => false,
-    }
-}
-
-/// OpenSSL's reason for a failure, or the I/O error behind it.
-fn ssl_reason(e: &openssl::ssl::Error) -> String {
-    if let Some(reason) = e
-        .ssl_error()
-        .and_then(|stack| stack.errors().first())
-        .and_then(|err| err.reason())
-    {
-        return reason.to_string();
-    }
-    if let Some(io) = e.io_error() {
-        return io_reason(io);
-    }
-    match e.code() {
-        ErrorCode::ZERO_RETURN => "closed by peer".into(),
-        ErrorCode::SYSCALL => "connection closed by peer".into(),
-        code => format!("TLS error {}", code.as_raw()),
-    }
-}
-
-/// An io::Error's text without Rust's "(os error N)" suffix.
-fn io_reason(e: &io::Error) -> String {
-    let text = e.to_string();
-    match text.find(" (os error") {
-        Some(i) => text[..i].to_string(),
-        None => text,
     }
 }
 
@@ -490,7 +462,7 @@ fn echo_loop(tls: &mut SslStream<TcpStream>, lane: &mut Lane, idle: Duration) ->
                 wake(&mut lane.read_wait, fds[0].revents);
                 wake(&mut lane.write_wait, fds[0].revents);
             }
-            Err(e) => return RelayEnd::Poll(io_reason(&e)),
+            Err(e) => return RelayEnd::Poll(crate::tls::io_reason(&e)),
         }
     }
 }
@@ -576,7 +548,7 @@ fn forward_loop(
                 wake(&mut up.write_wait, fds[1].revents);
                 wake(&mut down.read_wait, fds[1].revents);
             }
-            Err(e) => return RelayEnd::Poll(io_reason(&e)),
+            Err(e) => return RelayEnd::Poll(crate::tls::io_reason(&e)),
         }
     }
 }

@@ -15,8 +15,8 @@ use openssl::ex_data::Index;
 use openssl::nid::Nid;
 use openssl::pkey::{PKey, Private};
 use openssl::ssl::{
-    AlpnError, NameType, SniError, Ssl, SslAcceptor, SslAcceptorBuilder, SslAlert, SslContext,
-    SslFiletype, SslMethod, SslOptions, SslRef, SslVerifyMode, SslVersion,
+    AlpnError, ErrorCode, NameType, SniError, Ssl, SslAcceptor, SslAcceptorBuilder, SslAlert,
+    SslContext, SslFiletype, SslMethod, SslOptions, SslRef, SslVerifyMode, SslVersion,
 };
 use openssl::x509::store::X509Lookup;
 use openssl::x509::verify::X509VerifyFlags;
@@ -151,8 +151,28 @@ fn read_file(kind: &str, path: &Path) -> Result<Vec<u8>> {
     })
 }
 
+/// OpenSSL's reason for a failed TLS operation, or the I/O error behind it: short and stable, for
+/// log lines and for grouping failures.
+pub fn ssl_reason(e: &openssl::ssl::Error) -> String {
+    if let Some(reason) = e
+        .ssl_error()
+        .and_then(|stack| stack.errors().first())
+        .and_then(|err| err.reason())
+    {
+        return reason.to_string();
+    }
+    if let Some(io) = e.io_error() {
+        return io_reason(io);
+    }
+    match e.code() {
+        ErrorCode::ZERO_RETURN => "closed by peer".into(),
+        ErrorCode::SYSCALL => "connection closed by peer".into(),
+        code => format!("TLS error {}", code.as_raw()),
+    }
+}
+
 /// An io::Error's text without Rust's "(os error N)" suffix.
-fn io_reason(e: &std::io::Error) -> String {
+pub fn io_reason(e: &std::io::Error) -> String {
     let text = e.to_string();
     match text.find(" (os error") {
         Some(i) => text[..i].to_string(),
