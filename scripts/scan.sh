@@ -52,49 +52,10 @@ fi
 # shellcheck source=scripts/common.sh
 . "$(dirname "$0")/common.sh"
 
-if [ -n "${SECURESOCK_VENV_DIR:-}" ]; then
-    base=$SECURESOCK_VENV_DIR
-elif [ "$(id -u)" -eq 0 ]; then
-    base=/var/cache/securesock-venv
-else
-    base=${XDG_CACHE_HOME:-$HOME/.cache}/securesock-venv
-fi
-venv=$base/sslyze-$SSLYZE_VERSION
-
-# True when the venv holds the pinned sslyze and its Python still runs (a venv breaks when the Python
-# it was made from goes away, e.g. after an upgrade).
-venv_ok() {
-    "$venv/bin/python" -c "import sys, sslyze.__version__ as v; sys.exit(v.__version__ != '$SSLYZE_VERSION')" \
-        >/dev/null 2>&1
-}
-
-install_sslyze() {
-    python=${PYTHON:-python3}
-    if ! "$python" -c 'import venv, ensurepip' >/dev/null 2>&1; then
-        # Debian's python3 keeps venv's pip bootstrap in a separate package.
-        need_packages python3 python3-venv
-        python=/usr/bin/python3
-    fi
-    mkdir -p "$base"
-    # Two scans starting at once must not build the same venv together.
-    if command -v flock >/dev/null 2>&1; then
-        exec 9>"$base/.lock"
-        flock 9
-    fi
-    venv_ok && return 0
-    echo "scan.sh: installing sslyze $SSLYZE_VERSION from PyPI into $venv (first use only)" >&2
-    rm -rf "$venv"
-    if ! "$python" -m venv "$venv" >&2 ||
-        ! "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
-            "sslyze==$SSLYZE_VERSION" >&2 ||
-        ! venv_ok; then
-        rm -rf "$venv"
-        echo "scan.sh: could not install sslyze $SSLYZE_VERSION (is PyPI reachable?)" >&2
-        exit 2
-    fi
-}
-
-venv_ok || install_sslyze
+# The check also catches a venv whose sslyze is not the pinned version.
+need_venv "sslyze-$SSLYZE_VERSION" \
+    "import sys, sslyze.__version__ as v; sys.exit(v.__version__ != '$SSLYZE_VERSION')" \
+    "sslyze==$SSLYZE_VERSION" || exit 2
 
 # sslyze's bundled trust stores trigger deprecation warnings from cryptography on every run; they say
 # nothing about the server being scanned.

@@ -24,43 +24,9 @@ K8S_NEWEST=1.37.0
 # shellcheck source=scripts/common.sh
 . scripts/common.sh
 
-if [ -n "${SECURESOCK_VENV_DIR:-}" ]; then
-    base=$SECURESOCK_VENV_DIR
-elif [ "$(id -u)" -eq 0 ]; then
-    base=/var/cache/securesock-venv
-else
-    base=${XDG_CACHE_HOME:-$HOME/.cache}/securesock-venv
-fi
-venv=$base/k8s-check-$YAMLLINT_VERSION-$KUBERNETES_VALIDATE_VERSION
-
-venv_ok() {
-    "$venv/bin/python" -c 'import yaml, yamllint, kubernetes_validate' >/dev/null 2>&1
-}
-
-if ! venv_ok; then
-    python=${PYTHON:-python3}
-    if ! "$python" -c 'import venv, ensurepip' >/dev/null 2>&1; then
-        need_packages python3 python3-venv
-        python=/usr/bin/python3
-    fi
-    mkdir -p "$base"
-    if command -v flock >/dev/null 2>&1; then
-        exec 9>"$base/.lock"
-        flock 9
-    fi
-    if ! venv_ok; then
-        echo "check.sh: installing yamllint and kubernetes-validate from PyPI into $venv (first use only)" >&2
-        rm -rf "$venv"
-        if ! "$python" -m venv "$venv" >&2 ||
-            ! "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
-                "yamllint==$YAMLLINT_VERSION" "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" >&2 ||
-            ! venv_ok; then
-            rm -rf "$venv"
-            echo "check.sh: could not install the checkers (is PyPI reachable?)" >&2
-            exit 2
-        fi
-    fi
-fi
+need_venv "k8s-check-$YAMLLINT_VERSION-$KUBERNETES_VALIDATE_VERSION" \
+    'import yaml, yamllint, kubernetes_validate' \
+    "yamllint==$YAMLLINT_VERSION" "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" || exit 2
 
 dir=deploy/kubernetes
 # The files that hold Kubernetes API objects (not kustomize's file, not cert-manager's CRD).
