@@ -104,6 +104,17 @@ fn start(config: &Config) -> Result<(std::net::TcpListener, Arc<Shared>, Arc<Shu
     let metrics = Arc::new(Metrics::new());
     metrics.certificate_expiry(tls.info.not_after_unix);
 
+    // One descriptor per connection (two when forwarding), plus a margin for the listener, files
+    // read on reload and the metrics endpoint.
+    let per_connection = if upstream.is_some() { 2 } else { 1 };
+    match net::raise_fd_limit() {
+        Ok(n) if n < per_connection * config.limits.max_connections as u64 + 64 => warn!(
+            "open-file limit is {n}: fewer than --max-connections {} needs; raise it (ulimit -n, LimitNOFILE=)",
+            config.limits.max_connections
+        ),
+        Ok(_) => {}
+        Err(e) => warn!("cannot read the open-file limit: {e}"),
+    }
     let (openssl, too_old) = tls::linked_openssl();
     if too_old {
         warn!("linked {openssl}: older than 3.0 and out of support; update libssl");
