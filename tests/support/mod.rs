@@ -37,22 +37,28 @@ pub struct CertPair {
     pub key: PathBuf,
 }
 
+/// Runs `scripts/NAME --out DIR` into a fresh temporary directory and returns it.
+fn script_output_dir(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = Command::new(repo_root().join("scripts").join(name))
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .unwrap_or_else(|e| panic!("running {name}: {e}"));
+    assert!(
+        out.status.success(),
+        "{name} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
 /// The self-signed pair every test uses unless it needs another, made once per test binary by the
 /// real `scripts/gen-certs.sh`.
 pub fn default_certs() -> &'static CertPair {
     static CERTS: OnceLock<(tempfile::TempDir, CertPair)> = OnceLock::new();
     let (_, pair) = CERTS.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let out = Command::new(repo_root().join("scripts/gen-certs.sh"))
-            .arg("--out")
-            .arg(dir.path())
-            .output()
-            .expect("running gen-certs.sh");
-        assert!(
-            out.status.success(),
-            "gen-certs.sh failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let dir = script_output_dir("gen-certs.sh");
         let pair = CertPair {
             cert: dir.path().join("server-cert.pem"),
             key: dir.path().join("server-key.pem"),
@@ -548,21 +554,7 @@ pub fn exchange(tls: &mut SslStream<TcpStream>, send: &[u8], close: bool) -> Rec
 /// The test PKI from the real `scripts/gen-ca.sh`, made once per test binary.
 pub fn mtls_dir() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let out = Command::new(repo_root().join("scripts/gen-ca.sh"))
-            .arg("--out")
-            .arg(dir.path())
-            .output()
-            .expect("running gen-ca.sh");
-        assert!(
-            out.status.success(),
-            "gen-ca.sh failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        dir
-    })
-    .path()
+    DIR.get_or_init(|| script_output_dir("gen-ca.sh")).path()
 }
 
 /// A path inside the test PKI, as a string for command lines.
