@@ -301,18 +301,6 @@ pub struct Limits {
     pub idle_timeout: Duration,
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_connections: 10_000,
-            max_per_ip: 256,
-            handshake_timeout: Duration::from_secs(10),
-            drain_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(300),
-        }
-    }
-}
-
 /// Parses a seconds value given as a flag: positive, finite, at most a day.
 fn seconds(flag: &str, value: f64) -> Result<Duration, String> {
     if value > 0.0 && value < 0.001 {
