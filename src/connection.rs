@@ -8,7 +8,7 @@
 use std::fmt;
 use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,7 @@ use openssl::ssl::{ErrorCode, HandshakeError, NameType, ShutdownResult, SslAccep
 
 use crate::config::ProxyProtocol;
 use crate::limits::Gate;
-use crate::net::{Interest, wait};
+use crate::net::{Interest, set_cork, wait};
 use crate::proxy_protocol::{self, TlsFacts};
 use crate::relay::{self, RelayEnd, RelayResult};
 use crate::upstream::Upstream;
@@ -331,24 +331,6 @@ fn handshake(
             }
         }
     }
-}
-
-/// Turns TCP_CORK on or off; turning it off sends what it held. Returns whether the option is now
-/// on. A failure only costs the coalescing, never correctness, so it is not reported.
-fn set_cork(fd: RawFd, on: bool) -> bool {
-    let value = libc::c_int::from(on);
-    // SAFETY: fd is an open TCP socket owned by the caller for the duration of the call, and the
-    // option value is a c_int whose size is passed alongside it.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_CORK,
-            (&raw const value).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    rc == 0 && on
 }
 
 /// Writes all of `data`, returning how much went out before any failure.

@@ -129,6 +129,24 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     Ok(socket.into())
 }
 
+/// Turns TCP_CORK on or off; turning it off sends what it held. Returns whether the option is now
+/// on. A failure only costs the coalescing, never correctness, so it is not reported.
+pub fn set_cork(fd: RawFd, on: bool) -> bool {
+    let value = libc::c_int::from(on);
+    // SAFETY: fd is an open TCP socket owned by the caller for the duration of the call, and the
+    // option value is a c_int whose size is passed alongside it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_CORK,
+            (&raw const value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    rc == 0 && on
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

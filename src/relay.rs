@@ -115,9 +115,17 @@ trait Endpoint {
     fn write_from(&mut self, data: &[u8]) -> Io;
     /// Tells the peer no more bytes follow: close_notify, or a TCP FIN.
     fn close_write(&mut self) -> Io;
+    /// Holds back partial segments while several writes follow one another (TCP_CORK on the TLS
+    /// side, whose writes are one record each), or sends what was held. A no-op where one write
+    /// already carries the whole buffer.
+    fn batch(&mut self, _on: bool) {}
 }
 
 impl Endpoint for SslStream<TcpStream> {
+    fn batch(&mut self, on: bool) {
+        crate::net::set_cork(self.get_ref().as_raw_fd(), on);
+    }
+
     fn read_into(&mut self, buf: &mut [u8]) -> Io {
         match self.ssl_read(buf) {
             Ok(n) => Io::Moved(n),
@@ -337,9 +345,9 @@ impl Lane {
         Ok(moved)
     }
 
-    /// Writes to `dst` until the buffer is empty or the write would block, then passes the
-    /// source's end on once everything is out. True when bytes went out.
-    fn drain(&mut self, dst: &mut impl Endpoint) -> Result<bool, Fault> {
+    /// Writes the buffer to `dst` until it is empty or the write would block. True when bytes
+    /// went out.
+    fn write_out(&mut self, dst: &mut impl Endpoint) -> Result<bool, Fault> {
         let mut moved = false;
         while !self.buf.is_empty() && self.write_wait.is_none() {
             match dst.write_from(self.buf.filled()) {
@@ -353,6 +361,24 @@ impl Lane {
                 Io::Failed(reason) => return Err(Fault::Sink(reason)),
             }
         }
+        Ok(moved)
+    }
+
+    /// Writes to `dst` until the buffer is empty or the write would block, then passes the
+    /// source's end on once everything is out. True when bytes went out.
+    fn drain(&mut self, dst: &mut impl Endpoint) -> Result<bool, Fault> {
+        // More than one record's worth goes out as full segments: each segment on loopback or a
+        // LAN costs the sender the receiver's TCP path and a wake-up. Uncorking when the loop ends
+        // (emptied, blocked or failed) sends the tail at once, so nothing is held while waiting.
+        let batch = self.buf.filled().len() > RECORD;
+        if batch {
+            dst.batch(true);
+        }
+        let written = self.write_out(dst);
+        if batch {
+            dst.batch(false);
+        }
+        let moved = written?;
         if self.eof && !self.shut && self.buf.is_empty() && self.write_wait.is_none() {
             match dst.close_write() {
                 Io::Moved(_) => self.shut = true,
@@ -612,5 +638,78 @@ mod tests {
             RelayEnd::UpstreamError("Connection reset by peer".into()).to_string(),
             "upstream_error: Connection reset by peer"
         );
+    }
+
+    /// A sink that takes one record per write and then answers with `after`, recording the
+    /// calls it gets.
+    struct Sink {
+        writes_left: usize,
+        after: fn() -> Io,
+        log: Vec<String>,
+    }
+
+    impl Endpoint for Sink {
+        fn read_into(&mut self, _: &mut [u8]) -> Io {
+            Io::Blocked(Interest::Read)
+        }
+        fn write_from(&mut self, data: &[u8]) -> Io {
+            if self.writes_left == 0 {
+                self.log.push("blocked-or-failed".into());
+                return (self.after)();
+            }
+            self.writes_left -= 1;
+            let n = data.len().min(RECORD);
+            self.log.push(format!("write {n}"));
+            Io::Moved(n)
+        }
+        fn close_write(&mut self) -> Io {
+            Io::Moved(0)
+        }
+        fn batch(&mut self, on: bool) {
+            self.log.push(format!("batch {on}"));
+        }
+    }
+
+    fn drained(queued: usize, writes: usize, after: fn() -> Io) -> (Vec<String>, bool) {
+        let mut lane = Lane::new();
+        lane.buf.commit(queued);
+        let mut sink = Sink {
+            writes_left: writes,
+            after,
+            log: Vec::new(),
+        };
+        let ok = lane.drain(&mut sink).is_ok();
+        (sink.log, ok)
+    }
+
+    #[test]
+    fn several_records_are_written_corked_and_uncorked_however_the_writes_end() {
+        let (log, ok) = drained(3 * RECORD, 3, || Io::Blocked(Interest::Write));
+        assert!(ok);
+        assert_eq!(log.first().map(String::as_str), Some("batch true"));
+        assert_eq!(log.iter().filter(|l| l.starts_with("write")).count(), 3);
+        assert_eq!(log.last().map(String::as_str), Some("batch false"));
+
+        let (log, _) = drained(3 * RECORD, 1, || Io::Blocked(Interest::Write));
+        assert_eq!(
+            log.last().map(String::as_str),
+            Some("batch false"),
+            "{log:?}"
+        );
+
+        let (log, ok) = drained(3 * RECORD, 1, || Io::Failed("reset".into()));
+        assert!(!ok);
+        assert_eq!(
+            log.last().map(String::as_str),
+            Some("batch false"),
+            "{log:?}"
+        );
+    }
+
+    #[test]
+    fn one_record_or_less_is_not_corked() {
+        let (log, ok) = drained(RECORD, 1, || Io::Blocked(Interest::Write));
+        assert!(ok);
+        assert_eq!(log, vec!["write 16384".to_string()]);
     }
 }
