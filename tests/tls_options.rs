@@ -123,6 +123,34 @@ fn sessions_resume_with_client_certificates() {
     assert!(text.contains("Hello, secure world!"));
 }
 
+/// The certificates the server sent, as `s_client -showcerts` prints them, and its verdict.
+fn served_chain(server: &Server, ca: &str) -> (usize, bool) {
+    let out = s_client_full(server.addr, &["-CAfile", ca, "-showcerts"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let sent = text.matches("-----BEGIN CERTIFICATE-----").count();
+    (sent, text.contains("Verify return code: 0 (ok)"))
+}
+
+#[test]
+fn the_chain_sent_is_the_certificate_files_own() {
+    let ca = mtls("ca-cert.pem");
+    // The server's file holds only its leaf. The CA is in the context's trust store (as the client
+    // CA), and still is not sent: OpenSSL would otherwise build a chain from that store on every
+    // handshake.
+    let server = mtls_server(&["--client-ca", &ca]);
+    assert_eq!(served_chain(&server, &ca), (1, true));
+    drop(server);
+
+    // A file with the leaf and then its issuer sends both.
+    let dir = tempfile::tempdir().unwrap();
+    let both = dir.path().join("chain.pem");
+    let leaf = std::fs::read(mtls("server-cert.pem")).unwrap();
+    let issuer = std::fs::read(&ca).unwrap();
+    std::fs::write(&both, [leaf, issuer].concat()).unwrap();
+    let server = Server::start_with(&both, Path::new(&mtls("server-key.pem")), &[]);
+    assert_eq!(served_chain(&server, &ca), (2, true));
+}
+
 fn peer_cn(out: &std::process::Output) -> String {
     brief_field(out, "Peer certificate").unwrap_or_default()
 }
