@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use openssl::ssl::{ErrorCode, SslStream};
 
-use crate::net::{Interest, poll, pollfd, wait};
+use crate::net::{Interest, poll, pollfd, set_cork, wait};
 
 /// Bytes buffered per direction. Four full TLS records, so one plaintext write to the upstream
 /// carries what several `SSL_read`s produced and one `SSL_write` fills several records.
@@ -123,7 +123,7 @@ trait Endpoint {
 
 impl Endpoint for SslStream<TcpStream> {
     fn batch(&mut self, on: bool) {
-        crate::net::set_cork(self.get_ref().as_raw_fd(), on);
+        set_cork(self.get_ref().as_raw_fd(), on);
     }
 
     fn read_into(&mut self, buf: &mut [u8]) -> Io {
