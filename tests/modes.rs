@@ -6,11 +6,11 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use openssl::sha::sha256;
-use support::{PATIENCE, Server, exchange, pseudo_random, rss_kib};
+use support::{Server, exchange, pseudo_random, rss_kib, upstream_once};
 
 const MIB: usize = 1024 * 1024;
 
@@ -42,21 +42,6 @@ fn echo_returns_payloads_byte_exact() {
             .unwrap();
         assert!(line.contains(&format!("in={len} out={len}")), "{line}");
     }
-}
-
-/// A plaintext upstream that runs `serve` on its one connection.
-fn upstream_once<T: Send + 'static>(
-    serve: impl FnOnce(TcpStream) -> T + Send + 'static,
-) -> (SocketAddr, JoinHandle<T>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let handle = thread::spawn(move || {
-        let (s, _) = listener.accept().unwrap();
-        s.set_read_timeout(Some(PATIENCE)).unwrap();
-        s.set_write_timeout(Some(PATIENCE)).unwrap();
-        serve(s)
-    });
-    (addr, handle)
 }
 
 #[test]

@@ -21,14 +21,12 @@ use openssl::x509::{X509, X509NameBuilder};
 use securesock::proxy_protocol;
 use securesock::relay::{self, BUF_SIZE, RelayEnd, RelayResult};
 use socket2::SockRef;
-use support::exchange;
+use support::{exchange, upstream_once};
 
 mod support;
 
 /// Far beyond what any test here needs; only a hung test reaches it.
 const TEST_DEADLINE: Duration = Duration::from_secs(60);
-/// How long a test upstream waits on one read or write before failing its test.
-const UPSTREAM_STALL: Duration = Duration::from_secs(20);
 const LONG_IDLE: Duration = Duration::from_secs(30);
 const MIB: usize = 1024 * 1024;
 
@@ -139,22 +137,6 @@ fn forwarder(
     }
 }
 
-/// A plaintext upstream that accepts one connection and runs `handler` on it.
-fn upstream_one<T: Send + 'static>(
-    handler: impl FnOnce(TcpStream) -> T + Send + 'static,
-) -> (SocketAddr, JoinHandle<T>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let handle = thread::spawn(move || {
-        let s = listener.accept().unwrap().0;
-        // A relay that loses an end-of-stream must fail the test, not hang it.
-        s.set_read_timeout(Some(UPSTREAM_STALL)).unwrap();
-        s.set_write_timeout(Some(UPSTREAM_STALL)).unwrap();
-        handler(s)
-    });
-    (addr, handle)
-}
-
 fn connect(addr: SocketAddr) -> SslStream<TcpStream> {
     let tcp = TcpStream::connect(addr).unwrap();
     connector()
@@ -216,7 +198,7 @@ fn check_forward_both_ways(read_ahead: bool) {
     let down_data = pattern(10 * MIB, 7);
     let up_data = pattern(10 * MIB, 11);
     let to_send = down_data.clone();
-    let (up_addr, upstream) = upstream_one(move |s| send_and_drain(s, to_send));
+    let (up_addr, upstream) = upstream_once(move |s| send_and_drain(s, to_send));
     let (addr, server) = serve_one(acceptor(read_ahead), forwarder(up_addr, LONG_IDLE));
     let got = exchange(&mut connect(addr), &up_data, true);
     let upstream_got = upstream.join().unwrap();
@@ -246,7 +228,7 @@ fn forward_ten_mib_each_way_with_read_ahead() {
 
 #[test]
 fn client_half_close_still_gets_the_answer() {
-    let (up_addr, upstream) = upstream_one(|mut s| {
+    let (up_addr, upstream) = upstream_once(|mut s| {
         // The request ends with EOF: the client's close_notify must arrive as a FIN.
         let mut request = Vec::new();
         s.read_to_end(&mut request).unwrap();
@@ -267,7 +249,7 @@ fn client_half_close_still_gets_the_answer() {
 
 #[test]
 fn upstream_half_close_lets_the_client_keep_sending() {
-    let (up_addr, upstream) = upstream_one(|mut s| {
+    let (up_addr, upstream) = upstream_once(|mut s| {
         s.write_all(b"hello").unwrap();
         s.shutdown(Shutdown::Write).unwrap();
         let mut rest = Vec::new();
@@ -292,7 +274,7 @@ fn upstream_half_close_lets_the_client_keep_sending() {
 #[test]
 fn idle_timeout_ends_a_quiet_connection_with_close_notify() {
     let idle = Duration::from_millis(200);
-    let (up_addr, upstream) = upstream_one(|mut s| {
+    let (up_addr, upstream) = upstream_once(|mut s| {
         // Silent until the relay gives up, then sees the connection end.
         let mut rest = Vec::new();
         let _ = s.read_to_end(&mut rest);
@@ -344,7 +326,7 @@ fn shrink(s: &TcpStream) -> usize {
 #[test]
 fn a_client_that_never_reads_stalls_the_upstream_without_growing_memory() {
     let (up_tx, up_rx) = std::sync::mpsc::channel();
-    let (up_addr, upstream) = upstream_one(move |mut s| {
+    let (up_addr, upstream) = upstream_once(move |mut s| {
         up_tx.send(shrink(&s)).unwrap();
         // Blocking writes: they stall once every buffer on the way is full, and fail once the
         // relay gives up and closes.
@@ -386,7 +368,7 @@ fn a_client_that_never_reads_stalls_the_upstream_without_growing_memory() {
 
 #[test]
 fn an_upstream_reset_is_an_upstream_error_without_close_notify() {
-    let (up_addr, upstream) = upstream_one(|mut s| {
+    let (up_addr, upstream) = upstream_once(|mut s| {
         SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
         s.write_all(b"partial").unwrap();
         // Closing with linger 0 sends a reset instead of a FIN.
@@ -468,7 +450,7 @@ fn sixty_four_connections_at_once() {
 
 #[test]
 fn a_proxy_header_goes_first_and_facts_come_from_the_handshake() {
-    let (up_addr, upstream) = upstream_one(|mut s| {
+    let (up_addr, upstream) = upstream_once(|mut s| {
         let mut got = Vec::new();
         s.read_to_end(&mut got).unwrap();
         s.shutdown(Shutdown::Write).unwrap();
@@ -502,7 +484,7 @@ fn a_proxy_header_goes_first_and_facts_come_from_the_handshake() {
 
 #[test]
 fn a_tcp_half_close_without_close_notify_still_gets_the_reply() {
-    let (up_addr, upstream) = upstream_one(|mut s| {
+    let (up_addr, upstream) = upstream_once(|mut s| {
         let mut request = Vec::new();
         s.read_to_end(&mut request).unwrap();
         s.write_all(b"reply").unwrap();

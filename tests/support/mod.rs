@@ -577,3 +577,20 @@ pub fn s_client_full(addr: SocketAddr, args: &[&str]) -> Output {
         .output()
         .expect("running openssl s_client")
 }
+
+/// A plaintext upstream on 127.0.0.1 port 0 that takes one connection and hands it to `serve` on
+/// its own thread. Its socket gives up after [`PATIENCE`], so a relay that loses an end-of-stream
+/// fails the test instead of hanging it.
+pub fn upstream_once<T: Send + 'static>(
+    serve: impl FnOnce(TcpStream) -> T + Send + 'static,
+) -> (SocketAddr, thread::JoinHandle<T>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handle = thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(PATIENCE)).unwrap();
+        s.set_write_timeout(Some(PATIENCE)).unwrap();
+        serve(s)
+    });
+    (addr, handle)
+}
