@@ -151,6 +151,11 @@ fn the_chain_sent_is_the_certificate_files_own() {
     assert_eq!(served_chain(&server, &ca), (2, true));
 }
 
+/// The `--sni NAME=CERT,KEY` value for a certificate pair.
+fn sni_spec(name: &str, pair: &support::CertPair) -> String {
+    format!("{name}={},{}", pair.cert.display(), pair.key.display())
+}
+
 fn peer_cn(out: &std::process::Output) -> String {
     brief_field(out, "Peer certificate").unwrap_or_default()
 }
@@ -160,10 +165,10 @@ fn sni_picks_the_certificate_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let api = write_cert_for(dir.path(), "api.example.test");
     let wild = write_cert_for(dir.path(), "*.example.org");
-    let sni = |name: &str, pair: &support::CertPair| {
-        format!("{name}={},{}", pair.cert.display(), pair.key.display())
-    };
-    let (a, w) = (sni("api.example.test", &api), sni("*.example.org", &wild));
+    let (a, w) = (
+        sni_spec("api.example.test", &api),
+        sni_spec("*.example.org", &wild),
+    );
     let server = Server::start(&["--sni", &a, "--sni", &w]);
     for (name, want) in [
         ("api.example.test", "CN = api.example.test"),
@@ -184,11 +189,7 @@ fn sni_picks_the_certificate_by_name() {
 fn strict_sni_refuses_unknown_names() {
     let dir = tempfile::tempdir().unwrap();
     let api = write_cert_for(dir.path(), "api.example.test");
-    let a = format!(
-        "api.example.test={},{}",
-        api.cert.display(),
-        api.key.display()
-    );
+    let a = sni_spec("api.example.test", &api);
     let server = Server::start(&["--sni", &a, "--strict-sni"]);
     let refused = s_client(server.addr, &["-servername", "unknown.test"]);
     assert!(refused.stdout.is_empty());
@@ -239,11 +240,7 @@ fn alpn_selects_in_the_servers_order_refuses_or_goes_on_when_optional() {
 fn sni_certificates_reload_with_the_default_one() {
     let dir = tempfile::tempdir().unwrap();
     let api = write_cert_for(dir.path(), "api.example.test");
-    let a = format!(
-        "api.example.test={},{}",
-        api.cert.display(),
-        api.key.display()
-    );
+    let a = sni_spec("api.example.test", &api);
     let server = Server::start(&["--sni", &a, "--watch-interval", "0"]);
     let before = support::served_serial_for(server.addr, "api.example.test").unwrap();
     assert_eq!(before, support::serial_of(&api.cert));
