@@ -57,6 +57,9 @@ for v in "$rounds" "$soak_n"; do
 done
 case "$duration" in ''|*[!0-9.]*) echo "bench.sh: --duration needs seconds, got '$duration'" >&2; exit 2 ;; esac
 
+# The median of a list of numbers (null when empty), shared by every table's jq program.
+jq_median='def median: sort | if length == 0 then null elif length % 2 == 1 then .[length / 2 | floor]
+    else (.[length / 2 - 1] + .[length / 2]) / 2 end;'
 concurrencies="1 16 64"
 idle_k=5000
 bulk_bytes=$((1024 * 1024 * 1024))
@@ -337,9 +340,7 @@ throughput() {
     stop "$greeter_pid"
 
     # Medians per server, clients and mode, with each one's ratio to nginx (2 workers).
-    jq -s -r '
-        def median: sort | if length == 0 then null elif length % 2 == 1 then .[length / 2 | floor]
-                    else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+    jq -s -r "$jq_median"'
         def r(x): if x == null then "-" else (x * 10 | round / 10 | tostring) end;
         group_by([.resume, .concurrency, .server]) | map({
             resume: .[0].resume, concurrency: .[0].concurrency, server: .[0].server,
@@ -464,9 +465,7 @@ forward() {
         stop "${pids[$s]}"
     done
     stop "$up_pid"
-    jq -s -r '
-        def median: sort | if length == 0 then null elif length % 2 == 1 then .[length / 2 | floor]
-                    else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+    jq -s -r "$jq_median"'
         def r(x): if x == null then "-" else (x * 100 | round / 100 | tostring) end;
         group_by([.server, .direction]) | map({server: .[0].server, direction: .[0].direction,
             mbs: (map(.mb_per_s) | median), cpu: (map(.cpu_s_per_gib) | median), runs: length})
