@@ -81,7 +81,7 @@ need_cargo
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 echo "== building (release)" >&2
-cargo build --release --locked --quiet --bin securesock --bin securesock-bench --example plain-greeter --example bulk
+cargo build --release --locked --quiet -p securesock --bin securesock -p securesock-bench --bin securesock-bench --example plain-greeter --example bulk
 bin=$PWD/target/release
 bench=$bin/securesock-bench
 

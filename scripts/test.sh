@@ -15,9 +15,9 @@ cargo fmt --all -- --check
 echo "== shellcheck"
 shellcheck scripts/*.sh deploy/kubernetes/check.sh packaging/postinst packaging/postrm .ci/run
 echo "== cargo clippy"
-cargo clippy --locked --all-targets --quiet -- -D warnings
+cargo clippy --locked --workspace --all-targets --quiet -- -D warnings
 echo "== cargo test"
-cargo test --locked
+cargo test --locked --workspace
 echo "== kubernetes manifests (yamllint, schemas, security properties)"
 deploy/kubernetes/check.sh
 echo "== TLS compliance scan (sslyze against Mozilla intermediate and modern)"

@@ -1,17 +1,18 @@
 //! Command line and environment: clap derive turns raw flags (and `SECURESOCK_*` variables) into
 //! [`Args`], and [`Args::validate`] turns those into a typed [`Config`] before any work starts.
 //!
-//! This module never does I/O: it does not open files, resolve names or bind sockets. Whatever can be
-//! checked from the values alone (address syntax, ranges, flag combinations) is checked here, so a bad
-//! configuration fails with one line before the server touches anything.
+//! This is the bottom floor: every settings type (profile, client authentication, SNI, PROXY
+//! version, mode, limits) lives here, and this module imports nothing else from the crate. It never
+//! does I/O: it does not open files, resolve names or bind sockets. Whatever can be checked from the
+//! values alone (address syntax, ranges, flag combinations) is checked here, so a bad configuration
+//! fails with one line before the server touches anything.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::{PossibleValue, PossibleValuesParser};
 use clap::{Parser, ValueEnum};
-
-use crate::tls::{ClientAuth, SniSpec, TlsSettings};
 
 /// The Mozilla Server Side TLS profile to apply (guidelines v6.0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -31,15 +32,87 @@ impl TlsProfile {
     }
 }
 
-/// What each connection does after the handshake.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ModeArg {
-    /// Send the greeting, close_notify, close (the tutorial's server)
-    Greet,
-    /// Send back every byte received until the client closes
+/// What each connection does after the handshake, from the command line to the connection thread.
+///
+/// `U` is how forward mode knows its upstream: the `HOST:PORT` text as configured, and once the
+/// server has resolved it at start, the resolved upstream ([`Mode::try_map_upstream`]). Adding a
+/// mode is one variant here, its entry in [`MODES`] and [`Mode::name`], its parsing in
+/// [`Args::validate`], and its data phase in the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode<U = String> {
+    /// Send the greeting, close_notify, close: the tutorial's server.
+    Greet { greeting: Vec<u8> },
+    /// Send back what the client sends until it closes or goes idle.
     Echo,
-    /// Relay to the plaintext --upstream service (TLS termination)
-    Forward,
+    /// Relay to a plaintext upstream, optionally announcing the client with a PROXY header.
+    Forward {
+        upstream: U,
+        proxy_protocol: Option<ProxyProtocol>,
+    },
+}
+
+const GREET: &str = "greet";
+const ECHO: &str = "echo";
+const FORWARD: &str = "forward";
+
+/// Every mode's name, as `--mode` takes it and the log prints it, with its help text.
+const MODES: [(&str, &str); 3] = [
+    (
+        GREET,
+        "Send the greeting, close_notify, close (the tutorial's server)",
+    ),
+    (
+        ECHO,
+        "Send back every byte received until the client closes",
+    ),
+    (
+        FORWARD,
+        "Relay to the plaintext --upstream service (TLS termination)",
+    ),
+];
+
+fn mode_values() -> PossibleValuesParser {
+    PossibleValuesParser::new(MODES.map(|(name, help)| PossibleValue::new(name).help(help)))
+}
+
+impl<U> Mode<U> {
+    /// The mode's name, as `--mode` takes it and the `conn` log line shows it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Mode::Greet { .. } => GREET,
+            Mode::Echo => ECHO,
+            Mode::Forward { .. } => FORWARD,
+        }
+    }
+
+    /// The same mode with its upstream turned into another form (resolved, say), or `f`'s error.
+    pub fn try_map_upstream<V, E>(self, f: impl FnOnce(U) -> Result<V, E>) -> Result<Mode<V>, E> {
+        Ok(match self {
+            Mode::Greet { greeting } => Mode::Greet { greeting },
+            Mode::Echo => Mode::Echo,
+            Mode::Forward {
+                upstream,
+                proxy_protocol,
+            } => Mode::Forward {
+                upstream: f(upstream)?,
+                proxy_protocol,
+            },
+        })
+    }
+
+    /// The upstream, for the modes that have one.
+    pub fn upstream(&self) -> Option<&U> {
+        match self {
+            Mode::Forward { upstream, .. } => Some(upstream),
+            Mode::Greet { .. } | Mode::Echo => None,
+        }
+    }
+
+    /// Open descriptors each connection holds: the client's, plus the upstream's when relaying to
+    /// one.
+    pub fn descriptors_per_connection(&self) -> u64 {
+        if self.upstream().is_some() { 2 } else { 1 }
+    }
 }
 
 /// PROXY protocol version sent to the upstream in forward mode.
@@ -49,6 +122,69 @@ pub enum ProxyProtocol {
     V1,
     /// Binary header: addresses plus TLS version, cipher, SNI and client-certificate CN
     V2,
+}
+
+impl ProxyProtocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            ProxyProtocol::V1 => "v1",
+            ProxyProtocol::V2 => "v2",
+        }
+    }
+}
+
+/// Where the certificates and keys come from and how to serve them.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub profile: TlsProfile,
+    /// Client certificate verification, when asked for.
+    pub client_auth: Option<ClientAuth>,
+    /// Extra certificates picked by server name.
+    pub sni: Vec<SniSpec>,
+    /// Refuse names no certificate is for, with an `unrecognized_name` alert.
+    pub strict_sni: bool,
+    /// Protocols offered with ALPN, in the server's order of preference.
+    pub alpn: Vec<String>,
+    /// Without a common protocol, go on without ALPN instead of failing the handshake.
+    pub alpn_optional: bool,
+}
+
+/// Mutual TLS: whom to trust for client certificates.
+#[derive(Debug, Clone)]
+pub struct ClientAuth {
+    /// PEM file of the CA certificates client certificates must chain to.
+    pub ca: PathBuf,
+    /// Refuse clients that present no certificate.
+    pub require: bool,
+    /// PEM certificate revocation list issued by that CA.
+    pub crl: Option<PathBuf>,
+}
+
+/// One `--sni NAME=CERT,KEY`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SniSpec {
+    /// Lower-case DNS name, or `*.domain` for any one label in front of `domain`.
+    pub name: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsSettings {
+    /// Every file the context is built from, for change detection.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.cert.clone(), self.key.clone()];
+        if let Some(auth) = &self.client_auth {
+            files.push(auth.ca.clone());
+            files.extend(auth.crl.clone());
+        }
+        for s in &self.sni {
+            files.push(s.cert.clone());
+            files.push(s.key.clone());
+        }
+        files
+    }
 }
 
 /// A TLS server that greets every client, as in the tutorial, done properly.
@@ -95,8 +231,8 @@ pub struct Args {
     pub greeting: String,
 
     /// What to do after the handshake
-    #[arg(long, env = "SECURESOCK_MODE", value_name = "MODE", value_enum, default_value_t = ModeArg::Greet)]
-    pub mode: ModeArg,
+    #[arg(long, env = "SECURESOCK_MODE", value_name = "MODE", value_parser = mode_values(), default_value = GREET)]
+    pub mode: String,
 
     /// Plaintext service to relay to in forward mode, as HOST:PORT (resolved at start and on reload)
     #[arg(long, env = "SECURESOCK_UPSTREAM", value_name = "HOST:PORT")]
@@ -249,7 +385,7 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Certificates, keys, profile, client authentication, SNI and ALPN.
     pub tls: TlsSettings,
-    pub mode: ModeConfig,
+    pub mode: Mode,
     /// Deadline for connecting to the upstream.
     pub connect_timeout: Duration,
     pub limits: Limits,
@@ -261,29 +397,6 @@ pub struct Config {
     pub ticket_key_rotation: Option<Duration>,
     /// Where to serve metrics, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
-}
-
-/// The mode with what it needs, before any name is resolved.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ModeConfig {
-    Greet {
-        greeting: Vec<u8>,
-    },
-    Echo,
-    Forward {
-        upstream: String,
-        proxy_protocol: Option<ProxyProtocol>,
-    },
-}
-
-impl ModeConfig {
-    pub fn name(&self) -> &'static str {
-        match self {
-            ModeConfig::Greet { .. } => "greet",
-            ModeConfig::Echo => "echo",
-            ModeConfig::Forward { .. } => "forward",
-        }
-    }
 }
 
 /// The bounds that keep one client (or many) from taking the server down.
@@ -302,7 +415,7 @@ pub struct Limits {
 }
 
 /// Parses a seconds value given as a flag: positive, finite, at most a day.
-fn seconds(flag: &str, value: f64) -> Result<Duration, String> {
+pub fn seconds(flag: &str, value: f64) -> Result<Duration, String> {
     if value > 0.0 && value < 0.001 {
         return Err(format!(
             "--{flag} must be at least 0.001 seconds, got {value}"
@@ -402,21 +515,23 @@ impl Args {
         if self.backlog == 0 {
             return Err("--backlog must be at least 1".into());
         }
-        let mode = match (self.mode, self.upstream) {
-            (ModeArg::Forward, Some(up)) => ModeConfig::Forward {
+        let mode = match (self.mode.as_str(), self.upstream) {
+            (FORWARD, Some(up)) => Mode::Forward {
                 upstream: host_port("upstream", &up)?,
                 proxy_protocol: self.proxy_protocol,
             },
-            (ModeArg::Forward, None) => {
+            (FORWARD, None) => {
                 return Err("--mode forward needs --upstream HOST:PORT".into());
             }
             (_, Some(_)) => return Err("--upstream only applies to --mode forward".into()),
-            (ModeArg::Greet, None) => ModeConfig::Greet {
+            (GREET, None) => Mode::Greet {
                 greeting: self.greeting.into_bytes(),
             },
-            (ModeArg::Echo, None) => ModeConfig::Echo,
+            (ECHO, None) => Mode::Echo,
+            // clap admits only the names in MODES.
+            (other, None) => return Err(format!("unknown mode '{other}'")),
         };
-        if self.proxy_protocol.is_some() && !matches!(mode, ModeConfig::Forward { .. }) {
+        if self.proxy_protocol.is_some() && !matches!(mode, Mode::Forward { .. }) {
             return Err("--proxy-protocol only applies to --mode forward".into());
         }
         let client_auth = match self.client_ca {
@@ -528,7 +643,7 @@ mod tests {
         assert_eq!(c.listen, "0.0.0.0:12345".parse().unwrap());
         assert_eq!(
             c.mode,
-            ModeConfig::Greet {
+            Mode::Greet {
                 greeting: b"Hello, secure world!".to_vec()
             }
         );
@@ -570,7 +685,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             c.mode,
-            ModeConfig::Forward {
+            Mode::Forward {
                 upstream: "[::1]:6379".into(),
                 proxy_protocol: Some(ProxyProtocol::V2)
             }
@@ -583,7 +698,14 @@ mod tests {
         assert_eq!(c.tls.sni[1].name, "*.example.org");
         assert_eq!(c.tls.alpn, vec!["h2".to_string(), "http/1.1".to_string()]);
         assert!(c.tls.alpn_optional);
-        assert_eq!(parse(&["--mode", "echo"]).unwrap().mode, ModeConfig::Echo);
+        assert_eq!(parse(&["--mode", "echo"]).unwrap().mode, Mode::Echo);
+        for (name, _) in MODES {
+            let mut args = vec!["--mode", name];
+            if name == FORWARD {
+                args.extend(["--upstream", "127.0.0.1:1"]);
+            }
+            assert_eq!(parse(&args).unwrap().mode.name(), name);
+        }
     }
 
     #[test]
@@ -618,6 +740,7 @@ mod tests {
             &["--metrics-listen", "9100"][..],
             &["--watch-interval", "-1"][..],
             &["--mode", "forward"][..],
+            &["--mode", "foo"][..],
             &["--upstream", "127.0.0.1:80"][..],
             &["--mode", "forward", "--upstream", "no-port"][..],
             &["--mode", "forward", "--upstream", "host:0"][..],

@@ -1,24 +1,29 @@
-//! One client connection, on its own thread: a deadline-bounded handshake, then the mode's work,
-//! then an orderly close, and one log line that says how it went.
+//! One client connection, on its own thread: a deadline-bounded handshake, then its mode's data
+//! phase, then an orderly close, and one log line that says how it went.
 //!
-//! The socket is non-blocking and every wait goes through poll(2) with a deadline, so no client can
-//! hold a thread longer than the limits allow. Nothing here may panic on what a client sends: every
-//! failure ends this connection only, with a reason in its log line.
+//! The socket is non-blocking and every wait goes through poll(2) with a deadline that the end of
+//! the server's drain shortens, so no client can hold a thread longer than the limits allow, and
+//! shutdown reaches every connection. Nothing here may panic on what a client sends: every failure
+//! ends this connection only, with a reason in its log line.
 
 use std::fmt;
 use std::io::{self, Read};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{self, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openssl::ssl::{ErrorCode, HandshakeError, NameType, ShutdownResult, SslAcceptor, SslStream};
+use log::info;
+use openssl::ssl::{HandshakeError, NameType, ShutdownResult, SslAcceptor, SslStream};
+use socket2::SockRef;
 
-use crate::config::ProxyProtocol;
+use crate::config::{Mode, ProxyProtocol};
+use crate::error::{blocked_on, ssl_reason};
 use crate::limits::Gate;
-use crate::net::{Interest, set_cork, wait};
+use crate::net::{Interest, negotiated_group};
 use crate::proxy_protocol::{self, TlsFacts};
 use crate::relay::{self, RelayEnd, RelayResult};
+use crate::shutdown::{Shutdown, Wake};
 use crate::upstream::Upstream;
 
 /// How long, at most, a closed connection waits for the client's last bytes before closing, so
@@ -27,39 +32,36 @@ pub const LINGER: Duration = Duration::from_secs(2);
 /// How many bytes the linger reads and discards at most.
 pub const LINGER_BYTES: usize = 64 * 1024;
 
-/// What a connection does once the handshake is done.
-#[derive(Clone)]
-pub enum Mode {
-    /// Send the greeting, close_notify, close: the tutorial's server.
-    Greet { greeting: Vec<u8> },
-    /// Send back what the client sends until it closes or goes idle.
-    Echo,
-    /// Relay to a plaintext upstream, optionally announcing the client with a PROXY header.
-    Forward {
-        upstream: Arc<Upstream>,
-        proxy_protocol: Option<ProxyProtocol>,
-    },
-}
-
-impl Mode {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Mode::Greet { .. } => "greet",
-            Mode::Echo => "echo",
-            Mode::Forward { .. } => "forward",
-        }
-    }
-}
-
 /// Per-connection settings, the same for every connection.
 #[derive(Clone)]
 pub struct Settings {
-    pub mode: Mode,
+    /// The data phase, with forward mode's upstream resolved.
+    pub mode: Mode<Arc<Upstream>>,
     pub handshake_timeout: Duration,
     /// Echo and forward: how long both directions may stay silent.
     pub idle_timeout: Duration,
     /// Forward: how long the upstream has to accept.
     pub connect_timeout: Duration,
+}
+
+impl Settings {
+    /// The start-up line about where connections go, for the modes that relay to an upstream.
+    pub fn log_startup(&self) {
+        if let Mode::Forward {
+            upstream,
+            proxy_protocol,
+        } = &self.mode
+        {
+            info!(
+                "forwarding to {} ({:?}) proxy_protocol={} connect_timeout={:?} idle_timeout={:?}",
+                upstream.spec,
+                upstream.addrs(),
+                proxy_protocol.map_or("off", ProxyProtocol::name),
+                self.connect_timeout,
+                self.idle_timeout
+            );
+        }
+    }
 }
 
 /// How a connection ended, as the log line's `result=` and the metrics label say it.
@@ -74,6 +76,8 @@ pub enum Outcome {
     Io(String),
     /// Forward mode: the upstream could not be reached or failed mid-stream.
     Upstream(String),
+    /// The server's drain ended before the connection did; it was closed in order.
+    Shutdown,
 }
 
 /// Handshake failures, grouped the way an operator asks about them.
@@ -129,6 +133,7 @@ impl fmt::Display for Outcome {
             Outcome::Upstream(reason) => {
                 write!(f, "result=upstream_error reason={}", quoted(reason))
             }
+            Outcome::Shutdown => write!(f, "result=shutdown"),
         }
     }
 }
@@ -153,6 +158,8 @@ pub struct Report {
     pub sni: Option<String>,
     pub protocol: Option<&'static str>,
     pub cipher: Option<&'static str>,
+    /// Key-exchange group agreed (`x25519`, `X25519MLKEM768`, ...).
+    pub group: Option<String>,
     pub mode: &'static str,
     /// ALPN protocol agreed, if any.
     pub alpn: Option<String>,
@@ -174,6 +181,7 @@ impl Report {
         }
         match &self.outcome {
             Outcome::Timeout(_) => "timeout",
+            Outcome::Shutdown => "shutdown",
             Outcome::HandshakeFailed(kind, _) => kind.label(),
             Outcome::Ok | Outcome::Io(_) | Outcome::Upstream(_) => "error",
         }
@@ -185,11 +193,12 @@ impl fmt::Display for Report {
         let text = |v: &Option<String>| v.as_deref().map(quoted).unwrap_or_else(|| "-".into());
         write!(
             f,
-            "conn peer={} sni={} proto={} cipher={} alpn={} client={} mode={} in={} out={} ms={} {}",
+            "conn peer={} sni={} proto={} cipher={} group={} alpn={} client={} mode={} in={} out={} ms={} {}",
             self.peer,
             text(&self.sni),
             self.protocol.unwrap_or("-"),
             self.cipher.unwrap_or("-"),
+            text(&self.group),
             text(&self.alpn),
             text(&self.client),
             self.mode,
@@ -201,49 +210,44 @@ impl fmt::Display for Report {
     }
 }
 
-/// Why an I/O step stopped.
-enum Stop {
-    Timeout(&'static str),
-    Failed(String),
-}
-
-impl Stop {
-    fn into_outcome(self) -> Outcome {
-        match self {
-            Stop::Timeout(stage) => Outcome::Timeout(stage),
-            Stop::Failed(reason) => Outcome::Io(reason),
-        }
+/// Waits for `fd` as [`Shutdown::wait`] does, turning a passed deadline into a timeout at `stage`
+/// and the end of the drain into [`Outcome::Shutdown`].
+fn wait_for(
+    shutdown: &Shutdown,
+    fd: &impl AsRawFd,
+    interest: Interest,
+    deadline: Instant,
+    stage: &'static str,
+) -> Result<(), Outcome> {
+    match shutdown.wait(fd.as_raw_fd(), interest, deadline) {
+        Ok(Wake::Ready) => Ok(()),
+        Ok(Wake::Deadline) => Err(Outcome::Timeout(stage)),
+        Ok(Wake::Cut) => Err(Outcome::Shutdown),
+        Err(e) => Err(Outcome::Io(e.to_string())),
     }
 }
 
 /// Runs one SSL operation on the non-blocking socket until it completes, waiting in poll(2) for
-/// whatever OpenSSL wants, until `deadline`.
+/// whatever OpenSSL wants, until `deadline` or the end of the drain.
 fn drive<T>(
     stream: &mut SslStream<TcpStream>,
     deadline: Instant,
     stage: &'static str,
+    shutdown: &Shutdown,
     mut op: impl FnMut(&mut SslStream<TcpStream>) -> Result<T, openssl::ssl::Error>,
-) -> Result<T, Stop> {
+) -> Result<T, Outcome> {
     loop {
         let err = match op(stream) {
             Ok(v) => return Ok(v),
             Err(e) => e,
         };
-        let interest = match err.code() {
-            ErrorCode::WANT_READ => Interest::Read,
-            ErrorCode::WANT_WRITE => Interest::Write,
-            _ => return Err(Stop::Failed(crate::tls::ssl_reason(&err))),
-        };
-        match wait(stream.get_ref().as_raw_fd(), interest, Some(deadline)) {
-            Ok(true) => {}
-            Ok(false) => return Err(Stop::Timeout(stage)),
-            Err(e) => return Err(Stop::Failed(e.to_string())),
-        }
+        let interest = blocked_on(err.code()).ok_or_else(|| Outcome::Io(ssl_reason(&err)))?;
+        wait_for(shutdown, stream.get_ref(), interest, deadline, stage)?;
     }
 }
 
 fn classify(e: &openssl::ssl::Error) -> HandshakeFailure {
-    let reason = crate::tls::ssl_reason(e);
+    let reason = ssl_reason(e);
     if e.ssl_error().is_none() {
         return HandshakeFailure::Eof;
     }
@@ -286,44 +290,33 @@ fn handshake(
     sni: &mut Option<String>,
     gate: &Gate,
     coalesce: bool,
+    shutdown: &Shutdown,
 ) -> Result<SslStream<TcpStream>, Outcome> {
-    match wait(stream.as_raw_fd(), Interest::Read, Some(deadline)) {
-        Ok(true) => {}
-        Ok(false) => return Err(Outcome::Timeout("handshake")),
-        Err(e) => return Err(Outcome::Io(e.to_string())),
-    }
-    let fd = stream.as_raw_fd();
+    wait_for(shutdown, &stream, Interest::Read, deadline, "handshake")?;
     let mut corked = false;
     let mut attempt = gate.run(|| acceptor.accept(stream));
     loop {
         match attempt {
             Ok(s) => return Ok(s),
             Err(HandshakeError::WouldBlock(mid)) => {
-                let interest = if mid.error().code() == ErrorCode::WANT_WRITE {
-                    Interest::Write
-                } else {
-                    Interest::Read
-                };
+                let interest = blocked_on(mid.error().code()).unwrap_or(Interest::Read);
                 if corked {
-                    set_cork(fd, false);
+                    cork(mid.get_ref(), false);
                 }
-                match wait(mid.get_ref().as_raw_fd(), interest, Some(deadline)) {
-                    Ok(true) => {
-                        corked = coalesce && set_cork(fd, true);
-                        attempt = gate.run(|| mid.handshake());
-                    }
-                    Ok(false) => {
-                        *sni = crate::tls::requested_name(mid.ssl());
-                        return Err(Outcome::Timeout("handshake"));
-                    }
-                    Err(e) => return Err(Outcome::Io(e.to_string())),
+                if let Err(outcome) =
+                    wait_for(shutdown, mid.get_ref(), interest, deadline, "handshake")
+                {
+                    *sni = crate::tls::requested_name(mid.ssl());
+                    return Err(outcome);
                 }
+                corked = coalesce && cork(mid.get_ref(), true);
+                attempt = gate.run(|| mid.handshake());
             }
             Err(HandshakeError::Failure(mid)) => {
                 *sni = crate::tls::requested_name(mid.ssl());
                 return Err(Outcome::HandshakeFailed(
                     classify(mid.error()),
-                    crate::tls::ssl_reason(mid.error()),
+                    ssl_reason(mid.error()),
                 ));
             }
             Err(HandshakeError::SetupFailure(stack)) => {
@@ -333,16 +326,23 @@ fn handshake(
     }
 }
 
+/// Turns TCP_CORK on or off (off sends what it held) and says whether it is now on. Failing only
+/// costs the coalescing, never correctness.
+fn cork(tcp: &TcpStream, on: bool) -> bool {
+    SockRef::from(tcp).set_tcp_cork(on).is_ok() && on
+}
+
 /// Writes all of `data`, returning how much went out before any failure.
 fn write_all(
     stream: &mut SslStream<TcpStream>,
     data: &[u8],
     deadline: Instant,
+    shutdown: &Shutdown,
     sent: &mut u64,
-) -> Result<(), Stop> {
+) -> Result<(), Outcome> {
     let mut rest = data;
     while !rest.is_empty() {
-        let n = drive(stream, deadline, "write", |s| s.ssl_write(rest))?;
+        let n = drive(stream, deadline, "write", shutdown, |s| s.ssl_write(rest))?;
         rest = &rest[n..];
         *sent += n as u64;
     }
@@ -350,22 +350,22 @@ fn write_all(
 }
 
 /// Sends close_notify, closes our sending side, then reads and discards what the client still
-/// sends (bounded in bytes and time) so the close is a FIN, never a reset that could destroy the
-/// greeting in the client's receive buffer.
+/// sends (bounded in bytes and time, and by the end of the drain) so the close is a FIN, never a
+/// reset that could destroy the greeting in the client's receive buffer.
 ///
 /// A client that already went away makes the close_notify fail; there is nothing left to protect
 /// then, and what it was sent before stays counted, so the failure is not reported.
-fn close_gracefully(mut stream: SslStream<TcpStream>, deadline: Instant) {
-    let sent = drive(&mut stream, deadline, "close", |s| s.shutdown());
+fn close_gracefully(mut stream: SslStream<TcpStream>, deadline: Instant, shutdown: &Shutdown) {
+    let sent = drive(&mut stream, deadline, "close", shutdown, |s| s.shutdown());
     let tcp = stream.get_ref();
-    let _ = tcp.shutdown(Shutdown::Write);
+    let _ = tcp.shutdown(net::Shutdown::Write);
     if let Ok(ShutdownResult::Sent | ShutdownResult::Received) = sent {
-        linger(tcp, Instant::now() + LINGER);
+        linger(tcp, Instant::now() + LINGER, shutdown);
     }
 }
 
-/// Reads and discards until EOF, LINGER_BYTES or the deadline.
-fn linger(mut tcp: &TcpStream, deadline: Instant) {
+/// Reads and discards until EOF, LINGER_BYTES, the deadline or the end of the drain.
+fn linger(mut tcp: &TcpStream, deadline: Instant, shutdown: &Shutdown) {
     let mut buf = [0u8; 4096];
     let mut total = 0;
     while total < LINGER_BYTES {
@@ -373,9 +373,12 @@ fn linger(mut tcp: &TcpStream, deadline: Instant) {
             Ok(0) => return,
             Ok(n) => total += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                match wait(tcp.as_raw_fd(), Interest::Read, Some(deadline)) {
-                    Ok(true) => {}
-                    _ => return,
+                if shutdown
+                    .wait(tcp.as_raw_fd(), Interest::Read, deadline)
+                    .ok()
+                    != Some(Wake::Ready)
+                {
+                    return;
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -392,12 +395,14 @@ pub fn serve(
     acceptor: &SslAcceptor,
     settings: &Settings,
     gate: &Gate,
+    shutdown: &Shutdown,
 ) -> Report {
     let mut report = Report {
         peer,
         sni: None,
         protocol: None,
         cipher: None,
+        group: None,
         mode: settings.mode.name(),
         alpn: None,
         client: None,
@@ -407,92 +412,159 @@ pub fn serve(
         handshake: None,
         outcome: Outcome::Ok,
     };
-    let outcome = serve_inner(stream, accepted, acceptor, settings, gate, &mut report);
-    report.outcome = outcome;
+    let connection = Connection {
+        settings,
+        shutdown,
+        accepted,
+    };
+    report.outcome = match connection.serve(stream, acceptor, gate, &mut report) {
+        Ok(()) => Outcome::Ok,
+        Err(outcome) => outcome,
+    };
     report.elapsed = accepted.elapsed();
     report
 }
 
-fn serve_inner(
-    stream: TcpStream,
+/// What one connection's steps need besides the socket.
+struct Connection<'a> {
+    settings: &'a Settings,
+    shutdown: &'a Shutdown,
     accepted: Instant,
-    acceptor: &SslAcceptor,
-    settings: &Settings,
-    gate: &Gate,
-    report: &mut Report,
-) -> Outcome {
-    if let Err(e) = stream.set_nonblocking(true) {
-        return Outcome::Io(format!("setting non-blocking mode: {e}"));
-    }
-    // The greeting and small replies go out at once rather than waiting on Nagle.
-    let _ = stream.set_nodelay(true);
-    // Greet mode writes everything right after the handshake and closes, so its last handshake
-    // flight, greeting, close_notify and FIN can share one segment; the relaying modes never cork,
-    // so the tickets are not held back while the relay waits.
-    let greet = matches!(settings.mode, Mode::Greet { .. });
-    let deadline = accepted + settings.handshake_timeout;
-    let mut tls = match handshake(acceptor, stream, deadline, &mut report.sni, gate, greet) {
-        Ok(s) => s,
-        Err(outcome) => return outcome,
-    };
+}
 
-    report.handshake = Some(accepted.elapsed());
-    let ssl = tls.ssl();
-    report.sni = ssl.servername(NameType::HOST_NAME).map(str::to_string);
-    report.protocol = Some(ssl.version_str());
-    report.cipher = ssl.current_cipher().map(|c| c.name());
-    report.alpn = ssl
-        .selected_alpn_protocol()
-        .map(|p| String::from_utf8_lossy(p).into_owned());
-    report.client = ssl.peer_certificate().map(|c| crate::tls::subject(&c));
+impl Connection<'_> {
+    fn serve(
+        &self,
+        stream: TcpStream,
+        acceptor: &SslAcceptor,
+        gate: &Gate,
+        report: &mut Report,
+    ) -> Result<(), Outcome> {
+        stream
+            .set_nonblocking(true)
+            .map_err(|e| Outcome::Io(format!("setting non-blocking mode: {e}")))?;
+        // The greeting and small replies go out at once rather than waiting on Nagle.
+        let _ = stream.set_nodelay(true);
+        // Greet mode writes everything right after the handshake and closes, so its last handshake
+        // flight, greeting, close_notify and FIN can share one segment; the relaying modes never
+        // cork, so the tickets are not held back while the relay waits.
+        let greet = matches!(self.settings.mode, Mode::Greet { .. });
+        let deadline = self.accepted + self.settings.handshake_timeout;
+        let mut tls = handshake(
+            acceptor,
+            stream,
+            deadline,
+            &mut report.sni,
+            gate,
+            greet,
+            self.shutdown,
+        )?;
 
-    match &settings.mode {
-        Mode::Greet { greeting } => {
-            let deadline = Instant::now() + settings.handshake_timeout;
-            if let Err(stop) = write_all(&mut tls, greeting, deadline, &mut report.bytes_out) {
-                return stop.into_outcome();
+        report.handshake = Some(self.accepted.elapsed());
+        let ssl = tls.ssl();
+        report.sni = ssl.servername(NameType::HOST_NAME).map(str::to_string);
+        report.protocol = Some(ssl.version_str());
+        report.cipher = ssl.current_cipher().map(|c| c.name());
+        report.group = negotiated_group(ssl);
+        report.alpn = ssl
+            .selected_alpn_protocol()
+            .map(|p| String::from_utf8_lossy(p).into_owned());
+        report.client = ssl.peer_certificate().map(|c| crate::tls::subject(&c));
+
+        match &self.settings.mode {
+            Mode::Greet { greeting } => self.greet(tls, greeting, report),
+            Mode::Echo => {
+                let result = relay::echo(&mut tls, self.settings.idle_timeout, self.shutdown);
+                relayed(result, report)
             }
-            close_gracefully(tls, deadline);
-            Outcome::Ok
+            Mode::Forward {
+                upstream,
+                proxy_protocol,
+            } => self.forward(tls, upstream, *proxy_protocol, report),
         }
-        Mode::Echo => relayed(relay::echo(&mut tls, settings.idle_timeout), report),
-        Mode::Forward {
-            upstream,
-            proxy_protocol,
-        } => {
-            let mut up = match upstream.connect(settings.connect_timeout) {
+    }
+
+    /// Greet mode's data phase: the greeting, then the orderly close.
+    fn greet(
+        &self,
+        mut tls: SslStream<TcpStream>,
+        greeting: &[u8],
+        report: &mut Report,
+    ) -> Result<(), Outcome> {
+        let deadline = Instant::now() + self.settings.handshake_timeout;
+        write_all(
+            &mut tls,
+            greeting,
+            deadline,
+            self.shutdown,
+            &mut report.bytes_out,
+        )?;
+        close_gracefully(tls, deadline, self.shutdown);
+        Ok(())
+    }
+
+    /// Forward mode's data phase: connect upstream, announce the client if asked, relay.
+    fn forward(
+        &self,
+        mut tls: SslStream<TcpStream>,
+        upstream: &Upstream,
+        proxy: Option<ProxyProtocol>,
+        report: &mut Report,
+    ) -> Result<(), Outcome> {
+        let connect_by = Instant::now() + self.settings.connect_timeout;
+        let mut up =
+            match upstream.connect(self.shutdown.bound(Some(connect_by)).unwrap_or(connect_by)) {
                 Ok(up) => up,
                 Err(e) => {
                     // The client learns nothing about the upstream but an orderly close.
-                    close_gracefully(tls, Instant::now() + settings.handshake_timeout);
-                    return Outcome::Upstream(format!("upstream {}: {e}", upstream.spec));
+                    let deadline = Instant::now() + self.settings.handshake_timeout;
+                    close_gracefully(tls, deadline, self.shutdown);
+                    if self.shutdown.is_cut() {
+                        return Err(Outcome::Shutdown);
+                    }
+                    return Err(Outcome::Upstream(format!(
+                        "upstream {}: {e}",
+                        upstream.spec
+                    )));
                 }
             };
-            let header = match (proxy_protocol, tls.get_ref().local_addr()) {
-                (None, _) => Vec::new(),
-                (Some(ProxyProtocol::V1), Ok(local)) => proxy_protocol::v1(report.peer, local),
-                (Some(ProxyProtocol::V2), Ok(local)) => {
-                    proxy_protocol::v2(report.peer, local, &TlsFacts::from_ssl(tls.ssl()))
+        let header = match proxy {
+            None => Vec::new(),
+            Some(version) => {
+                let local = tls
+                    .get_ref()
+                    .local_addr()
+                    .map_err(|e| Outcome::Io(format!("reading the local address: {e}")))?;
+                match version {
+                    ProxyProtocol::V1 => proxy_protocol::v1(report.peer, local),
+                    ProxyProtocol::V2 => {
+                        proxy_protocol::v2(report.peer, local, &TlsFacts::from_ssl(tls.ssl()))
+                    }
                 }
-                (Some(_), Err(e)) => return Outcome::Io(format!("reading the local address: {e}")),
-            };
-            let result =
-                relay::forward_with_preamble(&mut tls, &mut up, &header, settings.idle_timeout);
-            relayed(result, report)
-        }
+            }
+        };
+        let result = relay::forward(
+            &mut tls,
+            &mut up,
+            &header,
+            self.settings.idle_timeout,
+            self.shutdown,
+        );
+        relayed(result, report)
     }
 }
 
 /// Records a relay's byte counts and turns how it ended into the connection's outcome. The relay
 /// has already closed the TLS side as that end requires.
-fn relayed(result: RelayResult, report: &mut Report) -> Outcome {
+fn relayed(result: RelayResult, report: &mut Report) -> Result<(), Outcome> {
     report.bytes_in = result.bytes_in;
     report.bytes_out = result.bytes_out;
     match result.end {
-        RelayEnd::Done => Outcome::Ok,
-        RelayEnd::IdleTimeout => Outcome::Timeout("idle"),
-        RelayEnd::ClientError(reason) | RelayEnd::Poll(reason) => Outcome::Io(reason),
-        RelayEnd::UpstreamError(reason) => Outcome::Upstream(reason),
+        RelayEnd::Done => Ok(()),
+        RelayEnd::IdleTimeout => Err(Outcome::Timeout("idle")),
+        RelayEnd::Shutdown => Err(Outcome::Shutdown),
+        RelayEnd::ClientError(reason) | RelayEnd::Poll(reason) => Err(Outcome::Io(reason)),
+        RelayEnd::UpstreamError(reason) => Err(Outcome::Upstream(reason)),
     }
 }
 

@@ -7,18 +7,20 @@
 //! - Mozilla's intermediate (TLS 1.2 + 1.3) or modern (TLS 1.3) profile, v6.0;
 //! - a total handshake deadline, global and per-address connection caps, graceful drain.
 //!
-//! `main.rs` parses the command line into a [`config::Config`], builds the [`tls::Tls`] context,
-//! binds, and hands both to [`server::run`].
+//! `main.rs` parses the command line into a [`config::Config`], binds a [`server::Server`] with it,
+//! turns signals into calls on the server's [`server::Handle`], and runs it; the tests drive the
+//! same functions in-process.
 
 pub mod config;
 pub mod connection;
+pub mod error;
 pub mod limits;
-pub mod loadgen;
 pub mod metrics;
 pub mod net;
 pub mod proxy_protocol;
 pub mod relay;
 pub mod reload;
 pub mod server;
+pub mod shutdown;
 pub mod tls;
 pub mod upstream;

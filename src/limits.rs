@@ -32,8 +32,12 @@ impl Refusal {
 
 #[derive(Default)]
 struct Counts {
+    /// Connections counted against the caps.
     active: usize,
     per_ip: HashMap<IpAddr, usize>,
+    /// Connections whose thread has not finished with them (their log line included): what the
+    /// drain waits for. At least `active`.
+    open: usize,
 }
 
 /// Counts open connections and wakes whoever waits for them to reach zero.
@@ -45,10 +49,13 @@ pub struct Tracker {
     max_per_ip: usize,
 }
 
-/// One admitted connection's place; releasing it is dropping it.
+/// One admitted connection's place. [`Slot::release_cap`] gives its place under the caps back
+/// (before its log line, so a client that reads the line can connect again); dropping it ends the
+/// connection for the drain too.
 pub struct Slot {
     tracker: Arc<Tracker>,
     ip: IpAddr,
+    counted: bool,
 }
 
 /// A connection is counted under its plain address: an IPv4 client reaching an IPv6 socket as
@@ -86,9 +93,11 @@ impl Tracker {
         }
         *n += 1;
         c.active += 1;
+        c.open += 1;
         Ok(Slot {
             tracker: Arc::clone(self),
             ip,
+            counted: true,
         })
     }
 
@@ -100,15 +109,15 @@ impl Tracker {
         }
     }
 
-    /// Connections open now.
+    /// Connections open now, as the caps count them.
     pub fn active(&self) -> usize {
         self.lock().active
     }
 
-    /// Waits until no connection is open or the deadline passes; returns how many are still open.
+    /// Waits until every slot is dropped or the deadline passes; returns how many are still held.
     pub fn wait_idle(&self, deadline: Instant) -> usize {
         let mut c = self.lock();
-        while c.active > 0 {
+        while c.open > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
@@ -119,12 +128,16 @@ impl Tracker {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
-        c.active
+        c.open
     }
 }
 
-impl Drop for Slot {
-    fn drop(&mut self) {
+impl Slot {
+    /// Gives the connection's place under the caps back; the drain still waits for the drop.
+    pub fn release_cap(&mut self) {
+        if !std::mem::replace(&mut self.counted, false) {
+            return;
+        }
         let mut c = self.tracker.lock();
         c.active -= 1;
         if let Some(n) = c.per_ip.get_mut(&self.ip) {
@@ -133,7 +146,13 @@ impl Drop for Slot {
                 c.per_ip.remove(&self.ip);
             }
         }
-        drop(c);
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.release_cap();
+        self.tracker.lock().open -= 1;
         self.tracker.released.notify_all();
     }
 }
@@ -173,7 +192,7 @@ impl RateLimit {
 }
 
 /// Handshake steps allowed to compute at once, per CPU. Measured on 2 cores with 64 clients
-/// (BENCHMARKS.md, NOTES-perf.md): one or two per CPU cut p99 most but cost a quarter of the
+/// (BENCHMARKS.md): one or two per CPU cut p99 most but cost a quarter of the
 /// throughput (a permit holder preempted by other work stalls the queue); four keeps the
 /// throughput and still cuts p99 about in half.
 pub const GATE_PERMITS_PER_CPU: usize = 4;
@@ -281,6 +300,23 @@ mod tests {
         drop(s1);
         assert_eq!(t.active(), 2);
         assert!(t.admit(a).is_ok());
+    }
+
+    #[test]
+    fn a_released_cap_admits_again_while_the_drain_still_waits() {
+        let t = Tracker::new(1, 1);
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut slot = t.admit(ip).unwrap();
+        assert_eq!(t.admit(ip).err(), Some(Refusal::GlobalCap));
+        slot.release_cap();
+        slot.release_cap();
+        assert_eq!(t.active(), 0);
+        assert_eq!(t.wait_idle(Instant::now()), 1, "not finished until dropped");
+        let again = t.admit(ip).unwrap();
+        drop(slot);
+        assert_eq!(t.wait_idle(Instant::now()), 1);
+        drop(again);
+        assert_eq!(t.wait_idle(Instant::now()), 0);
     }
 
     #[test]

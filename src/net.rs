@@ -1,8 +1,10 @@
-//! Socket plumbing the standard library does not offer: binding with a chosen backlog, and waiting
-//! for readiness with a deadline (poll(2)), which is what makes every timeout here a total deadline
-//! rather than a per-read timer a slow client could reset byte by byte.
+//! Socket plumbing the standard library does not offer: binding with a chosen backlog, waiting for
+//! readiness with a deadline (poll(2)), which is what makes every timeout here a total deadline
+//! rather than a per-read timer a slow client could reset byte by byte, the open-file limit, and
+//! closing a listener without resetting the connections queued on it.
 //!
-//! Nothing here knows about TLS or about the server's policy.
+//! This is the crate's only home of `unsafe`, which is why the one libssl call the openssl crate
+//! does not wrap ([`negotiated_group`]) lives here too. Nothing here knows the server's policy.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -20,7 +22,8 @@ pub enum Interest {
 }
 
 impl Interest {
-    fn events(self) -> libc::c_short {
+    /// poll(2)'s event bits for this interest.
+    pub fn events(self) -> libc::c_short {
         match self {
             Interest::Read => libc::POLLIN,
             Interest::Write => libc::POLLOUT,
@@ -129,22 +132,84 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     Ok(socket.into())
 }
 
-/// Turns TCP_CORK on or off; turning it off sends what it held. Returns whether the option is now
-/// on. A failure only costs the coalescing, never correctness, so it is not reported.
-pub fn set_cork(fd: RawFd, on: bool) -> bool {
-    let value = libc::c_int::from(on);
-    // SAFETY: fd is an open TCP socket owned by the caller for the duration of the call, and the
-    // option value is a c_int whose size is passed alongside it.
+/// Stops the kernel from queueing new connections on a listening socket, without closing it: a
+/// socket filter drops every incoming SYN, so a client that starts connecting from now on gets no
+/// answer (and, once the listener is closed, a refusal on its retry), while handshakes already under
+/// way still complete and land in the accept queue. The caller accepts until that queue is empty
+/// and only then closes, so no connection the kernel completed is reset by the close.
+///
+/// Classic BPF runs with the packet starting at the TCP header; byte 13 holds the flags.
+pub fn refuse_new_connections(listener: &impl AsRawFd) -> io::Result<()> {
+    const TCP_FLAGS_OFFSET: u32 = 13;
+    const TCP_SYN: u32 = 0x02;
+    let op = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
+    let program = [
+        // A = the TCP flags byte
+        op(
+            libc::BPF_LD | libc::BPF_B | libc::BPF_ABS,
+            0,
+            0,
+            TCP_FLAGS_OFFSET,
+        ),
+        // SYN set: fall through to drop; otherwise skip to accept
+        op(libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K, 0, 1, TCP_SYN),
+        op(libc::BPF_RET | libc::BPF_K, 0, 0, 0),
+        op(libc::BPF_RET | libc::BPF_K, 0, 0, u32::MAX),
+    ];
+    let fprog = libc::sock_fprog {
+        len: program.len() as libc::c_ushort,
+        filter: program.as_ptr().cast_mut(),
+    };
+    // SAFETY: the fd is the caller's open socket; `fprog` points at `program`, both alive for the
+    // call, and the kernel copies the program before returning.
     let rc = unsafe {
         libc::setsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_CORK,
-            (&raw const value).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            listener.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&raw const fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
         )
     };
-    rc == 0 && on
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `SSL_CTRL_GET_NEGOTIATED_GROUP` (ssl.h), behind the `SSL_get_negotiated_group` macro.
+const SSL_CTRL_GET_NEGOTIATED_GROUP: libc::c_int = 134;
+
+unsafe extern "C" {
+    /// OpenSSL 3.0 and later: the name of a group ID as `SSL_get_negotiated_group` returns it.
+    fn SSL_group_to_name(ssl: *mut openssl_sys::SSL, id: libc::c_int) -> *const libc::c_char;
+}
+
+/// The key-exchange group the handshake agreed on (`x25519`, `X25519MLKEM768`, ...), which is how
+/// an operator sees post-quantum key exchange in use. The openssl crate wraps neither call.
+pub fn negotiated_group(ssl: &openssl::ssl::SslRef) -> Option<String> {
+    use foreign_types::ForeignTypeRef;
+    let ptr = ssl.as_ptr();
+    // SAFETY: `ptr` is a live SSL for the borrow of `ssl`; this control only reads its state.
+    let id = unsafe {
+        openssl_sys::SSL_ctrl(ptr, SSL_CTRL_GET_NEGOTIATED_GROUP, 0, std::ptr::null_mut())
+    };
+    let id = libc::c_int::try_from(id).ok().filter(|&id| id > 0)?;
+    // SAFETY: as above; the result is NULL or a NUL-terminated string owned by libssl's static
+    // tables (or the provider's), valid beyond this call, and copied at once.
+    let name = unsafe { SSL_group_to_name(ptr, id) };
+    if name.is_null() {
+        return None;
+    }
+    // SAFETY: non-NULL and NUL-terminated, as documented for SSL_group_to_name.
+    let name = unsafe { std::ffi::CStr::from_ptr(name) };
+    Some(name.to_string_lossy().into_owned())
 }
 
 #[cfg(test)]
@@ -179,6 +244,22 @@ mod tests {
         );
         assert_eq!(now, limit.rlim_cur);
         assert_eq!(limit.rlim_cur, limit.rlim_max);
+    }
+
+    #[test]
+    fn a_refusing_listener_answers_no_new_syn_but_keeps_its_queue() {
+        let listener = bind("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let queued = TcpStream::connect(addr).unwrap();
+        refuse_new_connections(&listener).unwrap();
+        let late = TcpStream::connect_timeout(&addr, Duration::from_millis(300));
+        assert_eq!(
+            late.map(|_| ()).unwrap_err().kind(),
+            io::ErrorKind::TimedOut,
+            "a SYN after the filter must go unanswered"
+        );
+        let (accepted, _) = listener.accept().unwrap();
+        assert_eq!(accepted.peer_addr().unwrap(), queued.local_addr().unwrap());
     }
 
     #[test]

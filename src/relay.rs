@@ -1,5 +1,6 @@
 //! The data phase of one connection, after the handshake: echo the client's bytes back
-//! ([`echo`]), or relay them to an upstream TCP service and back ([`forward`]).
+//! ([`echo`]), or relay them to an upstream TCP service and back ([`forward`]), until both sides
+//! are done, the connection goes idle, or the server's drain is over.
 //!
 //! Everything runs on the connection's own thread over non-blocking sockets. Each operation is tried
 //! until it would block, and only then does the thread sleep in poll(2), on exactly what the blocked
@@ -13,15 +14,17 @@
 //! control pushes back on the sender. Nothing here may grow a buffer, spin without waiting, or wait
 //! without a deadline.
 
-use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::{self, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use openssl::ssl::{ErrorCode, SslStream};
+use socket2::SockRef;
 
-use crate::net::{Interest, poll, pollfd, set_cork, wait};
+use crate::error::{blocked_on, io_reason, ssl_reason};
+use crate::net::{Interest, poll, pollfd, wait};
+use crate::shutdown::Shutdown;
 
 /// Bytes buffered per direction. Four full TLS records, so one plaintext write to the upstream
 /// carries what several `SSL_read`s produced and one `SSL_write` fills several records.
@@ -32,7 +35,7 @@ pub const BUF_SIZE: usize = 64 * 1024;
 const RECORD: usize = 16 * 1024;
 
 /// How long a close_notify may take to go out once the relay has decided to stop for a reason of
-/// its own (idle timeout). A client that does not read never gets it; this bounds the attempt.
+/// its own (idle timeout, the end of the drain). A client that does not read never gets it; this bounds the attempt.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// OpenSSL 3's reason code for a peer that closed TCP without close_notify
@@ -65,36 +68,9 @@ pub enum RelayEnd {
     UpstreamError(String),
     /// poll(2) itself failed, which only resource exhaustion can cause.
     Poll(String),
-}
-
-impl RelayEnd {
-    /// The short word for the log line's `result=` and a metrics label.
-    pub fn label(&self) -> &'static str {
-        match self {
-            RelayEnd::Done => "ok",
-            RelayEnd::IdleTimeout => "idle_timeout",
-            RelayEnd::ClientError(_) => "client_error",
-            RelayEnd::UpstreamError(_) => "upstream_error",
-            RelayEnd::Poll(_) => "error",
-        }
-    }
-
-    /// The failure's reason, when there is one.
-    pub fn reason(&self) -> Option<&str> {
-        match self {
-            RelayEnd::Done | RelayEnd::IdleTimeout => None,
-            RelayEnd::ClientError(r) | RelayEnd::UpstreamError(r) | RelayEnd::Poll(r) => Some(r),
-        }
-    }
-}
-
-impl fmt::Display for RelayEnd {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.reason() {
-            Some(reason) => write!(f, "{}: {reason}", self.label()),
-            None => f.write_str(self.label()),
-        }
-    }
+    /// The server's drain ended while data could still flow: close_notify went to the client (and
+    /// a FIN upstream) for each direction not yet finished.
+    Shutdown,
 }
 
 /// The result of one attempt at a non-blocking operation.
@@ -121,21 +97,25 @@ trait Endpoint {
     fn batch(&mut self, _on: bool) {}
 }
 
+/// A failed TLS operation: blocked, or failed for the reason OpenSSL gives.
+fn tls_failure(e: &openssl::ssl::Error) -> Io {
+    match blocked_on(e.code()) {
+        Some(interest) => Io::Blocked(interest),
+        None => Io::Failed(ssl_reason(e)),
+    }
+}
+
 impl Endpoint for SslStream<TcpStream> {
     fn batch(&mut self, on: bool) {
-        set_cork(self.get_ref().as_raw_fd(), on);
+        // Failing only costs the coalescing, never correctness.
+        let _ = SockRef::from(self.get_ref()).set_tcp_cork(on);
     }
 
     fn read_into(&mut self, buf: &mut [u8]) -> Io {
         match self.ssl_read(buf) {
             Ok(n) => Io::Moved(n),
-            Err(e) => match e.code() {
-                ErrorCode::WANT_READ => Io::Blocked(Interest::Read),
-                ErrorCode::WANT_WRITE => Io::Blocked(Interest::Write),
-                ErrorCode::ZERO_RETURN => Io::Ended,
-                _ if is_eof(&e) => Io::Ended,
-                _ => Io::Failed(crate::tls::ssl_reason(&e)),
-            },
+            Err(e) if e.code() == ErrorCode::ZERO_RETURN || is_eof(&e) => Io::Ended,
+            Err(e) => tls_failure(&e),
         }
     }
 
@@ -145,22 +125,14 @@ impl Endpoint for SslStream<TcpStream> {
         // same bytes from a buffer that has since been compacted or grown.
         match self.ssl_write(data) {
             Ok(n) => Io::Moved(n),
-            Err(e) => match e.code() {
-                ErrorCode::WANT_READ => Io::Blocked(Interest::Read),
-                ErrorCode::WANT_WRITE => Io::Blocked(Interest::Write),
-                _ => Io::Failed(crate::tls::ssl_reason(&e)),
-            },
+            Err(e) => tls_failure(&e),
         }
     }
 
     fn close_write(&mut self) -> Io {
         match self.shutdown() {
             Ok(_) => Io::Moved(0),
-            Err(e) => match e.code() {
-                ErrorCode::WANT_READ => Io::Blocked(Interest::Read),
-                ErrorCode::WANT_WRITE => Io::Blocked(Interest::Write),
-                _ => Io::Failed(crate::tls::ssl_reason(&e)),
-            },
+            Err(e) => tls_failure(&e),
         }
     }
 }
@@ -173,7 +145,7 @@ impl Endpoint for TcpStream {
                 Ok(n) => Io::Moved(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => Io::Blocked(Interest::Read),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => Io::Failed(crate::tls::io_reason(&e)),
+                Err(e) => Io::Failed(io_reason(&e)),
             };
         }
     }
@@ -185,15 +157,15 @@ impl Endpoint for TcpStream {
                 Ok(n) => Io::Moved(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => Io::Blocked(Interest::Write),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => Io::Failed(crate::tls::io_reason(&e)),
+                Err(e) => Io::Failed(io_reason(&e)),
             };
         }
     }
 
     fn close_write(&mut self) -> Io {
-        match self.shutdown(Shutdown::Write) {
+        match self.shutdown(net::Shutdown::Write) {
             Ok(()) => Io::Moved(0),
-            Err(e) => Io::Failed(crate::tls::io_reason(&e)),
+            Err(e) => Io::Failed(io_reason(&e)),
         }
     }
 }
@@ -394,20 +366,14 @@ impl Lane {
     }
 }
 
-/// poll(2) event bits for an interest.
-fn bits(interest: Interest) -> libc::c_short {
-    match interest {
-        Interest::Read => libc::POLLIN,
-        Interest::Write => libc::POLLOUT,
-        Interest::Both => libc::POLLIN | libc::POLLOUT,
-    }
-}
-
 /// A pollfd for `fd` waiting on every interest given; ignored by poll (fd -1) when there is none,
 /// so a hung-up socket nobody waits on cannot wake the loop over and over.
 fn entry(fd: &impl AsRawFd, interests: &[Option<Interest>]) -> libc::pollfd {
     let mut p = pollfd(fd, Interest::Read);
-    p.events = interests.iter().flatten().fold(0, |acc, &i| acc | bits(i));
+    p.events = interests
+        .iter()
+        .flatten()
+        .fold(0, |acc, &i| acc | i.events());
     if p.events == 0 {
         p.fd = -1;
     }
@@ -418,7 +384,7 @@ fn entry(fd: &impl AsRawFd, interests: &[Option<Interest>]) -> libc::pollfd {
 /// the retried operation reports them.
 fn wake(wait: &mut Option<Interest>, revents: libc::c_short) {
     let fired = revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0
-        || wait.is_some_and(|i| revents & bits(i) != 0);
+        || wait.is_some_and(|i| revents & i.events() != 0);
     if fired {
         *wait = None;
     }
@@ -440,13 +406,44 @@ fn close_notify(tls: &mut SslStream<TcpStream>) {
     }
 }
 
+/// Why a relay's wait ended without any socket being ready.
+enum Timer {
+    /// Nothing moved either way for the idle timeout.
+    Idle,
+    /// The server's drain is over.
+    Cut,
+}
+
+/// Waits on the relay's sockets (and the shutdown signal) until one is ready, the idle timeout
+/// runs out since `last`, or the drain ends. `Ok(None)` means a socket is ready: `fds` says which.
+fn wait_relay(
+    fds: &mut [libc::pollfd],
+    last: Instant,
+    idle: Duration,
+    shutdown: &Shutdown,
+) -> Result<Option<Timer>, RelayEnd> {
+    let idle_at = last + idle;
+    poll(fds, shutdown.bound(Some(idle_at))).map_err(|e| RelayEnd::Poll(io_reason(&e)))?;
+    if shutdown.is_cut() {
+        return Ok(Some(Timer::Cut));
+    }
+    if fds.iter().all(|p| p.revents == 0) && Instant::now() >= idle_at {
+        return Ok(Some(Timer::Idle));
+    }
+    Ok(None)
+}
+
 /// Sends every byte the client sends back to it, until the client ends its side (close_notify or
 /// EOF) and everything is echoed, then sends close_notify. Stops after `idle_timeout` without a
-/// byte moving either way. A client that writes without reading fills the buffer and then is no
-/// longer read, so memory stays at one [`BUF_SIZE`] buffer.
-pub fn echo(tls: &mut SslStream<TcpStream>, idle_timeout: Duration) -> RelayResult {
+/// byte moving either way, or when the drain ends. A client that writes without reading fills the
+/// buffer and then is no longer read, so memory stays at one [`BUF_SIZE`] buffer.
+pub fn echo(
+    tls: &mut SslStream<TcpStream>,
+    idle_timeout: Duration,
+    shutdown: &Shutdown,
+) -> RelayResult {
     let mut lane = Lane::new();
-    let end = echo_loop(tls, &mut lane, idle_timeout);
+    let end = echo_loop(tls, &mut lane, idle_timeout, shutdown);
     RelayResult {
         bytes_in: lane.read,
         bytes_out: lane.written,
@@ -454,7 +451,12 @@ pub fn echo(tls: &mut SslStream<TcpStream>, idle_timeout: Duration) -> RelayResu
     }
 }
 
-fn echo_loop(tls: &mut SslStream<TcpStream>, lane: &mut Lane, idle: Duration) -> RelayEnd {
+fn echo_loop(
+    tls: &mut SslStream<TcpStream>,
+    lane: &mut Lane,
+    idle: Duration,
+    shutdown: &Shutdown,
+) -> RelayEnd {
     let mut last = Instant::now();
     loop {
         let mut moved = lane.fill(tls).map_err(client_fault);
@@ -475,20 +477,32 @@ fn echo_loop(tls: &mut SslStream<TcpStream>, lane: &mut Lane, idle: Duration) ->
         if lane.shut {
             return RelayEnd::Done;
         }
-        let mut fds = [entry(
-            tls.get_ref(),
-            &[lane.read_interest(), lane.write_interest()],
-        )];
-        match poll(&mut fds, Some(last + idle)) {
-            Ok(0) if Instant::now() >= last + idle => {
+        let mut fds = [
+            entry(
+                tls.get_ref(),
+                &[lane.read_interest(), lane.write_interest()],
+            ),
+            shutdown.pollfd(),
+        ];
+        match wait_relay(&mut fds, last, idle, shutdown) {
+            Err(end) => return end,
+            Ok(Some(timer)) => {
                 close_notify(tls);
-                return RelayEnd::IdleTimeout;
+                return timer.end();
             }
-            Ok(_) => {
+            Ok(None) => {
                 wake(&mut lane.read_wait, fds[0].revents);
                 wake(&mut lane.write_wait, fds[0].revents);
             }
-            Err(e) => return RelayEnd::Poll(crate::tls::io_reason(&e)),
+        }
+    }
+}
+
+impl Timer {
+    fn end(self) -> RelayEnd {
+        match self {
+            Timer::Idle => RelayEnd::IdleTimeout,
+            Timer::Cut => RelayEnd::Shutdown,
         }
     }
 }
@@ -501,35 +515,28 @@ fn client_fault(fault: Fault) -> RelayEnd {
 }
 
 /// Relays between the TLS client and a plaintext upstream until both directions are done, then
-/// returns; the caller closes both sockets.
+/// returns; the caller closes both sockets. `preamble` goes to the upstream before the client's
+/// first byte: a PROXY protocol header goes out through the same non-blocking, deadline-bounded
+/// path as the data, so an upstream that does not read cannot block the thread. The preamble is
+/// not counted in `bytes_in`.
 ///
 /// Half-close is carried faithfully: the client's close_notify (or EOF) becomes a FIN to the
 /// upstream (`shutdown(Write)`) while upstream → client keeps flowing; the upstream's EOF becomes
 /// close_notify to the client, once everything before it is delivered, while client → upstream
-/// keeps flowing until the client ends too. `idle_timeout` without a byte moving either way ends
-/// the relay with close_notify to the client. Either side failing ends it at once.
+/// keeps flowing until the client ends too. `idle_timeout` without a byte moving either way, or
+/// the end of the drain, ends the relay with close_notify to the client and, at the drain's end, a
+/// FIN to the upstream. Either side failing ends it at once.
 pub fn forward(
-    tls: &mut SslStream<TcpStream>,
-    upstream: &mut TcpStream,
-    idle_timeout: Duration,
-) -> RelayResult {
-    forward_with_preamble(tls, upstream, &[], idle_timeout)
-}
-
-/// [`forward`], sending `preamble` to the upstream before the client's first byte: a PROXY
-/// protocol header goes out through the same non-blocking, deadline-bounded path as the data, so
-/// an upstream that does not read cannot block the thread. The preamble is not counted in
-/// `bytes_in`.
-pub fn forward_with_preamble(
     tls: &mut SslStream<TcpStream>,
     upstream: &mut TcpStream,
     preamble: &[u8],
     idle_timeout: Duration,
+    shutdown: &Shutdown,
 ) -> RelayResult {
     // Client → upstream and upstream → client.
     let mut up = Lane::with_preamble(preamble);
     let mut down = Lane::new();
-    let end = forward_loop(tls, upstream, &mut up, &mut down, idle_timeout);
+    let end = forward_loop(tls, upstream, &mut up, &mut down, idle_timeout, shutdown);
     RelayResult {
         bytes_in: up.read,
         bytes_out: down.written,
@@ -543,6 +550,7 @@ fn forward_loop(
     up: &mut Lane,
     down: &mut Lane,
     idle: Duration,
+    shutdown: &Shutdown,
 ) -> RelayEnd {
     let mut last = Instant::now();
     loop {
@@ -560,21 +568,27 @@ fn forward_loop(
         let mut fds = [
             entry(tls.get_ref(), &[up.read_interest(), down.write_interest()]),
             entry(&*upstream, &[up.write_interest(), down.read_interest()]),
+            shutdown.pollfd(),
         ];
-        match poll(&mut fds, Some(last + idle)) {
-            Ok(0) if Instant::now() >= last + idle => {
+        match wait_relay(&mut fds, last, idle, shutdown) {
+            Err(end) => return end,
+            Ok(Some(timer)) => {
                 if !down.shut {
                     close_notify(tls);
                 }
-                return RelayEnd::IdleTimeout;
+                if matches!(timer, Timer::Cut) && !up.shut {
+                    // The upstream learns the client is gone the same way a client's own end
+                    // would tell it; it may already have closed, which changes nothing here.
+                    let _ = upstream.shutdown(net::Shutdown::Write);
+                }
+                return timer.end();
             }
-            Ok(_) => {
+            Ok(None) => {
                 wake(&mut up.read_wait, fds[0].revents);
                 wake(&mut down.write_wait, fds[0].revents);
                 wake(&mut up.write_wait, fds[1].revents);
                 wake(&mut down.read_wait, fds[1].revents);
             }
-            Err(e) => return RelayEnd::Poll(crate::tls::io_reason(&e)),
         }
     }
 }
@@ -629,15 +643,6 @@ mod tests {
         b.consume(1);
         assert!(b.has_room());
         assert_eq!(b.room().len(), 1);
-    }
-
-    #[test]
-    fn labels() {
-        assert_eq!(RelayEnd::Done.to_string(), "ok");
-        assert_eq!(
-            RelayEnd::UpstreamError("Connection reset by peer".into()).to_string(),
-            "upstream_error: Connection reset by peer"
-        );
     }
 
     /// A sink that takes one record per write and then answers with `after`, recording the

@@ -14,11 +14,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
-use log::{error, info, warn};
+use log::{error, info};
 use openssl::sha::Sha256;
 
+use crate::config::TlsSettings;
 use crate::metrics::Metrics;
-use crate::tls::{self, EXPIRY_WARNING_DAYS, Tls, TlsSettings};
+use crate::tls::{self, Tls};
 use crate::upstream::Upstream;
 
 /// A digest of every file the TLS context is built from. A file that cannot be read contributes
@@ -68,9 +69,7 @@ pub fn reload(
                 c.not_after_unix,
                 c.days_left
             );
-            if c.days_left < EXPIRY_WARNING_DAYS {
-                warn!("certificate expires in {} days: renew it", c.days_left);
-            }
+            c.warn_if_expiring();
             metrics.certificate_expiry(c.not_after_unix);
             metrics.reload(true);
             current.store(Arc::new(new));
@@ -128,6 +127,15 @@ pub fn spawn(
             up.refresh();
         }
     };
+    let watching = match schedule.watch {
+        Some(every) => format!("and when the certificate files change (checked every {every:?})"),
+        None => "only (file watching off)".to_string(),
+    };
+    let rotation = match schedule.ticket_key_rotation {
+        Some(every) => format!("every {every:?} and on each reload"),
+        None => "on each reload only".to_string(),
+    };
+    info!("reload: on SIGHUP {watching}; session-ticket keys rotate {rotation}");
     let (tx, rx) = mpsc::channel::<()>();
     let mut loaded = fingerprint(&settings);
     thread::Builder::new()

@@ -1,30 +1,37 @@
-//! The accept loop: admission against the connection caps, one thread per admitted connection,
-//! and the drain when shutdown is asked for.
+//! The server: [`Server::bind`] turns a [`Config`] into a bound listener with everything the
+//! connections share (TLS context, resolved upstream, caps, metrics, reload), logging the start-up
+//! facts; [`Server::run`] accepts until shutdown is asked for through a [`Handle`], then drains.
 //!
-//! The loop itself never reads from a client and never waits on a handshake: it accepts, counts,
-//! hands the connection to a thread, and goes back to accepting. Threads that finished a connection
-//! park for a while and take the next one, so a busy server does not pay for a thread's birth and
-//! death (clone, stack mapping, OpenSSL's per-thread random generators) on every connection; each
-//! thread still owns exactly one connection at a time. Shutdown is an input ([`Shutdown::trigger`]), never a
-//! `process::exit` from in here.
+//! The accept loop itself never reads from a client and never waits on a handshake: it accepts,
+//! counts, hands the connection to a thread, and goes back to accepting. Threads that finished a
+//! connection park for a while and take the next one, so a busy server does not pay for a thread's
+//! birth and death (clone, stack mapping, OpenSSL's per-thread random generators) on every
+//! connection; each thread still owns exactly one connection at a time. Shutdown is an input
+//! ([`Handle::shutdown`]), never a `process::exit` from in here.
 
 use std::collections::VecDeque;
-use std::io::{self, Write};
+use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
 use log::{error, info, warn};
 
-use crate::connection::{self, Settings};
+use crate::config::{Config, Mode};
+use crate::connection::{self, Outcome, Settings};
 use crate::limits::{Gate, RateLimit, Refusal, Slot, Tracker};
-use crate::metrics::Metrics;
-use crate::net::{Interest, poll, pollfd};
-use crate::tls::Tls;
+use crate::metrics::{self, Metrics};
+use crate::net::{self, Interest, poll, pollfd};
+use crate::relay::CLOSE_TIMEOUT;
+use crate::reload;
+use crate::shutdown::Shutdown;
+use crate::tls::{self, Tls};
+use crate::upstream::Upstream;
 
 /// Stack reserved for each connection thread. Only the pages a thread touches become resident;
 /// the reservation has to cover OpenSSL's deepest handshake path with a wide margin.
@@ -42,6 +49,20 @@ pub const PARK_TIMEOUT: Duration = Duration::from_secs(10);
 /// persistent failure does not spin a core.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// At shutdown, once no new SYN is answered, how long the listen queue must stay empty before the
+/// listener closes: handshakes the kernel had under way complete within a round trip.
+const QUEUE_SETTLE: Duration = Duration::from_millis(50);
+
+/// The most the final accepting may take, whatever the clients do.
+const QUEUE_DRAIN_LIMIT: Duration = Duration::from_secs(1);
+
+/// After the drain's end, how long connections get to send their close_notify and log.
+const CUT_GRACE: Duration = Duration::from_secs(CLOSE_TIMEOUT.as_secs() + 1);
+
+/// Descriptors the server holds besides its connections: the listener, files read on reload, the
+/// metrics endpoint.
+const FD_MARGIN: u64 = 64;
+
 /// What every connection thread shares.
 pub struct Shared {
     /// The current TLS context. Each connection takes the one current at accept and keeps it;
@@ -52,45 +73,245 @@ pub struct Shared {
     /// Open-connection counts for the caps and the drain.
     pub tracker: Arc<Tracker>,
     pub metrics: Arc<Metrics>,
+    /// Polled by every connection, so the end of the drain reaches each one.
+    pub shutdown: Arc<Shutdown>,
+    /// Connections the end of the drain closed, for the drain's summary.
+    cut: AtomicUsize,
 }
 
-/// A shutdown request that can be made from any thread (a signal handler thread, a test) and that
-/// wakes the accept loop at once.
-pub struct Shutdown {
-    requested: AtomicBool,
-    /// Writing a byte here makes `wake_rx` readable, which the accept loop polls beside the listener.
-    wake_tx: UnixStream,
-    wake_rx: UnixStream,
+/// A bound server, ready to [`run`](Server::run).
+pub struct Server {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    shared: Arc<Shared>,
+    reload: Sender<()>,
+    /// The "listening on" line, logged when serving starts: tests and supervisors take it as
+    /// "ready".
+    ready_line: String,
 }
 
-impl Shutdown {
-    pub fn new() -> io::Result<Arc<Shutdown>> {
-        let (wake_tx, wake_rx) = UnixStream::pair()?;
-        wake_tx.set_nonblocking(true)?;
-        Ok(Arc::new(Shutdown {
-            requested: AtomicBool::new(false),
-            wake_tx,
-            wake_rx,
-        }))
+/// Controls a running server from other threads: signal handlers, tests.
+#[derive(Clone)]
+pub struct Handle {
+    shutdown: Arc<Shutdown>,
+    reload: Sender<()>,
+}
+
+impl Handle {
+    /// Stops accepting and drains: open connections get the drain timeout to finish.
+    pub fn shutdown(&self) {
+        self.shutdown.trigger();
     }
 
-    /// Asks the server to stop accepting and drain.
-    pub fn trigger(&self) {
-        self.requested.store(true, Ordering::SeqCst);
-        // A full pipe already holds a wake-up; nothing else can go wrong that matters here.
-        let _ = (&self.wake_tx).write(&[1]);
+    pub fn shutdown_requested(&self) -> bool {
+        self.shutdown.requested()
     }
 
-    pub fn requested(&self) -> bool {
-        self.requested.load(Ordering::SeqCst)
+    /// Rebuilds the TLS context from the files now (SIGHUP).
+    pub fn reload(&self) {
+        // The reload thread lives as long as the server's handles do.
+        let _ = self.reload.send(());
     }
 }
 
 /// How the drain ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Drained {
-    /// Connections still open when the drain timeout passed (closed by exiting).
-    pub forced: usize,
+    /// Connections open at shutdown that finished on their own.
+    pub finished: usize,
+    /// Connections still open when the drain timeout passed, closed by the server.
+    pub cut: usize,
+}
+
+impl Server {
+    /// Everything that can fail because of the configuration, in the order a user would fix it:
+    /// the TLS context, the upstream's name, the listening address, the metrics address. Then the
+    /// threads that serve beside the accept loop (reload, metrics). Nothing is accepted yet.
+    pub fn bind(config: &Config) -> Result<Server> {
+        let tls = tls::build(&config.tls)?;
+        let mode = config
+            .mode
+            .clone()
+            .try_map_upstream(|spec| Upstream::resolve(&spec))?;
+        let listener = net::bind(config.listen, config.backlog)
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let local_addr = listener.local_addr().context("reading the bound address")?;
+        let shutdown = Arc::new(
+            Shutdown::new(config.limits.drain_timeout).context("creating the shutdown signal")?,
+        );
+        let metrics = Arc::new(Metrics::new());
+        metrics.certificate_expiry(tls.info.not_after_unix);
+        check_fd_limit(config.limits.max_connections, &mode);
+        tls.log_startup(&config.tls);
+
+        let upstream = mode.upstream().cloned();
+        let shared = Arc::new(Shared {
+            tls: Arc::new(ArcSwap::from_pointee(tls)),
+            settings: Settings {
+                mode,
+                handshake_timeout: config.limits.handshake_timeout,
+                idle_timeout: config.limits.idle_timeout,
+                connect_timeout: config.connect_timeout,
+            },
+            tracker: Tracker::new(config.limits.max_connections, config.limits.max_per_ip),
+            metrics: Arc::clone(&metrics),
+            shutdown,
+            cut: AtomicUsize::new(0),
+        });
+        let metrics_addr = match config.metrics_listen {
+            Some(addr) => {
+                let tracker = Arc::clone(&shared.tracker);
+                Some(metrics::serve(addr, metrics, move || tracker.active())?)
+            }
+            None => None,
+        };
+        let reload = reload::spawn(
+            config.tls.clone(),
+            Arc::clone(&shared.tls),
+            Arc::clone(&shared.metrics),
+            reload::Schedule {
+                watch: config.watch_interval,
+                ticket_key_rotation: config.ticket_key_rotation,
+            },
+            upstream,
+        )?;
+        shared.settings.log_startup();
+        let ready_line = format!(
+            "securesock {} listening on {local_addr} profile={} mode={} backlog={} max_connections={} max_per_ip={} handshake_timeout={:?}",
+            env!("CARGO_PKG_VERSION"),
+            config.tls.profile.name(),
+            config.mode.name(),
+            net::somaxconn().map_or(config.backlog, |max| config.backlog.min(max)),
+            config.limits.max_connections,
+            config.limits.max_per_ip,
+            config.limits.handshake_timeout,
+        );
+        Ok(Server {
+            listener,
+            local_addr,
+            metrics_addr,
+            shared,
+            reload,
+            ready_line,
+        })
+    }
+
+    /// The address the listener is bound to (the real port when the configuration said 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Where `/metrics` is served, when it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    pub fn handle(&self) -> Handle {
+        Handle {
+            shutdown: Arc::clone(&self.shared.shutdown),
+            reload: self.reload.clone(),
+        }
+    }
+
+    /// Accepts until shutdown is asked for, then stops taking new connections, serves those
+    /// already queued, and waits for open connections up to the drain timeout; connections still
+    /// open then are closed by their own threads, each with its log line, before this returns.
+    pub fn run(self) -> io::Result<Drained> {
+        info!("{}", self.ready_line);
+        let Server {
+            listener, shared, ..
+        } = self;
+        listener.set_nonblocking(true)?;
+        let workers = Arc::new(Workers {
+            shared: Arc::clone(&shared),
+            gate: Gate::per_cpu(),
+            pool: Mutex::new(Pool::default()),
+            queued: Condvar::new(),
+        });
+        let shutdown = &shared.shutdown;
+        while !shutdown.requested() {
+            let mut fds = [pollfd(&listener, Interest::Read), shutdown.pollfd()];
+            poll(&mut fds, None)?;
+            accept_ready(&listener, &workers, || shutdown.requested());
+        }
+        close_listener(listener, &workers);
+        Ok(drain(&shared))
+    }
+}
+
+/// Warns when the open-file limit would stop the server short of `--max-connections`, after
+/// raising it as far as the process may.
+fn check_fd_limit(max_connections: usize, mode: &Mode<Arc<Upstream>>) {
+    let per_connection = mode.descriptors_per_connection();
+    let need = per_connection * max_connections as u64 + FD_MARGIN;
+    match net::raise_fd_limit() {
+        Ok(n) if n < need => warn!(
+            "open-file limit is {n}: --max-connections {max_connections} needs {need} ({per_connection} per connection in {} mode, plus {FD_MARGIN} for the server); raise it (ulimit -n, LimitNOFILE=)",
+            mode.name()
+        ),
+        Ok(_) => {}
+        Err(e) => warn!("cannot read the open-file limit: {e}"),
+    }
+}
+
+/// Stops new connections without resetting those the kernel already completed: new SYNs go
+/// unanswered, the queue is accepted (and served) until it stays empty, then the listener closes.
+/// A client that arrives later sees a refused connection on its retry, as after a plain close.
+fn close_listener(listener: TcpListener, workers: &Arc<Workers>) {
+    match net::refuse_new_connections(&listener) {
+        Ok(()) => {
+            let limit = Instant::now() + QUEUE_DRAIN_LIMIT;
+            loop {
+                accept_ready(&listener, workers, || false);
+                let mut fds = [pollfd(&listener, Interest::Read)];
+                let settle = (Instant::now() + QUEUE_SETTLE).min(limit);
+                match poll(&mut fds, Some(settle)) {
+                    Ok(n) if n > 0 && Instant::now() < limit => {}
+                    _ => break,
+                }
+            }
+        }
+        Err(e) => warn!(
+            "cannot hold new connections off the listener ({e}): connections still queued are reset"
+        ),
+    }
+}
+
+/// Waits for the open connections up to the drain timeout, then for those the end of the drain
+/// cut to close and log.
+fn drain(shared: &Shared) -> Drained {
+    let open = shared.tracker.active();
+    let cut_at = shared.shutdown.cut_at().unwrap_or_else(Instant::now);
+    info!(
+        "draining: listener closed, waiting for {open} open connection(s) up to {:?}",
+        cut_at.saturating_duration_since(Instant::now())
+    );
+    let left = shared.tracker.wait_idle(cut_at);
+    // Those the cut already closed are counted before their slots are released.
+    let closing = left + shared.cut.load(Ordering::SeqCst);
+    let mut stuck = 0;
+    if closing > 0 {
+        warn!(
+            "drain timeout: closing {closing} connection(s) still open ({} finished)",
+            open.saturating_sub(closing)
+        );
+        stuck = shared.tracker.wait_idle(Instant::now() + CUT_GRACE);
+        if stuck > 0 {
+            warn!("{stuck} connection(s) did not close within {CUT_GRACE:?}; exiting anyway");
+        }
+    }
+    let cut = shared.cut.load(Ordering::SeqCst);
+    let finished = open.saturating_sub(cut + stuck);
+    if cut + stuck == 0 {
+        info!("drained: all connections finished ({finished})");
+    } else {
+        info!("drained: {finished} connection(s) finished, {cut} closed at the drain timeout");
+    }
+    Drained {
+        finished,
+        cut: cut + stuck,
+    }
 }
 
 /// Log lines for refused connections, at most one a second per cause.
@@ -204,46 +425,10 @@ impl Workers {
     }
 }
 
-/// Accepts until shutdown is triggered, then closes the listener and waits up to `drain_timeout`
-/// for the open connections to finish.
-pub fn run(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    shutdown: Arc<Shutdown>,
-    drain_timeout: Duration,
-) -> io::Result<Drained> {
-    listener.set_nonblocking(true)?;
-    let workers = Arc::new(Workers {
-        shared: Arc::clone(&shared),
-        gate: Gate::per_cpu(),
-        pool: Mutex::new(Pool::default()),
-        queued: Condvar::new(),
-    });
-    while !shutdown.requested() {
-        let mut fds = [
-            pollfd(&listener, Interest::Read),
-            pollfd(&shutdown.wake_rx, Interest::Read),
-        ];
-        poll(&mut fds, None)?;
-        accept_ready(&listener, &workers, &shutdown);
-    }
-    drop(listener);
-    let open = shared.tracker.active();
-    info!(
-        "draining: listener closed, waiting for {open} open connection(s) up to {drain_timeout:?}"
-    );
-    let forced = shared.tracker.wait_idle(Instant::now() + drain_timeout);
-    if forced > 0 {
-        warn!("drain timeout: force-closing {forced} connection(s)");
-    } else {
-        info!("drained: all connections finished");
-    }
-    Ok(Drained { forced })
-}
-
-/// Accepts every connection waiting in the queue, admitting or refusing each.
-fn accept_ready(listener: &TcpListener, workers: &Arc<Workers>, shutdown: &Shutdown) {
-    while !shutdown.requested() {
+/// Accepts every connection waiting in the queue, admitting or refusing each, until the queue is
+/// empty or `stop` says so.
+fn accept_ready(listener: &TcpListener, workers: &Arc<Workers>, stop: impl Fn() -> bool) {
+    while !stop() {
         match listener.accept() {
             Ok((stream, peer)) => admit(stream, peer, workers),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -258,7 +443,7 @@ fn accept_ready(listener: &TcpListener, workers: &Arc<Workers>, shutdown: &Shutd
                     error!("accept failed: {e} (suppressed_since_last={suppressed})");
                 }
                 // Out of descriptors or memory: wait a moment (or for shutdown) instead of spinning.
-                let mut fds = [pollfd(&shutdown.wake_rx, Interest::Read)];
+                let mut fds = [workers.shared.shutdown.pollfd()];
                 let _ = poll(&mut fds, Some(Instant::now() + ACCEPT_BACKOFF));
                 return;
             }
@@ -290,7 +475,7 @@ fn connection_thread(job: Job, shared: &Shared, gate: &Gate) {
         stream,
         peer,
         accepted,
-        slot,
+        mut slot,
     } = job;
     let tls = shared.tls.load_full();
     let report = connection::serve(
@@ -300,12 +485,18 @@ fn connection_thread(job: Job, shared: &Shared, gate: &Gate) {
         &tls.acceptor,
         &shared.settings,
         gate,
+        &shared.shutdown,
     );
-    // The slot goes first: once the line is logged, the connection no longer counts against a cap.
-    drop(slot);
+    if report.outcome == Outcome::Shutdown {
+        shared.cut.fetch_add(1, Ordering::SeqCst);
+    }
+    // The cap goes first: once the line is logged, the connection no longer counts against one.
+    slot.release_cap();
     shared
         .metrics
         .handshake(report.handshake_result(), report.handshake);
     shared.metrics.bytes(report.bytes_in, report.bytes_out);
     info!("{report}");
+    // Only now may the drain end the process: the line is written.
+    drop(slot);
 }

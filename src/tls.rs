@@ -6,23 +6,26 @@
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::path::Path;
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use anyhow::{Context, Result, anyhow, bail};
+use log::{info, warn};
 use openssl::asn1::{Asn1Time, Asn1TimeRef};
 use openssl::ex_data::Index;
 use openssl::nid::Nid;
 use openssl::pkey::{PKey, Private};
 use openssl::ssl::{
-    AlpnError, ErrorCode, NameType, SniError, Ssl, SslAcceptor, SslAcceptorBuilder, SslAlert,
-    SslContext, SslFiletype, SslMethod, SslMode, SslOptions, SslRef, SslVerifyMode, SslVersion,
+    AlpnError, NameType, SniError, Ssl, SslAcceptor, SslAcceptorBuilder, SslAlert, SslContext,
+    SslFiletype, SslMethod, SslMode, SslOptions, SslRef, SslVerifyMode, SslVersion,
+    select_next_proto,
 };
 use openssl::x509::store::X509Lookup;
 use openssl::x509::verify::X509VerifyFlags;
 use openssl::x509::{X509, X509Name, X509NameRef, X509Ref};
 
-use crate::config::TlsProfile;
+use crate::config::{TlsProfile, TlsSettings};
+use crate::error::io_reason;
 
 /// TLS 1.2 cipher suites of Mozilla's intermediate profile, v6.0 (no DHE, no CBC, no RSA key exchange).
 pub const INTERMEDIATE_TLS12_CIPHERS: &str = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:\
@@ -38,75 +41,7 @@ const GROUPS_WITH_PQ: &str = "X25519MLKEM768:X25519:prime256v1:secp384r1";
 const GROUPS_CLASSIC: &str = "X25519:prime256v1:secp384r1";
 
 /// Days before expiry under which start-up and reload warn.
-pub const EXPIRY_WARNING_DAYS: i64 = 30;
-
-/// Where the certificates and keys come from and how to serve them.
-#[derive(Debug, Clone)]
-pub struct TlsSettings {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub profile: TlsProfile,
-    /// Client certificate verification, when asked for.
-    pub client_auth: Option<ClientAuth>,
-    /// Extra certificates picked by server name.
-    pub sni: Vec<SniSpec>,
-    /// Refuse names no certificate is for, with an `unrecognized_name` alert.
-    pub strict_sni: bool,
-    /// Protocols offered with ALPN, in the server's order of preference.
-    pub alpn: Vec<String>,
-    /// Without a common protocol, go on without ALPN instead of failing the handshake.
-    pub alpn_optional: bool,
-}
-
-/// Mutual TLS: whom to trust for client certificates.
-#[derive(Debug, Clone)]
-pub struct ClientAuth {
-    /// PEM file of the CA certificates client certificates must chain to.
-    pub ca: PathBuf,
-    /// Refuse clients that present no certificate.
-    pub require: bool,
-    /// PEM certificate revocation list issued by that CA.
-    pub crl: Option<PathBuf>,
-}
-
-/// One `--sni NAME=CERT,KEY`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SniSpec {
-    /// Lower-case DNS name, or `*.domain` for any one label in front of `domain`.
-    pub name: String,
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
-
-impl TlsSettings {
-    /// Settings for a certificate and key with everything else at its default.
-    pub fn new(cert: PathBuf, key: PathBuf, profile: TlsProfile) -> TlsSettings {
-        TlsSettings {
-            cert,
-            key,
-            profile,
-            client_auth: None,
-            sni: Vec::new(),
-            strict_sni: false,
-            alpn: Vec::new(),
-            alpn_optional: false,
-        }
-    }
-
-    /// Every file the context is built from, for change detection.
-    pub fn files(&self) -> Vec<PathBuf> {
-        let mut files = vec![self.cert.clone(), self.key.clone()];
-        if let Some(auth) = &self.client_auth {
-            files.push(auth.ca.clone());
-            files.extend(auth.crl.clone());
-        }
-        for s in &self.sni {
-            files.push(s.cert.clone());
-            files.push(s.key.clone());
-        }
-        files
-    }
-}
+const EXPIRY_WARNING_DAYS: i64 = 30;
 
 /// A ready TLS context and what it serves.
 pub struct Tls {
@@ -122,7 +57,6 @@ pub struct Tls {
 #[derive(Debug, Clone)]
 pub struct CertInfo {
     pub subject: String,
-    pub issuer: String,
     pub sans: Vec<String>,
     /// Serial number in upper-case hex, as `openssl x509 -serial` prints it.
     pub serial: String,
@@ -149,35 +83,6 @@ fn read_file(kind: &str, path: &Path) -> Result<Vec<u8>> {
             io_reason(&e)
         )
     })
-}
-
-/// OpenSSL's reason for a failed TLS operation, or the I/O error behind it: short and stable, for
-/// log lines and for grouping failures.
-pub fn ssl_reason(e: &openssl::ssl::Error) -> String {
-    if let Some(reason) = e
-        .ssl_error()
-        .and_then(|stack| stack.errors().first())
-        .and_then(|err| err.reason())
-    {
-        return reason.to_string();
-    }
-    if let Some(io) = e.io_error() {
-        return io_reason(io);
-    }
-    match e.code() {
-        ErrorCode::ZERO_RETURN => "closed by peer".into(),
-        ErrorCode::SYSCALL => "connection closed by peer".into(),
-        code => format!("TLS error {}", code.as_raw()),
-    }
-}
-
-/// An io::Error's text without Rust's "(os error N)" suffix.
-pub fn io_reason(e: &std::io::Error) -> String {
-    let text = e.to_string();
-    match text.find(" (os error") {
-        Some(i) => text[..i].to_string(),
-        None => text,
-    }
 }
 
 /// Loads the certificate chain (leaf first) from a PEM file.
@@ -276,7 +181,6 @@ pub fn describe(chain: &[X509]) -> Result<CertInfo> {
             .unwrap_or(false);
     Ok(CertInfo {
         subject: name_to_string(leaf.subject_name()),
-        issuer: name_to_string(leaf.issuer_name()),
         sans,
         serial,
         not_after_unix,
@@ -399,13 +303,10 @@ fn profile_builder(settings: &TlsSettings) -> Result<(SslAcceptorBuilder, &'stat
     }
 
     if !settings.alpn.is_empty() {
-        let server: Vec<Vec<u8>> = settings
-            .alpn
-            .iter()
-            .map(|p| p.as_bytes().to_vec())
-            .collect();
+        let server = interned_wire(&settings.alpn);
         let optional = settings.alpn_optional;
-        b.set_alpn_select_callback(move |_, client| match select_alpn(&server, client) {
+        // The server's order wins: the first of its protocols that the client offers.
+        b.set_alpn_select_callback(move |_, client| match select_next_proto(server, client) {
             Some(chosen) => Ok(chosen),
             None if optional => Err(AlpnError::NOACK),
             None => Err(AlpnError::ALERT_FATAL),
@@ -414,22 +315,26 @@ fn profile_builder(settings: &TlsSettings) -> Result<(SslAcceptorBuilder, &'stat
     Ok((b, groups))
 }
 
-/// The first of the server's protocols that the client offers, as a slice of the client's list
-/// (wire format: each name prefixed by its length).
-fn select_alpn<'a>(server: &[Vec<u8>], client: &'a [u8]) -> Option<&'a [u8]> {
-    let mut offered = Vec::new();
-    let mut rest = client;
-    while let Some((&len, tail)) = rest.split_first() {
-        let len = usize::from(len);
-        if len == 0 || tail.len() < len {
-            return None; // malformed: OpenSSL normally rejects this before asking us
-        }
-        offered.push(&tail[..len]);
-        rest = &tail[len..];
+/// The ALPN list in wire format (each name prefixed by its length), kept for the life of the
+/// process. OpenSSL's selection answers with a slice of the server's list, which the callback must
+/// return with the client list's lifetime; interning makes the server's list outlive every
+/// handshake. Each distinct list is kept once, and the lists come from the configuration, so this
+/// holds a few bytes per process however often the context is rebuilt.
+fn interned_wire(protocols: &[String]) -> &'static [u8] {
+    static LISTS: Mutex<Vec<&'static [u8]>> = Mutex::new(Vec::new());
+    let mut wire = Vec::new();
+    for p in protocols {
+        // Lengths are checked at parse time (1..=255 bytes each).
+        wire.push(u8::try_from(p.len()).unwrap_or(u8::MAX));
+        wire.extend_from_slice(p.as_bytes());
     }
-    server
-        .iter()
-        .find_map(|want| offered.iter().find(|o| **o == want.as_slice()).copied())
+    let mut lists = LISTS.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(known) = lists.iter().find(|l| **l == wire.as_slice()) {
+        return known;
+    }
+    let leaked: &'static [u8] = Box::leak(wire.into_boxed_slice());
+    lists.push(leaked);
+    leaked
 }
 
 /// Where the SNI callback keeps the name a client asked for, so that a refused handshake can
@@ -464,21 +369,15 @@ fn set_identity(
     b: &mut SslAcceptorBuilder,
     chain: &[X509],
     key: &PKey<Private>,
-    cert: &Path,
     key_path: &Path,
 ) -> Result<()> {
     b.set_certificate(&chain[0])?;
     for extra in &chain[1..] {
         b.add_extra_chain_cert(extra.clone())?;
     }
-    b.set_private_key(key)?;
-    b.check_private_key().map_err(|_| {
-        anyhow!(
-            "key {} does not match certificate {}",
-            key_path.display(),
-            cert.display()
-        )
-    })
+    b.set_private_key(key)
+        .with_context(|| format!("installing key {}", key_path.display()))?;
+    Ok(())
 }
 
 /// Builds and validates the TLS context: Mozilla profile, certificate chain, matching key, and
@@ -486,7 +385,7 @@ fn set_identity(
 pub fn build(settings: &TlsSettings) -> Result<Tls> {
     let (chain, key) = load_identity(&settings.cert, &settings.key)?;
     let (mut b, groups) = profile_builder(settings)?;
-    set_identity(&mut b, &chain, &key, &settings.cert, &settings.key)?;
+    set_identity(&mut b, &chain, &key, &settings.key)?;
     let info = describe(&chain)?;
 
     if !settings.sni.is_empty() || settings.strict_sni {
@@ -494,7 +393,7 @@ pub fn build(settings: &TlsSettings) -> Result<Tls> {
         for spec in &settings.sni {
             let (chain, key) = load_identity(&spec.cert, &spec.key)?;
             let (mut sb, _) = profile_builder(settings)?;
-            set_identity(&mut sb, &chain, &key, &spec.cert, &spec.key)?;
+            set_identity(&mut sb, &chain, &key, &spec.key)?;
             by_name.push((spec.name.clone(), sb.build().into_context()));
         }
         // The default certificate answers for its own DNS names too, which matters to --strict-sni.
@@ -534,6 +433,72 @@ pub fn build(settings: &TlsSettings) -> Result<Tls> {
     })
 }
 
+impl Tls {
+    /// The start-up lines about TLS: the linked library, the certificate, and the options in use.
+    pub fn log_startup(&self, settings: &TlsSettings) {
+        let (openssl, too_old) = linked_openssl();
+        if too_old {
+            warn!("linked {openssl}: older than 3.0 and out of support; update libssl");
+        } else {
+            info!("linked {openssl}; key exchange groups {}", self.groups);
+        }
+        self.info.log();
+        if let Some(auth) = &settings.client_auth {
+            info!(
+                "client certificates: verified against {} ({}){}",
+                auth.ca.display(),
+                if auth.require { "required" } else { "optional" },
+                auth.crl
+                    .as_ref()
+                    .map(|c| format!(", revocations from {}", c.display()))
+                    .unwrap_or_default()
+            );
+        }
+        for sni in &settings.sni {
+            info!("sni name={} cert={}", sni.name, sni.cert.display());
+        }
+        if settings.strict_sni {
+            info!("strict SNI: names no certificate is for are refused");
+        }
+        if !settings.alpn.is_empty() {
+            let need = if settings.alpn_optional {
+                "optional"
+            } else {
+                "required"
+            };
+            info!("alpn protocols={} ({need})", settings.alpn.join(","));
+        }
+    }
+}
+
+impl CertInfo {
+    /// The certificate line at start, with warnings for what an operator should act on.
+    fn log(&self) {
+        let sans = if self.sans.is_empty() {
+            "-".to_string()
+        } else {
+            self.sans.join(",")
+        };
+        info!(
+            "certificate subject=\"{}\" sans={sans} serial={} expires_in_days={} chain={}",
+            self.subject, self.serial, self.days_left, self.chain_len
+        );
+        self.warn_if_expiring();
+        if self.self_signed {
+            info!(
+                "certificate is self-signed: clients must trust it explicitly (s_client -CAfile); use a CA-issued certificate in production"
+            );
+        }
+    }
+
+    /// Warns when renewal is due, at start and on every reload.
+    pub fn warn_if_expiring(&self) {
+        if self.days_left < EXPIRY_WARNING_DAYS {
+            warn!("certificate expires in {} days: renew it", self.days_left);
+        }
+    }
+}
+
 /// The libssl this process runs with, and whether it is older than the 3.0 series.
 pub fn linked_openssl() -> (&'static str, bool) {
     (
@@ -548,11 +513,16 @@ mod tests {
 
     #[test]
     fn missing_files_name_the_file_and_the_script() {
-        let err = build(&TlsSettings::new(
-            "/nonexistent/cert.pem".into(),
-            "/nonexistent/key.pem".into(),
-            TlsProfile::Intermediate,
-        ))
+        let err = build(&TlsSettings {
+            cert: "/nonexistent/cert.pem".into(),
+            key: "/nonexistent/key.pem".into(),
+            profile: TlsProfile::Intermediate,
+            client_auth: None,
+            sni: Vec::new(),
+            strict_sni: false,
+            alpn: Vec::new(),
+            alpn_optional: false,
+        })
         .err()
         .map(|e| format!("{e:#}"))
         .unwrap_or_default();
@@ -574,22 +544,18 @@ mod tests {
 
     #[test]
     fn alpn_follows_the_servers_order() {
-        let server = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let server = interned_wire(&["h2".to_string(), "http/1.1".to_string()]);
+        assert_eq!(server, b"\x02h2\x08http/1.1");
         assert_eq!(
-            select_alpn(&server, b"\x08http/1.1\x02h2"),
+            select_next_proto(server, b"\x08http/1.1\x02h2"),
             Some(&b"h2"[..])
         );
         assert_eq!(
-            select_alpn(&server, b"\x08http/1.1"),
+            select_next_proto(server, b"\x08http/1.1"),
             Some(&b"http/1.1"[..])
         );
-        assert_eq!(select_alpn(&server, b"\x06spdy/3"), None);
-        assert_eq!(select_alpn(&server, b"\x09h2"), None);
-    }
-
-    #[test]
-    fn io_reason_drops_the_os_error_number() {
-        let e = std::io::Error::from_raw_os_error(libc::ENOENT);
-        assert_eq!(io_reason(&e), "No such file or directory");
+        assert_eq!(select_next_proto(server, b"\x06spdy/3"), None);
+        let again = interned_wire(&["h2".to_string(), "http/1.1".to_string()]);
+        assert!(std::ptr::eq(server, again), "one copy per distinct list");
     }
 }

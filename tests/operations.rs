@@ -279,7 +279,12 @@ fn drain_timeout_force_closes_stuck_connections() {
     );
     server
         .logs
-        .wait_for(&["drain timeout: force-closing 1 connection"]);
+        .wait_for(&["drain timeout: closing 1 connection(s) still open"]);
+    // The connection cut mid-handshake still gets its line, before the process exits.
+    server.logs.wait_for(&["conn peer=", "result=shutdown"]);
+    server
+        .logs
+        .wait_for(&["drained: 0 connection(s) finished, 1 closed at the drain timeout"]);
 }
 
 #[test]

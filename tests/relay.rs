@@ -1,6 +1,7 @@
-//! The data phase over real sockets: a real SslAcceptor on 127.0.0.1, a real SslConnector client
-//! that reads and writes at the same time, and a plaintext upstream, with `relay::echo` or
-//! `relay::forward` running on the server's thread exactly as a connection thread runs them.
+//! The data phase over real sockets: the production TLS context (`tls::build` from the settings
+//! the command line makes) on 127.0.0.1, a real SslConnector client that reads and writes at the
+//! same time, and a plaintext upstream, with `relay::echo` or `relay::forward` running on the
+//! server's thread exactly as a connection thread runs them.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -8,20 +9,16 @@ use std::sync::OnceLock;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use openssl::asn1::Asn1Time;
-use openssl::bn::{BigNum, MsbOption};
-use openssl::ec::{EcGroup, EcKey};
-use openssl::hash::MessageDigest;
-use openssl::nid::Nid;
-use openssl::pkey::{PKey, Private};
 use openssl::sha::sha256;
-use openssl::ssl::{ErrorCode, SslAcceptor, SslConnector, SslMethod, SslStream, SslVerifyMode};
-use openssl::x509::extension::SubjectAlternativeName;
-use openssl::x509::{X509, X509NameBuilder};
-use securesock::proxy_protocol;
+use openssl::ssl::{ErrorCode, SslAcceptor, SslConnector, SslStream};
+use securesock::config::parse_args;
 use securesock::relay::{self, BUF_SIZE, RelayEnd, RelayResult};
+use securesock::shutdown::Shutdown as ServerShutdown;
+use securesock::{proxy_protocol, tls};
 use socket2::SockRef;
-use support::{exchange, upstream_once};
+use support::{
+    connector_trusting, default_certs, exchange, pseudo_random as pattern, upstream_once,
+};
 
 mod support;
 
@@ -30,72 +27,35 @@ const TEST_DEADLINE: Duration = Duration::from_secs(60);
 const LONG_IDLE: Duration = Duration::from_secs(30);
 const MIB: usize = 1024 * 1024;
 
-/// A self-signed P-256 certificate for localhost, made once per test binary.
-fn identity() -> &'static (X509, PKey<Private>) {
-    static ID: OnceLock<(X509, PKey<Private>)> = OnceLock::new();
-    ID.get_or_init(|| {
-        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
-        let key = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
-        let mut name = X509NameBuilder::new().unwrap();
-        name.append_entry_by_nid(Nid::COMMONNAME, "localhost")
-            .unwrap();
-        let name = name.build();
-        let mut b = X509::builder().unwrap();
-        b.set_version(2).unwrap();
-        let mut serial = BigNum::new().unwrap();
-        serial.rand(64, MsbOption::MAYBE_ZERO, false).unwrap();
-        b.set_serial_number(&serial.to_asn1_integer().unwrap())
-            .unwrap();
-        b.set_subject_name(&name).unwrap();
-        b.set_issuer_name(&name).unwrap();
-        b.set_pubkey(&key).unwrap();
-        b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
-            .unwrap();
-        b.set_not_after(&Asn1Time::days_from_now(1).unwrap())
-            .unwrap();
-        let san = SubjectAlternativeName::new()
-            .dns("localhost")
-            .ip("127.0.0.1")
-            .build(&b.x509v3_context(None, None))
-            .unwrap();
-        b.append_extension(san).unwrap();
-        b.sign(&key, MessageDigest::sha256()).unwrap();
-        (b.build(), key)
-    })
-}
-
-/// The server context. `read_ahead` makes OpenSSL pull whole socket buffers into its own, which
-/// poll(2) cannot see: the relay must still deliver every byte.
-fn acceptor(read_ahead: bool) -> SslAcceptor {
-    let (cert, key) = identity();
-    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).unwrap();
-    b.set_certificate(cert).unwrap();
-    b.set_private_key(key).unwrap();
-    if read_ahead {
-        b.set_read_ahead(true);
-    }
-    b.build()
+/// The server's own context, built by `tls::build` from the settings `--cert`/`--key` make, with
+/// the certificate from scripts/gen-certs.sh: the Mozilla profile, read-ahead (OpenSSL pulls whole
+/// socket buffers into its own, which poll(2) cannot see: the relay must still deliver every byte)
+/// and everything else exactly as served.
+fn acceptor() -> SslAcceptor {
+    static ACCEPTOR: OnceLock<SslAcceptor> = OnceLock::new();
+    ACCEPTOR
+        .get_or_init(|| {
+            let certs = default_certs();
+            let config = parse_args([
+                "securesock".as_ref(),
+                "--cert".as_ref(),
+                certs.cert.as_os_str(),
+                "--key".as_ref(),
+                certs.key.as_os_str(),
+            ])
+            .unwrap_or_else(|_| panic!("settings for {:?}", certs.cert));
+            tls::build(&config.tls).unwrap().acceptor
+        })
+        .clone()
 }
 
 fn connector() -> SslConnector {
-    let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
-    b.cert_store_mut().add_cert(identity().0.clone()).unwrap();
-    b.set_verify(SslVerifyMode::PEER);
-    b.build()
+    connector_trusting(&default_certs().cert)
 }
 
-/// Deterministic bytes that differ at every offset, so a lost, doubled or reordered chunk changes
-/// the hash.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+/// A shutdown signal nobody raises: the relay runs until its own end.
+fn never() -> ServerShutdown {
+    ServerShutdown::new(LONG_IDLE).unwrap()
 }
 
 /// A server that accepts one connection, completes the handshake, makes the socket non-blocking
@@ -133,7 +93,7 @@ fn forwarder(
         let mut up = TcpStream::connect(upstream).unwrap();
         up.set_nonblocking(true).unwrap();
         let _ = up.set_nodelay(true);
-        relay::forward(tls, &mut up, idle)
+        relay::forward(tls, &mut up, &[], idle, &never())
     }
 }
 
@@ -145,8 +105,8 @@ fn connect(addr: SocketAddr) -> SslStream<TcpStream> {
         .unwrap()
 }
 
-fn check_echo(len: usize, read_ahead: bool) {
-    let (addr, server) = serve_one(acceptor(read_ahead), |tls| relay::echo(tls, LONG_IDLE));
+fn check_echo(len: usize) {
+    let (addr, server) = serve_one(acceptor(), |tls| relay::echo(tls, LONG_IDLE, &never()));
     let data = pattern(len, len as u64);
     let got = exchange(&mut connect(addr), &data, true);
     let result = server.join().unwrap();
@@ -162,22 +122,17 @@ fn check_echo(len: usize, read_ahead: bool) {
 
 #[test]
 fn echo_one_byte() {
-    check_echo(1, false);
+    check_echo(1);
 }
 
 #[test]
 fn echo_one_record() {
-    check_echo(16 * 1024, false);
+    check_echo(16 * 1024);
 }
 
 #[test]
 fn echo_ten_mib_while_reading() {
-    check_echo(10 * MIB, false);
-}
-
-#[test]
-fn echo_ten_mib_with_read_ahead() {
-    check_echo(10 * MIB, true);
+    check_echo(10 * MIB);
 }
 
 /// Upstream side of the both-ways test: sends its own stream while reading the relay's to EOF,
@@ -194,12 +149,13 @@ fn send_and_drain(up: TcpStream, send: Vec<u8>) -> [u8; 32] {
     sha256(&got)
 }
 
-fn check_forward_both_ways(read_ahead: bool) {
+#[test]
+fn forward_ten_mib_each_way_at_once() {
     let down_data = pattern(10 * MIB, 7);
     let up_data = pattern(10 * MIB, 11);
     let to_send = down_data.clone();
     let (up_addr, upstream) = upstream_once(move |s| send_and_drain(s, to_send));
-    let (addr, server) = serve_one(acceptor(read_ahead), forwarder(up_addr, LONG_IDLE));
+    let (addr, server) = serve_one(acceptor(), forwarder(up_addr, LONG_IDLE));
     let got = exchange(&mut connect(addr), &up_data, true);
     let upstream_got = upstream.join().unwrap();
     let result = server.join().unwrap();
@@ -217,16 +173,6 @@ fn check_forward_both_ways(read_ahead: bool) {
 }
 
 #[test]
-fn forward_ten_mib_each_way_at_once() {
-    check_forward_both_ways(false);
-}
-
-#[test]
-fn forward_ten_mib_each_way_with_read_ahead() {
-    check_forward_both_ways(true);
-}
-
-#[test]
 fn client_half_close_still_gets_the_answer() {
     let (up_addr, upstream) = upstream_once(|mut s| {
         // The request ends with EOF: the client's close_notify must arrive as a FIN.
@@ -237,7 +183,7 @@ fn client_half_close_still_gets_the_answer() {
         s.shutdown(Shutdown::Write).unwrap();
         request
     });
-    let (addr, server) = serve_one(acceptor(false), forwarder(up_addr, LONG_IDLE));
+    let (addr, server) = serve_one(acceptor(), forwarder(up_addr, LONG_IDLE));
     let got = exchange(&mut connect(addr), b"question", true);
     assert_eq!(upstream.join().unwrap(), b"question");
     assert_eq!(got.data, b"answer to question");
@@ -256,7 +202,7 @@ fn upstream_half_close_lets_the_client_keep_sending() {
         s.read_to_end(&mut rest).unwrap();
         rest
     });
-    let (addr, server) = serve_one(acceptor(false), forwarder(up_addr, LONG_IDLE));
+    let (addr, server) = serve_one(acceptor(), forwarder(up_addr, LONG_IDLE));
     let mut client = connect(addr);
     // First the upstream's bytes and its end, as close_notify, without the client sending anything.
     let first = exchange(&mut client, b"", false);
@@ -280,7 +226,7 @@ fn idle_timeout_ends_a_quiet_connection_with_close_notify() {
         let _ = s.read_to_end(&mut rest);
         rest.len()
     });
-    let (addr, server) = serve_one(acceptor(false), move |tls| {
+    let (addr, server) = serve_one(acceptor(), move |tls| {
         let start = Instant::now();
         let result = forwarder(up_addr, idle)(tls);
         (result, start.elapsed())
@@ -306,8 +252,8 @@ fn idle_timeout_ends_a_quiet_connection_with_close_notify() {
 
 #[test]
 fn echo_idle_timeout_sends_close_notify() {
-    let (addr, server) = serve_one(acceptor(false), |tls| {
-        relay::echo(tls, Duration::from_millis(100))
+    let (addr, server) = serve_one(acceptor(), |tls| {
+        relay::echo(tls, Duration::from_millis(100), &never())
     });
     let got = exchange(&mut connect(addr), b"ping", false);
     assert_eq!(got.data, b"ping");
@@ -342,11 +288,11 @@ fn a_client_that_never_reads_stalls_the_upstream_without_growing_memory() {
     });
     let idle = Duration::from_millis(300);
     let (srv_tx, srv_rx) = std::sync::mpsc::channel();
-    let (addr, server) = serve_one(acceptor(false), move |tls| {
+    let (addr, server) = serve_one(acceptor(), move |tls| {
         let mut up = TcpStream::connect(up_addr).unwrap();
         up.set_nonblocking(true).unwrap();
         srv_tx.send(shrink(tls.get_ref()) + shrink(&up)).unwrap();
-        relay::forward(tls, &mut up, idle)
+        relay::forward(tls, &mut up, &[], idle, &never())
     });
     let client = connect(addr);
     let client_buffers = shrink(client.get_ref());
@@ -374,7 +320,7 @@ fn an_upstream_reset_is_an_upstream_error_without_close_notify() {
         // Closing with linger 0 sends a reset instead of a FIN.
         drop(s);
     });
-    let (addr, server) = serve_one(acceptor(false), forwarder(up_addr, LONG_IDLE));
+    let (addr, server) = serve_one(acceptor(), forwarder(up_addr, LONG_IDLE));
     let mut client = connect(addr);
     upstream.join().unwrap();
     let got = exchange(&mut client, b"", false);
@@ -412,7 +358,7 @@ fn sixty_four_connections_at_once() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let server = thread::spawn(move || {
-        let acceptor = acceptor(false);
+        let acceptor = acceptor();
         let conns: Vec<_> = (0..N)
             .map(|_| {
                 let (tcp, _) = listener.accept().unwrap();
@@ -457,7 +403,7 @@ fn a_proxy_header_goes_first_and_facts_come_from_the_handshake() {
         got
     });
     let (tx, rx) = std::sync::mpsc::channel();
-    let (addr, server) = serve_one(acceptor(false), move |tls| {
+    let (addr, server) = serve_one(acceptor(), move |tls| {
         let facts = proxy_protocol::TlsFacts::from_ssl(tls.ssl());
         let peer = tls.get_ref().peer_addr().unwrap();
         let local = tls.get_ref().local_addr().unwrap();
@@ -465,7 +411,7 @@ fn a_proxy_header_goes_first_and_facts_come_from_the_handshake() {
         tx.send((facts, header.clone())).unwrap();
         let mut up = TcpStream::connect(up_addr).unwrap();
         up.set_nonblocking(true).unwrap();
-        relay::forward_with_preamble(tls, &mut up, &header, LONG_IDLE)
+        relay::forward(tls, &mut up, &header, LONG_IDLE, &never())
     });
     let got = exchange(&mut connect(addr), b"payload", true);
     assert!(got.data.is_empty() && got.close_notify);
@@ -491,7 +437,7 @@ fn a_tcp_half_close_without_close_notify_still_gets_the_reply() {
         s.shutdown(Shutdown::Write).unwrap();
         request
     });
-    let (addr, server) = serve_one(acceptor(false), forwarder(up_addr, LONG_IDLE));
+    let (addr, server) = serve_one(acceptor(), forwarder(up_addr, LONG_IDLE));
     let mut client = connect(addr);
     client
         .get_ref()
@@ -509,4 +455,42 @@ fn a_tcp_half_close_without_close_notify_still_gets_the_reply() {
     let result = server.join().unwrap();
     assert_eq!(result.end, RelayEnd::Done);
     assert_eq!((result.bytes_in, result.bytes_out), (3, 5));
+}
+
+#[test]
+fn the_end_of_the_drain_closes_both_ends_in_order() {
+    let (got_tx, got_rx) = std::sync::mpsc::channel();
+    let (up_addr, upstream) = upstream_once(move |mut s| {
+        let mut first = [0u8; 6];
+        s.read_exact(&mut first).unwrap();
+        got_tx.send(first).unwrap();
+        // Then silent; the drain's end must arrive as a FIN, not a reset or nothing.
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap();
+        rest
+    });
+    let shutdown = std::sync::Arc::new(ServerShutdown::new(Duration::from_millis(200)).unwrap());
+    let relay_shutdown = std::sync::Arc::clone(&shutdown);
+    let (addr, server) = serve_one(acceptor(), move |tls| {
+        let mut up = TcpStream::connect(up_addr).unwrap();
+        up.set_nonblocking(true).unwrap();
+        relay::forward(tls, &mut up, &[], LONG_IDLE, &relay_shutdown)
+    });
+    let mut client = connect(addr);
+    client.write_all(b"before").unwrap();
+    assert_eq!(&got_rx.recv().unwrap(), b"before");
+    shutdown.trigger();
+    let got = exchange(&mut client, b"", false);
+    assert!(
+        got.close_notify,
+        "the client must get close_notify at the drain's end"
+    );
+    assert!(got.data.is_empty());
+    let result = server.join().unwrap();
+    assert_eq!(result.end, RelayEnd::Shutdown);
+    assert_eq!(result.bytes_in, 6);
+    assert!(
+        upstream.join().unwrap().is_empty(),
+        "a FIN after the first bytes"
+    );
 }

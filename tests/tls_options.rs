@@ -254,3 +254,20 @@ fn sni_certificates_reload_with_the_default_one() {
     assert_eq!(after, support::serial_of(&new.cert));
     assert_ne!(after, before);
 }
+
+#[test]
+fn the_log_names_the_key_exchange_group_agreed() {
+    let server = Server::start(&[]);
+    for (offered, logged) in [
+        ("X25519", "x25519"),
+        ("P-256", "secp256r1"),
+        ("P-384", "secp384r1"),
+    ] {
+        let out = support::s_client(server.addr, &["-groups", offered]);
+        assert!(out.status.success(), "{offered}: {out:?}");
+        let line = server
+            .logs
+            .wait_for(&["conn peer=", &format!("group={logged} ")]);
+        assert!(line.contains("result=ok"), "{line}");
+    }
+}

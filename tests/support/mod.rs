@@ -1,6 +1,7 @@
-//! Test harness shared by the integration tests: certificates, the real `securesock` binary started
-//! on 127.0.0.1 port 0 and stopped on drop, its log lines, and TLS clients (Rust and `openssl
-//! s_client`).
+//! Test harness shared by the integration tests (the server's and the load generator's):
+//! certificates, the server on 127.0.0.1 port 0 either in this process ([`InProcess`], through the
+//! library's `Server` as `main` drives it) or as the real `securesock` binary ([`Server`]), both
+//! stopped on drop, the binary's log lines, and TLS clients (Rust and `openssl s_client`).
 //!
 //! Synchronisation is always on something observable: a log line, a socket event, a process exit.
 #![allow(dead_code)] // each test crate uses its own part of the harness
@@ -27,8 +28,13 @@ use securesock::net::{Interest, poll, pollfd};
 /// Long enough for anything that should happen, short enough that a hang fails the test.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
+/// The repository's top folder, from the server's package or from the bench crate inside it.
 pub fn repo_root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .ancestors()
+        .find(|dir| dir.join("scripts/gen-certs.sh").is_file())
+        .unwrap_or(manifest)
 }
 
 /// A certificate and key on disk.
@@ -210,8 +216,83 @@ pub struct Server {
     pub certs: PathBuf,
 }
 
+/// The `securesock` binary cargo built for these tests. Only the server package's tests have it.
 pub fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_securesock")
+    match option_env!("CARGO_BIN_EXE_securesock") {
+        Some(path) => path,
+        None => panic!("the securesock binary is built only for the server package's tests"),
+    }
+}
+
+/// The server in this process, built from command-line arguments exactly as `main` does
+/// (`parse_args`, `Server::bind`, `Server::run` on a thread), on 127.0.0.1 port 0 with the default
+/// certificate; shut down and joined on drop.
+pub struct InProcess {
+    pub addr: SocketAddr,
+    handle: securesock::server::Handle,
+    thread: Option<thread::JoinHandle<std::io::Result<securesock::server::Drained>>>,
+}
+
+impl InProcess {
+    /// Starts with a one-second drain (so a test that leaves a connection open ends quickly) and
+    /// the given extra flags, which win over those defaults.
+    pub fn start(args: &[&str]) -> InProcess {
+        let certs = default_certs();
+        let mut argv: Vec<std::ffi::OsString> = ["securesock", "--listen", "127.0.0.1:0"]
+            .iter()
+            .map(Into::into)
+            .collect();
+        argv.extend([
+            "--cert".into(),
+            certs.cert.clone().into_os_string(),
+            "--key".into(),
+            certs.key.clone().into_os_string(),
+            "--drain-timeout".into(),
+            "1".into(),
+        ]);
+        argv.extend(args.iter().map(Into::into));
+        let config = match securesock::config::parse_args(argv) {
+            Ok(config) => config,
+            Err(securesock::config::ArgsError::Invalid(line)) => panic!("bad arguments: {line}"),
+            Err(securesock::config::ArgsError::Info(e)) => panic!("not a server run: {e}"),
+        };
+        let server =
+            securesock::server::Server::bind(&config).unwrap_or_else(|e| panic!("binding: {e:#}"));
+        let addr = server.local_addr();
+        let handle = server.handle();
+        let thread = thread::spawn(move || server.run());
+        InProcess {
+            addr,
+            handle,
+            thread: Some(thread),
+        }
+    }
+
+    /// Shuts the server down and waits for `run` to return how the drain went.
+    pub fn stop(mut self) -> securesock::server::Drained {
+        self.handle.shutdown();
+        let thread = self.thread.take().expect("running");
+        thread.join().expect("server thread").expect("server run")
+    }
+
+    /// Connects, handshakes (verifying the certificate for `localhost`) and returns the stream.
+    pub fn tls(&self) -> SslStream<TcpStream> {
+        let tcp = TcpStream::connect(self.addr).unwrap();
+        tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+        connector_trusting(&default_certs().cert)
+            .connect("localhost", tcp)
+            .unwrap()
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            self.handle.shutdown();
+            // A failing test is already unwinding; its own message matters more than this one.
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Server {

@@ -1,15 +1,17 @@
-//! The load generator against the real server: the `securesock` binary on 127.0.0.1 port 0 with a
-//! certificate from scripts/gen-certs.sh, driven by the real `securesock-bench` binary with --json.
+//! The load generator against the real server: the server library running in this process on
+//! 127.0.0.1 port 0 with a certificate from scripts/gen-certs.sh (the harness the server's tests
+//! use), driven by the real `securesock-bench` binary with --json.
 //!
 //! Only counts, the protocol and failure reasons are asserted, never a figure: these tests prove the
 //! tool measures what it says, not how fast anything is.
 
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
-use support::{Server, default_certs};
+use support::{InProcess as Server, default_certs};
 
 /// Connections per run: enough for every thread to offer tickets many times, still well under a
 /// second against a debug build.

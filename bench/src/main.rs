@@ -1,10 +1,10 @@
 //! The `securesock-bench` binary: parse, run the load (or hold the idle burst), report.
-//! Everything it does lives in [`securesock::loadgen`], where the tests can reach it.
+//! Everything it does lives in the `securesock_bench` library, where the tests can reach it.
 
 use std::io::Write as _;
 use std::process::ExitCode;
 
-use securesock::loadgen;
+use securesock_bench as loadgen;
 
 /// Bad arguments or a setup failure (unreadable CA, unresolvable target).
 const EXIT_SETUP: u8 = 2;

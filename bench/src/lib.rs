@@ -20,7 +20,6 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{self, IsTerminal, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
@@ -33,6 +32,8 @@ use hdrhistogram::Histogram;
 use openssl::ssl::{
     ErrorCode, HandshakeError, SslConnector, SslMethod, SslSession, SslStream, SslVerifyMode,
 };
+use securesock::error::ssl_reason;
+use securesock::net::{Interest, poll, pollfd, raise_fd_limit};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 /// How many bytes an echo check writes before reading the same amount back. Loopback socket
@@ -150,12 +151,9 @@ pub struct Plan {
     pub json: bool,
 }
 
-/// A seconds value from the command line: positive and finite.
+/// A seconds value from the command line, checked as the server checks its own.
 fn seconds(flag: &str, value: f64) -> Result<Duration> {
-    if !value.is_finite() || value <= 0.0 || value > 31_536_000.0 {
-        bail!("--{flag} must be a positive number of seconds, got {value}");
-    }
-    Ok(Duration::from_secs_f64(value))
+    securesock::config::seconds(flag, value).map_err(anyhow::Error::msg)
 }
 
 /// The host part of HOST:PORT, without IPv6 brackets.
@@ -289,7 +287,7 @@ fn one_connection(
     }
     let mut stream = config.connect(&plan.servername, tcp).map_err(|e| match e {
         HandshakeError::Failure(mid) => {
-            format!("handshake: {}", crate::tls::ssl_reason(mid.error()))
+            format!("handshake: {}", ssl_reason(mid.error()))
         }
         HandshakeError::WouldBlock(_) => "handshake: timed out".to_string(),
         HandshakeError::SetupFailure(stack) => format!("setup: {stack}"),
@@ -313,7 +311,7 @@ fn one_connection(
             echo(&mut stream, *n)?;
             stream
                 .shutdown()
-                .map_err(|e| format!("close: {}", crate::tls::ssl_reason(&e)))?;
+                .map_err(|e| format!("close: {}", ssl_reason(&e)))?;
             let rest = read_to_close_notify(&mut stream, EXTRA_BYTES)?;
             if !rest.is_empty() {
                 return Err(format!("{} bytes after the echo", rest.len()));
@@ -348,7 +346,7 @@ fn read_to_close_notify(
                 }
             }
             Err(e) if e.code() == ErrorCode::ZERO_RETURN => return Ok(got),
-            Err(e) => return Err(format!("read: {}", crate::tls::ssl_reason(&e))),
+            Err(e) => return Err(format!("read: {}", ssl_reason(&e))),
         }
     }
 }
@@ -489,18 +487,6 @@ pub fn cpu_time() -> Duration {
         Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
     };
     tv(usage.ru_utime) + tv(usage.ru_stime)
-}
-
-/// Raises this process's open-file limit to its hard limit, for runs that hold many sockets.
-pub fn raise_fd_limit() {
-    // SAFETY: getrlimit/setrlimit read and write only the struct we pass.
-    unsafe {
-        let mut lim: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
 }
 
 /// The result of a greet or echo run.
@@ -754,7 +740,8 @@ impl IdleBurst {
 /// Opens `plan.idle` connections over `plan.concurrency` threads; none of them sends a byte.
 pub fn open_idle(plan: &Plan) -> Result<IdleBurst> {
     let requested = plan.idle.unwrap_or(0);
-    raise_fd_limit();
+    // A refusal leaves the soft limit, and the burst reports the sockets it could not open.
+    let _ = raise_fd_limit();
     let threads = plan.concurrency.min(requested).max(1);
     let started = Instant::now();
     let mut held = Vec::with_capacity(requested);
@@ -804,14 +791,10 @@ pub fn open_idle(plan: &Plan) -> Result<IdleBurst> {
 pub fn still_open(held: &[TcpStream]) -> usize {
     held.iter()
         .filter(|s| {
-            let mut fd = [libc::pollfd {
-                fd: s.as_raw_fd(),
-                events: libc::POLLIN | libc::POLLRDHUP,
-                revents: 0,
-            }];
-            // SAFETY: one valid pollfd, length 1, zero timeout.
-            let n = unsafe { libc::poll(fd.as_mut_ptr(), 1, 0) };
-            n == 0
+            let mut fd = [pollfd(*s, Interest::Read)];
+            fd[0].events |= libc::POLLRDHUP;
+            // A deadline of now polls once without waiting; a failed poll counts as closed.
+            poll(&mut fd, Some(Instant::now())).is_ok_and(|n| n == 0)
         })
         .count()
 }
