@@ -11,8 +11,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::builder::{PossibleValue, PossibleValuesParser};
-use clap::{Parser, ValueEnum};
+use clap::builder::{BoolishValueParser, PossibleValue, PossibleValuesParser};
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{ArgAction, CommandFactory, Parser, ValueEnum};
 
 /// The Mozilla Server Side TLS profile to apply (guidelines v6.0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -192,7 +193,14 @@ impl TlsSettings {
 /// Every flag can also be set through the environment variable named in its help
 /// (`SECURESOCK_<FLAG>`); a flag on the command line wins over the variable.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "securesock", version, about, long_about = None, args_override_self = true)]
+#[command(
+    name = "securesock",
+    version,
+    about,
+    long_about = None,
+    args_override_self = true,
+    allow_negative_numbers = true
+)]
 pub struct Args {
     /// Address to listen on: IPv4 `A.B.C.D:PORT` or IPv6 `[ADDR]:PORT`
     #[arg(
@@ -261,7 +269,7 @@ pub struct Args {
     pub client_ca: Option<PathBuf>,
 
     /// Refuse clients that present no certificate (needs --client-ca)
-    #[arg(long, env = "SECURESOCK_REQUIRE_CLIENT_CERT")]
+    #[arg(long, env = "SECURESOCK_REQUIRE_CLIENT_CERT", value_parser = BoolishValueParser::new(), action = ArgAction::SetTrue)]
     pub require_client_cert: bool,
 
     /// Refuse client certificates revoked by this PEM CRL (needs --client-ca)
@@ -279,7 +287,7 @@ pub struct Args {
     pub sni: Vec<String>,
 
     /// Refuse server names that no certificate is for, with an unrecognized_name alert
-    #[arg(long, env = "SECURESOCK_STRICT_SNI")]
+    #[arg(long, env = "SECURESOCK_STRICT_SNI", value_parser = BoolishValueParser::new(), action = ArgAction::SetTrue)]
     pub strict_sni: bool,
 
     /// ALPN protocols to offer, in the server's order of preference, e.g. h2,http/1.1
@@ -292,7 +300,7 @@ pub struct Args {
     pub alpn: Vec<String>,
 
     /// Without a protocol in common, continue without ALPN instead of failing with no_application_protocol
-    #[arg(long, env = "SECURESOCK_ALPN_OPTIONAL")]
+    #[arg(long, env = "SECURESOCK_ALPN_OPTIONAL", value_parser = BoolishValueParser::new(), action = ArgAction::SetTrue)]
     pub alpn_optional: bool,
 
     /// Mozilla TLS profile: intermediate (TLS 1.2 + 1.3) or modern (TLS 1.3 only)
@@ -423,7 +431,7 @@ pub fn seconds(flag: &str, value: f64) -> Result<Duration, String> {
     }
     if !value.is_finite() || value <= 0.0 || value > 86_400.0 {
         return Err(format!(
-            "--{flag} must be between 0 and 86400 seconds, got {value}"
+            "--{flag} must be more than 0 and at most 86400 seconds, got {value}"
         ));
     }
     Ok(Duration::from_secs_f64(value))
@@ -604,24 +612,88 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    use clap::error::ErrorKind;
     let args = Args::try_parse_from(args).map_err(|e| match e.kind() {
         ErrorKind::DisplayHelp
         | ErrorKind::DisplayVersion
         | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => ArgsError::Info(e),
-        _ => ArgsError::Invalid(first_line(&e.to_string())),
+        _ => ArgsError::Invalid(one_line(&e)),
     })?;
     args.validate().map_err(ArgsError::Invalid)
 }
 
-/// clap's errors end with a blank line and a hint to try `--help`; keep the line that names the
-/// problem.
-fn first_line(message: &str) -> String {
-    let line = message
+/// The values a yes/no variable takes (clap's BoolishValueParser also knows y, n, t and f).
+const BOOLEANS: &str = "true, false, 1, 0, yes, no, on, off";
+
+/// What a value of each kind looks like, for errors that would otherwise not say.
+fn accepted(value_name: &str) -> Option<&'static str> {
+    match value_name {
+        "N" => Some("a whole number"),
+        "SECS" => Some("a number of seconds"),
+        _ => None,
+    }
+}
+
+/// clap's error as one line that names the flag or variable, the value, and what is accepted.
+/// clap's own text puts the accepted values and a hint on lines of their own, and says nothing of
+/// a value that came from the environment.
+fn one_line(e: &clap::Error) -> String {
+    let text = e.to_string();
+    let mut line = text
         .lines()
         .find(|l| !l.trim().is_empty())
-        .unwrap_or("invalid arguments");
-    line.trim_start_matches("error: ").trim().to_string()
+        .unwrap_or("invalid arguments")
+        .trim_start_matches("error: ")
+        .trim()
+        .to_string();
+    if !matches!(
+        e.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return line;
+    }
+    let flag = match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(flag)) => flag.clone(),
+        _ => return line,
+    };
+    let long = flag.split_whitespace().next().unwrap_or_default();
+    let command = Args::command();
+    let arg = command
+        .get_arguments()
+        .find(|a| a.get_long().is_some_and(|l| format!("--{l}") == long));
+    // A value that came from the environment is named by its variable, which is what the user set.
+    if let (Some(arg), Some(ContextValue::String(value))) = (arg, e.get(ContextKind::InvalidValue))
+    {
+        if let Some(var) = arg.get_env().and_then(|v| v.to_str()) {
+            if std::env::var_os(var).is_some_and(|set| set.to_str() == Some(value.as_str())) {
+                line = format!("invalid value '{value}' in {var} (for {long})");
+            }
+        }
+    }
+    let boolean = arg.is_some_and(|a| matches!(a.get_action(), ArgAction::SetTrue));
+    let possible: Vec<String> = arg
+        .filter(|_| !boolean)
+        .map(|a| {
+            a.get_possible_values()
+                .iter()
+                .filter(|p| !p.is_hide_set())
+                .map(|p| p.get_name().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    if boolean {
+        line = format!("{line}; accepted: {BOOLEANS} (any case)");
+    } else if !possible.is_empty() {
+        line = format!("{line}; accepted: {}", possible.join(", "));
+    } else if let Some(kind) = arg
+        .and_then(|a| a.get_value_names())
+        .and_then(|names| names.first())
+        .and_then(|name| accepted(name.as_str()))
+    {
+        if !line.contains("expected") {
+            line = format!("{line}; expected {kind}");
+        }
+    }
+    line
 }
 
 #[cfg(test)]
@@ -724,6 +796,37 @@ mod tests {
     fn ipv6_listen_address_parses() {
         let c = parse(&["--listen", "[::]:12345"]).unwrap();
         assert!(c.listen.is_ipv6());
+    }
+
+    #[test]
+    fn rejected_values_say_what_is_accepted() {
+        for (args, want) in [
+            (&["--mode", "foo"][..], "accepted: greet, echo, forward"),
+            (
+                &["--tls-profile", "old"][..],
+                "accepted: intermediate, modern",
+            ),
+            (
+                &["--handshake-timeout", "-1"][..],
+                "more than 0 and at most 86400 seconds, got -1",
+            ),
+            (
+                &["--idle-timeout", "soon"][..],
+                "expected a number of seconds",
+            ),
+            (
+                &["--max-connections", "many"][..],
+                "expected a whole number",
+            ),
+            (&["--listen", "nonsense"][..], "expected IP:PORT"),
+            (
+                &["--mode", "forward", "--upstream", "x"][..],
+                "expected HOST:PORT",
+            ),
+        ] {
+            let err = parse(args).unwrap_err();
+            assert!(err.contains(want), "{args:?}: {err}");
+        }
     }
 
     #[test]

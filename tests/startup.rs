@@ -156,3 +156,29 @@ fn help_documents_every_flag_with_its_environment_variable() {
     }
     assert!(help.contains("[default: 0.0.0.0:12345]"));
 }
+
+#[test]
+fn boolean_variables_take_the_usual_spellings_and_name_themselves_when_wrong() {
+    for value in ["1", "TRUE", "yes", "On"] {
+        let mut cmd = std::process::Command::new(support::binary());
+        cmd.args(["--listen", "127.0.0.1:0"])
+            .arg("--cert")
+            .arg(&support::default_certs().cert)
+            .arg("--key")
+            .arg(&support::default_certs().key)
+            .env("SECURESOCK_STRICT_SNI", value);
+        let server = support::Server::spawn(cmd, &support::default_certs().cert);
+        server
+            .logs
+            .wait_for(&["strict SNI: names no certificate is for are refused"]);
+    }
+    let out = std::process::Command::new(support::binary())
+        .env("SECURESOCK_STRICT_SNI", "maybe")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("SECURESOCK_STRICT_SNI"), "{err}");
+    assert!(err.contains("true, false, 1, 0, yes, no, on, off"), "{err}");
+}
