@@ -352,6 +352,17 @@ pub struct Args {
     )]
     pub idle_timeout: f64,
 
+    /// Seconds an echo or forward connection may last from accept, however busy, before it is
+    /// closed (close_notify to the client, FIN upstream); 0 means no limit. Bounds a client that
+    /// trickles bytes to stay under --idle-timeout forever
+    #[arg(
+        long,
+        env = "SECURESOCK_MAX_LIFETIME",
+        value_name = "SECS",
+        default_value_t = 0.0
+    )]
+    pub max_lifetime: f64,
+
     /// Seconds between checks of the certificate and key files for changes (0 turns watching off;
     /// SIGHUP always reloads)
     #[arg(
@@ -420,6 +431,8 @@ pub struct Limits {
     pub drain_timeout: Duration,
     /// How long a data-carrying connection may stay silent both ways.
     pub idle_timeout: Duration,
+    /// How long a data-carrying connection may last at all, when bounded.
+    pub max_lifetime: Option<Duration>,
 }
 
 /// Parses a seconds value given as a flag: positive, finite, at most a day.
@@ -588,6 +601,7 @@ impl Args {
                 handshake_timeout: seconds("handshake-timeout", self.handshake_timeout)?,
                 drain_timeout: seconds("drain-timeout", self.drain_timeout)?,
                 idle_timeout: seconds("idle-timeout", self.idle_timeout)?,
+                max_lifetime: optional_seconds("max-lifetime", self.max_lifetime)?,
             },
             backlog: self.backlog,
             watch_interval,
@@ -727,6 +741,7 @@ mod tests {
         assert_eq!(c.limits.drain_timeout, Duration::from_secs(30));
         assert_eq!(c.backlog, 4096);
         assert_eq!(c.limits.idle_timeout, Duration::from_secs(300));
+        assert_eq!(c.limits.max_lifetime, None);
         assert_eq!(c.watch_interval, Some(Duration::from_secs(5)));
         assert_eq!(c.ticket_key_rotation, Some(Duration::from_secs(3600)));
         assert_eq!(c.metrics_listen, None);

@@ -40,6 +40,8 @@ pub struct Settings {
     pub handshake_timeout: Duration,
     /// Echo and forward: how long both directions may stay silent.
     pub idle_timeout: Duration,
+    /// Echo and forward: how long a connection may last from accept, however busy, if bounded.
+    pub max_lifetime: Option<Duration>,
     /// Forward: how long the upstream has to accept.
     pub connect_timeout: Duration,
 }
@@ -474,7 +476,7 @@ impl Connection<'_> {
         match &self.settings.mode {
             Mode::Greet { greeting } => self.greet(tls, greeting, report),
             Mode::Echo => {
-                let result = relay::echo(&mut tls, self.settings.idle_timeout, self.shutdown);
+                let result = relay::echo(&mut tls, &self.bounds());
                 relayed(result, report)
             }
             Mode::Forward {
@@ -543,14 +545,17 @@ impl Connection<'_> {
                 }
             }
         };
-        let result = relay::forward(
-            &mut tls,
-            &mut up,
-            &header,
-            self.settings.idle_timeout,
-            self.shutdown,
-        );
+        let result = relay::forward(&mut tls, &mut up, &header, &self.bounds());
         relayed(result, report)
+    }
+
+    /// What ends a relay besides its two sides.
+    fn bounds(&self) -> relay::Bounds<'_> {
+        relay::Bounds {
+            idle: self.settings.idle_timeout,
+            end_by: self.settings.max_lifetime.map(|max| self.accepted + max),
+            shutdown: self.shutdown,
+        }
     }
 }
 
@@ -562,6 +567,7 @@ fn relayed(result: RelayResult, report: &mut Report) -> Result<(), Outcome> {
     match result.end {
         RelayEnd::Done => Ok(()),
         RelayEnd::IdleTimeout => Err(Outcome::Timeout("idle")),
+        RelayEnd::Lifetime => Err(Outcome::Timeout("lifetime")),
         RelayEnd::Shutdown => Err(Outcome::Shutdown),
         RelayEnd::ClientError(reason) | RelayEnd::Poll(reason) => Err(Outcome::Io(reason)),
         RelayEnd::UpstreamError(reason) => Err(Outcome::Upstream(reason)),

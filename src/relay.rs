@@ -68,6 +68,9 @@ pub enum RelayEnd {
     UpstreamError(String),
     /// poll(2) itself failed, which only resource exhaustion can cause.
     Poll(String),
+    /// The connection reached `--max-lifetime` while data could still flow: closed as at the
+    /// drain's end.
+    Lifetime,
     /// The server's drain ended while data could still flow: close_notify went to the client (and
     /// a FIN upstream) for each direction not yet finished.
     Shutdown,
@@ -406,44 +409,56 @@ fn close_notify(tls: &mut SslStream<TcpStream>) {
     }
 }
 
+/// When a relay stops for a reason of its own rather than either side's.
+pub struct Bounds<'a> {
+    /// How long both directions may stay silent.
+    pub idle: Duration,
+    /// When the connection must end however busy it is (`--max-lifetime`), if ever.
+    pub end_by: Option<Instant>,
+    /// The server's drain: its end closes the relay.
+    pub shutdown: &'a Shutdown,
+}
+
 /// Why a relay's wait ended without any socket being ready.
 enum Timer {
     /// Nothing moved either way for the idle timeout.
     Idle,
+    /// The connection reached its maximum lifetime.
+    Lifetime,
     /// The server's drain is over.
     Cut,
 }
 
-/// Waits on the relay's sockets (and the shutdown signal) until one is ready, the idle timeout
-/// runs out since `last`, or the drain ends. `Ok(None)` means a socket is ready: `fds` says which.
-fn wait_relay(
-    fds: &mut [libc::pollfd],
-    last: Instant,
-    idle: Duration,
-    shutdown: &Shutdown,
-) -> Result<Option<Timer>, RelayEnd> {
-    let idle_at = last + idle;
-    poll(fds, shutdown.bound(Some(idle_at))).map_err(|e| RelayEnd::Poll(io_reason(&e)))?;
-    if shutdown.is_cut() {
-        return Ok(Some(Timer::Cut));
+impl Bounds<'_> {
+    /// Waits on the relay's sockets (and the shutdown signal) until one is ready, the idle timeout
+    /// runs out since `last`, the lifetime ends or the drain does. `Ok(None)` means a socket is
+    /// ready: `fds` says which.
+    fn wait(&self, fds: &mut [libc::pollfd], last: Instant) -> Result<Option<Timer>, RelayEnd> {
+        let idle_at = last + self.idle;
+        let until = self.end_by.map_or(idle_at, |end| end.min(idle_at));
+        poll(fds, self.shutdown.bound(Some(until))).map_err(|e| RelayEnd::Poll(io_reason(&e)))?;
+        if self.shutdown.is_cut() {
+            return Ok(Some(Timer::Cut));
+        }
+        let now = Instant::now();
+        if self.end_by.is_some_and(|end| now >= end) {
+            return Ok(Some(Timer::Lifetime));
+        }
+        if fds.iter().all(|p| p.revents == 0) && now >= idle_at {
+            return Ok(Some(Timer::Idle));
+        }
+        Ok(None)
     }
-    if fds.iter().all(|p| p.revents == 0) && Instant::now() >= idle_at {
-        return Ok(Some(Timer::Idle));
-    }
-    Ok(None)
 }
 
 /// Sends every byte the client sends back to it, until the client ends its side (close_notify or
-/// EOF) and everything is echoed, then sends close_notify. Stops after `idle_timeout` without a
-/// byte moving either way, or when the drain ends. A client that writes without reading fills the
+/// EOF) and everything is echoed, then sends close_notify. Stops, with close_notify, after the
+/// idle timeout without a byte moving either way, at the end of its lifetime, or when the drain
+/// ends. A client that writes without reading fills the
 /// buffer and then is no longer read, so memory stays at one [`BUF_SIZE`] buffer.
-pub fn echo(
-    tls: &mut SslStream<TcpStream>,
-    idle_timeout: Duration,
-    shutdown: &Shutdown,
-) -> RelayResult {
+pub fn echo(tls: &mut SslStream<TcpStream>, bounds: &Bounds) -> RelayResult {
     let mut lane = Lane::new();
-    let end = echo_loop(tls, &mut lane, idle_timeout, shutdown);
+    let end = echo_loop(tls, &mut lane, bounds);
     RelayResult {
         bytes_in: lane.read,
         bytes_out: lane.written,
@@ -451,12 +466,7 @@ pub fn echo(
     }
 }
 
-fn echo_loop(
-    tls: &mut SslStream<TcpStream>,
-    lane: &mut Lane,
-    idle: Duration,
-    shutdown: &Shutdown,
-) -> RelayEnd {
+fn echo_loop(tls: &mut SslStream<TcpStream>, lane: &mut Lane, bounds: &Bounds) -> RelayEnd {
     let mut last = Instant::now();
     loop {
         let mut moved = lane.fill(tls).map_err(client_fault);
@@ -482,9 +492,9 @@ fn echo_loop(
                 tls.get_ref(),
                 &[lane.read_interest(), lane.write_interest()],
             ),
-            shutdown.pollfd(),
+            bounds.shutdown.pollfd(),
         ];
-        match wait_relay(&mut fds, last, idle, shutdown) {
+        match bounds.wait(&mut fds, last) {
             Err(end) => return end,
             Ok(Some(timer)) => {
                 close_notify(tls);
@@ -502,6 +512,7 @@ impl Timer {
     fn end(self) -> RelayEnd {
         match self {
             Timer::Idle => RelayEnd::IdleTimeout,
+            Timer::Lifetime => RelayEnd::Lifetime,
             Timer::Cut => RelayEnd::Shutdown,
         }
     }
@@ -523,20 +534,20 @@ fn client_fault(fault: Fault) -> RelayEnd {
 /// Half-close is carried faithfully: the client's close_notify (or EOF) becomes a FIN to the
 /// upstream (`shutdown(Write)`) while upstream → client keeps flowing; the upstream's EOF becomes
 /// close_notify to the client, once everything before it is delivered, while client → upstream
-/// keeps flowing until the client ends too. `idle_timeout` without a byte moving either way, or
-/// the end of the drain, ends the relay with close_notify to the client and, at the drain's end, a
-/// FIN to the upstream. Either side failing ends it at once.
+/// keeps flowing until the client ends too. The idle timeout without a byte moving either way, the
+/// end of the connection's lifetime, or the end of the drain ends the relay with close_notify to the
+/// client and, at the lifetime's or the drain's end, a FIN to the upstream. Either side failing ends
+/// it at once.
 pub fn forward(
     tls: &mut SslStream<TcpStream>,
     upstream: &mut TcpStream,
     preamble: &[u8],
-    idle_timeout: Duration,
-    shutdown: &Shutdown,
+    bounds: &Bounds,
 ) -> RelayResult {
     // Client → upstream and upstream → client.
     let mut up = Lane::with_preamble(preamble);
     let mut down = Lane::new();
-    let end = forward_loop(tls, upstream, &mut up, &mut down, idle_timeout, shutdown);
+    let end = forward_loop(tls, upstream, &mut up, &mut down, bounds);
     RelayResult {
         bytes_in: up.read,
         bytes_out: down.written,
@@ -549,8 +560,7 @@ fn forward_loop(
     upstream: &mut TcpStream,
     up: &mut Lane,
     down: &mut Lane,
-    idle: Duration,
-    shutdown: &Shutdown,
+    bounds: &Bounds,
 ) -> RelayEnd {
     let mut last = Instant::now();
     loop {
@@ -568,15 +578,15 @@ fn forward_loop(
         let mut fds = [
             entry(tls.get_ref(), &[up.read_interest(), down.write_interest()]),
             entry(&*upstream, &[up.write_interest(), down.read_interest()]),
-            shutdown.pollfd(),
+            bounds.shutdown.pollfd(),
         ];
-        match wait_relay(&mut fds, last, idle, shutdown) {
+        match bounds.wait(&mut fds, last) {
             Err(end) => return end,
             Ok(Some(timer)) => {
                 if !down.shut {
                     close_notify(tls);
                 }
-                if matches!(timer, Timer::Cut) && !up.shut {
+                if !matches!(timer, Timer::Idle) && !up.shut {
                     // The upstream learns the client is gone the same way a client's own end
                     // would tell it; it may already have closed, which changes nothing here.
                     let _ = upstream.shutdown(net::Shutdown::Write);

@@ -152,6 +152,7 @@ impl Server {
                 mode,
                 handshake_timeout: config.limits.handshake_timeout,
                 idle_timeout: config.limits.idle_timeout,
+                max_lifetime: config.limits.max_lifetime,
                 connect_timeout: config.connect_timeout,
             },
             tracker: Tracker::new(config.limits.max_connections, config.limits.max_per_ip),

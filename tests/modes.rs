@@ -343,3 +343,49 @@ fn idle_timeout_cuts_a_quiet_echo_connection_with_close_notify() {
         .logs
         .wait_for(&["mode=echo", "result=timeout", "stage=idle"]);
 }
+
+#[test]
+fn max_lifetime_ends_a_trickling_connection_that_idle_never_would() {
+    let server = Server::start(&[
+        "--mode",
+        "echo",
+        "--idle-timeout",
+        "60",
+        "--max-lifetime",
+        "1",
+    ]);
+    let mut tls = server.tls();
+    // One byte at a time, each echoed: never idle, so only the lifetime can end it.
+    let mut buf = [0u8; 1];
+    let mut echoed = 0u64;
+    let close = loop {
+        if let Err(e) = std::io::Write::write_all(&mut tls, b"x") {
+            break format!("write: {e}");
+        }
+        match tls.ssl_read(&mut buf) {
+            Ok(1) => echoed += 1,
+            Ok(_) => break "empty read".to_string(),
+            Err(e) if e.code() == openssl::ssl::ErrorCode::ZERO_RETURN => {
+                break "close_notify".into();
+            }
+            Err(e) => break format!("read: {e}"),
+        }
+    };
+    assert_eq!(close, "close_notify");
+    let line = server
+        .logs
+        .wait_for(&["mode=echo", "result=timeout stage=lifetime"]);
+    // The server's own clock: at least the lifetime, well short of the idle timeout.
+    let ms: u64 = line
+        .split(" ms=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!((1000..30_000).contains(&ms), "{line}");
+    // A byte may have been read, but not yet echoed, when the lifetime ran out.
+    assert!(
+        line.contains(&format!("in={echoed} ")) || line.contains(&format!("in={} ", echoed + 1)),
+        "{line}"
+    );
+}

@@ -54,8 +54,18 @@ fn connector() -> SslConnector {
 }
 
 /// A shutdown signal nobody raises: the relay runs until its own end.
-fn never() -> ServerShutdown {
-    ServerShutdown::new(LONG_IDLE).unwrap()
+fn never() -> &'static ServerShutdown {
+    static NEVER: OnceLock<ServerShutdown> = OnceLock::new();
+    NEVER.get_or_init(|| ServerShutdown::new(LONG_IDLE).unwrap())
+}
+
+/// A relay's bounds: `idle` without a byte, no lifetime, never shut down.
+fn bounded(idle: Duration) -> relay::Bounds<'static> {
+    relay::Bounds {
+        idle,
+        end_by: None,
+        shutdown: never(),
+    }
 }
 
 /// A server that accepts one connection, completes the handshake, makes the socket non-blocking
@@ -87,13 +97,13 @@ where
 /// Connects `forward` to `upstream` for one client connection.
 fn forwarder(
     upstream: SocketAddr,
-    idle: Duration,
+    idle_timeout: Duration,
 ) -> impl FnOnce(&mut SslStream<TcpStream>) -> RelayResult + Send + 'static {
     move |tls| {
         let mut up = TcpStream::connect(upstream).unwrap();
         up.set_nonblocking(true).unwrap();
         let _ = up.set_nodelay(true);
-        relay::forward(tls, &mut up, &[], idle, &never())
+        relay::forward(tls, &mut up, &[], &bounded(idle_timeout))
     }
 }
 
@@ -106,7 +116,7 @@ fn connect(addr: SocketAddr) -> SslStream<TcpStream> {
 }
 
 fn check_echo(len: usize) {
-    let (addr, server) = serve_one(acceptor(), |tls| relay::echo(tls, LONG_IDLE, &never()));
+    let (addr, server) = serve_one(acceptor(), |tls| relay::echo(tls, &bounded(LONG_IDLE)));
     let data = pattern(len, len as u64);
     let got = exchange(&mut connect(addr), &data, true);
     let result = server.join().unwrap();
@@ -253,7 +263,7 @@ fn idle_timeout_ends_a_quiet_connection_with_close_notify() {
 #[test]
 fn echo_idle_timeout_sends_close_notify() {
     let (addr, server) = serve_one(acceptor(), |tls| {
-        relay::echo(tls, Duration::from_millis(100), &never())
+        relay::echo(tls, &bounded(Duration::from_millis(100)))
     });
     let got = exchange(&mut connect(addr), b"ping", false);
     assert_eq!(got.data, b"ping");
@@ -286,13 +296,13 @@ fn a_client_that_never_reads_stalls_the_upstream_without_growing_memory() {
         }
         written
     });
-    let idle = Duration::from_millis(300);
+    let idle_timeout = Duration::from_millis(300);
     let (srv_tx, srv_rx) = std::sync::mpsc::channel();
     let (addr, server) = serve_one(acceptor(), move |tls| {
         let mut up = TcpStream::connect(up_addr).unwrap();
         up.set_nonblocking(true).unwrap();
         srv_tx.send(shrink(tls.get_ref()) + shrink(&up)).unwrap();
-        relay::forward(tls, &mut up, &[], idle, &never())
+        relay::forward(tls, &mut up, &[], &bounded(idle_timeout))
     });
     let client = connect(addr);
     let client_buffers = shrink(client.get_ref());
@@ -411,7 +421,7 @@ fn a_proxy_header_goes_first_and_facts_come_from_the_handshake() {
         tx.send((facts, header.clone())).unwrap();
         let mut up = TcpStream::connect(up_addr).unwrap();
         up.set_nonblocking(true).unwrap();
-        relay::forward(tls, &mut up, &header, LONG_IDLE, &never())
+        relay::forward(tls, &mut up, &header, &bounded(LONG_IDLE))
     });
     let got = exchange(&mut connect(addr), b"payload", true);
     assert!(got.data.is_empty() && got.close_notify);
@@ -474,7 +484,12 @@ fn the_end_of_the_drain_closes_both_ends_in_order() {
     let (addr, server) = serve_one(acceptor(), move |tls| {
         let mut up = TcpStream::connect(up_addr).unwrap();
         up.set_nonblocking(true).unwrap();
-        relay::forward(tls, &mut up, &[], LONG_IDLE, &relay_shutdown)
+        let bounds = relay::Bounds {
+            idle: LONG_IDLE,
+            end_by: None,
+            shutdown: &relay_shutdown,
+        };
+        relay::forward(tls, &mut up, &[], &bounds)
     });
     let mut client = connect(addr);
     client.write_all(b"before").unwrap();
