@@ -358,7 +358,11 @@ fn max_lifetime_ends_a_trickling_connection_that_idle_never_would() {
     // One byte at a time, each echoed: never idle, so only the lifetime can end it.
     let mut buf = [0u8; 1];
     let mut echoed = 0u64;
+    let started = Instant::now();
     let close = loop {
+        if started.elapsed() > support::PATIENCE {
+            break "still open".to_string();
+        }
         if let Err(e) = std::io::Write::write_all(&mut tls, b"x") {
             break format!("write: {e}");
         }
