@@ -7,7 +7,6 @@
 //! ends this connection only, with a reason in its log line.
 
 use std::fmt;
-use std::io::{self, Read};
 use std::net::{self, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -357,36 +356,48 @@ fn write_all(
 ///
 /// A client that already went away makes the close_notify fail; there is nothing left to protect
 /// then, and what it was sent before stays counted, so the failure is not reported.
-fn close_gracefully(mut stream: SslStream<TcpStream>, deadline: Instant, shutdown: &Shutdown) {
+///
+/// Returns the application bytes the client sent that were read (and discarded) on the way.
+fn close_gracefully(
+    mut stream: SslStream<TcpStream>,
+    deadline: Instant,
+    shutdown: &Shutdown,
+) -> u64 {
     let sent = drive(&mut stream, deadline, "close", shutdown, |s| s.shutdown());
-    let tcp = stream.get_ref();
-    let _ = tcp.shutdown(net::Shutdown::Write);
-    if let Ok(ShutdownResult::Sent | ShutdownResult::Received) = sent {
-        linger(tcp, Instant::now() + LINGER, shutdown);
+    let _ = stream.get_ref().shutdown(net::Shutdown::Write);
+    match sent {
+        Ok(ShutdownResult::Sent | ShutdownResult::Received) => {
+            linger(&mut stream, Instant::now() + LINGER, shutdown)
+        }
+        Err(_) => 0,
     }
 }
 
-/// Reads and discards until EOF, LINGER_BYTES, the deadline or the end of the drain.
-fn linger(mut tcp: &TcpStream, deadline: Instant, shutdown: &Shutdown) {
+/// Reads and discards until the client's close_notify or EOF, LINGER_BYTES, the deadline or the
+/// end of the drain; returns the application bytes read. Reading through TLS (OpenSSL goes on
+/// reading after our close_notify) counts what the client sent as the log's `in=` does elsewhere.
+fn linger(stream: &mut SslStream<TcpStream>, deadline: Instant, shutdown: &Shutdown) -> u64 {
     let mut buf = [0u8; 4096];
     let mut total = 0;
     while total < LINGER_BYTES {
-        match tcp.read(&mut buf) {
-            Ok(0) => return,
+        match stream.ssl_read(&mut buf) {
             Ok(n) => total += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if shutdown
-                    .wait(tcp.as_raw_fd(), Interest::Read, deadline)
-                    .ok()
-                    != Some(Wake::Ready)
-                {
-                    return;
+            Err(e) => match blocked_on(e.code()) {
+                Some(interest) => {
+                    if shutdown
+                        .wait(stream.get_ref().as_raw_fd(), interest, deadline)
+                        .ok()
+                        != Some(Wake::Ready)
+                    {
+                        break;
+                    }
                 }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return,
+                // close_notify, EOF, a reset, or records OpenSSL refuses: nothing left to protect.
+                None => break,
+            },
         }
     }
+    total as u64
 }
 
 /// Serves one accepted connection to its end and says how it went.
@@ -501,7 +512,7 @@ impl Connection<'_> {
             self.shutdown,
             &mut report.bytes_out,
         )?;
-        close_gracefully(tls, deadline, self.shutdown);
+        report.bytes_in = close_gracefully(tls, deadline, self.shutdown);
         Ok(())
     }
 

@@ -393,3 +393,16 @@ fn max_lifetime_ends_a_trickling_connection_that_idle_never_would() {
         "{line}"
     );
 }
+
+#[test]
+fn greet_mode_counts_what_the_client_sent_before_it_closed() {
+    let server = Server::start(&[]);
+    let mut tls = server.tls();
+    tls.write_all(&pseudo_random(60_000, 9)).unwrap();
+    let mut got = Vec::new();
+    tls.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"Hello, secure world!");
+    tls.shutdown().unwrap();
+    let line = server.logs.wait_for(&["mode=greet", "result=ok"]);
+    assert!(line.contains(" in=60000 out=20 "), "{line}");
+}
