@@ -157,18 +157,28 @@ impl Drop for Slot {
     }
 }
 
-/// Lets one message through per interval and counts the ones held back, so that an attack that
-/// triggers a log line per connection costs one line per second.
+/// Lets `burst` messages through per interval and counts the ones held back, so that an attack
+/// that triggers a log line per connection costs a few lines per second.
 pub struct RateLimit {
-    state: Mutex<(Option<Instant>, u64)>,
+    /// Start of the current window, lines let through in it, lines held back since the last one
+    /// let through.
+    state: Mutex<(Option<Instant>, u32, u64)>,
     interval: Duration,
+    burst: u32,
 }
 
 impl RateLimit {
+    /// One message per interval.
     pub const fn new(interval: Duration) -> RateLimit {
+        RateLimit::with_burst(interval, 1)
+    }
+
+    /// Up to `burst` messages per interval.
+    pub const fn with_burst(interval: Duration, burst: u32) -> RateLimit {
         RateLimit {
-            state: Mutex::new((None, 0)),
+            state: Mutex::new((None, 0, 0)),
             interval,
+            burst,
         }
     }
 
@@ -178,16 +188,16 @@ impl RateLimit {
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         match s.0 {
-            Some(last) if now.duration_since(last) < self.interval => {
+            Some(start) if now.duration_since(start) < self.interval => {
+                if s.1 >= self.burst {
+                    s.2 += 1;
+                    return None;
+                }
                 s.1 += 1;
-                None
             }
-            _ => {
-                let suppressed = s.1;
-                *s = (Some(now), 0);
-                Some(suppressed)
-            }
+            _ => *s = (Some(now), 1, s.2),
         }
+        Some(std::mem::take(&mut s.2))
     }
 }
 
@@ -363,6 +373,19 @@ mod tests {
         assert_eq!(done.load(Ordering::SeqCst), 16 * 50);
         assert!(most.load(Ordering::SeqCst) <= 2);
         assert_eq!(gate.lock().free, 2, "every permit came back");
+    }
+
+    #[test]
+    fn a_burst_passes_then_lines_are_counted_until_the_next_window() {
+        let r = RateLimit::with_burst(Duration::from_secs(3600), 3);
+        assert_eq!(r.allow(), Some(0));
+        assert_eq!(r.allow(), Some(0));
+        assert_eq!(r.allow(), Some(0));
+        assert_eq!(r.allow(), None);
+        assert_eq!(r.allow(), None);
+        let r = RateLimit::with_burst(Duration::ZERO, 2);
+        assert_eq!(r.allow(), Some(0));
+        assert_eq!(r.allow(), Some(0));
     }
 
     #[test]

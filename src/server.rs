@@ -322,6 +322,32 @@ static REFUSAL_LOG: [RateLimit; 2] = [
 ];
 static ACCEPT_ERROR_LOG: RateLimit = RateLimit::new(Duration::from_secs(1));
 
+/// Lines a second for failed handshakes of one cause (`not_tls`, `timeout`, ...): every client
+/// gets its line in normal traffic, while a flood of garbage connections costs a few lines a second
+/// per cause, each later line saying how many were left out. The metrics still count every one.
+const FAILED_HANDSHAKE_LINES_PER_SECOND: u32 = 20;
+
+/// Whether a failed handshake's line may be written now, and how many of its cause were left out
+/// since the last one.
+fn failed_handshake_line(cause: &'static str) -> Option<u64> {
+    static BY_CAUSE: Mutex<Vec<(&'static str, Arc<RateLimit>)>> = Mutex::new(Vec::new());
+    let limit = {
+        let mut by_cause = BY_CAUSE.lock().unwrap_or_else(PoisonError::into_inner);
+        match by_cause.iter().find(|(c, _)| *c == cause) {
+            Some((_, limit)) => Arc::clone(limit),
+            None => {
+                let limit = Arc::new(RateLimit::with_burst(
+                    Duration::from_secs(1),
+                    FAILED_HANDSHAKE_LINES_PER_SECOND,
+                ));
+                by_cause.push((cause, Arc::clone(&limit)));
+                limit
+            }
+        }
+    };
+    limit.allow()
+}
+
 fn log_refusal(peer: SocketAddr, why: Refusal, limit: usize, metrics: &Metrics) {
     metrics.refused(why.label());
     let gate = match why {
@@ -497,7 +523,15 @@ fn connection_thread(job: Job, shared: &Shared, gate: &Gate) {
         .metrics
         .handshake(report.handshake_result(), report.handshake);
     shared.metrics.bytes(report.bytes_in, report.bytes_out);
-    info!("{report}");
+    if report.handshake.is_some() || report.outcome == Outcome::Shutdown {
+        info!("{report}");
+    } else {
+        match failed_handshake_line(report.handshake_result()) {
+            Some(0) => info!("{report}"),
+            Some(left_out) => info!("{report} suppressed_since_last={left_out}"),
+            None => {}
+        }
+    }
     // Only now may the drain end the process: the line is written.
     drop(slot);
 }

@@ -164,3 +164,46 @@ fn max_per_ip_refuses_one_address_but_not_another() {
     s.read_to_end(&mut got).unwrap();
     assert_eq!(got, GREETING);
 }
+
+#[test]
+fn a_flood_of_garbage_costs_a_few_lines_a_second_but_every_one_is_counted() {
+    const FLOOD: usize = 300;
+    let server = Server::start(&["--metrics-listen", "127.0.0.1:0"]);
+    let metrics = support::metrics_addr(&server);
+    let garbage = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    for _ in 0..FLOOD {
+        send_raw_until_closed(server.addr, garbage);
+    }
+    // Every failure is counted, whatever was logged.
+    let deadline = Instant::now() + PATIENCE;
+    let counted = loop {
+        let (_, body) = support::http_get(metrics, "/metrics");
+        let samples = support::parse_metrics(&body);
+        let n = support::metric(&samples, "securesock_handshakes_total{result=\"not_tls\"}");
+        if n as usize >= FLOOD || Instant::now() > deadline {
+            break n as usize;
+        }
+    };
+    assert_eq!(counted, FLOOD);
+    let logged = server.logs.matching(&["kind=not_tls"]).len();
+    assert!(
+        logged < FLOOD / 2,
+        "{logged} lines for {FLOOD} garbage connections"
+    );
+    // Once the window has passed, the next line says how many were left out.
+    let deadline = Instant::now() + PATIENCE;
+    while server
+        .logs
+        .matching(&["kind=not_tls", "suppressed_since_last="])
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no line counted the suppressed ones"
+        );
+        send_raw_until_closed(server.addr, garbage);
+    }
+    // Normal traffic is still logged line by line.
+    assert_eq!(server.greeting(), GREETING);
+    server.logs.wait_for(&["mode=greet", "result=ok"]);
+}

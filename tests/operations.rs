@@ -11,8 +11,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use support::{
-    PATIENCE, Server, http_get, metric, now_unix, parse_metrics, send_raw_until_closed, serial_of,
-    served_serial, write_cert,
+    PATIENCE, Server, http_get, metric, metrics_addr, now_unix, parse_metrics,
+    send_raw_until_closed, serial_of, served_serial, write_cert,
 };
 
 const GREETING: &[u8] = b"Hello, secure world!";
@@ -356,16 +356,6 @@ fn greeting_from(addr: SocketAddr, source: &str, server: &Server) -> Vec<u8> {
     let mut got = Vec::new();
     std::io::Read::read_to_end(&mut s, &mut got).unwrap();
     got
-}
-
-fn metrics_addr(server: &Server) -> SocketAddr {
-    let line = server.logs.wait_for(&["metrics on http://"]);
-    line.split("http://")
-        .nth(1)
-        .and_then(|r| r.split('/').next())
-        .unwrap()
-        .parse()
-        .unwrap()
 }
 
 #[test]

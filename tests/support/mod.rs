@@ -675,3 +675,13 @@ pub fn upstream_once<T: Send + 'static>(
     });
     (addr, handle)
 }
+
+/// Where a server started with `--metrics-listen` serves `/metrics`, from its start-up line.
+pub fn metrics_addr(server: &Server) -> SocketAddr {
+    let line = server.logs.wait_for(&["metrics on http://"]);
+    line.split("http://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+}
