@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use log::info;
 use openssl::ssl::{HandshakeError, NameType, ShutdownResult, SslAcceptor, SslStream};
+use openssl::x509::X509VerifyResult;
 use socket2::SockRef;
 
 use crate::config::{Mode, ProxyProtocol};
@@ -315,10 +316,17 @@ fn handshake(
             }
             Err(HandshakeError::Failure(mid)) => {
                 *sni = crate::tls::requested_name(mid.ssl());
-                return Err(Outcome::HandshakeFailed(
-                    classify(mid.error()),
-                    ssl_reason(mid.error()),
-                ));
+                let kind = classify(mid.error());
+                // "certificate verify failed" says nothing an operator can act on; the X509
+                // verification error does (revoked, expired, unknown issuer, CRL has expired).
+                let verify = mid.ssl().verify_result();
+                let reason =
+                    if kind == HandshakeFailure::ClientCert && verify != X509VerifyResult::OK {
+                        verify.error_string().to_string()
+                    } else {
+                        ssl_reason(mid.error())
+                    };
+                return Err(Outcome::HandshakeFailed(kind, reason));
             }
             Err(HandshakeError::SetupFailure(stack)) => {
                 return Err(Outcome::Io(format!("TLS setup failed: {stack}")));

@@ -22,7 +22,7 @@ use openssl::ssl::{
 };
 use openssl::x509::store::X509Lookup;
 use openssl::x509::verify::X509VerifyFlags;
-use openssl::x509::{X509, X509Name, X509NameRef, X509Ref};
+use openssl::x509::{X509, X509Crl, X509Name, X509NameRef, X509Ref};
 
 use crate::config::{TlsProfile, TlsSettings};
 use crate::error::io_reason;
@@ -380,9 +380,27 @@ fn set_identity(
     Ok(())
 }
 
+/// Warns when a CRL is past its nextUpdate: OpenSSL then refuses every client certificate with
+/// "CRL has expired", and without this line nothing would say why.
+fn warn_if_stale_crl(path: &Path) -> Result<()> {
+    let crl = X509Crl::from_pem(&read_file("CRL", path)?)
+        .map_err(|_| anyhow!("CRL {} is not a readable PEM CRL", path.display()))?;
+    let now = Asn1Time::days_from_now(0)?;
+    if let Some(next) = crl.next_update().filter(|next| *next < now) {
+        warn!(
+            "CRL {} expired on {next} (nextUpdate): every client certificate is refused with \"CRL has expired\" until the CA issues a new one",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// Builds and validates the TLS context: Mozilla profile, certificate chain, matching key, and
 /// the client authentication, SNI certificates and ALPN asked for.
 pub fn build(settings: &TlsSettings) -> Result<Tls> {
+    if let Some(crl) = settings.client_auth.as_ref().and_then(|a| a.crl.as_ref()) {
+        warn_if_stale_crl(crl)?;
+    }
     let (chain, key) = load_identity(&settings.cert, &settings.key)?;
     let (mut b, groups) = profile_builder(settings)?;
     set_identity(&mut b, &chain, &key, &settings.key)?;

@@ -100,7 +100,87 @@ fn revoked_client_certificates_are_refused() {
         .matching(&["result=handshake_failed"])
         .pop()
         .unwrap();
-    assert!(line.contains("certificate verify failed"), "{line}");
+    assert!(line.contains("reason=\"certificate revoked\""), "{line}");
+}
+
+#[test]
+fn verify_errors_are_named_in_the_log() {
+    let ca = mtls("ca-cert.pem");
+    let server = mtls_server(&["--client-ca", &ca, "--require-client-cert"]);
+    refused_with(
+        &server,
+        &with_client_cert(&server, Some("other-client")),
+        "client_cert",
+        1,
+    );
+    let line = server.logs.wait_for(&["result=handshake_failed"]);
+    assert!(
+        line.contains("reason=\"unable to get local issuer certificate\""),
+        "{line}"
+    );
+    refused_with(&server, &with_client_cert(&server, None), "client_cert", 2);
+    let line = server
+        .logs
+        .wait_for_n(&["result=handshake_failed"], 2)
+        .pop()
+        .unwrap();
+    assert!(line.contains("peer did not return a certificate"), "{line}");
+}
+
+/// A CRL from the gen-ca.sh CA whose nextUpdate has passed, written by `openssl ca`.
+fn stale_crl(dir: &Path) -> String {
+    std::fs::write(dir.join("index.txt"), "").unwrap();
+    std::fs::write(dir.join("crlnumber"), "01\n").unwrap();
+    let cnf = dir.join("ca.cnf");
+    std::fs::write(
+        &cnf,
+        format!(
+            "[ca]\ndefault_ca = d\n[d]\ndatabase = {}\ncrlnumber = {}\ndefault_md = sha256\n",
+            dir.join("index.txt").display(),
+            dir.join("crlnumber").display()
+        ),
+    )
+    .unwrap();
+    let out = dir.join("stale-crl.pem");
+    let status = std::process::Command::new("openssl")
+        .args(["ca", "-gencrl", "-config"])
+        .arg(&cnf)
+        .args([
+            "-cert",
+            &mtls("ca-cert.pem"),
+            "-keyfile",
+            &mtls("ca-key.pem"),
+        ])
+        .args([
+            "-crl_lastupdate",
+            "20200101000000Z",
+            "-crl_nextupdate",
+            "20200102000000Z",
+        ])
+        .arg("-out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{status:?}");
+    out.to_str().unwrap().to_string()
+}
+
+#[test]
+fn a_stale_crl_is_a_warning_at_start_and_the_refusals_say_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let crl = stale_crl(dir.path());
+    let ca = mtls("ca-cert.pem");
+    let server = mtls_server(&["--client-ca", &ca, "--require-client-cert", "--crl", &crl]);
+    let warning = server.logs.wait_for(&["WARN", "CRL", "expired on"]);
+    assert!(warning.contains(&crl), "{warning}");
+    refused_with(
+        &server,
+        &with_client_cert(&server, Some("client")),
+        "client_cert",
+        1,
+    );
+    let line = server.logs.wait_for(&["result=handshake_failed"]);
+    assert!(line.contains("reason=\"CRL has expired\""), "{line}");
 }
 
 #[test]
