@@ -480,6 +480,15 @@ fn host_port(flag: &str, value: &str) -> Result<String, String> {
     }
 }
 
+/// Whether `name` is a DNS host name: dot-separated labels of letters, digits and hyphens, each 1
+/// to 63 bytes, 253 bytes at most in all.
+pub fn is_dns_name(name: &[u8]) -> bool {
+    let label = |l: &[u8]| {
+        !l.is_empty() && l.len() <= 63 && l.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-')
+    };
+    !name.is_empty() && name.len() <= 253 && name.split(|b| *b == b'.').all(label)
+}
+
 /// Parses `NAME=CERT,KEY`.
 fn sni_spec(value: &str) -> Result<SniSpec, String> {
     let bad = |why: &str| format!("bad --sni '{value}': {why} (expected NAME=CERT,KEY)");
@@ -489,10 +498,7 @@ fn sni_spec(value: &str) -> Result<SniSpec, String> {
         .ok_or_else(|| bad("no ',' between certificate and key"))?;
     let name = name.trim().to_ascii_lowercase();
     let bare = name.strip_prefix("*.").unwrap_or(&name);
-    let valid_label = |l: &str| {
-        !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    };
-    if bare.is_empty() || !bare.split('.').all(valid_label) {
+    if !is_dns_name(bare.as_bytes()) {
         return Err(bad("the name must be a DNS name, or *. followed by one"));
     }
     if cert.is_empty() || key.is_empty() {
@@ -793,6 +799,27 @@ mod tests {
             }
             assert_eq!(parse(&args).unwrap().mode.name(), name);
         }
+    }
+
+    #[test]
+    fn dns_names_are_letters_digits_hyphens_and_dots() {
+        assert!(is_dns_name(b"api.example.com"));
+        assert!(is_dns_name(b"localhost"));
+        assert!(is_dns_name(b"x-1.example"));
+        for bad in [
+            &b""[..],
+            b"a..b",
+            b".a",
+            b"a.",
+            b"a b",
+            b"\xffx.example",
+            b"a_b",
+            b"*.a",
+        ] {
+            assert!(!is_dns_name(bad), "{}", bad.escape_ascii());
+        }
+        assert!(!is_dns_name("a".repeat(64).as_bytes()));
+        assert!(!is_dns_name(format!("{}.com", "a.".repeat(126)).as_bytes()));
     }
 
     #[test]

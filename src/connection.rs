@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::info;
-use openssl::ssl::{HandshakeError, NameType, ShutdownResult, SslAcceptor, SslStream};
+use openssl::ssl::{HandshakeError, ShutdownResult, SslAcceptor, SslStream};
 use openssl::x509::X509VerifyResult;
 use socket2::SockRef;
 
@@ -483,7 +483,7 @@ impl Connection<'_> {
 
         report.handshake = Some(self.accepted.elapsed());
         let ssl = tls.ssl();
-        report.sni = ssl.servername(NameType::HOST_NAME).map(str::to_string);
+        report.sni = crate::tls::requested_name(ssl);
         report.protocol = Some(ssl.version_str());
         report.cipher = ssl.current_cipher().map(|c| c.name());
         report.group = negotiated_group(ssl);

@@ -3,8 +3,9 @@
 //! rather than a per-read timer a slow client could reset byte by byte, the open-file limit, and
 //! closing a listener without resetting the connections queued on it.
 //!
-//! This is the crate's only home of `unsafe`, which is why the one libssl call the openssl crate
-//! does not wrap ([`negotiated_group`]) lives here too. Nothing here knows the server's policy.
+//! This is the crate's only home of `unsafe`, which is why the few libssl calls the openssl crate
+//! does not wrap ([`negotiated_group`], [`client_hello_ext`], [`set_session_id_context`]) live
+//! here too. Nothing here knows the server's policy.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -183,10 +184,46 @@ pub fn refuse_new_connections(listener: &impl AsRawFd) -> io::Result<()> {
     }
 }
 
+/// The body of extension `kind` in the ClientHello being processed; only inside the ClientHello
+/// callback. The openssl crate does not wrap `SSL_client_hello_get0_ext`.
+pub fn client_hello_ext(ssl: &mut openssl::ssl::SslRef, kind: u32) -> Option<&[u8]> {
+    use foreign_types::ForeignTypeRef;
+    let mut out: *const libc::c_uchar = std::ptr::null();
+    let mut len: libc::size_t = 0;
+    // SAFETY: `ssl` is a live SSL borrowed mutably for the call; OpenSSL writes a pointer into its
+    // own copy of the ClientHello and its length, or returns 0 and writes nothing.
+    let found =
+        unsafe { openssl_sys::SSL_client_hello_get0_ext(ssl.as_ptr(), kind, &mut out, &mut len) };
+    if found != 1 || out.is_null() {
+        return None;
+    }
+    // SAFETY: OpenSSL guarantees `len` bytes at `out`, alive while the ClientHello is processed,
+    // which outlives the borrow of `ssl` the slice is tied to (the callback's).
+    Some(unsafe { std::slice::from_raw_parts(out, len) })
+}
+
+/// Sets one connection's session ID context (at most 32 bytes), which the openssl crate offers
+/// only per context. Returns whether OpenSSL took it.
+pub fn set_session_id_context(ssl: &mut openssl::ssl::SslRef, sid_ctx: &[u8]) -> bool {
+    use foreign_types::ForeignTypeRef;
+    let Ok(len) = libc::c_uint::try_from(sid_ctx.len()) else {
+        return false;
+    };
+    // SAFETY: `ssl` is a live SSL; OpenSSL copies `len` bytes from `sid_ctx`, which outlives the
+    // call.
+    unsafe { SSL_set_session_id_context(ssl.as_ptr(), sid_ctx.as_ptr(), len) == 1 }
+}
+
 /// `SSL_CTRL_GET_NEGOTIATED_GROUP` (ssl.h), behind the `SSL_get_negotiated_group` macro.
 const SSL_CTRL_GET_NEGOTIATED_GROUP: libc::c_int = 134;
 
 unsafe extern "C" {
+    fn SSL_set_session_id_context(
+        ssl: *mut openssl_sys::SSL,
+        sid_ctx: *const libc::c_uchar,
+        sid_ctx_len: libc::c_uint,
+    ) -> libc::c_int;
+
     /// OpenSSL 3.0 and later: the name of a group ID as `SSL_get_negotiated_group` returns it.
     fn SSL_group_to_name(ssl: *mut openssl_sys::SSL, id: libc::c_int) -> *const libc::c_char;
 }

@@ -8,7 +8,7 @@
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
-use openssl::ssl::{NameType, SslRef};
+use openssl::ssl::SslRef;
 use openssl::x509::X509VerifyResult;
 
 use crate::tls::common_name;
@@ -76,7 +76,7 @@ impl TlsFacts {
                 .current_cipher()
                 .map(|c| c.name().to_string())
                 .unwrap_or_default(),
-            sni: ssl.servername(NameType::HOST_NAME).map(str::to_string),
+            sni: crate::tls::requested_name(ssl),
             alpn: ssl.selected_alpn_protocol().map(<[u8]>::to_vec),
             client_cert: cert.is_some(),
             client_cert_this_connection: cert.is_some() && !ssl.session_reused(),

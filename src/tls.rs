@@ -12,20 +12,23 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 use anyhow::{Context, Result, anyhow, bail};
 use log::{info, warn};
 use openssl::asn1::{Asn1Time, Asn1TimeRef};
+use openssl::error::ErrorStack;
 use openssl::ex_data::Index;
 use openssl::nid::Nid;
 use openssl::pkey::{PKey, Private};
+use openssl::sha::Sha256;
 use openssl::ssl::{
-    AlpnError, NameType, SniError, Ssl, SslAcceptor, SslAcceptorBuilder, SslAlert, SslContext,
-    SslFiletype, SslMethod, SslMode, SslOptions, SslRef, SslVerifyMode, SslVersion,
+    AlpnError, ClientHelloResponse, NameType, Ssl, SslAcceptor, SslAcceptorBuilder, SslAlert,
+    SslContext, SslFiletype, SslMethod, SslMode, SslOptions, SslRef, SslVerifyMode, SslVersion,
     select_next_proto,
 };
 use openssl::x509::store::X509Lookup;
 use openssl::x509::verify::X509VerifyFlags;
 use openssl::x509::{X509, X509Crl, X509Name, X509NameRef, X509Ref};
 
-use crate::config::{TlsProfile, TlsSettings};
+use crate::config::{TlsProfile, TlsSettings, is_dns_name};
 use crate::error::io_reason;
+use crate::net::{client_hello_ext, set_session_id_context};
 
 /// TLS 1.2 cipher suites of Mozilla's intermediate profile, v6.0 (no DHE, no CBC, no RSA key exchange).
 pub const INTERMEDIATE_TLS12_CIPHERS: &str = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:\
@@ -264,7 +267,7 @@ fn profile_builder(settings: &TlsSettings) -> Result<(SslAcceptorBuilder, &'stat
     b.set_options(SslOptions::NO_RENEGOTIATION);
     // Sessions are only resumed in the context that made them; with client certificates OpenSSL
     // refuses resumption without one.
-    b.set_session_id_context(b"securesock")?;
+    b.set_session_id_context(SESSION_ID_CONTEXT)?;
     // One TLS 1.3 session ticket per full handshake instead of OpenSSL's two: a client resumes with
     // one, and each ticket costs an encryption, a MAC and bytes on the wire. Resumed handshakes
     // still get a fresh ticket each, so a client can keep resuming.
@@ -344,12 +347,16 @@ fn requested_name_index() -> Option<Index<Ssl, String>> {
     *INDEX.get_or_init(|| Ssl::new_ex_index().ok())
 }
 
-/// The server name the client asked for, accepted or not.
+/// The server name the client sent on this connection, accepted or not; bytes that are not
+/// printable ASCII are escaped (`\xff`), so a log line cannot be forged or broken with them. On a
+/// resumed TLS 1.2 session OpenSSL's own answer is the name of the session's first connection,
+/// so the name recorded from this ClientHello comes first.
 pub fn requested_name(ssl: &SslRef) -> Option<String> {
-    if let Some(name) = ssl.servername(NameType::HOST_NAME) {
-        return Some(name.to_string());
+    if let Some(name) = requested_name_index().and_then(|idx| ssl.ex_data(idx)) {
+        return Some(name.clone());
     }
-    requested_name_index().and_then(|idx| ssl.ex_data(idx).cloned())
+    ssl.servername_raw(NameType::HOST_NAME)
+        .map(|raw| raw.escape_ascii().to_string())
 }
 
 /// Whether a server name matches a certificate name (`*.example.com` covers exactly one label).
@@ -363,6 +370,85 @@ pub fn name_matches(pattern: &str, name: &str) -> bool {
         None => pattern.eq_ignore_ascii_case(&name),
     }
 }
+
+/// What the ClientHello callback needs to pick a certificate by server name.
+struct Names {
+    /// `--sni` patterns and their contexts.
+    by_name: Vec<(String, SslContext)>,
+    /// The default certificate's DNS names.
+    default_names: Vec<String>,
+    /// `--strict-sni`: refuse names no certificate is for.
+    strict: bool,
+}
+
+/// The session ID context of sessions made without a server name, and the prefix of the others'.
+const SESSION_ID_CONTEXT: &[u8] = b"securesock";
+
+impl Names {
+    /// Picks the context for the name the client sent, records the name for the log, and binds
+    /// this connection's sessions to it; or the alert that refuses the name.
+    fn choose(&self, ssl: &mut SslRef) -> Result<(), SslAlert> {
+        let Some(raw) = sent_server_name(ssl) else {
+            // No name (a client connecting by address) gets the default certificate.
+            return Ok(());
+        };
+        if let Some(idx) = requested_name_index() {
+            ssl.set_ex_data(idx, raw.escape_ascii().to_string());
+        }
+        // A name that is not a host name (not UTF-8, stray bytes) matches no certificate; under
+        // --strict-sni it is refused like any unknown name (and logged escaped).
+        let name = std::str::from_utf8(&raw)
+            .ok()
+            .filter(|n| is_dns_name(n.as_bytes()))
+            .map(str::to_ascii_lowercase);
+        let chosen = name.as_deref().and_then(|name| {
+            self.by_name
+                .iter()
+                .find(|(p, _)| !p.starts_with("*.") && name_matches(p, name))
+                .or_else(|| self.by_name.iter().find(|(p, _)| name_matches(p, name)))
+        });
+        match chosen {
+            Some((_, ctx)) => ssl
+                .set_ssl_context(ctx)
+                .map_err(|_| SslAlert::HANDSHAKE_FAILURE)?,
+            None if self.strict
+                && !name
+                    .as_deref()
+                    .is_some_and(|n| self.default_names.iter().any(|p| name_matches(p, n))) =>
+            {
+                return Err(SslAlert::UNRECOGNIZED_NAME);
+            }
+            None => {}
+        }
+        // RFC 6066: a session must not resume under another name. Sessions carry the session ID
+        // context they were made in, and OpenSSL resumes only within the same one (TLS 1.2
+        // session IDs and tickets, TLS 1.3 tickets alike).
+        let mut context = Sha256::new();
+        context.update(SESSION_ID_CONTEXT);
+        context.update(b"\0");
+        context.update(raw.to_ascii_lowercase().as_slice());
+        if !set_session_id_context(ssl, &context.finish()) {
+            return Err(SslAlert::INTERNAL_ERROR);
+        }
+        Ok(())
+    }
+}
+
+/// The host name in the ClientHello's server_name extension (inside the ClientHello callback),
+/// as sent: bytes, not necessarily UTF-8.
+fn sent_server_name(ssl: &mut SslRef) -> Option<Vec<u8>> {
+    // ServerNameList: a 2-byte length, then entries of a type byte (0: host_name), a 2-byte
+    // length and the name.
+    let ext = client_hello_ext(ssl, SERVER_NAME_EXTENSION)?;
+    let list = ext.get(2..)?;
+    let (&kind, rest) = list.split_first()?;
+    let len = usize::from(u16::from_be_bytes([*rest.first()?, *rest.get(1)?]));
+    let name = rest.get(2..2 + len)?;
+    (kind == 0 && !name.is_empty()).then(|| name.to_vec())
+}
+
+/// The TLS extension number of server_name (RFC 6066).
+const SERVER_NAME_EXTENSION: u32 = 0;
 
 /// Installs a certificate chain and key on a builder.
 fn set_identity(
@@ -406,44 +492,35 @@ pub fn build(settings: &TlsSettings) -> Result<Tls> {
     set_identity(&mut b, &chain, &key, &settings.key)?;
     let info = describe(&chain)?;
 
-    if !settings.sni.is_empty() || settings.strict_sni {
-        let mut by_name: Vec<(String, SslContext)> = Vec::new();
-        for spec in &settings.sni {
-            let (chain, key) = load_identity(&spec.cert, &spec.key)?;
-            let (mut sb, _) = profile_builder(settings)?;
-            set_identity(&mut sb, &chain, &key, &spec.key)?;
-            by_name.push((spec.name.clone(), sb.build().into_context()));
-        }
-        // The default certificate answers for its own DNS names too, which matters to --strict-sni.
-        let default_names: Vec<String> = info
+    let mut by_name: Vec<(String, SslContext)> = Vec::new();
+    for spec in &settings.sni {
+        let (chain, key) = load_identity(&spec.cert, &spec.key)?;
+        let (mut sb, _) = profile_builder(settings)?;
+        set_identity(&mut sb, &chain, &key, &spec.key)?;
+        by_name.push((spec.name.clone(), sb.build().into_context()));
+    }
+    let names = Names {
+        by_name,
+        // The default certificate answers for its own DNS names too, which matters to
+        // --strict-sni.
+        default_names: info
             .sans
             .iter()
             .filter_map(|s| s.strip_prefix("DNS:"))
             .map(str::to_ascii_lowercase)
-            .collect();
-        let strict = settings.strict_sni;
-        b.set_servername_callback(move |ssl, alert| {
-            // No name (a client connecting by address) gets the default certificate.
-            let Some(name) = ssl.servername(NameType::HOST_NAME).map(str::to_string) else {
-                return Ok(());
-            };
-            let chosen = by_name
-                .iter()
-                .find(|(p, _)| !p.starts_with("*.") && name_matches(p, &name))
-                .or_else(|| by_name.iter().find(|(p, _)| name_matches(p, &name)));
-            if let Some((_, ctx)) = chosen {
-                return ssl.set_ssl_context(ctx).map_err(|_| SniError::ALERT_FATAL);
-            }
-            if strict && !default_names.iter().any(|p| name_matches(p, &name)) {
-                if let Some(idx) = requested_name_index() {
-                    ssl.set_ex_data(idx, name);
-                }
-                *alert = SslAlert::UNRECOGNIZED_NAME;
-                return Err(SniError::ALERT_FATAL);
-            }
-            Ok(())
-        });
-    }
+            .collect(),
+        strict: settings.strict_sni,
+    };
+    // The ClientHello callback runs before OpenSSL looks for a session to resume, which the
+    // servername callback does not: choosing the certificate and binding sessions to the name
+    // there is what keeps a session from one name from resuming under another.
+    b.set_client_hello_callback(move |ssl, alert| match names.choose(ssl) {
+        Ok(()) => Ok(ClientHelloResponse::SUCCESS),
+        Err(refusal) => {
+            *alert = refusal;
+            Err(ErrorStack::get())
+        }
+    });
     Ok(Tls {
         acceptor: b.build(),
         info,

@@ -351,3 +351,123 @@ fn the_log_names_the_key_exchange_group_agreed() {
         assert!(line.contains("result=ok"), "{line}");
     }
 }
+
+#[test]
+fn strict_sni_refuses_a_name_that_is_not_a_host_name_and_logs_it_escaped() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let api = write_cert_for(dir.path(), "api.example.test");
+    let a = sni_spec("api.example.test", &api);
+    let server = Server::start(&["--sni", &a, "--strict-sni"]);
+    let name = std::ffi::OsStr::from_bytes(b"\xffx.example");
+    let out = std::process::Command::new("timeout")
+        .args([
+            "20", "openssl", "s_client", "-brief", "-ign_eof", "-connect",
+        ])
+        .arg(server.addr.to_string())
+        .arg("-servername")
+        .arg(name)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.stdout.is_empty(), "served: {out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unrecognized name"), "{stderr}");
+    let line = server
+        .logs
+        .wait_for(&["result=handshake_failed", "kind=unknown_name"]);
+    assert!(line.contains(r"sni=\xffx.example"), "{line}");
+}
+
+/// Saves a session from a connection asking for `name`, or offers a saved one; whether it was
+/// resumed.
+fn resumes(server: &Server, version: &str, name: &str, session: &Path, save: bool) -> bool {
+    let flag = if save { "-sess_out" } else { "-sess_in" };
+    let out = s_client_full(
+        server.addr,
+        &[
+            version,
+            "-servername",
+            name,
+            flag,
+            session.to_str().unwrap(),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Hello, secure world!"), "{name}: {text}");
+    text.contains("Reused,")
+}
+
+#[test]
+fn a_session_resumes_only_under_the_name_it_was_made_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = write_cert_for(dir.path(), "api.example.test");
+    let a = sni_spec("api.example.test", &api);
+    let server = Server::start(&["--sni", &a]);
+    for version in ["-tls1_2", "-tls1_3"] {
+        let session = dir.path().join(format!("session{version}.pem"));
+        assert!(!resumes(
+            &server,
+            version,
+            "api.example.test",
+            &session,
+            true
+        ));
+        assert!(
+            resumes(&server, version, "api.example.test", &session, false),
+            "{version}: the same name resumes"
+        );
+        assert!(
+            !resumes(&server, version, "localhost", &session, false),
+            "{version}: a session for api.example.test resumed under localhost"
+        );
+        // The other way round, within the default certificate's names.
+        let session = dir.path().join(format!("local{version}.pem"));
+        assert!(!resumes(&server, version, "localhost", &session, true));
+        assert!(!resumes(
+            &server,
+            version,
+            "api.example.test",
+            &session,
+            false
+        ));
+    }
+    // Every line carries the name sent on its own connection.
+    let api_lines = server
+        .logs
+        .matching(&["conn peer=", "sni=api.example.test"]);
+    assert_eq!(api_lines.len(), 6, "{:#?}", server.logs.lines());
+}
+
+#[test]
+fn strict_sni_holds_when_a_tls12_session_is_offered_under_an_unknown_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = write_cert_for(dir.path(), "api.example.test");
+    let a = sni_spec("api.example.test", &api);
+    let server = Server::start(&["--sni", &a, "--strict-sni"]);
+    let session = dir.path().join("session.pem");
+    assert!(!resumes(
+        &server,
+        "-tls1_2",
+        "api.example.test",
+        &session,
+        true
+    ));
+    let out = s_client_full(
+        server.addr,
+        &[
+            "-tls1_2",
+            "-servername",
+            "unknown.test",
+            "-sess_in",
+            session.to_str().unwrap(),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("Hello, secure world!"), "{text}");
+    server.logs.wait_for(&[
+        "result=handshake_failed",
+        "kind=unknown_name",
+        "sni=unknown.test",
+    ]);
+}
