@@ -115,12 +115,13 @@ fn start(config: &Config) -> Result<(std::net::TcpListener, Arc<Shared>, Arc<Shu
         Ok(_) => {}
         Err(e) => warn!("cannot read the open-file limit: {e}"),
     }
-    let (openssl, too_old) = tls::linked_openssl();
-    if too_old {
-        warn!("linked {openssl}: older than 3.0 and out of support; update libssl");
-    } else {
-        info!("linked {openssl}; key exchange groups {}", tls.groups);
-    }
+    let (openssl, series, support) = tls::linked_openssl();
+    log::log!(
+        support.level(),
+        "linked {openssl}: {}; key exchange groups {}",
+        support.describe(series),
+        tls.groups
+    );
     log_certificate(&tls);
 
     let shared = Arc::new(Shared {
