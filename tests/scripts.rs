@@ -327,3 +327,27 @@ fn gen_certs_keeps_a_wildcard_name_whatever_the_directory_holds() {
         .collect();
     assert_eq!(dns, ["localhost", "*.example.org"]);
 }
+
+/// Only an explicit `--write` may touch the tracked BENCHMARKS.md, and never from a `--quick` run;
+/// the check happens before anything is installed, built or run. (That a `--quick` run leaves
+/// `git status` clean needs nginx and stunnel and was checked by hand.)
+#[test]
+fn bench_quick_refuses_to_write_the_published_figures() {
+    let out = script("bench.sh", &["--quick", "--write"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--write"), "{stderr}");
+    let help = script("bench.sh", &["--help"]);
+    assert!(help.status.success());
+    let help = String::from_utf8_lossy(&help.stdout);
+    for promise in [
+        "--out DIR",
+        "--write",
+        "Nothing in the working tree changes",
+    ] {
+        assert!(
+            help.contains(promise),
+            "{promise} missing from --help:\n{help}"
+        );
+    }
+}
