@@ -1,8 +1,8 @@
 #!/bin/bash
 # Benchmarks securesock against nginx (stream module) and stunnel on loopback, same certificate,
-# same Mozilla intermediate v6.0 settings, driven by securesock-bench, and writes BENCHMARKS.md.
+# same Mozilla intermediate v6.0 settings, driven by securesock-bench, and writes a report.
 #
-#   scripts/bench.sh [--quick] [--throughput] [--forward] [--idle-memory] [--soak [N]] [--all] [--rounds N] [--duration SECS] [--no-write]
+#   scripts/bench.sh [--quick] [--throughput] [--forward] [--idle-memory] [--soak [N]] [--all] [--rounds N] [--duration SECS] [--out DIR] [--write]
 #
 # Sections (default: --throughput):
 #   --throughput   full and resumed handshakes at 1, 16 and 64 clients, peers in alternating rounds;
@@ -15,10 +15,21 @@
 #   --soak [N]     N connections (default 1,000,000) against securesock: failures, RSS, open fds at
 #                  start, middle and end
 #   --all          throughput, forward and idle-memory (not soak)
-# --quick runs a seconds-long version of whatever is chosen (a smoke test). --no-write prints the
-# results without touching BENCHMARKS.md. Installs nginx, libnginx-mod-stream, stunnel4, jq and
-# gnuplot-nox when missing. All traffic stays on 127.0.0.1 (and 127.0.0.2 as a second client).
+# --quick    a smoke test of the chosen sections (still only throughput by default), not figures
+#            to publish: 1 round of 1 s runs at 1 and 16 clients, 64 MiB transfers, 200 idle
+#            connections, a 2,000-connection soak. On the shared 2-core box `--quick` ran 24 s and
+#            `--quick --all` 33 s once the packages and release binaries were there; the first run
+#            on a fresh machine took 3 min 6 s in all, installing and building.
+# --out DIR  where the report goes: DIR/BENCHMARKS.md with the sections run, and for throughput
+#            DIR/docs/bench-throughput.png (default: a new /tmp/securesock-bench-report.XXXXXX,
+#            named at the end). Nothing in the working tree changes.
+# --write    also replace those sections of the tracked BENCHMARKS.md and docs/bench-throughput.png:
+#            `scripts/bench.sh --all --write` for the published figures. Refused with --quick.
+# Installs nginx, libnginx-mod-stream, stunnel4, jq and gnuplot-nox when missing. All traffic stays
+# on 127.0.0.1 (and 127.0.0.2 as a second client).
 set -eu
+# A relative --out is relative to where the script was started, not to the repository.
+started_in=$PWD
 cd "$(dirname "$0")/.."
 . scripts/common.sh
 
@@ -31,7 +42,8 @@ command_line="scripts/bench.sh${*:+ $*}"
 quick=0
 rounds=3
 duration=5
-write=1
+write=0
+out=""
 sections=""
 soak_n=1000000
 while [ $# -gt 0 ]; do
@@ -46,8 +58,10 @@ while [ $# -gt 0 ]; do
         --all) sections="$sections throughput forward idle"; shift ;;
         --rounds) [ $# -ge 2 ] || { usage; exit 2; }; rounds=$2; shift 2 ;;
         --duration) [ $# -ge 2 ] || { usage; exit 2; }; duration=$2; shift 2 ;;
-        --no-write) write=0; shift ;;
-        -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --out) [ $# -ge 2 ] || { usage; exit 2; }; out=$2; shift 2 ;;
+        --write) write=1; shift ;;
+        # The header comment, up to the first line that is not one.
+        -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown argument '$1'" >&2; usage; exit 2 ;;
     esac
 done
@@ -56,6 +70,19 @@ for v in "$rounds" "$soak_n"; do
     case "$v" in ''|*[!0-9]*|0) echo "bench.sh: --rounds and --soak need a positive whole number, got '$v'" >&2; exit 2 ;; esac
 done
 case "$duration" in ''|*[!0-9.]*) echo "bench.sh: --duration needs seconds, got '$duration'" >&2; exit 2 ;; esac
+if [ "$quick" -eq 1 ] && [ "$write" -eq 1 ]; then
+    echo "bench.sh: --write replaces the published figures, which a --quick run's are not; drop one of them" >&2
+    exit 2
+fi
+case "$out" in
+    '') out=$(mktemp -d /tmp/securesock-bench-report.XXXXXX) ;;
+    /*) ;;
+    *) out=$started_in/$out ;;
+esac
+mkdir -p "$out/docs"
+report=$out/BENCHMARKS.md
+printf '%s\n\n%s\n' "# Benchmarks: report of \`$command_line\`" \
+    "Written by \`scripts/bench.sh\` on $(date -u +%Y-%m-%dT%H:%MZ)$([ "$quick" -eq 1 ] && echo ': a --quick smoke run, not figures to publish')." >"$report"
 
 # The median of a list of numbers (null when empty), shared by every table's jq program.
 jq_median='def median: sort | if length == 0 then null elif length % 2 == 1 then .[length / 2 | floor]
@@ -83,6 +110,8 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 echo "== building (release)" >&2
 cargo build --release --locked --quiet -p securesock --bin securesock -p securesock-bench --bin securesock-bench --example plain-greeter --example bulk
 bin=$PWD/target/release
+# The runs' own time, without package installs and the build.
+t_start=$(date +%s)
 bench=$bin/securesock-bench
 
 work=$(mktemp -d /tmp/securesock-bench.XXXXXX)
@@ -271,25 +300,31 @@ versions() {
     echo "- key exchange groups: $groups; certificate: RSA 2048, self-signed (scripts/gen-certs.sh)"
 }
 
-# replace_section NAME FILE: puts FILE between NAME's markers in BENCHMARKS.md (appending the
-# section when it is not there yet), leaving the other sections as they are.
+# replace_section MD NAME FILE: puts FILE between NAME's markers in MD (appending the section when
+# it is not there yet), leaving the other sections as they are.
 replace_section() {
-    md=BENCHMARKS.md
-    begin="<!-- bench:$1:begin -->"
-    end="<!-- bench:$1:end -->"
+    md=$1
+    begin="<!-- bench:$2:begin -->"
+    end="<!-- bench:$2:end -->"
     if [ ! -e "$md" ]; then
-        printf '%s\n\n%s\n' "# Benchmarks" "Written by \`scripts/bench.sh\`; each section is replaced when its part is run again." >"$md"
+        printf '%s\n\n%s\n' "# Benchmarks" "Written by \`scripts/bench.sh --write\`; each section is replaced when its part is run again with \`--write\`." >"$md"
     fi
     if grep -qF "$begin" "$md"; then
-        awk -v b="$begin" -v e="$end" -v f="$2" '
+        awk -v b="$begin" -v e="$end" -v f="$3" '
             $0 == b { print; while ((getline line < f) > 0) print line; skip = 1; next }
             $0 == e { skip = 0 }
             !skip' "$md" >"$md.new"
     else
-        { cat "$md"; echo; echo "$begin"; cat "$2"; echo "$end"; } >"$md.new"
+        { cat "$md"; echo; echo "$begin"; cat "$3"; echo "$end"; } >"$md.new"
     fi
     mv "$md.new" "$md"
-    echo "wrote section '$1' of $md" >&2
+    echo "wrote section '$2' of $md" >&2
+}
+
+# publish NAME FILE: adds section NAME to the report, and with --write to the tracked BENCHMARKS.md.
+publish() {
+    replace_section "$report" "$1" "$2"
+    [ "$write" -eq 0 ] || replace_section BENCHMARKS.md "$1" "$2"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -383,11 +418,13 @@ throughput() {
 
     chart "$work/medians.tsv"
     cat "$work/throughput.md"
+    # The section links docs/bench-throughput.png, which resolves beside either BENCHMARKS.md.
+    cp "$work/chart.png" "$out/docs/bench-throughput.png"
     if [ "$write" -eq 1 ]; then
         mkdir -p docs
         cp "$work/chart.png" docs/bench-throughput.png
-        replace_section throughput "$work/throughput.md"
     fi
+    publish throughput "$work/throughput.md"
 }
 
 # chart MEDIANS.TSV: conns/s and p99 against clients, one line per server, full and resumed.
@@ -491,7 +528,7 @@ forward() {
         awk -F'\t' -v OFS=' | ' '{ $1 = $1; print "| " $0 " |" }' "$work/forward.tsv"
     } >"$work/forward.md"
     cat "$work/forward.md"
-    [ "$write" -eq 0 ] || replace_section forward "$work/forward.md"
+    publish forward "$work/forward.md"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -554,7 +591,7 @@ idle_memory() {
         cat "$work/idle-rows.md"
     } >"$work/idle.md"
     cat "$work/idle.md"
-    [ "$write" -eq 0 ] || replace_section idle-memory "$work/idle.md"
+    publish idle-memory "$work/idle.md"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -591,7 +628,7 @@ soak() {
         cat "$work/soak-rows.md"
     } >"$work/soak.md"
     cat "$work/soak.md"
-    [ "$write" -eq 0 ] || replace_section soak "$work/soak.md"
+    publish soak "$work/soak.md"
 }
 
 for section in $sections; do
@@ -602,3 +639,7 @@ for section in $sections; do
         soak) soak ;;
     esac
 done
+echo "bench.sh: ran for $(( $(date +%s) - t_start )) s after the build; report in $report" >&2
+if [ "$write" -eq 1 ]; then
+    echo "bench.sh: updated BENCHMARKS.md$(case " $sections " in *" throughput "*) echo " and docs/bench-throughput.png" ;; esac)" >&2
+fi

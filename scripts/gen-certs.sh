@@ -5,7 +5,8 @@
 #   scripts/gen-certs.sh [--out DIR] [--days N] [--name DNS-or-IP]... [--ecdsa] [--force]
 #
 # Writes DIR/server-key.pem (mode 0600) and DIR/server-cert.pem (default DIR: certs/). An existing
-# pair is kept unless --force is given, so running it twice is harmless.
+# pair is kept unless --force is given, so running it twice is harmless. The first --name is the
+# subject's CN; a wildcard ('*.example.org', quoted) works as a name.
 set -eu
 
 usage() {
@@ -44,9 +45,12 @@ if [ "$force" -eq 0 ] && { [ -e "$key" ] || [ -e "$cert" ]; }; then
 fi
 
 # Subject alternative names: localhost and 127.0.0.1 always, then every --name, as an IP entry when
-# it looks like an address and as a DNS entry otherwise.
+# it looks like an address and as a DNS entry otherwise. The first --name is also the CN.
 san="DNS:localhost,IP:127.0.0.1"
 cn=localhost
+# No pathname expansion while splitting the names: a wildcard such as '*.example.org' must stay one,
+# whatever files the current directory holds.
+set -f
 for n in $names; do
     case "$n" in
         *:*) san="$san,IP:$n" ;;
@@ -55,6 +59,7 @@ for n in $names; do
     esac
     [ "$cn" = localhost ] && cn=$n
 done
+set +f
 
 mkdir -p "$out"
 umask 077

@@ -13,5 +13,15 @@ need_cargo
 if [ ! -e certs/server-cert.pem ] && [ ! -e certs/server-key.pem ]; then
     scripts/gen-certs.sh
 fi
-cargo build --release --locked --quiet --bin securesock
+# The first build compiles every dependency and is silent for minutes without this line; later
+# ones only rebuild what changed.
+if [ ! -e target/release/securesock ]; then
+    echo "building securesock (first build takes a few minutes)..." >&2
+fi
+# On a terminal cargo's progress bar shows how far the build is; in a log it is noise.
+if [ -t 2 ]; then
+    cargo build --release --locked --bin securesock
+else
+    cargo build --release --locked --quiet --bin securesock
+fi
 exec target/release/securesock "$@"

@@ -178,3 +178,176 @@ fn check_fails_against_a_plaintext_greeter() {
     );
     greeter.join().unwrap();
 }
+
+/// The shell words of a README command: whitespace-separated, with single quotes (the only
+/// quoting the README uses) removed.
+fn shell_words(command: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut quoted = false;
+    let mut started = false;
+    for c in command.chars() {
+        match c {
+            '\'' => {
+                quoted = !quoted;
+                started = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if started {
+                    words.push(std::mem::take(&mut word));
+                    started = false;
+                }
+            }
+            c => {
+                word.push(c);
+                started = true;
+            }
+        }
+    }
+    if started {
+        words.push(word);
+    }
+    words
+}
+
+/// The README's SNI example, run as written from a fresh directory holding only the quick start's
+/// default pair: its gen-certs.sh lines make the files its --sni flags name, the server starts
+/// with them, and its s_client line verifies the api.example.com certificate by name.
+#[test]
+fn the_readme_sni_example_runs_as_written() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let section = readme
+        .split("## SNI and ALPN")
+        .nth(1)
+        .and_then(|rest| rest.split("```sh\n").nth(1))
+        .and_then(|block| block.split("```").next())
+        .expect("an sh block in the README's SNI section");
+    // One command per line, continuation lines joined; a trailing `&` or `</dev/null` is the
+    // shell's business.
+    let commands: Vec<Vec<String>> = section
+        .replace("\\\n", " ")
+        .lines()
+        .map(|l| {
+            shell_words(l)
+                .into_iter()
+                .filter(|w| w != "&" && w != "</dev/null")
+                .collect::<Vec<_>>()
+        })
+        .filter(|w| !w.is_empty())
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let run_here = |words: &[String]| {
+        let program = if words[0].starts_with("scripts/") {
+            repo_root().join(&words[0])
+        } else {
+            Path::new(&words[0]).to_path_buf()
+        };
+        let out = Command::new(program)
+            .args(&words[1..])
+            .current_dir(dir.path())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{words:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    // The quick start's default pair, in the directory's certs/.
+    run_here(&["scripts/gen-certs.sh".to_string()]);
+
+    let mut server = None;
+    let mut checked = 0;
+    for words in &commands {
+        match words[0].as_str() {
+            "scripts/gen-certs.sh" => {
+                run_here(words);
+            }
+            "target/release/securesock" => {
+                let mut cmd = Command::new(support::binary());
+                cmd.args(&words[1..])
+                    .args(["--listen", "127.0.0.1:0"])
+                    .current_dir(dir.path());
+                server = Some(Server::spawn(
+                    cmd,
+                    &dir.path().join("certs/server-cert.pem"),
+                ));
+            }
+            "openssl" => {
+                let server = server.as_ref().expect("the server starts before s_client");
+                let words: Vec<String> = words
+                    .iter()
+                    .map(|w| w.replace("127.0.0.1:12345", &server.addr.to_string()))
+                    .collect();
+                let out = run_here(&words);
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                assert!(stderr.contains("Verification: OK"), "{stderr}");
+                assert!(
+                    stderr.contains("Peer certificate: CN = api.example.com"),
+                    "{stderr}"
+                );
+                assert_eq!(out.stdout, b"Hello, secure world!");
+                checked += 1;
+            }
+            other => panic!("the SNI example runs {other:?}, which this test does not know"),
+        }
+    }
+    assert_eq!(checked, 1, "the example's s_client line ran");
+}
+
+#[test]
+fn gen_certs_keeps_a_wildcard_name_whatever_the_directory_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    // A file the wildcard would match if the shell expanded it.
+    std::fs::write(dir.path().join("www.example.org"), b"").unwrap();
+    let out = Command::new(repo_root().join("scripts/gen-certs.sh"))
+        .args(["--out", "org", "--name", "*.example.org"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cert = load(&dir.path().join("org/server-cert.pem"));
+    let cn = cert
+        .subject_name()
+        .entries_by_nid(openssl::nid::Nid::COMMONNAME)
+        .next()
+        .map(|e| String::from_utf8_lossy(e.data().as_slice()).into_owned());
+    assert_eq!(cn.as_deref(), Some("*.example.org"));
+    let dns: Vec<String> = cert
+        .subject_alt_names()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n.dnsname().map(str::to_string))
+        .collect();
+    assert_eq!(dns, ["localhost", "*.example.org"]);
+}
+
+/// Only an explicit `--write` may touch the tracked BENCHMARKS.md, and never from a `--quick` run;
+/// the check happens before anything is installed, built or run. (That a `--quick` run leaves
+/// `git status` clean needs nginx and stunnel and was checked by hand.)
+#[test]
+fn bench_quick_refuses_to_write_the_published_figures() {
+    let out = script("bench.sh", &["--quick", "--write"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--write"), "{stderr}");
+    let help = script("bench.sh", &["--help"]);
+    assert!(help.status.success());
+    let help = String::from_utf8_lossy(&help.stdout);
+    for promise in [
+        "--out DIR",
+        "--write",
+        "Nothing in the working tree changes",
+    ] {
+        assert!(
+            help.contains(promise),
+            "{promise} missing from --help:\n{help}"
+        );
+    }
+}

@@ -203,6 +203,104 @@ fn sessions_resume_with_client_certificates() {
     assert!(text.contains("Hello, secure world!"));
 }
 
+/// Writes a client certificate for `subject` (fields in DER order, most significant first),
+/// signed by the gen-ca.sh CA, as DIR/FILE-cert.pem and DIR/FILE-key.pem.
+fn client_cert_signed_by_the_test_ca(
+    dir: &Path,
+    file: &str,
+    subject: &[(&str, &str)],
+) -> (String, String) {
+    use openssl::asn1::Asn1Time;
+    use openssl::bn::BigNum;
+    use openssl::ec::{EcGroup, EcKey};
+    use openssl::hash::MessageDigest;
+    use openssl::nid::Nid;
+    use openssl::pkey::PKey;
+    use openssl::x509::extension::ExtendedKeyUsage;
+    use openssl::x509::{X509, X509NameBuilder};
+
+    let ca = X509::from_pem(&std::fs::read(mtls("ca-cert.pem")).unwrap()).unwrap();
+    let ca_key = PKey::private_key_from_pem(&std::fs::read(mtls("ca-key.pem")).unwrap()).unwrap();
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+    let key = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
+    let mut name = X509NameBuilder::new().unwrap();
+    for (field, value) in subject {
+        name.append_entry_by_text(field, value).unwrap();
+    }
+    let name = name.build();
+    let mut b = X509::builder().unwrap();
+    b.set_version(2).unwrap();
+    let mut serial = BigNum::new().unwrap();
+    serial
+        .rand(64, openssl::bn::MsbOption::MAYBE_ZERO, false)
+        .unwrap();
+    b.set_serial_number(&serial.to_asn1_integer().unwrap())
+        .unwrap();
+    b.set_subject_name(&name).unwrap();
+    b.set_issuer_name(ca.subject_name()).unwrap();
+    b.set_pubkey(&key).unwrap();
+    b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+        .unwrap();
+    b.set_not_after(&Asn1Time::days_from_now(1).unwrap())
+        .unwrap();
+    b.append_extension(ExtendedKeyUsage::new().client_auth().build().unwrap())
+        .unwrap();
+    b.sign(&ca_key, MessageDigest::sha256()).unwrap();
+    let cert = dir.join(format!("{file}-cert.pem"));
+    let key_path = dir.join(format!("{file}-key.pem"));
+    std::fs::write(&cert, b.build().to_pem().unwrap()).unwrap();
+    std::fs::write(&key_path, key.private_key_to_pem_pkcs8().unwrap()).unwrap();
+    (
+        cert.to_str().unwrap().to_string(),
+        key_path.to_str().unwrap().to_string(),
+    )
+}
+
+#[test]
+fn client_subjects_that_look_alike_log_differently() {
+    let ca = mtls("ca-cert.pem");
+    let server = mtls_server(&["--client-ca", &ca, "--require-client-cert"]);
+    let dir = tempfile::tempdir().unwrap();
+    // One CN holding a comma, and a CN with an O after it (in DER order): the same text once
+    // naively joined in DER order.
+    let one_field =
+        client_cert_signed_by_the_test_ca(dir.path(), "one-field", &[("CN", "client, O=Admins")]);
+    let two_fields = client_cert_signed_by_the_test_ca(
+        dir.path(),
+        "two-fields",
+        &[("CN", "client"), ("O", "Admins")],
+    );
+    for (n, (cert, key)) in [one_field, two_fields].iter().enumerate() {
+        let out = s_client(server.addr, &["-CAfile", &ca, "-cert", cert, "-key", key]);
+        assert_eq!(
+            out.stdout,
+            GREETING,
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        server.logs.wait_for_n(&["result=ok"], n + 1);
+    }
+    let clients: Vec<String> = server
+        .logs
+        .matching(&["result=ok"])
+        .iter()
+        .map(|l| {
+            l.split(" client=")
+                .nth(1)
+                .and_then(|rest| rest.split(" mode=").next())
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert_ne!(clients[0], clients[1]);
+    // RFC 4514: the last field in DER order first, the comma inside a value escaped; the log
+    // line's own quoting then escapes that backslash.
+    assert_eq!(
+        clients,
+        [r#""CN=client\\, O=Admins""#, r#""O=Admins,CN=client""#]
+    );
+}
+
 /// The certificates the server sent, as `s_client -showcerts` prints them, and its verdict.
 fn served_chain(server: &Server, ca: &str) -> (usize, bool) {
     let out = s_client_full(server.addr, &["-CAfile", ca, "-showcerts"]);
