@@ -97,6 +97,7 @@ set -- --variant=minbase --cache-dir="$cache/debs"
 if ! unshare --mount debootstrap "$@" "$suite" "$tmp" "$mirror" >"$cache/.build-$name-$suite.log" 2>&1; then
     tail -n 20 "$cache/.build-$name-$suite.log" >&2
     echo "rootfs.sh: debootstrap failed; whole log: $cache/.build-$name-$suite.log" >&2
+    rm -rf "$tmp"
     exit 1
 fi
 # The same sources as the debian:<suite>-slim image, so apt sees the point and security updates.
@@ -129,6 +130,7 @@ if [ -n "$setup" ]; then
     ' sh "$tmp" "$cache/archives" "$(cat "$setup")" >>"$cache/.build-$name-$suite.log" 2>&1; then
         tail -n 20 "$cache/.build-$name-$suite.log" >&2
         echo "rootfs.sh: setup failed; whole log: $cache/.build-$name-$suite.log" >&2
+        rm -rf "$tmp"
         exit 1
     fi
 fi
