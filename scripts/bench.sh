@@ -390,6 +390,8 @@ throughput() {
 
     results=$work/throughput.jsonl
     : >"$results"
+    # Other jobs on the box move every figure: the run says how busy the box was around it.
+    load_start=$(cut -d' ' -f1-3 /proc/loadavg)
     for round in $(seq 1 "$rounds"); do
         for c in $concurrencies; do
             for resume in false true; do
@@ -411,6 +413,7 @@ throughput() {
             done
         done
     done
+    load_end=$(cut -d' ' -f1-3 /proc/loadavg)
     for s in $servers; do
         echo "$s $(mem_kb "${pids[$s]}" VmHWM)"
     done >"$work/hwm.txt"
@@ -468,6 +471,7 @@ throughput() {
         esac
         echo "- client: \`securesock-bench --insecure -c CLIENTS -d ${duration} [--resume]\` on the same 2 cores; each run's protocol: $(jq -r -s 'map(.protocol) | unique | join(", ")' "$results"), cipher: $(jq -r -s 'map(.cipher) | unique | join(", ")' "$results")"
         echo "- server CPU: utime+stime from /proc/PID/stat of the server's processes (nginx: master + workers) over the run ÷ successful connections; medians over the rounds; ratios are to nginx with 2 workers"
+        echo "- load average (1, 5, 15 min) when the runs started: $load_start; when they ended: $load_end ($(nproc) cores)"
         echo
         echo "| mode | clients | server | conns/s | ×nginx | p50 ms | p99 ms | server CPU µs/conn | ×nginx | client CPU µs/conn | resumed % | failed | ok |"
         echo "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
