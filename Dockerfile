@@ -5,15 +5,18 @@
 #   docker run -d --name securesock -p 12345:12345 -v "$PWD/certs:/certs:ro" securesock
 #   scripts/check.sh 127.0.0.1:12345 --ca certs/server-cert.pem
 #
-# Two stages on the same Debian release (bookworm), so the binary finds at run time the glibc and
-# libssl3 ABI it was linked against. scripts/container-smoke.sh reads the runtime stage below (its
-# FROM, RUN, COPY, ENV, USER, ENTRYPOINT and HEALTHCHECK lines) and replays it in a debootstrap root,
-# so keep those lines in the simple forms used here.
+# Two stages on the same Debian release (trixie, the current stable), so the binary finds at run time
+# the glibc and libssl ABI it was linked against. Trixie's OpenSSL 3.5 has ML-KEM, so the image
+# offers the post-quantum hybrid X25519MLKEM768 first (bookworm's OpenSSL 3.0 could not).
+# scripts/container-smoke.sh reads the runtime stage below (its FROM, RUN, COPY, ENV, USER,
+# ENTRYPOINT and HEALTHCHECK lines) and replays it in a debootstrap root, so keep those lines in the
+# simple forms used here.
 
-# Pinned to a bookworm tag: the floating rust:1 moved to trixie, whose newer glibc symbols would not
-# load on bookworm-slim. 1.91 >= our rust-version (1.85).
-FROM rust:1.91-slim-bookworm AS builder
-# hadolint ignore=DL3008 # unpinned on purpose: bookworm's point and security releases replace exact versions on the mirror, and the tag above already fixes the release
+# Pinned to a release tag, never the floating rust:1, whose Debian release moves on: a builder newer
+# than the runtime stage would link glibc symbols that debian:trixie-slim cannot load. 1.91 >= our
+# rust-version (1.85).
+FROM rust:1.91-slim-trixie AS builder
+# hadolint ignore=DL3008 # unpinned on purpose: trixie's point and security releases replace exact versions on the mirror, and the tag above already fixes the release
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libssl-dev pkg-config \
     && rm -rf /var/lib/apt/lists/*
@@ -26,13 +29,14 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked --bin securesock \
     && install -D -m 0755 target/release/securesock /out/securesock
 
-FROM debian:bookworm-slim AS runtime
-# libssl3: the binary links it dynamically. openssl: the entrypoint makes a self-signed pair with it
-# and the HEALTHCHECK runs `openssl s_client`. ca-certificates: for verifying upstreams and clients.
+FROM debian:trixie-slim AS runtime
+# libssl3t64: the binary links libssl.so.3 dynamically (trixie's name for the package since the
+# 64-bit time_t transition). openssl: the entrypoint makes a self-signed pair with it and the
+# HEALTHCHECK runs `openssl s_client`. ca-certificates: for verifying upstreams and clients.
 # /certs belongs to the runtime user so the entrypoint can write a self-signed pair into an empty volume.
-# hadolint ignore=DL3008 # unpinned on purpose: libssl3 security fixes must arrive on every rebuild, and the bookworm-slim tag fixes the release
+# hadolint ignore=DL3008 # unpinned on purpose: libssl3t64 security fixes must arrive on every rebuild, and the trixie-slim tag fixes the release
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libssl3 openssl ca-certificates \
+    && apt-get install -y --no-install-recommends libssl3t64 openssl ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && install -d -m 0700 -o 10001 -g 10001 /certs
 COPY --from=builder /out/securesock /usr/local/bin/securesock

@@ -2,7 +2,7 @@
 # Benchmarks securesock against nginx (stream module) and stunnel on loopback, same certificate,
 # same Mozilla intermediate v6.0 settings, driven by securesock-bench, and writes a report.
 #
-#   scripts/bench.sh [--quick] [--throughput] [--forward] [--idle-memory] [--soak [N]] [--all] [--rounds N] [--duration SECS] [--out DIR] [--write]
+#   scripts/bench.sh [--quick] [--throughput] [--forward] [--idle-memory] [--soak [N]] [--all] [--trixie] [--rounds N] [--duration SECS] [--out DIR] [--write]
 #
 # Sections (default: --throughput):
 #   --throughput   full and resumed handshakes at 1, 16 and 64 clients, peers in alternating rounds;
@@ -15,6 +15,10 @@
 #   --soak [N]     N connections (default 1,000,000) against securesock: failures, RSS, open fds at
 #                  start, middle and end
 #   --all          throughput, forward and idle-memory (not soak)
+#   --trixie       run inside a cached debootstrap trixie root (scripts/rootfs.sh): OpenSSL 3.5 and
+#                  X25519MLKEM768, trixie's nginx; the host-built securesock and securesock-bench
+#                  load the root's libssl there. Throughput then compares securesock with nginx only,
+#                  at 16 and 64 clients, and writes its own section (throughput-trixie)
 # --quick    a smoke test of the chosen sections (still only throughput by default), not figures
 #            to publish: 1 round of 1 s runs at 1 and 16 clients, 64 MiB transfers, 200 idle
 #            connections, a 2,000-connection soak. On the shared 2-core box `--quick` ran 24 s and
@@ -39,6 +43,8 @@ usage() {
 
 # Recorded before the options are consumed, for the "command" line of each section.
 command_line="scripts/bench.sh${*:+ $*}"
+# And kept whole for the run inside a root (--trixie), which parses them again.
+all_args=("$@")
 quick=0
 rounds=3
 duration=5
@@ -46,6 +52,8 @@ write=0
 out=""
 sections=""
 soak_n=1000000
+# The Debian release whose root the run happens in (--trixie); empty: this machine as it is.
+suite=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) quick=1; shift ;;
@@ -60,6 +68,7 @@ while [ $# -gt 0 ]; do
         --duration) [ $# -ge 2 ] || { usage; exit 2; }; duration=$2; shift 2 ;;
         --out) [ $# -ge 2 ] || { usage; exit 2; }; out=$2; shift 2 ;;
         --write) write=1; shift ;;
+        --trixie) suite=trixie; shift ;;
         # The header comment, up to the first line that is not one.
         -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown argument '$1'" >&2; usage; exit 2 ;;
@@ -88,6 +97,15 @@ printf '%s\n\n%s\n' "# Benchmarks: report of \`$command_line\`" \
 jq_median='def median: sort | if length == 0 then null elif length % 2 == 1 then .[length / 2 | floor]
     else (.[length / 2 - 1] + .[length / 2]) / 2 end;'
 concurrencies="1 16 64"
+peers="securesock nginx nginx-1w stunnel"
+# Where the results go in BENCHMARKS.md: one section per kind of run, so a run on another release
+# does not replace this machine's figures.
+section_suffix=""
+if [ -n "$suite" ]; then
+    concurrencies="16 64"
+    peers="securesock nginx"
+    section_suffix="-$suite"
+fi
 idle_k=5000
 bulk_bytes=$((1024 * 1024 * 1024))
 if [ "$quick" -eq 1 ]; then
@@ -99,16 +117,66 @@ if [ "$quick" -eq 1 ]; then
     [ "$soak_n" -eq 1000000 ] && soak_n=2000
 fi
 
-need_packages openssl libssl-dev pkg-config gcc libc6-dev ca-certificates \
-    nginx libnginx-mod-stream stunnel4 jq gnuplot-nox
-need_cargo
+bench_build() {
+    cargo build --release --locked --quiet -p securesock --bin securesock \
+        -p securesock-bench --bin securesock-bench --example plain-greeter --example bulk
+}
+if [ -n "$suite" ] && [ "${SECURESOCK_BENCH_IN_ROOT:-}" != "$suite" ]; then
+    # Build here, then run this same script inside the root: private mount, pid and network
+    # namespaces (loopback only), a throw-away overlay of the cached root, the repository
+    # bind-mounted at its own path so the binaries are found and BENCHMARKS.md is written.
+    [ "$(id -u)" -eq 0 ] || { echo "bench.sh: --$suite needs root (debootstrap, chroot, namespaces)" >&2; exit 1; }
+    export PATH="$PATH:/usr/sbin:/sbin"
+    need_packages debootstrap util-linux iproute2 openssl libssl-dev pkg-config gcc libc6-dev
+    need_cargo
+    echo "== building (release)" >&2
+    bench_build
+    root=$(scripts/rootfs.sh --name bench --suite "$suite" \
+        --include nginx,libnginx-mod-stream,stunnel4,jq,gnuplot-nox,openssl,ca-certificates,procps | tail -n 1)
+    ns=$(mktemp -d /tmp/securesock-bench-root.XXXXXX)
+    rc=0
+    # shellcheck disable=SC2016 # expanded by the inner shell
+    unshare --mount --pid --net --uts --fork bash -c '
+        set -eu
+        root=$1 work=$2 repo=$3 suite=$4 out=$5; shift 5
+        mount -t tmpfs tmpfs "$work"
+        mkdir "$work/upper" "$work/work" "$work/merged"
+        m=$work/merged
+        mount -t overlay overlay -o "lowerdir=$root,upperdir=$work/upper,workdir=$work/work" "$m"
+        mkdir -p "$m$repo"
+        mount --bind "$repo" "$m$repo"
+        # The report directory, at the same path, so the run inside writes where this one said.
+        mkdir -p "$m$out"
+        mount --bind "$out" "$m$out"
+        mount -t proc proc "$m/proc"
+        mount --rbind /dev "$m/dev"
+        mount -t tmpfs -o mode=1777 tmpfs "$m/tmp"
+        hostname "securesock-bench-$suite"
+        ip link set lo up
+        exec chroot "$m" env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+            HOME=/root LANG=C.UTF-8 SECURESOCK_BENCH_IN_ROOT="$suite" bash "$repo/scripts/bench.sh" "$@"
+    ' bench-root "$root" "$ns" "$PWD" "$suite" "$out" "${all_args[@]}" --out "$out" || rc=$?
+    rmdir "$ns" 2>/dev/null || true
+    exit "$rc"
+fi
+
+if [ -n "$suite" ]; then
+    # Inside the root: its packages were installed when it was made, and it has no toolchain.
+    need_packages nginx libnginx-mod-stream stunnel4 jq gnuplot-nox
+else
+    need_packages openssl libssl-dev pkg-config gcc libc6-dev ca-certificates \
+        nginx libnginx-mod-stream stunnel4 jq gnuplot-nox
+    need_cargo
+fi
 
 # Many sockets at once (5,000 idle on each side, plus the servers' own): raise the descriptor limit
 # for this shell and everything it starts.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-echo "== building (release)" >&2
-cargo build --release --locked --quiet -p securesock --bin securesock -p securesock-bench --bin securesock-bench --example plain-greeter --example bulk
+if [ -z "$suite" ]; then
+    echo "== building (release)" >&2
+    bench_build
+fi
 bin=$PWD/target/release
 # The runs' own time, without package installs and the build.
 t_start=$(date +%s)
@@ -292,6 +360,7 @@ fd_count() { # PID
 tck=$(getconf CLK_TCK)
 
 versions() {
+    [ -z "$suite" ] || echo "- run inside a debootstrap $(sed -n 's/^PRETTY_NAME="\(.*\)"$/\1/p' /etc/os-release) root (\`scripts/rootfs.sh --suite $suite\`) on the machine below, in its own network namespace (loopback only)"
     echo "- machine: $(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1), $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), kernel $(uname -r)"
     echo "- $(openssl version)"
     echo "- $(nginx -v 2>&1 | sed 's/^nginx version: //'), stream module, Debian package $(dpkg-query -W -f='${Version}' nginx 2>/dev/null)"
@@ -330,21 +399,38 @@ publish() {
 # ---------------------------------------------------------------------------------------------
 throughput() {
     echo "== throughput: $rounds round(s) x clients {$concurrencies} x {full, resumed}, ${duration}s each" >&2
-    servers="securesock nginx nginx-1w stunnel"
+    servers=$peers
     declare -A pids ports
-    start_securesock securesock; pids[securesock]=$pid; ports[securesock]=$port
-    start_nginx nginx 2; pids[nginx]=$pid; ports[nginx]=$port
-    start_nginx nginx-1w 1; pids[nginx-1w]=$pid; ports[nginx-1w]=$port
-    start_stunnel stunnel; pids[stunnel]=$pid; ports[stunnel]=$port
+    for s in $servers; do
+        case "$s" in
+            securesock) start_securesock securesock ;;
+            nginx) start_nginx nginx 2 ;;
+            nginx-1w) start_nginx nginx-1w 1 ;;
+            stunnel) start_stunnel stunnel ;;
+        esac
+        pids[$s]=$pid
+        ports[$s]=$port
+    done
 
-    # Each peer must pass the same check before it is measured.
+    # Each peer must pass the same check before it is measured. Where the groups start with the
+    # post-quantum hybrid, each must also negotiate it with a client on the library's default
+    # groups, as securesock-bench's are.
     for s in $servers; do
         "$bench" "127.0.0.1:${ports[$s]}" --ca "$cert" -n 3 --json >"$work/check.json" ||
             { echo "bench.sh: $s fails the greeting check:" >&2; cat "$work/check.json" >&2; exit 1; }
+        case "$groups" in
+            X25519MLKEM768:*)
+                got=$(openssl s_client -connect "127.0.0.1:${ports[$s]}" -brief </dev/null 2>&1 |
+                    sed -n 's/^Negotiated TLS1.3 group: //p')
+                [ "$got" = X25519MLKEM768 ] || { echo "bench.sh: $s negotiates '${got:-no KEM group}', not X25519MLKEM768" >&2; exit 1; }
+                ;;
+        esac
     done
 
     results=$work/throughput.jsonl
     : >"$results"
+    # Other jobs on the box move every figure: the run says how busy the box was around it.
+    load_start=$(cut -d' ' -f1-3 /proc/loadavg)
     for round in $(seq 1 "$rounds"); do
         for c in $concurrencies; do
             for resume in false true; do
@@ -366,15 +452,26 @@ throughput() {
             done
         done
     done
+    load_end=$(cut -d' ' -f1-3 /proc/loadavg)
     for s in $servers; do
         echo "$s $(mem_kb "${pids[$s]}" VmHWM)"
     done >"$work/hwm.txt"
     for s in $servers; do
         stop "${pids[$s]}"
     done
-    stop "$greeter_pid"
+    # The plain greeter behind stunnel, when stunnel was a peer.
+    [ -z "${greeter_pid:-}" ] || stop "$greeter_pid"
 
     # Medians per server, clients and mode, with each one's ratio to nginx (2 workers).
+    # Every round's pairing of securesock with nginx (2 workers), measured back to back in a cell.
+    jq -s -r '
+        def r(x): if x == null then "-" else (x * 100 | round / 100 | tostring) end;
+        group_by([.resume, .concurrency, .round])
+        | map((map(select(.server == "securesock")) | first) as $a | (map(select(.server == "nginx")) | first) as $b
+            | select($a != null and $b != null)
+            | "| \(if $a.resume then "resumed" else "full" end) | \($a.concurrency) | \($a.round) | \($a.conns_per_s | floor) | \($b.conns_per_s | floor) | \(if $b.conns_per_s > 0 then r($a.conns_per_s / $b.conns_per_s) else "-" end) | \($a.latency_us.p99 / 100 | round / 10) | \($b.latency_us.p99 / 100 | round / 10) |")
+        | .[]' "$results" >"$work/pairs.md"
+
     jq -s -r "$jq_median"'
         def r(x): if x == null then "-" else (x * 10 | round / 10 | tostring) end;
         group_by([.resume, .concurrency, .server]) | map({
@@ -395,13 +492,25 @@ throughput() {
             r(.client), r(.resumed), .failed, .ok ] | @tsv' "$results" >"$work/medians.tsv"
 
     {
-        echo "## Handshake throughput (greet mode)"
+        if [ -n "$suite" ]; then
+            echo "## Handshake throughput on $suite (OpenSSL $(openssl version | cut -d' ' -f2), greet mode)"
+        else
+            echo "## Handshake throughput (greet mode)"
+        fi
         echo
         versions
-        echo "- command: \`$command_line\` ($rounds round(s), ${duration} s per run, peers alternated within each cell: securesock, nginx, nginx-1w, stunnel)"
-        echo "- peers: securesock (thread per connection, default flags, info log to a file); nginx stream \`return\` with Mozilla's intermediate v6.0 settings (session cache on, tickets off, as Mozilla's generator writes), 2 workers and 1 worker; stunnel (its default logging) in front of \`examples/plain-greeter.rs\` (plaintext, not counted in stunnel's CPU)"
+        echo "- command: \`$command_line\` ($rounds round(s), ${duration} s per run, peers alternated within each cell: ${servers// /, })"
+        if [ "$servers" = "securesock nginx nginx-1w stunnel" ]; then
+            echo "- peers: securesock (thread per connection, default flags, info log to a file); nginx stream \`return\` with Mozilla's intermediate v6.0 settings (session cache on, tickets off, as Mozilla's generator writes), 2 workers and 1 worker; stunnel (its default logging) in front of \`examples/plain-greeter.rs\` (plaintext, not counted in stunnel's CPU)"
+        else
+            echo "- peers: securesock (thread per connection, default flags, info log to a file); nginx stream \`return\` with Mozilla's intermediate v6.0 settings (session cache on, tickets off, as Mozilla's generator writes), 2 workers"
+        fi
+        case "$groups" in
+            X25519MLKEM768:*) echo "- key exchange: every peer negotiates X25519MLKEM768 with a client on OpenSSL's default groups (checked with \`openssl s_client -brief\` before the runs); securesock-bench uses those defaults" ;;
+        esac
         echo "- client: \`securesock-bench --insecure -c CLIENTS -d ${duration} [--resume]\` on the same 2 cores; each run's protocol: $(jq -r -s 'map(.protocol) | unique | join(", ")' "$results"), cipher: $(jq -r -s 'map(.cipher) | unique | join(", ")' "$results")"
         echo "- server CPU: utime+stime from /proc/PID/stat of the server's processes (nginx: master + workers) over the run ÷ successful connections; medians over the rounds; ratios are to nginx with 2 workers"
+        echo "- load average (1, 5, 15 min) when the runs started: $load_start; when they ended: $load_end ($(nproc) cores)"
         echo
         echo "| mode | clients | server | conns/s | ×nginx | p50 ms | p99 ms | server CPU µs/conn | ×nginx | client CPU µs/conn | resumed % | failed | ok |"
         echo "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
@@ -412,19 +521,27 @@ throughput() {
         echo "| server | peak RSS MiB |"
         echo "|---|---:|"
         awk '{ printf "| %s | %.1f |\n", $1, $2 / 1024 }' "$work/hwm.txt"
+        if [ -s "$work/pairs.md" ]; then
+            echo
+            echo "Every round, securesock and nginx (2 workers) back to back in the same cell:"
+            echo
+            echo "| mode | clients | round | securesock conns/s | nginx conns/s | ×nginx | securesock p99 ms | nginx p99 ms |"
+            echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+            cat "$work/pairs.md"
+        fi
         echo
-        echo "![conns/s and p99 by clients](docs/bench-throughput.png)"
+        echo "![conns/s and p99 by clients](docs/bench-throughput$section_suffix.png)"
     } >"$work/throughput.md"
 
     chart "$work/medians.tsv"
     cat "$work/throughput.md"
     # The section links docs/bench-throughput.png, which resolves beside either BENCHMARKS.md.
-    cp "$work/chart.png" "$out/docs/bench-throughput.png"
+    cp "$work/chart.png" "$out/docs/bench-throughput$section_suffix.png"
     if [ "$write" -eq 1 ]; then
         mkdir -p docs
-        cp "$work/chart.png" docs/bench-throughput.png
+        cp "$work/chart.png" "docs/bench-throughput$section_suffix.png"
     fi
-    publish throughput "$work/throughput.md"
+    publish "throughput$section_suffix" "$work/throughput.md"
 }
 
 # chart MEDIANS.TSV: conns/s and p99 against clients, one line per server, full and resumed.
@@ -434,7 +551,7 @@ chart() {
     for mode in full resumed; do
         dash=1
         [ "$mode" = resumed ] && dash=2
-        for s in securesock nginx nginx-1w stunnel; do
+        for s in $peers; do
             dat=$work/plot-$mode-$s.dat
             awk -F'\t' -v m="$mode" -v s="$s" '$1 == m && $3 == s { print $2, $4, $7 }' "$1" >"$dat"
             rate_plot="$rate_plot${rate_plot:+, }'$dat' using 1:2 with linespoints dt $dash title '$s $mode'"
@@ -444,7 +561,7 @@ chart() {
     gnuplot <<EOF
 set terminal pngcairo size 1200,500 noenhanced
 set output '$work/chart.png'
-set multiplot layout 1,2 title 'securesock vs nginx stream vs stunnel ($(nproc) cores, loopback, medians)'
+set multiplot layout 1,2 title '${peers// / vs } ($(nproc) cores, loopback, medians${suite:+, $suite})'
 set logscale x 2
 set xlabel 'concurrent clients'
 set key left top font ',8'

@@ -1,18 +1,20 @@
 #!/bin/bash
 # Tests the container image's runtime stage without a container engine. It reads the Dockerfile's
 # final stage (FROM, RUN, COPY, ENV, USER, ENTRYPOINT, HEALTHCHECK), so the test cannot drift from
-# the image: a debootstrap bookworm root (cached, see scripts/rootfs.sh) stands in for
-# debian:bookworm-slim, the stage's RUN lines run in it (so apt installs exactly its packages), the
-# release binary and scripts are copied where its COPY lines put them, and the ENTRYPOINT runs as its
-# USER, as PID 1 of private pid/net/mount/uts namespaces with its ENV. Then, from inside those
-# namespaces: scripts/check.sh (openssl s_client), the HEALTHCHECK command, and SIGTERM (drain, exit 0).
+# the image: a debootstrap root of the stage's release (cached, see scripts/rootfs.sh) stands in for
+# its debian:<release>-slim, the stage's RUN lines run in it (so apt installs exactly its packages),
+# the release binary and scripts are copied where its COPY lines put them, and the ENTRYPOINT runs as
+# its USER, as PID 1 of private pid/net/mount/uts namespaces with its ENV. Then, from inside those
+# namespaces: scripts/check.sh (openssl s_client), the HEALTHCHECK command, the image's own
+# `openssl s_client -groups X25519MLKEM768` (the handshake must use the post-quantum hybrid, which
+# trixie's OpenSSL 3.5 has), and SIGTERM (drain, exit 0).
 # Runs: mounted certificates; none (the entrypoint must make a self-signed pair); none with
 # SECURESOCK_SELF_SIGNED=never (it must refuse, exit 2).
 #
 #   scripts/container-smoke.sh [--without PKG]...
 #
 # --without PKG removes that package (dpkg --force-depends) from the root before the runs, to prove
-# the test fails when the image lacks something: e.g. --without libssl3 must fail.
+# the test fails when the image lacks something: e.g. --without libssl3t64 must fail.
 # Needs root, debootstrap, util-linux; builds target/release/securesock with cargo when needed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -62,8 +64,11 @@ exec_form() {
     echo "${BASH_REMATCH[1]}" | tr ',' '\n' | sed 's/^[[:space:]]*"//; s/"[[:space:]]*$//'
 }
 
-[ "$base" = "debian:bookworm-slim" ] ||
-    fail "Dockerfile: the runtime stage is FROM $base; this stand-in debootstraps bookworm (change both together)"
+# The releases scripts/rootfs.sh can make a root of.
+case "$base" in
+    debian:bookworm-slim|debian:trixie-slim) suite=${base#debian:}; suite=${suite%-slim} ;;
+    *) fail "Dockerfile: the runtime stage is FROM $base; this stand-in debootstraps only debian:bookworm-slim and debian:trixie-slim (change both together)" ;;
+esac
 [[ $user =~ ^([1-9][0-9]*):([1-9][0-9]*)$ ]] || fail "Dockerfile: USER must be numeric and not root (UID:GID), got '$user'"
 uid=${BASH_REMATCH[1]} gid=${BASH_REMATCH[2]}
 [[ $healthcheck =~ CMD[[:space:]]+(\[.*\])$ ]] || fail "Dockerfile: HEALTHCHECK must use exec-form CMD [...]"
@@ -113,7 +118,7 @@ cleanup() {
 trap cleanup EXIT
 
 printf '%s\n' "${runs[@]}" >"$tmp/setup.sh"
-root=$(scripts/rootfs.sh --name runtime --setup "$tmp/setup.sh" | tail -n 1)
+root=$(scripts/rootfs.sh --name runtime --suite "$suite" --setup "$tmp/setup.sh" | tail -n 1)
 cargo build --release --locked --quiet --bin securesock
 
 # COPY lines as "host-path<TAB>image-path", one a line. --from=builder sources come from our own
@@ -255,6 +260,16 @@ scenario() {
     inside "$pid1" /usr/local/bin/check.sh 127.0.0.1:12345 --ca /certs/server-cert.pem | sed 's/^/   check.sh: /' ||
         fail "$name: scripts/check.sh failed inside the container"
     inside "$pid1" "${health_cmd[@]}" | sed 's/^/   HEALTHCHECK: /' || fail "$name: the HEALTHCHECK command failed"
+
+    # The image's own s_client offering only the post-quantum hybrid: the server must pick it (a
+    # server without it would fail the handshake, or, were X25519 offered too, fall back silently).
+    inside "$pid1" openssl s_client -connect 127.0.0.1:12345 -groups X25519MLKEM768 \
+        -CAfile /certs/server-cert.pem -verify_return_error -brief </dev/null >"$tmp/$name.pq" 2>&1 || true
+    if ! grep -qx "Negotiated TLS1.3 group: X25519MLKEM768" "$tmp/$name.pq"; then
+        sed 's/^/  s_client: /' "$tmp/$name.pq" >&2
+        fail "$name: the handshake did not use X25519MLKEM768 ($(inside "$pid1" openssl version))"
+    fi
+    echo "   $(inside "$pid1" openssl version | cut -d' ' -f1-2) s_client -groups X25519MLKEM768: Negotiated TLS1.3 group: X25519MLKEM768"
 
     kill -TERM "$pid1"
     rc=0

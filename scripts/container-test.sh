@@ -5,12 +5,16 @@
 #
 #   1. lint: hadolint on the Dockerfile (no warnings; every ignore carries its reason inline) and
 #      the package's maintainer scripts through ShellCheck;
-#   2. scripts/container-smoke.sh: the runtime stage replayed in a debootstrap root;
-#   3. the same with libssl3, then openssl, removed: each must fail, for the expected reason;
-#   4. scripts/deb-test.sh: the .deb installed and run under systemd in systemd-nspawn.
+#   2. scripts/container-smoke.sh: the runtime stage replayed in a debootstrap trixie root, including
+#      a post-quantum (X25519MLKEM768) handshake with the image's own s_client;
+#   3. the same with libssl3t64, then openssl, removed: each must fail, for the expected reason;
+#   4. scripts/pq-test.sh: the host-built binary on trixie's OpenSSL 3.5 (X25519MLKEM768, X25519-only
+#      clients, both TLS profiles);
+#   5. scripts/deb-test.sh on bookworm and on trixie: the .deb installed and run under systemd in
+#      systemd-nspawn, its Depends met by libssl3 on one and by libssl3t64 on the other.
 #
-# The first run builds two cached roots under /var/cache/securesock-rootfs (about 2-3 minutes);
-# later runs take well under a minute. Prints "container: N passed, N failed" last.
+# The first run builds four cached roots under /var/cache/securesock-rootfs (a few minutes); later
+# runs reuse them and take about a minute. Prints "container: N passed, N failed" last.
 set -eu
 cd "$(dirname "$0")/.."
 . scripts/common.sh
@@ -71,9 +75,11 @@ must_fail_without() {
 start=$(date +%s)
 step "lint (hadolint, shellcheck packaging/)" lint
 step "smoke test of the runtime stage" scripts/container-smoke.sh
-step "smoke test without libssl3 must fail" must_fail_without libssl3 "libssl.so.3: cannot open shared object file"
+step "smoke test without libssl3t64 must fail" must_fail_without libssl3t64 "libssl.so.3: cannot open shared object file"
 step "smoke test without openssl must fail" must_fail_without openssl "failed to run command 'openssl'"
-step "Debian package under systemd-nspawn" scripts/deb-test.sh
+step "post-quantum key exchange on OpenSSL 3.5 (trixie root)" scripts/pq-test.sh
+step "Debian package under systemd-nspawn, bookworm" scripts/deb-test.sh --suite bookworm
+step "Debian package under systemd-nspawn, trixie" scripts/deb-test.sh --suite trixie
 echo "container checks took $(($(date +%s) - start)) s"
 echo "container: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

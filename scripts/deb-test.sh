@@ -1,19 +1,31 @@
 #!/bin/bash
 # Tests the Debian package the way an administrator meets it: builds target/debian/securesock_*.deb
-# with `cargo deb`, boots a cached debootstrap bookworm root with systemd in `systemd-nspawn --boot`
-# (loopback only: --private-network; a throw-away tmpfs overlay: --volatile=overlay), installs the
-# .deb there with dpkg, and checks that the unit is enabled and active, runs as an unprivileged
-# dynamic user without capabilities, answers `openssl s_client` with the certificate postinst made,
-# picks up a new certificate on `systemctl reload`, drains and exits 0 on `systemctl stop`, and that
-# purge removes it.
+# with `cargo deb`, boots a cached debootstrap root (bookworm, or the --suite given) with systemd in
+# `systemd-nspawn --boot` (loopback only: --private-network; a throw-away tmpfs overlay:
+# --volatile=overlay), installs the .deb there with dpkg, and checks that the unit is enabled and
+# active, runs as an unprivileged dynamic user without capabilities, answers `openssl s_client` with
+# the certificate postinst made, picks up a new certificate on `systemctl reload`, drains and exits 0
+# on `systemctl stop`, and that purge removes it.
 #
-#   scripts/deb-test.sh
+#   scripts/deb-test.sh [--suite bookworm|trixie]
+#
+# The root gets the package's Depends the way apt resolves them on that release (`apt-get satisfy`),
+# so a Depends that cannot be met there (trixie's libssl3t64 instead of libssl3, say) fails the build
+# of the root, and dpkg -i then checks them again offline.
 #
 # SECURESOCK_EXPECT_RELOAD=pass|fail|auto (default auto: pass when `securesock --help` mentions
 # SIGHUP, i.e. the binary reloads on SIGHUP; fail otherwise, where SIGHUP's default action kills it).
 # Needs root; installs debootstrap, systemd-container and (when missing) cargo-deb.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+suite=bookworm
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --suite) [ $# -ge 2 ] || { echo "deb-test.sh: --suite needs a value" >&2; exit 2; }; suite=$2; shift 2 ;;
+        *) echo "deb-test.sh: unknown argument '$1'" >&2; exit 2 ;;
+    esac
+done
 
 fail() {
     echo "FAIL: $*" >&2
@@ -46,10 +58,13 @@ case ", $depends," in
     *) fail "Depends lacks libssl3" ;;
 esac
 
-# The root: systemd, plus every package the .deb depends on, so dpkg -i works offline and fails
-# if the package asks for something that is not there.
-deps=$(echo "$depends" | tr ',' '\n' | sed 's/|.*//; s/(.*)//; s/[[:space:]]//g' | sed '/^$/d' | paste -sd, -)
-root=$(scripts/rootfs.sh --name deb-systemd --include "systemd,systemd-sysv,libnss-systemd,$deps" | tail -n 1)
+# The root: systemd, plus what the .deb depends on as apt resolves it on this release (versions,
+# alternatives and Provides included), so dpkg -i works offline and fails if the package asks for
+# something that is not there.
+printf 'apt-get update -qq\napt-get satisfy -y -q --no-install-recommends %s\nrm -rf /var/lib/apt/lists/*\n' \
+    "'$depends'" >"$tmp/setup.sh"
+root=$(scripts/rootfs.sh --name deb-systemd --suite "$suite" --include systemd,systemd-sysv,libnss-systemd \
+    --setup "$tmp/setup.sh" | tail -n 1) || fail "$suite cannot meet the package's Depends ($depends), or its root could not be built"
 
 nspawn_pid=""
 leader=""
@@ -70,7 +85,7 @@ trap cleanup EXIT
 cp "$deb" "$tmp/"
 pkg=/mnt/pkg/$(basename "$deb")
 
-echo "== deb test: booting bookworm with systemd in systemd-nspawn"
+echo "== deb test: booting $suite with systemd in systemd-nspawn"
 # --register=no and --keep-unit: there is no systemd (nor D-Bus) on the host to register with.
 systemd-nspawn -q -D "$root" --volatile=overlay --private-network --register=no --keep-unit \
     --bind-ro="$tmp:/mnt/pkg" --boot >"$tmp/console.log" 2>&1 &
@@ -123,6 +138,9 @@ show() {
 
 echo "== deb test: dpkg -i (postinst makes the certificate, enables and starts the unit)"
 machine dpkg -i "$pkg" 2>&1 | sed 's/^/   dpkg: /' || fail "dpkg -i failed"
+# Which package met the libssl3 dependency: libssl3 itself, or libssl3t64 through its Provides.
+# shellcheck disable=SC2016 # a dpkg-query format, not a shell expansion
+echo "   libssl on $suite: $(machine dpkg-query -W -f='${db:Status-Abbrev}${Package} ${Version}\n' 'libssl3*' | sed -n 's/^ii *//p' | paste -sd, -)"
 [ "$(machine systemctl is-enabled securesock)" = enabled ] || fail "the unit is not enabled"
 wait_journal "listening on"
 [ "$(machine systemctl is-active securesock)" = active ] || fail "the unit is not active"
@@ -228,4 +246,4 @@ deadline=$((SECONDS + 30))
 while kill -0 "$nspawn_pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
 wait "$nspawn_pid" 2>/dev/null || true
 nspawn_pid=""
-echo "deb test: OK ($((SECONDS - start)) s)"
+echo "deb test on $suite: OK ($((SECONDS - start)) s)"
