@@ -15,6 +15,7 @@ pub mod config;
 pub mod connection;
 pub mod error;
 pub mod limits;
+pub mod listener;
 pub mod metrics;
 pub mod net;
 pub mod proxy_protocol;

@@ -258,7 +258,7 @@ impl InProcess {
         };
         let server =
             securesock::server::Server::bind(&config).unwrap_or_else(|e| panic!("binding: {e:#}"));
-        let addr = server.local_addr();
+        let addr = server.local_addr().expect("a TCP listener");
         let handle = server.handle();
         let thread = thread::spawn(move || server.run());
         InProcess {
