@@ -218,7 +218,7 @@ fn an_unreachable_upstream_closes_the_client_and_says_why() {
 #[test]
 fn the_server_certificate_is_not_needed_in_client_mode() {
     // An upstream that is not TLS at all: enough to see client mode start without certs/.
-    let (addr, _up) = upstream_once(|s| drop(s));
+    let (addr, _up) = upstream_once(drop);
     let client = client_mode(
         &addr.to_string(),
         &[
