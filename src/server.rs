@@ -174,7 +174,12 @@ impl Server {
             Arc::clone(&shared.metrics),
             reload::Schedule {
                 watch: config.watch_interval,
-                ticket_key_rotation: config.ticket_key_rotation,
+                // Client mode issues no tickets: rebuilding its context would only drop the
+                // upstream's session.
+                ticket_key_rotation: match config.mode {
+                    Mode::Client { .. } => None,
+                    _ => config.ticket_key_rotation,
+                },
             },
             upstream,
         )?;
