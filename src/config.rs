@@ -251,7 +251,8 @@ pub struct Args {
     )]
     pub listen: String,
 
-    /// Certificate file: PEM, leaf certificate first, intermediate chain may follow
+    /// Certificate file: PEM, leaf certificate first, intermediate chain may follow (not read in
+    /// client mode)
     #[arg(
         long,
         env = "SECURESOCK_CERT",
@@ -260,7 +261,7 @@ pub struct Args {
     )]
     pub cert: PathBuf,
 
-    /// Private key file (PEM) matching the certificate
+    /// Private key file (PEM) matching the certificate (not read in client mode)
     #[arg(
         long,
         env = "SECURESOCK_KEY",
