@@ -2,7 +2,7 @@
 # Benchmarks securesock against nginx (stream module) and stunnel on loopback, same certificate,
 # same Mozilla intermediate v6.0 settings, driven by securesock-bench, and writes a report.
 #
-#   scripts/bench.sh [--quick] [--throughput] [--forward] [--idle-memory] [--soak [N]] [--all] [--trixie] [--rounds N] [--duration SECS] [--out DIR] [--write]
+#   scripts/bench.sh [--quick] [--throughput] [--forward] [--client] [--idle-memory] [--soak [N]] [--all] [--trixie] [--rounds N] [--duration SECS] [--out DIR] [--write]
 #
 # Sections (default: --throughput):
 #   --throughput   full and resumed handshakes at 1, 16 and 64 clients, peers in alternating rounds;
@@ -10,11 +10,14 @@
 #   --forward      forward mode: one connection moving 1 GiB up, then 1 GiB down, through securesock
 #                  --mode forward, nginx stream proxy_pass and stunnel to a plaintext upstream
 #                  (examples/bulk.rs); MB/s and server CPU s/GiB, medians over the rounds
+#   --client       client mode: plaintext connections (securesock-bench --plaintext) through securesock
+#                  --mode client and stunnel client = yes to a TLS greet upstream, full handshakes (an
+#                  upstream without resumption) and resumed ones; conns/s, p99, CPU per connection
 #   --idle-memory  securesock's RSS before and with 5,000 idle connections, the burst's accept time,
 #                  the same for nginx, and whether a client from 127.0.0.2 is still served in 50 ms
 #   --soak [N]     N connections (default 1,000,000) against securesock: failures, RSS, open fds at
 #                  start, middle and end
-#   --all          throughput, forward and idle-memory (not soak)
+#   --all          throughput, forward, client and idle-memory (not soak)
 #   --trixie       run inside a cached debootstrap trixie root (scripts/rootfs.sh): OpenSSL 3.5 and
 #                  X25519MLKEM768, trixie's nginx; the host-built securesock and securesock-bench
 #                  load the root's libssl there. Throughput then compares securesock with nginx only,
@@ -59,11 +62,12 @@ while [ $# -gt 0 ]; do
         --quick) quick=1; shift ;;
         --throughput) sections="$sections throughput"; shift ;;
         --forward) sections="$sections forward"; shift ;;
+        --client) sections="$sections client"; shift ;;
         --idle-memory) sections="$sections idle"; shift ;;
         --soak)
             sections="$sections soak"; shift
             case "${1:-}" in ''|-*) ;; *) soak_n=$1; shift ;; esac ;;
-        --all) sections="$sections throughput forward idle"; shift ;;
+        --all) sections="$sections throughput forward client idle"; shift ;;
         --rounds) [ $# -ge 2 ] || { usage; exit 2; }; rounds=$2; shift 2 ;;
         --duration) [ $# -ge 2 ] || { usage; exit 2; }; duration=$2; shift 2 ;;
         --out) [ $# -ge 2 ] || { usage; exit 2; }; out=$2; shift 2 ;;
@@ -279,7 +283,7 @@ stream {
         ssl_conf_command Ciphersuites $tls13_suites;
         ssl_prefer_server_ciphers off;
         ssl_session_timeout 1d;
-        ssl_session_cache shared:MozSSL:10m;
+        ssl_session_cache ${nginx_session_cache:-shared:MozSSL:10m};
         ssl_session_tickets off;
         ssl_handshake_timeout ${handshake_timeout}s;
         $body
@@ -649,6 +653,140 @@ forward() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# start_stunnel_client NAME UPSTREAM-PORT: stunnel in client mode (plaintext in, TLS out), verifying
+# the upstream as securesock's client mode does: the test certificate as the only trust anchor, the
+# IP address checked against the certificate, Mozilla intermediate v6.0 from the client's side.
+start_stunnel_client() {
+    name=$1
+    free_port
+    cat >"$work/$name.conf" <<EOF
+foreground = quiet
+syslog = no
+output = $work/$name.log
+pid =
+[client]
+client = yes
+accept = 127.0.0.1:$port
+connect = 127.0.0.1:$2
+CAfile = $cert
+verifyChain = yes
+checkIP = 127.0.0.1
+sslVersionMin = TLSv1.2
+ciphers = $tls12_ciphers
+ciphersuites = $tls13_suites
+curves = $groups
+EOF
+    stunnel "$work/$name.conf" &
+    pid=$!
+    started_pids="$started_pids $pid"
+    wait_for port_open "$port"
+}
+
+# client: plaintext load through each TLS client to a TLS greet upstream. Full handshakes go to an
+# nginx upstream with neither session cache nor tickets (nothing can resume); resumed ones to a
+# securesock greet upstream of each client's own (tickets on), whose log says how many resumed.
+# Only the TLS client's CPU is counted.
+client_section() {
+    echo "== client mode: $rounds round(s) x clients {$concurrencies} x {full, resumed}, ${duration}s each" >&2
+    peers="securesock stunnel"
+    declare -A pids ports resume_up
+    nginx_session_cache=off start_nginx client-up-full 2
+    full_up=$port
+    up_pids=$pid
+    for s in $peers; do
+        start_securesock "client-up-$s"
+        resume_up[$s]=$port
+        up_pids="$up_pids $pid"
+    done
+    for kind in full resumed; do
+        for s in $peers; do
+            up=$full_up
+            [ "$kind" = resumed ] && up=${resume_up[$s]}
+            if [ "$s" = securesock ]; then
+                start_securesock "client-$kind" --mode client --upstream "127.0.0.1:$up" --upstream-ca "$cert"
+            else
+                start_stunnel_client "stunnel-client-$kind" "$up"
+            fi
+            pids[$s-$kind]=$pid
+            ports[$s-$kind]=$port
+            "$bench" "127.0.0.1:$port" --plaintext -n 3 --json >"$work/check.json" ||
+                { echo "bench.sh: the $s client ($kind) fails the greeting check:" >&2; cat "$work/check.json" >&2; exit 1; }
+        done
+    done
+
+    results=$work/client.jsonl
+    : >"$results"
+    for round in $(seq 1 "$rounds"); do
+        for c in $concurrencies; do
+            for kind in full resumed; do
+                # Alternate the peers within each cell so drift hits both.
+                for s in $peers; do
+                    p=${pids[$s-$kind]}
+                    before=$(cpu_ticks "$p")
+                    "$bench" "127.0.0.1:${ports[$s-$kind]}" --plaintext -c "$c" -d "$duration" --json >"$work/run.json" || true
+                    after=$(cpu_ticks "$p")
+                    jq -c --arg s "$s" --arg k "$kind" --argjson r "$round" --argjson t "$((after - before))" --argjson tck "$tck" \
+                        '. + {server: $s, kind: $k, round: $r,
+                              server_cpu_us: (if .ok > 0 then $t * 1000000 / $tck / .ok else null end)}' \
+                        "$work/run.json" >>"$results"
+                    jq -r '"  \(.server) client c=\(.concurrency) \(.kind) round \(.round): \(.conns_per_s | floor) conns/s, p99 \(.latency_us.p99 / 1000) ms, \(.server_cpu_us // 0 | floor) µs CPU/conn, failed \(.failed)"' \
+                        <(tail -n 1 "$results") >&2
+                done
+            done
+        done
+    done
+    for key in "${!pids[@]}"; do
+        stop "${pids[$key]}"
+    done
+    for p in $up_pids; do
+        stop "$p"
+    done
+    # What the resuming upstreams saw: resumed handshakes among all they completed.
+    resumed_pct() { # LOG
+        awk '/ conn / && /result=ok/ { n++; if (/resumed=yes/) r++ } END { if (n) printf "%.1f", 100 * r / n; else print "-" }' "$1"
+    }
+    resumed_securesock=$(resumed_pct "$work/client-up-securesock.log")
+    resumed_stunnel=$(resumed_pct "$work/client-up-stunnel.log")
+
+    # Medians per kind, clients and peer, with securesock's ratios to stunnel and the goal's verdict
+    # (at least 1.5x stunnel's conns/s at no more than 0.7x its CPU per connection).
+    jq -s -r "$jq_median"'
+        def r(x): if x == null then "-" else (x * 100 | round / 100 | tostring) end;
+        group_by([.kind, .concurrency, .server]) | map({
+            kind: .[0].kind, concurrency: .[0].concurrency, server: .[0].server,
+            rate: (map(.conns_per_s) | median),
+            p50: (map(.latency_us.p50) | median / 1000), p99: (map(.latency_us.p99) | median / 1000),
+            cpu: (map(.server_cpu_us | select(. != null)) | median),
+            failed: (map(.failed) | add), ok: (map(.ok) | add) }) as $rows
+        | ($rows | map(select(.server == "stunnel")) | map({key: "\(.kind)/\(.concurrency)", value: .}) | from_entries) as $st
+        | $rows | sort_by((.kind != "full"), .concurrency, (.server != "securesock"))
+        | .[] | $st["\(.kind)/\(.concurrency)"] as $n
+        | (if $n.rate > 0 then .rate / $n.rate else null end) as $xr
+        | (if $n.cpu != null and .cpu != null and $n.cpu > 0 then .cpu / $n.cpu else null end) as $xc
+        | [ .kind, .concurrency, .server, (.rate | floor), r($xr), r(.p50), r(.p99), r(.cpu), r($xc),
+            .failed, .ok,
+            (if .server == "stunnel" then "" elif $xr != null and $xc != null and $xr >= 1.5 and $xc <= 0.7 then "met" else "not met" end) ] | @tsv' \
+        "$results" >"$work/client.tsv"
+    {
+        echo "## Client mode: plaintext in, TLS out"
+        echo
+        versions
+        echo "- command: \`$command_line\` ($rounds round(s), ${duration} s per run, peers alternated within each cell)"
+        echo "- load: \`securesock-bench --plaintext -c CLIENTS -d ${duration}\`: a plaintext TCP connection, the greeting, a clean EOF; the TLS client in between connects to the upstream, verifies it and relays"
+        echo "- peers: securesock \`--mode client --upstream 127.0.0.1:PORT --upstream-ca CERT\` (the upstream's IP checked against its certificate); stunnel \`client = yes\` with \`CAfile\`, \`verifyChain = yes\`, \`checkIP = 127.0.0.1\`; both with Mozilla intermediate v6.0 from the client's side"
+        echo "- upstreams: **full** handshakes go to nginx stream \`return\` with \`ssl_session_cache off\` and \`ssl_session_tickets off\` (2 workers; nothing can resume); **resumed** ones to a securesock greet server per peer (TLS 1.3 tickets), whose logs count the resumed handshakes: securesock client ${resumed_securesock} %, stunnel client ${resumed_stunnel} % of the connections they completed"
+        echo "- CPU: utime+stime of the TLS client's process over the run ÷ successful connections (the upstream's and the load generator's are not counted); medians over the rounds; × is securesock ÷ stunnel"
+        echo "- goal: at least 1.5× stunnel's conns/s at no more than 0.7× its CPU per connection"
+        echo
+        echo "| handshake | clients | peer | conns/s | ×stunnel | p50 ms | p99 ms | CPU µs/conn | ×stunnel | failed | ok | goal |"
+        echo "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        awk -F'\t' -v OFS=' | ' '{ $1 = $1; print "| " $0 " |" }' "$work/client.tsv"
+    } >"$work/client.md"
+    cat "$work/client.md"
+    publish client "$work/client.md"
+}
+
+# ---------------------------------------------------------------------------------------------
 # idle_probe NAME PID PORT: holds $idle_k idle connections, then measures memory, accept time and
 # a second client's service. Appends a table row to $work/idle-rows.md.
 idle_probe() {
@@ -752,6 +890,7 @@ for section in $sections; do
     case "$section" in
         throughput) throughput ;;
         forward) forward ;;
+        client) client_section ;;
         idle) idle_memory ;;
         soak) soak ;;
     esac

@@ -1,7 +1,8 @@
 #!/bin/sh
 # The container's HEALTHCHECK: a TLS handshake with the server through `openssl s_client`. Healthy
 # (exit 0) when the handshake completes at TLS 1.2 or later; it does not judge the certificate or
-# what the server sends, so it holds for every mode and every certificate.
+# what the server sends, so it holds for every mode that serves TLS on TCP and every certificate
+# (not client mode, whose listener speaks plaintext, nor a unix: listener).
 #
 #   healthcheck.sh [HOST:PORT]     default: 127.0.0.1 and the port of $SECURESOCK_LISTEN (12345)
 set -eu

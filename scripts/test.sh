@@ -1,13 +1,14 @@
 #!/bin/sh
 # Installs what the tests need and runs the whole suite: formatting, lints (clippy and shellcheck),
-# every unit and integration test against the real binary and the real `openssl s_client`, then
+# every unit and integration test against the real binary and the real `openssl s_client` (and, for
+# client mode, a TLS-only `redis-server` reached with `redis-cli`), then
 # the Kubernetes manifest checks, the sslyze compliance scan, and the container and Debian package
 # checks (these need root; tools and root filesystems are cached under /var/cache/securesock-*).
 set -eu
 cd "$(dirname "$0")/.."
 . scripts/common.sh
 
-need_packages openssl libssl-dev pkg-config gcc libc6-dev ca-certificates shellcheck
+need_packages openssl libssl-dev pkg-config gcc libc6-dev ca-certificates shellcheck redis-server redis-tools
 need_cargo
 
 echo "== cargo fmt --check"

@@ -7,6 +7,7 @@
 //! values alone (address syntax, ranges, flag combinations) is checked here, so a bad configuration
 //! fails with one line before the server touches anything.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -35,8 +36,9 @@ impl TlsProfile {
 
 /// What each connection does after the handshake, from the command line to the connection thread.
 ///
-/// `U` is how forward mode knows its upstream: the `HOST:PORT` text as configured, and once the
-/// server has resolved it at start, the resolved upstream ([`Mode::try_map_upstream`]). Adding a
+/// `U` is how forward and client modes know their upstream: the `HOST:PORT` or `unix:/path` text as
+/// configured, and once the server has resolved it at start, the resolved upstream
+/// ([`Mode::try_map_upstream`]). Adding a
 /// mode is one variant here, its entry in [`MODES`] and [`Mode::name`], its parsing in
 /// [`Args::validate`], and its data phase in the connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,14 +52,18 @@ pub enum Mode<U = String> {
         upstream: U,
         proxy_protocol: Option<ProxyProtocol>,
     },
+    /// The other direction: accept plaintext and relay it to an upstream over TLS, which is
+    /// verified as [`TlsSettings::upstream`] says (stunnel's `client = yes`).
+    Client { upstream: U },
 }
 
 const GREET: &str = "greet";
 const ECHO: &str = "echo";
 const FORWARD: &str = "forward";
+const CLIENT: &str = "client";
 
 /// Every mode's name, as `--mode` takes it and the log prints it, with its help text.
-const MODES: [(&str, &str); 3] = [
+const MODES: [(&str, &str); 4] = [
     (
         GREET,
         "Send the greeting, close_notify, close (the tutorial's server)",
@@ -69,6 +75,10 @@ const MODES: [(&str, &str); 3] = [
     (
         FORWARD,
         "Relay to the plaintext --upstream service (TLS termination)",
+    ),
+    (
+        CLIENT,
+        "Take plaintext connections and relay them over TLS to --upstream (TLS origination)",
     ),
 ];
 
@@ -83,6 +93,7 @@ impl<U> Mode<U> {
             Mode::Greet { .. } => GREET,
             Mode::Echo => ECHO,
             Mode::Forward { .. } => FORWARD,
+            Mode::Client { .. } => CLIENT,
         }
     }
 
@@ -98,13 +109,16 @@ impl<U> Mode<U> {
                 upstream: f(upstream)?,
                 proxy_protocol,
             },
+            Mode::Client { upstream } => Mode::Client {
+                upstream: f(upstream)?,
+            },
         })
     }
 
     /// The upstream, for the modes that have one.
     pub fn upstream(&self) -> Option<&U> {
         match self {
-            Mode::Forward { upstream, .. } => Some(upstream),
+            Mode::Forward { upstream, .. } | Mode::Client { upstream } => Some(upstream),
             Mode::Greet { .. } | Mode::Echo => None,
         }
     }
@@ -150,6 +164,32 @@ pub struct TlsSettings {
     pub alpn: Vec<String>,
     /// Without a common protocol, go on without ALPN instead of failing the handshake.
     pub alpn_optional: bool,
+    /// Client mode: how to reach the upstream over TLS. The server-side fields above (certificate,
+    /// key, client authentication, SNI, ALPN) are not used then: the listener speaks plaintext.
+    pub upstream: Option<UpstreamTls>,
+}
+
+/// Client mode's side of TLS: what the upstream's certificate is checked against and what this
+/// side presents. Verification cannot be turned off; a private CA file is how a self-signed
+/// upstream is trusted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// The name the upstream's certificate must be for (DNS name or IP address), and the SNI sent
+    /// when it is a DNS name.
+    pub name: String,
+    /// PEM CA certificates to trust instead of the system trust store.
+    pub ca: Option<PathBuf>,
+    /// Certificate and key presented when the upstream asks for one (mutual TLS).
+    pub identity: Option<Identity>,
+    /// Protocols offered with ALPN, in order of preference.
+    pub alpn: Vec<String>,
+}
+
+/// A certificate chain file and its private key file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// Mutual TLS: whom to trust for client certificates.
@@ -175,6 +215,14 @@ pub struct SniSpec {
 impl TlsSettings {
     /// Every file the context is built from, for change detection.
     pub fn files(&self) -> Vec<PathBuf> {
+        if let Some(up) = &self.upstream {
+            let mut files: Vec<PathBuf> = up.ca.iter().cloned().collect();
+            if let Some(id) = &up.identity {
+                files.push(id.cert.clone());
+                files.push(id.key.clone());
+            }
+            return files;
+        }
         let mut files = vec![self.cert.clone(), self.key.clone()];
         if let Some(auth) = &self.client_auth {
             files.push(auth.ca.clone());
@@ -202,7 +250,7 @@ impl TlsSettings {
     allow_negative_numbers = true
 )]
 pub struct Args {
-    /// Address to listen on: IPv4 `A.B.C.D:PORT` or IPv6 `[ADDR]:PORT`
+    /// Address to listen on: IPv4 `A.B.C.D:PORT`, IPv6 `[ADDR]:PORT`, or a UNIX socket `unix:/PATH`
     #[arg(
         long,
         env = "SECURESOCK_LISTEN",
@@ -211,7 +259,8 @@ pub struct Args {
     )]
     pub listen: String,
 
-    /// Certificate file: PEM, leaf certificate first, intermediate chain may follow
+    /// Certificate file: PEM, leaf certificate first, intermediate chain may follow (not read in
+    /// client mode)
     #[arg(
         long,
         env = "SECURESOCK_CERT",
@@ -220,7 +269,7 @@ pub struct Args {
     )]
     pub cert: PathBuf,
 
-    /// Private key file (PEM) matching the certificate
+    /// Private key file (PEM) matching the certificate (not read in client mode)
     #[arg(
         long,
         env = "SECURESOCK_KEY",
@@ -242,11 +291,12 @@ pub struct Args {
     #[arg(long, env = "SECURESOCK_MODE", value_name = "MODE", value_parser = mode_values(), default_value = GREET)]
     pub mode: String,
 
-    /// Plaintext service to relay to in forward mode, as HOST:PORT (resolved at start and on reload)
+    /// Service to relay to: plaintext in forward mode, TLS in client mode; HOST:PORT (resolved at
+    /// start and on reload) or unix:/PATH
     #[arg(long, env = "SECURESOCK_UPSTREAM", value_name = "HOST:PORT")]
     pub upstream: Option<String>,
 
-    /// Seconds to wait for the upstream to accept a connection (forward mode)
+    /// Seconds to wait for the upstream to accept a connection (forward and client modes)
     #[arg(
         long,
         env = "SECURESOCK_CONNECT_TIMEOUT",
@@ -395,17 +445,89 @@ pub struct Args {
         default_value_t = 4096
     )]
     pub backlog: u32,
+
+    /// Client mode: verify the upstream against the CA certificates in this PEM file instead of
+    /// the system trust store
+    #[arg(long, env = "SECURESOCK_UPSTREAM_CA", value_name = "FILE")]
+    pub upstream_ca: Option<PathBuf>,
+
+    /// Client mode: the name the upstream's certificate must be for, also sent as SNI (default:
+    /// the host part of --upstream)
+    #[arg(long, env = "SECURESOCK_UPSTREAM_NAME", value_name = "NAME")]
+    pub upstream_name: Option<String>,
+
+    /// Client mode: certificate (PEM, leaf first) to present to the upstream (mutual TLS; needs
+    /// --upstream-key)
+    #[arg(long, env = "SECURESOCK_UPSTREAM_CERT", value_name = "FILE")]
+    pub upstream_cert: Option<PathBuf>,
+
+    /// Client mode: private key (PEM) of --upstream-cert
+    #[arg(long, env = "SECURESOCK_UPSTREAM_KEY", value_name = "FILE")]
+    pub upstream_key: Option<PathBuf>,
+
+    /// Client mode: ALPN protocols to offer the upstream, in order of preference, e.g. h2,http/1.1
+    #[arg(
+        long,
+        env = "SECURESOCK_UPSTREAM_ALPN",
+        value_name = "LIST",
+        value_delimiter = ','
+    )]
+    pub upstream_alpn: Vec<String>,
+
+    /// Permissions of a unix: listening socket, in octal (default 0660); connecting needs write
+    /// permission
+    #[arg(long, env = "SECURESOCK_LISTEN_MODE", value_name = "OCTAL")]
+    pub listen_mode: Option<String>,
+
+    /// Group that owns a unix: listening socket (name or number; default: the process's group)
+    #[arg(long, env = "SECURESOCK_LISTEN_GROUP", value_name = "GROUP")]
+    pub listen_group: Option<String>,
 }
+
+/// Where to listen, or where an upstream is: a TCP address or a UNIX socket path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    Tcp(SocketAddr),
+    Unix(UnixListen),
+}
+
+/// A UNIX listening socket and the permissions it is created with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnixListen {
+    pub path: PathBuf,
+    /// Permission bits of the socket file.
+    pub mode: u32,
+    /// The group that owns it, as given (name or number); `None` keeps the process's group.
+    pub group: Option<String>,
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Listen::Tcp(addr) => write!(f, "{addr}"),
+            Listen::Unix(u) => write!(f, "{UNIX_PREFIX}{}", u.path.display()),
+        }
+    }
+}
+
+/// How a UNIX socket path is written wherever an address is taken.
+pub const UNIX_PREFIX: &str = "unix:";
+
+/// The socket file mode when `--listen-mode` is not given: owner and group may connect.
+pub const DEFAULT_LISTEN_MODE: u32 = 0o660;
+
+/// The longest path a UNIX socket address holds (`sun_path` is 108 bytes with its NUL).
+const UNIX_PATH_MAX: usize = 107;
 
 /// Validated settings: everything the server needs, in the types it needs.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Where to listen.
-    pub listen: SocketAddr,
+    pub listen: Listen,
     /// Certificates, keys, profile, client authentication, SNI and ALPN.
     pub tls: TlsSettings,
     pub mode: Mode,
-    /// Deadline for connecting to the upstream.
+    /// Deadline for connecting to the upstream (forward and client modes).
     pub connect_timeout: Duration,
     pub limits: Limits,
     /// Listen queue length asked of the kernel.
@@ -457,6 +579,50 @@ fn optional_seconds(flag: &str, value: f64) -> Result<Option<Duration>, String> 
     } else {
         seconds(flag, value).map(Some)
     }
+}
+
+/// A `unix:/path` value's path, checked for what a socket address can hold.
+fn unix_path(flag: &str, value: &str) -> Result<Option<PathBuf>, String> {
+    let Some(path) = value.strip_prefix(UNIX_PREFIX) else {
+        return Ok(None);
+    };
+    if !path.starts_with('/') {
+        return Err(format!(
+            "bad {flag} '{value}': a UNIX socket needs an absolute path, such as unix:/run/app.sock"
+        ));
+    }
+    if path.len() > UNIX_PATH_MAX {
+        return Err(format!(
+            "bad {flag} '{value}': a UNIX socket path holds at most {UNIX_PATH_MAX} bytes"
+        ));
+    }
+    Ok(Some(PathBuf::from(path)))
+}
+
+/// Checks an upstream's shape: `unix:/path`, or HOST:PORT (the name is resolved later, at start).
+fn upstream_spec(value: &str) -> Result<String, String> {
+    match unix_path("upstream", value)? {
+        Some(_) => Ok(value.to_string()),
+        None => host_port("upstream", value),
+    }
+}
+
+/// The host part of a HOST:PORT, without IPv6 brackets: the name client mode verifies by default.
+fn host_of(spec: &str) -> &str {
+    let host = spec.rsplit_once(':').map_or(spec, |(h, _)| h);
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+}
+
+/// Parses `--listen-mode`: octal permission bits, with or without a leading 0.
+fn listen_mode(value: &str) -> Result<u32, String> {
+    u32::from_str_radix(value.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| {
+            format!("bad --listen-mode '{value}': expected octal permission bits, such as 0660")
+        })
 }
 
 /// Checks a HOST:PORT value's shape (the name is resolved later, at start).
@@ -524,7 +690,20 @@ impl Args {
     /// Checks every value and combination and returns the typed configuration, or one line that
     /// names the problem.
     pub fn validate(self) -> Result<Config, String> {
-        let listen = socket_addr("listen", &self.listen)?;
+        let listen = match unix_path("listen", &self.listen)? {
+            Some(path) => Listen::Unix(UnixListen {
+                path,
+                mode: self
+                    .listen_mode
+                    .as_deref()
+                    .map_or(Ok(DEFAULT_LISTEN_MODE), listen_mode)?,
+                group: self.listen_group.filter(|g| !g.is_empty()),
+            }),
+            None if self.listen_mode.is_some() || self.listen_group.is_some() => {
+                return Err("--listen-mode and --listen-group need --listen unix:/PATH".into());
+            }
+            None => Listen::Tcp(socket_addr("listen", &self.listen)?),
+        };
         let metrics_listen = self
             .metrics_listen
             .as_deref()
@@ -544,13 +723,21 @@ impl Args {
         }
         let mode = match (self.mode.as_str(), self.upstream) {
             (FORWARD, Some(up)) => Mode::Forward {
-                upstream: host_port("upstream", &up)?,
+                upstream: upstream_spec(&up)?,
                 proxy_protocol: self.proxy_protocol,
             },
-            (FORWARD, None) => {
-                return Err("--mode forward needs --upstream HOST:PORT".into());
+            (CLIENT, Some(up)) => Mode::Client {
+                upstream: upstream_spec(&up)?,
+            },
+            (FORWARD | CLIENT, None) => {
+                return Err(format!(
+                    "--mode {} needs --upstream HOST:PORT or unix:/PATH",
+                    self.mode
+                ));
             }
-            (_, Some(_)) => return Err("--upstream only applies to --mode forward".into()),
+            (_, Some(_)) => {
+                return Err("--upstream only applies to --mode forward and --mode client".into());
+            }
             (GREET, None) => Mode::Greet {
                 greeting: self.greeting.into_bytes(),
             },
@@ -561,6 +748,74 @@ impl Args {
         if self.proxy_protocol.is_some() && !matches!(mode, Mode::Forward { .. }) {
             return Err("--proxy-protocol only applies to --mode forward".into());
         }
+        if self.proxy_protocol.is_some() && matches!(listen, Listen::Unix(_)) {
+            return Err(
+                "--proxy-protocol needs a TCP --listen: a UNIX socket client has no address to pass on"
+                    .into(),
+            );
+        }
+        let upstream_tls = match &mode {
+            Mode::Client { upstream } => {
+                let name = match self.upstream_name.filter(|n| !n.is_empty()) {
+                    Some(name) => name,
+                    None if upstream.starts_with(UNIX_PREFIX) => {
+                        return Err(
+                            "--upstream unix:/PATH in client mode needs --upstream-name NAME to verify"
+                                .into(),
+                        );
+                    }
+                    None => host_of(upstream).to_string(),
+                };
+                let identity = match (self.upstream_cert, self.upstream_key) {
+                    (Some(cert), Some(key)) => Some(Identity { cert, key }),
+                    (None, None) => None,
+                    _ => {
+                        return Err("--upstream-cert and --upstream-key go together".into());
+                    }
+                };
+                let alpn = self.upstream_alpn;
+                let alpn: Vec<String> = alpn.into_iter().filter(|p| !p.is_empty()).collect();
+                if let Some(p) = alpn.iter().find(|p| p.len() > 255) {
+                    return Err(format!(
+                        "--upstream-alpn protocol '{p}' is longer than 255 bytes"
+                    ));
+                }
+                // Server-side TLS flags would be silently ignored on a plaintext listener.
+                let server_side = [
+                    ("--client-ca", self.client_ca.is_some()),
+                    ("--require-client-cert", self.require_client_cert),
+                    ("--crl", self.crl.is_some()),
+                    ("--sni", self.sni.iter().any(|v| !v.trim().is_empty())),
+                    ("--strict-sni", self.strict_sni),
+                    ("--alpn", self.alpn.iter().any(|p| !p.is_empty())),
+                    ("--alpn-optional", self.alpn_optional),
+                ];
+                if let Some((flag, _)) = server_side.iter().find(|(_, given)| *given) {
+                    return Err(format!(
+                        "{flag} does not apply to --mode client (its listener speaks plaintext)"
+                    ));
+                }
+                Some(UpstreamTls {
+                    name,
+                    ca: self.upstream_ca,
+                    identity,
+                    alpn,
+                })
+            }
+            _ => {
+                let client_only = [
+                    ("--upstream-ca", self.upstream_ca.is_some()),
+                    ("--upstream-name", self.upstream_name.is_some()),
+                    ("--upstream-cert", self.upstream_cert.is_some()),
+                    ("--upstream-key", self.upstream_key.is_some()),
+                    ("--upstream-alpn", !self.upstream_alpn.is_empty()),
+                ];
+                if let Some((flag, _)) = client_only.iter().find(|(_, given)| *given) {
+                    return Err(format!("{flag} only applies to --mode client"));
+                }
+                None
+            }
+        };
         let client_auth = match self.client_ca {
             Some(ca) => Some(ClientAuth {
                 ca,
@@ -595,6 +850,7 @@ impl Args {
             strict_sni: self.strict_sni,
             alpn,
             alpn_optional: self.alpn_optional,
+            upstream: upstream_tls,
         };
         Ok(Config {
             listen,
@@ -732,7 +988,7 @@ mod tests {
     #[test]
     fn defaults_match_the_tutorial() {
         let c = parse(&[]).unwrap();
-        assert_eq!(c.listen, "0.0.0.0:12345".parse().unwrap());
+        assert_eq!(c.listen, Listen::Tcp("0.0.0.0:12345".parse().unwrap()));
         assert_eq!(
             c.mode,
             Mode::Greet {
@@ -794,7 +1050,7 @@ mod tests {
         assert_eq!(parse(&["--mode", "echo"]).unwrap().mode, Mode::Echo);
         for (name, _) in MODES {
             let mut args = vec!["--mode", name];
-            if name == FORWARD {
+            if name == FORWARD || name == CLIENT {
                 args.extend(["--upstream", "127.0.0.1:1"]);
             }
             assert_eq!(parse(&args).unwrap().mode.name(), name);
@@ -823,6 +1079,87 @@ mod tests {
     }
 
     #[test]
+    fn client_mode_verifies_the_upstreams_host_by_default() {
+        let c = parse(&[
+            "--mode",
+            "client",
+            "--upstream",
+            "[::1]:6379",
+            "--upstream-ca",
+            "ca.pem",
+            "--upstream-alpn",
+            "redis",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.mode,
+            Mode::Client {
+                upstream: "[::1]:6379".into()
+            }
+        );
+        let up = c.tls.upstream.unwrap();
+        assert_eq!(up.name, "::1");
+        assert_eq!(up.ca, Some("ca.pem".into()));
+        assert_eq!(up.alpn, vec!["redis".to_string()]);
+        assert_eq!(up.identity, None);
+
+        let c = parse(&[
+            "--mode",
+            "client",
+            "--upstream",
+            "unix:/run/db.sock",
+            "--upstream-name",
+            "db.internal",
+            "--upstream-cert",
+            "c.pem",
+            "--upstream-key",
+            "k.pem",
+        ])
+        .unwrap();
+        let up = c.tls.upstream.clone().unwrap();
+        assert_eq!(up.name, "db.internal");
+        assert_eq!(
+            up.identity,
+            Some(Identity {
+                cert: "c.pem".into(),
+                key: "k.pem".into()
+            })
+        );
+        // The server's certificate is not a file of client mode's context.
+        assert_eq!(c.tls.files(), vec![PathBuf::from("c.pem"), "k.pem".into()]);
+        assert!(parse(&[]).unwrap().tls.upstream.is_none());
+    }
+
+    #[test]
+    fn unix_listen_takes_a_mode_and_a_group() {
+        let c = parse(&["--listen", "unix:/run/s.sock"]).unwrap();
+        assert_eq!(
+            c.listen,
+            Listen::Unix(UnixListen {
+                path: "/run/s.sock".into(),
+                mode: 0o660,
+                group: None
+            })
+        );
+        assert_eq!(c.listen.to_string(), "unix:/run/s.sock");
+        let c = parse(&[
+            "--listen",
+            "unix:/run/s.sock",
+            "--listen-mode",
+            "600",
+            "--listen-group",
+            "redis",
+        ])
+        .unwrap();
+        let Listen::Unix(u) = c.listen else {
+            panic!("not unix")
+        };
+        assert_eq!((u.mode, u.group.as_deref()), (0o600, Some("redis")));
+        let c = parse(&["--mode", "forward", "--upstream", "unix:/run/app.sock"]).unwrap();
+        assert_eq!(c.mode.upstream().unwrap(), "unix:/run/app.sock");
+    }
+
+    #[test]
     fn watching_can_be_turned_off() {
         assert_eq!(
             parse(&["--watch-interval", "0"]).unwrap().watch_interval,
@@ -837,7 +1174,7 @@ mod tests {
     #[test]
     fn ipv6_listen_address_parses() {
         let c = parse(&["--listen", "[::]:12345"]).unwrap();
-        assert!(c.listen.is_ipv6());
+        assert!(matches!(c.listen, Listen::Tcp(a) if a.is_ipv6()));
     }
 
     #[test]
@@ -896,6 +1233,47 @@ mod tests {
             &["--sni", "bad name=a,b"][..],
             &["--sni", "*.=a,b"][..],
             &["--alpn-optional"][..],
+            &["--mode", "client"][..],
+            &[
+                "--mode",
+                "client",
+                "--upstream",
+                "db:5432",
+                "--client-ca",
+                "ca.pem",
+            ][..],
+            &["--mode", "client", "--upstream", "db:5432", "--alpn", "h2"][..],
+            &[
+                "--mode",
+                "client",
+                "--upstream",
+                "db:5432",
+                "--upstream-cert",
+                "c.pem",
+            ][..],
+            &["--mode", "client", "--upstream", "unix:/run/db.sock"][..],
+            &["--upstream-ca", "ca.pem"][..],
+            &[
+                "--mode",
+                "forward",
+                "--upstream",
+                "a:1",
+                "--upstream-name",
+                "a",
+            ][..],
+            &["--listen", "unix:relative.sock"][..],
+            &["--listen-mode", "0600"][..],
+            &["--listen", "unix:/tmp/a.sock", "--listen-mode", "0999"][..],
+            &[
+                "--listen",
+                "unix:/tmp/a.sock",
+                "--mode",
+                "forward",
+                "--upstream",
+                "a:1",
+                "--proxy-protocol",
+                "v2",
+            ][..],
         ] {
             let err = parse(args).unwrap_err();
             assert!(!err.trim().contains('\n'), "{args:?}: {err}");

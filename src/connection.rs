@@ -1,5 +1,6 @@
 //! One client connection, on its own thread: a deadline-bounded handshake, then its mode's data
-//! phase, then an orderly close, and one log line that says how it went.
+//! phase, then an orderly close, and one log line that says how it went. In client mode the
+//! handshake is the one with the upstream, and the client's side is plaintext.
 //!
 //! The socket is non-blocking and every wait goes through poll(2) with a deadline that the end of
 //! the server's drain shortens, so no client can hold a thread longer than the limits allow, and
@@ -7,23 +8,24 @@
 //! ends this connection only, with a reason in its log line.
 
 use std::fmt;
-use std::net::{self, SocketAddr, TcpStream};
+use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::info;
-use openssl::ssl::{HandshakeError, ShutdownResult, SslAcceptor, SslStream};
+use openssl::ssl::{HandshakeError, ShutdownResult, SslAcceptor, SslRef, SslStream};
 use openssl::x509::X509VerifyResult;
-use socket2::SockRef;
 
 use crate::config::{Mode, ProxyProtocol};
 use crate::error::{blocked_on, ssl_reason};
 use crate::limits::Gate;
-use crate::net::{Interest, negotiated_group};
+use crate::listener::Peer;
+use crate::net::{Interest, Socket, Stream, negotiated_group};
 use crate::proxy_protocol::{self, TlsFacts};
-use crate::relay::{self, RelayEnd, RelayResult};
+use crate::relay::{self, Endpoint, RelayEnd, RelayResult};
 use crate::shutdown::{Shutdown, Wake};
+use crate::tls::{Connector, Side, Tls};
 use crate::upstream::Upstream;
 
 /// How long, at most, a closed connection waits for the client's last bytes before closing, so
@@ -38,30 +40,39 @@ pub struct Settings {
     /// The data phase, with forward mode's upstream resolved.
     pub mode: Mode<Arc<Upstream>>,
     pub handshake_timeout: Duration,
-    /// Echo and forward: how long both directions may stay silent.
+    /// Echo, forward and client: how long both directions may stay silent.
     pub idle_timeout: Duration,
-    /// Echo and forward: how long a connection may last from accept, however busy, if bounded.
+    /// Echo, forward and client: how long a connection may last from accept, however busy, if
+    /// bounded.
     pub max_lifetime: Option<Duration>,
-    /// Forward: how long the upstream has to accept.
+    /// Forward and client: how long the upstream has to accept.
     pub connect_timeout: Duration,
 }
 
 impl Settings {
     /// The start-up line about where connections go, for the modes that relay to an upstream.
     pub fn log_startup(&self) {
-        if let Mode::Forward {
-            upstream,
-            proxy_protocol,
-        } = &self.mode
-        {
-            info!(
+        match &self.mode {
+            Mode::Forward {
+                upstream,
+                proxy_protocol,
+            } => info!(
                 "forwarding to {} ({:?}) proxy_protocol={} connect_timeout={:?} idle_timeout={:?}",
                 upstream.spec,
                 upstream.addrs(),
                 proxy_protocol.map_or("off", ProxyProtocol::name),
                 self.connect_timeout,
                 self.idle_timeout
-            );
+            ),
+            Mode::Client { upstream } => info!(
+                "client mode: plaintext in, TLS to {} ({:?}) connect_timeout={:?} handshake_timeout={:?} idle_timeout={:?}",
+                upstream.spec,
+                upstream.addrs(),
+                self.connect_timeout,
+                self.handshake_timeout,
+                self.idle_timeout
+            ),
+            Mode::Greet { .. } | Mode::Echo => {}
         }
     }
 }
@@ -93,6 +104,8 @@ pub enum HandshakeFailure {
     NoSharedCipher,
     /// Mutual TLS: no client certificate, or one that does not verify (unknown CA, revoked, expired).
     ClientCert,
+    /// Client mode: the upstream's certificate does not verify (unknown CA, wrong name, expired).
+    ServerCert,
     /// ALPN: no protocol in common.
     Alpn,
     /// `--strict-sni`: a server name no certificate is for.
@@ -110,6 +123,7 @@ impl HandshakeFailure {
             HandshakeFailure::ProtocolVersion => "protocol_version",
             HandshakeFailure::NoSharedCipher => "no_shared_cipher",
             HandshakeFailure::ClientCert => "client_cert",
+            HandshakeFailure::ServerCert => "server_cert",
             HandshakeFailure::Alpn => "alpn",
             HandshakeFailure::UnknownName => "unknown_name",
             HandshakeFailure::Eof => "eof",
@@ -153,10 +167,11 @@ pub fn quoted(value: &str) -> String {
     }
 }
 
-/// Everything the log line reports about one connection.
+/// Everything the log line reports about one connection. In client mode the TLS facts are the
+/// upstream connection's.
 #[derive(Debug)]
 pub struct Report {
-    pub peer: SocketAddr,
+    pub peer: Peer,
     pub sni: Option<String>,
     pub protocol: Option<&'static str>,
     pub cipher: Option<&'static str>,
@@ -167,6 +182,10 @@ pub struct Report {
     pub alpn: Option<String>,
     /// Subject of the client certificate, when one was presented and verified.
     pub client: Option<String>,
+    /// Client mode: subject of the upstream's verified certificate.
+    pub server: Option<String>,
+    /// Whether the handshake resumed an earlier session.
+    pub resumed: Option<bool>,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub elapsed: Duration,
@@ -195,7 +214,7 @@ impl fmt::Display for Report {
         let text = |v: &Option<String>| v.as_deref().map(quoted).unwrap_or_else(|| "-".into());
         write!(
             f,
-            "conn peer={} sni={} proto={} cipher={} group={} alpn={} client={} mode={} in={} out={} ms={} {}",
+            "conn peer={} sni={} proto={} cipher={} group={} alpn={} client={} server={} resumed={} mode={} in={} out={} ms={} {}",
             self.peer,
             text(&self.sni),
             self.protocol.unwrap_or("-"),
@@ -203,6 +222,12 @@ impl fmt::Display for Report {
             text(&self.group),
             text(&self.alpn),
             text(&self.client),
+            text(&self.server),
+            match self.resumed {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "-",
+            },
             self.mode,
             self.bytes_in,
             self.bytes_out,
@@ -231,12 +256,12 @@ fn wait_for(
 
 /// Runs one SSL operation on the non-blocking socket until it completes, waiting in poll(2) for
 /// whatever OpenSSL wants, until `deadline` or the end of the drain.
-fn drive<T>(
-    stream: &mut SslStream<TcpStream>,
+fn drive<S: Socket, T>(
+    stream: &mut SslStream<S>,
     deadline: Instant,
     stage: &'static str,
     shutdown: &Shutdown,
-    mut op: impl FnMut(&mut SslStream<TcpStream>) -> Result<T, openssl::ssl::Error>,
+    mut op: impl FnMut(&mut SslStream<S>) -> Result<T, openssl::ssl::Error>,
 ) -> Result<T, Outcome> {
     loop {
         let err = match op(stream) {
@@ -285,15 +310,15 @@ fn classify(e: &openssl::ssl::Error) -> HandshakeFailure {
 /// each segment costs the sender a trip through the receiver's TCP stack and a wake-up, so three
 /// segments fewer per connection are a measurable share of a handshake. A step that has to wait
 /// for the client again (HelloRetryRequest) uncorks first, so nothing the client waits for is held.
-fn handshake(
+fn handshake<S: Socket>(
     acceptor: &SslAcceptor,
-    stream: TcpStream,
+    stream: S,
     deadline: Instant,
     sni: &mut Option<String>,
     gate: &Gate,
     coalesce: bool,
     shutdown: &Shutdown,
-) -> Result<SslStream<TcpStream>, Outcome> {
+) -> Result<SslStream<S>, Outcome> {
     wait_for(shutdown, &stream, Interest::Read, deadline, "handshake")?;
     let mut corked = false;
     let mut attempt = gate.run(|| acceptor.accept(stream));
@@ -303,7 +328,7 @@ fn handshake(
             Err(HandshakeError::WouldBlock(mid)) => {
                 let interest = blocked_on(mid.error().code()).unwrap_or(Interest::Read);
                 if corked {
-                    cork(mid.get_ref(), false);
+                    mid.get_ref().set_cork(false);
                 }
                 if let Err(outcome) =
                     wait_for(shutdown, mid.get_ref(), interest, deadline, "handshake")
@@ -311,7 +336,7 @@ fn handshake(
                     *sni = crate::tls::requested_name(mid.ssl());
                     return Err(outcome);
                 }
-                corked = coalesce && cork(mid.get_ref(), true);
+                corked = coalesce && mid.get_ref().set_cork(true);
                 attempt = gate.run(|| mid.handshake());
             }
             Err(HandshakeError::Failure(mid)) => {
@@ -335,15 +360,51 @@ fn handshake(
     }
 }
 
-/// Turns TCP_CORK on or off (off sends what it held) and says whether it is now on. Failing only
-/// costs the coalescing, never correctness.
-fn cork(tcp: &TcpStream, on: bool) -> bool {
-    SockRef::from(tcp).set_tcp_cork(on).is_ok() && on
+/// Client mode's handshake with the upstream, bounded by `deadline` and the end of the drain,
+/// offering the upstream's last session. A verification failure is reported with X509's own words
+/// (`hostname mismatch`, `unable to get local issuer certificate`), not TLS's generic one.
+fn originate<U: Socket>(
+    connector: &Connector,
+    stream: U,
+    deadline: Instant,
+    gate: &Gate,
+    shutdown: &Shutdown,
+) -> Result<SslStream<U>, Outcome> {
+    let ssl = connector
+        .ssl()
+        .map_err(|e| Outcome::Io(format!("TLS setup failed: {e:#}")))?;
+    let mut attempt = gate.run(|| ssl.connect(stream));
+    loop {
+        match attempt {
+            Ok(s) => return Ok(s),
+            Err(HandshakeError::WouldBlock(mid)) => {
+                let interest = blocked_on(mid.error().code()).unwrap_or(Interest::Read);
+                wait_for(shutdown, mid.get_ref(), interest, deadline, "handshake")?;
+                attempt = gate.run(|| mid.handshake());
+            }
+            Err(HandshakeError::Failure(mid)) => {
+                // A session the upstream no longer takes must not fail the next connection too.
+                connector.forget_session();
+                let verify = mid.ssl().verify_result();
+                return Err(if verify == X509VerifyResult::OK {
+                    Outcome::HandshakeFailed(classify(mid.error()), ssl_reason(mid.error()))
+                } else {
+                    Outcome::HandshakeFailed(
+                        HandshakeFailure::ServerCert,
+                        verify.error_string().to_string(),
+                    )
+                });
+            }
+            Err(HandshakeError::SetupFailure(stack)) => {
+                return Err(Outcome::Io(format!("TLS setup failed: {stack}")));
+            }
+        }
+    }
 }
 
 /// Writes all of `data`, returning how much went out before any failure.
-fn write_all(
-    stream: &mut SslStream<TcpStream>,
+fn write_all<S: Socket>(
+    stream: &mut SslStream<S>,
     data: &[u8],
     deadline: Instant,
     shutdown: &Shutdown,
@@ -366,16 +427,16 @@ fn write_all(
 /// then, and what it was sent before stays counted, so the failure is not reported.
 ///
 /// Returns the application bytes the client sent that were read (and discarded) on the way.
-fn close_gracefully(
-    mut stream: SslStream<TcpStream>,
+fn close_gracefully<S: Socket>(
+    mut stream: SslStream<S>,
     deadline: Instant,
     shutdown: &Shutdown,
 ) -> u64 {
     let sent = drive(&mut stream, deadline, "close", shutdown, |s| s.shutdown());
-    let _ = stream.get_ref().shutdown(net::Shutdown::Write);
+    let _ = stream.get_ref().shutdown_write();
     match sent {
         Ok(ShutdownResult::Sent | ShutdownResult::Received) => {
-            linger(&mut stream, Instant::now() + LINGER, shutdown)
+            linger_tls(&mut stream, Instant::now() + LINGER, shutdown)
         }
         Err(_) => 0,
     }
@@ -384,7 +445,7 @@ fn close_gracefully(
 /// Reads and discards until the client's close_notify or EOF, LINGER_BYTES, the deadline or the
 /// end of the drain; returns the application bytes read. Reading through TLS (OpenSSL goes on
 /// reading after our close_notify) counts what the client sent as the log's `in=` does elsewhere.
-fn linger(stream: &mut SslStream<TcpStream>, deadline: Instant, shutdown: &Shutdown) -> u64 {
+fn linger_tls<S: Socket>(stream: &mut SslStream<S>, deadline: Instant, shutdown: &Shutdown) -> u64 {
     let mut buf = [0u8; 4096];
     let mut total = 0;
     while total < LINGER_BYTES {
@@ -408,12 +469,42 @@ fn linger(stream: &mut SslStream<TcpStream>, deadline: Instant, shutdown: &Shutd
     total as u64
 }
 
+/// Client mode's close of the plaintext side when there is nothing to relay: a FIN, then the
+/// linger, so a client that already wrote sees an end of stream rather than a reset.
+fn close_plain(plain: &mut impl Socket, shutdown: &Shutdown) {
+    let _ = plain.shutdown_write();
+    linger(plain, Instant::now() + LINGER, shutdown);
+}
+
+/// Reads and discards until EOF, LINGER_BYTES, the deadline or the end of the drain.
+fn linger(socket: &mut impl Socket, deadline: Instant, shutdown: &Shutdown) {
+    let mut buf = [0u8; 4096];
+    let mut total = 0;
+    while total < LINGER_BYTES {
+        match socket.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => total += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if shutdown
+                    .wait(socket.as_raw_fd(), Interest::Read, deadline)
+                    .ok()
+                    != Some(Wake::Ready)
+                {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
 /// Serves one accepted connection to its end and says how it went.
 pub fn serve(
-    stream: TcpStream,
-    peer: SocketAddr,
+    stream: Stream,
+    peer: Peer,
     accepted: Instant,
-    acceptor: &SslAcceptor,
+    tls: &Tls,
     settings: &Settings,
     gate: &Gate,
     shutdown: &Shutdown,
@@ -427,6 +518,8 @@ pub fn serve(
         mode: settings.mode.name(),
         alpn: None,
         client: None,
+        server: None,
+        resumed: None,
         bytes_in: 0,
         bytes_out: 0,
         elapsed: Duration::ZERO,
@@ -438,7 +531,11 @@ pub fn serve(
         shutdown,
         accepted,
     };
-    report.outcome = match connection.serve(stream, acceptor, gate, &mut report) {
+    let served = match stream {
+        Stream::Tcp(s) => connection.serve(s, tls, gate, &mut report),
+        Stream::Unix(s) => connection.serve(s, tls, gate, &mut report),
+    };
+    report.outcome = match served {
         Ok(()) => Outcome::Ok,
         Err(outcome) => outcome,
     };
@@ -453,11 +550,23 @@ struct Connection<'a> {
     accepted: Instant,
 }
 
+/// The TLS facts of a finished handshake, for the log line.
+fn record_tls(ssl: &SslRef, report: &mut Report) {
+    report.sni = crate::tls::requested_name(ssl);
+    report.protocol = Some(ssl.version_str());
+    report.cipher = ssl.current_cipher().map(|c| c.name());
+    report.group = negotiated_group(ssl);
+    report.alpn = ssl
+        .selected_alpn_protocol()
+        .map(|p| String::from_utf8_lossy(p).into_owned());
+    report.resumed = Some(ssl.session_reused());
+}
+
 impl Connection<'_> {
-    fn serve(
+    fn serve<S: Socket + Endpoint>(
         &self,
-        stream: TcpStream,
-        acceptor: &SslAcceptor,
+        stream: S,
+        tls: &Tls,
         gate: &Gate,
         report: &mut Report,
     ) -> Result<(), Outcome> {
@@ -465,7 +574,18 @@ impl Connection<'_> {
             .set_nonblocking(true)
             .map_err(|e| Outcome::Io(format!("setting non-blocking mode: {e}")))?;
         // The greeting and small replies go out at once rather than waiting on Nagle.
-        let _ = stream.set_nodelay(true);
+        stream.set_nodelay();
+        let acceptor = match (&self.settings.mode, &tls.side) {
+            (Mode::Client { upstream }, Side::Client(connector)) => {
+                return self.client(stream, upstream, connector, gate, report);
+            }
+            (Mode::Client { .. }, Side::Server(_)) | (_, Side::Client(_)) => {
+                // tls::build makes the context the configuration's mode asks for; a mismatch is a
+                // bug, and this connection is the only thing it may cost.
+                return Err(Outcome::Io("TLS context does not match the mode".into()));
+            }
+            (_, Side::Server(acceptor)) => acceptor,
+        };
         // Greet mode writes everything right after the handshake and closes, so its last handshake
         // flight, greeting, close_notify and FIN can share one segment; the relaying modes never
         // cork, so the tickets are not held back while the relay waits.
@@ -482,15 +602,11 @@ impl Connection<'_> {
         )?;
 
         report.handshake = Some(self.accepted.elapsed());
-        let ssl = tls.ssl();
-        report.sni = crate::tls::requested_name(ssl);
-        report.protocol = Some(ssl.version_str());
-        report.cipher = ssl.current_cipher().map(|c| c.name());
-        report.group = negotiated_group(ssl);
-        report.alpn = ssl
-            .selected_alpn_protocol()
-            .map(|p| String::from_utf8_lossy(p).into_owned());
-        report.client = ssl.peer_certificate().map(|c| crate::tls::subject(&c));
+        record_tls(tls.ssl(), report);
+        report.client = tls
+            .ssl()
+            .peer_certificate()
+            .map(|c| crate::tls::subject(&c));
 
         match &self.settings.mode {
             Mode::Greet { greeting } => self.greet(tls, greeting, report),
@@ -502,13 +618,15 @@ impl Connection<'_> {
                 upstream,
                 proxy_protocol,
             } => self.forward(tls, upstream, *proxy_protocol, report),
+            // Answered above.
+            Mode::Client { .. } => Ok(()),
         }
     }
 
     /// Greet mode's data phase: the greeting, then the orderly close.
-    fn greet(
+    fn greet<S: Socket>(
         &self,
-        mut tls: SslStream<TcpStream>,
+        mut tls: SslStream<S>,
         greeting: &[u8],
         report: &mut Report,
     ) -> Result<(), Outcome> {
@@ -525,46 +643,62 @@ impl Connection<'_> {
     }
 
     /// Forward mode's data phase: connect upstream, announce the client if asked, relay.
-    fn forward(
+    fn forward<S: Socket>(
         &self,
-        mut tls: SslStream<TcpStream>,
+        tls: SslStream<S>,
         upstream: &Upstream,
         proxy: Option<ProxyProtocol>,
         report: &mut Report,
     ) -> Result<(), Outcome> {
         let connect_by = Instant::now() + self.settings.connect_timeout;
-        let mut up =
-            match upstream.connect(self.shutdown.bound(Some(connect_by)).unwrap_or(connect_by)) {
-                Ok(up) => up,
-                Err(e) => {
-                    // The client learns nothing about the upstream but an orderly close.
-                    let deadline = Instant::now() + self.settings.handshake_timeout;
-                    close_gracefully(tls, deadline, self.shutdown);
-                    if self.shutdown.is_cut() {
-                        return Err(Outcome::Shutdown);
-                    }
-                    return Err(Outcome::Upstream(format!(
-                        "upstream {}: {e}",
-                        upstream.spec
-                    )));
+        let up = match upstream.connect(self.shutdown.bound(Some(connect_by)).unwrap_or(connect_by))
+        {
+            Ok(up) => up,
+            Err(e) => {
+                // The client learns nothing about the upstream but an orderly close.
+                let deadline = Instant::now() + self.settings.handshake_timeout;
+                report.bytes_in = close_gracefully(tls, deadline, self.shutdown);
+                if self.shutdown.is_cut() {
+                    return Err(Outcome::Shutdown);
                 }
-            };
+                return Err(Outcome::Upstream(format!(
+                    "upstream {}: {e}",
+                    upstream.spec
+                )));
+            }
+        };
         let header = match proxy {
             None => Vec::new(),
             Some(version) => {
-                let local = tls
-                    .get_ref()
-                    .local_addr()
-                    .map_err(|e| Outcome::Io(format!("reading the local address: {e}")))?;
+                // The configuration refuses a PROXY header with a UNIX listener.
+                let (Peer::Tcp(peer), Some(local)) = (report.peer, tls.get_ref().tcp_local_addr())
+                else {
+                    return Err(Outcome::Io("no TCP addresses for the PROXY header".into()));
+                };
                 match version {
-                    ProxyProtocol::V1 => proxy_protocol::v1(report.peer, local),
+                    ProxyProtocol::V1 => proxy_protocol::v1(peer, local),
                     ProxyProtocol::V2 => {
-                        proxy_protocol::v2(report.peer, local, &TlsFacts::from_ssl(tls.ssl()))
+                        proxy_protocol::v2(peer, local, &TlsFacts::from_ssl(tls.ssl()))
                     }
                 }
             }
         };
-        let result = relay::forward(&mut tls, &mut up, &header, &self.bounds());
+        let mut tls = tls;
+        match up {
+            Stream::Tcp(mut up) => self.relay(&mut tls, &mut up, &header, report),
+            Stream::Unix(mut up) => self.relay(&mut tls, &mut up, &header, report),
+        }
+    }
+
+    /// Relays between the two ends until both are done, and records how it went.
+    fn relay(
+        &self,
+        client: &mut impl Endpoint,
+        upstream: &mut impl Endpoint,
+        preamble: &[u8],
+        report: &mut Report,
+    ) -> Result<(), Outcome> {
+        let result = relay::forward(client, upstream, preamble, &self.bounds());
         relayed(result, report)
     }
 
@@ -575,6 +709,62 @@ impl Connection<'_> {
             end_by: self.settings.max_lifetime.map(|max| self.accepted + max),
             shutdown: self.shutdown,
         }
+    }
+
+    /// Client mode: connect to the upstream, complete TLS with it by the handshake deadline, then
+    /// relay the plaintext client to it. Whatever fails before the relay closes the plaintext
+    /// side with nothing sent: a client of a TLS-only service must never mistake a refused or
+    /// unverified upstream for an empty answer, and the log line says why.
+    fn client<S: Socket + Endpoint>(
+        &self,
+        mut plain: S,
+        upstream: &Upstream,
+        connector: &Connector,
+        gate: &Gate,
+        report: &mut Report,
+    ) -> Result<(), Outcome> {
+        let connect_by = Instant::now() + self.settings.connect_timeout;
+        let up = match upstream.connect(self.shutdown.bound(Some(connect_by)).unwrap_or(connect_by))
+        {
+            Ok(up) => up,
+            Err(e) => {
+                close_plain(&mut plain, self.shutdown);
+                if self.shutdown.is_cut() {
+                    return Err(Outcome::Shutdown);
+                }
+                return Err(Outcome::Upstream(format!(
+                    "upstream {}: {e}",
+                    upstream.spec
+                )));
+            }
+        };
+        let result = match up {
+            Stream::Tcp(up) => self.originate_and_relay(&mut plain, up, connector, gate, report),
+            Stream::Unix(up) => self.originate_and_relay(&mut plain, up, connector, gate, report),
+        };
+        if report.handshake.is_none() {
+            close_plain(&mut plain, self.shutdown);
+        }
+        result
+    }
+
+    fn originate_and_relay<S: Socket + Endpoint, U: Socket>(
+        &self,
+        plain: &mut S,
+        up: U,
+        connector: &Connector,
+        gate: &Gate,
+        report: &mut Report,
+    ) -> Result<(), Outcome> {
+        let deadline = self.accepted + self.settings.handshake_timeout;
+        let mut tls = originate(connector, up, deadline, gate, self.shutdown)?;
+        report.handshake = Some(self.accepted.elapsed());
+        record_tls(tls.ssl(), report);
+        report.server = tls
+            .ssl()
+            .peer_certificate()
+            .map(|c| crate::tls::subject(&c));
+        self.relay(plain, &mut tls, &[], report)
     }
 }
 

@@ -5,6 +5,9 @@
 //!
 //! - **greet** mode: the tutorial's behaviour, byte for byte, with an orderly close;
 //! - Mozilla's intermediate (TLS 1.2 + 1.3) or modern (TLS 1.3) profile, v6.0;
+//! - **echo** and **forward** (TLS termination in front of a plaintext service) modes, and
+//!   **client** mode, the other direction: plaintext in, verified TLS out;
+//! - TCP or UNIX domain sockets on either side;
 //! - a total handshake deadline, global and per-address connection caps, graceful drain.
 //!
 //! `main.rs` parses the command line into a [`config::Config`], binds a [`server::Server`] with it,
@@ -15,6 +18,7 @@ pub mod config;
 pub mod connection;
 pub mod error;
 pub mod limits;
+pub mod listener;
 pub mod metrics;
 pub mod net;
 pub mod proxy_protocol;

@@ -54,7 +54,8 @@ pub struct Tracker {
 /// connection for the drain too.
 pub struct Slot {
     tracker: Arc<Tracker>,
-    ip: IpAddr,
+    /// `None` for a client without an address (a UNIX socket peer): no per-address cap.
+    ip: Option<IpAddr>,
     counted: bool,
 }
 
@@ -80,18 +81,21 @@ impl Tracker {
         self.counts.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Takes a slot for a connection from `ip`, or says which cap refuses it.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Refusal> {
-        let ip = canonical(ip);
+    /// Takes a slot for a connection from `ip`, or says which cap refuses it. A client without an
+    /// address (`None`: a UNIX socket peer) is held to the global cap only.
+    pub fn admit(self: &Arc<Self>, ip: impl Into<Option<IpAddr>>) -> Result<Slot, Refusal> {
+        let ip = ip.into().map(canonical);
         let mut c = self.lock();
         if c.active >= self.max_total {
             return Err(Refusal::GlobalCap);
         }
-        let n = c.per_ip.entry(ip).or_insert(0);
-        if *n >= self.max_per_ip {
-            return Err(Refusal::PerIpCap);
+        if let Some(ip) = ip {
+            let n = c.per_ip.entry(ip).or_insert(0);
+            if *n >= self.max_per_ip {
+                return Err(Refusal::PerIpCap);
+            }
+            *n += 1;
         }
-        *n += 1;
         c.active += 1;
         c.open += 1;
         Ok(Slot {
@@ -140,10 +144,12 @@ impl Slot {
         }
         let mut c = self.tracker.lock();
         c.active -= 1;
-        if let Some(n) = c.per_ip.get_mut(&self.ip) {
+        if let Some(ip) = self.ip
+            && let Some(n) = c.per_ip.get_mut(&ip)
+        {
             *n -= 1;
             if *n == 0 {
-                c.per_ip.remove(&self.ip);
+                c.per_ip.remove(&ip);
             }
         }
     }
@@ -313,6 +319,15 @@ mod tests {
     }
 
     #[test]
+    fn clients_without_an_address_meet_only_the_global_cap() {
+        let t = Tracker::new(3, 1);
+        let _a = t.admit(None).unwrap();
+        let _b = t.admit(None).unwrap();
+        let _c = t.admit("127.0.0.1".parse::<IpAddr>().unwrap()).unwrap();
+        assert_eq!(t.admit(None).err(), Some(Refusal::GlobalCap));
+    }
+
+    #[test]
     fn a_released_cap_admits_again_while_the_drain_still_waits() {
         let t = Tracker::new(1, 1);
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
@@ -332,7 +347,7 @@ mod tests {
     #[test]
     fn wait_idle_returns_when_released_or_at_deadline() {
         let t = Tracker::new(10, 10);
-        let slot = t.admit("127.0.0.1".parse().unwrap()).unwrap();
+        let slot = t.admit("127.0.0.1".parse::<IpAddr>().unwrap()).unwrap();
         assert_eq!(t.wait_idle(Instant::now() + Duration::from_millis(10)), 1);
         let releaser = std::thread::spawn(move || drop(slot));
         assert_eq!(t.wait_idle(Instant::now() + Duration::from_secs(30)), 0);

@@ -84,7 +84,7 @@ impl Metrics {
         );
         registry.register(
             "handshakes",
-            "TLS handshakes by result (ok, timeout, not_tls, protocol_version, no_shared_cipher, client_cert, alpn, unknown_name, eof, protocol_error, error)",
+            "TLS handshakes by result (ok, timeout, not_tls, protocol_version, no_shared_cipher, client_cert, server_cert, alpn, unknown_name, eof, protocol_error, error); in client mode, the upstream handshakes",
             handshakes.clone(),
         );
         registry.register(

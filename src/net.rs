@@ -1,18 +1,22 @@
 //! Socket plumbing the standard library does not offer: binding with a chosen backlog, waiting for
 //! readiness with a deadline (poll(2)), which is what makes every timeout here a total deadline
-//! rather than a per-read timer a slow client could reset byte by byte, the open-file limit, and
-//! closing a listener without resetting the connections queued on it.
+//! rather than a per-read timer a slow client could reset byte by byte, the open-file limit,
+//! closing a listener without resetting the connections queued on it, and for UNIX sockets the
+//! peer's credentials (SO_PEERCRED), group lookup and binding with permissions in place. [`Socket`]
+//! is what the connection and the relay need of a TCP or UNIX stream alike.
 //!
 //! This is the crate's only home of `unsafe`, which is why the few libssl calls the openssl crate
 //! does not wrap ([`negotiated_group`], [`client_hello_ext`], [`set_session_id_context`]) live
 //! here too. Nothing here knows the server's policy.
 
-use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
 use std::time::Instant;
 
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Protocol, Socket as Socket2, Type};
 
 /// What to wait for on a descriptor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,7 +126,7 @@ pub fn somaxconn() -> Option<u32> {
 /// Binds a listening TCP socket with the given backlog. IPv6 wildcard addresses listen on IPv6
 /// only, so `[::]` and `0.0.0.0` can be served side by side as with nginx.
 pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    let socket = Socket2::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
@@ -214,6 +218,169 @@ pub fn set_session_id_context(ssl: &mut openssl::ssl::SslRef, sid_ctx: &[u8]) ->
     unsafe { SSL_set_session_id_context(ssl.as_ptr(), sid_ctx.as_ptr(), len) == 1 }
 }
 
+/// A connected stream socket, TCP or UNIX: what a connection and the relay need of either, so
+/// that they are written once and compiled for each (no boxing on the data path).
+pub trait Socket: Read + Write + AsRawFd + Send {
+    fn set_nonblocking(&self, on: bool) -> io::Result<()>;
+    /// Sends the end of the stream (a FIN); reading goes on.
+    fn shutdown_write(&self) -> io::Result<()>;
+    /// Turns TCP_CORK on or off (off sends what it held) and says whether it is now on. Failing
+    /// costs only the coalescing; UNIX sockets have no segments to coalesce.
+    fn set_cork(&self, _on: bool) -> bool {
+        false
+    }
+    /// Small writes go out at once instead of waiting on Nagle (TCP only).
+    fn set_nodelay(&self) {}
+    /// This end's TCP address, for a PROXY header; `None` for a UNIX socket.
+    fn tcp_local_addr(&self) -> Option<SocketAddr> {
+        None
+    }
+}
+
+impl Socket for TcpStream {
+    fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        TcpStream::set_nonblocking(self, on)
+    }
+
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.shutdown(Shutdown::Write)
+    }
+
+    fn set_cork(&self, on: bool) -> bool {
+        socket2::SockRef::from(self).set_tcp_cork(on).is_ok() && on
+    }
+
+    fn set_nodelay(&self) {
+        // Failing only costs latency.
+        let _ = TcpStream::set_nodelay(self, true);
+    }
+
+    fn tcp_local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr().ok()
+    }
+}
+
+impl Socket for UnixStream {
+    fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        UnixStream::set_nonblocking(self, on)
+    }
+
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.shutdown(Shutdown::Write)
+    }
+}
+
+/// An accepted or connected stream of either family.
+#[derive(Debug)]
+pub enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+/// Who is at the other end of a UNIX socket, as the kernel recorded it at connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCred {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: i32,
+}
+
+/// The credentials of a UNIX socket's peer (SO_PEERCRED).
+pub fn peer_cred(stream: &UnixStream) -> io::Result<PeerCred> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: the fd is the caller's open socket; `cred` and `len` live on this stack for the
+    // call, and `len` holds the size of the buffer the kernel may fill.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(PeerCred {
+        uid: cred.uid,
+        gid: cred.gid,
+        pid: cred.pid,
+    })
+}
+
+/// A group's ID from its name (through NSS, as `chgrp` does) or its number.
+pub fn group_id(group: &str) -> io::Result<u32> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    let name = std::ffi::CString::new(group)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "group name holds a NUL"))?;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        // SAFETY: all-zero is a valid `group` (null pointers, zero gid); getgrnam_r fills it.
+        let mut grp: libc::group = unsafe { std::mem::zeroed() };
+        let mut found: *mut libc::group = std::ptr::null_mut();
+        // SAFETY: `name` is NUL-terminated; `grp`, `buf` and `found` are live for the call, and
+        // `buf.len()` is the size of the buffer passed. The strings `grp` points into live in
+        // `buf`, which is not read here.
+        let rc = unsafe {
+            libc::getgrnam_r(
+                name.as_ptr(),
+                &mut grp,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut found,
+            )
+        };
+        if rc == libc::ERANGE && buf.len() < 1 << 20 {
+            buf.resize(buf.len() * 4, 0);
+            continue;
+        }
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        if found.is_null() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no group named {group}"),
+            ));
+        }
+        return Ok(grp.gr_gid);
+    }
+}
+
+/// Binds a UNIX listening socket at `path` (which must not exist) with permission bits `mode`
+/// and, when given, group `gid`. The permissions are set before `listen`, so no client can connect
+/// while the file still has the umask's permissions: until then a connect is refused.
+pub fn bind_unix(
+    path: &Path,
+    mode: u32,
+    gid: Option<u32>,
+    backlog: u32,
+) -> io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let socket = Socket2::new(Domain::UNIX, Type::STREAM, None)?;
+    socket.bind(&socket2::SockAddr::unix(path)?)?;
+    let prepared = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .and_then(|()| match gid {
+            Some(gid) => std::os::unix::fs::chown(path, None, Some(gid)),
+            None => Ok(()),
+        })
+        .and_then(|()| socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX)));
+    if let Err(e) = prepared {
+        // The file is ours and useless now; leaving it would look like a stale socket.
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
+    Ok(socket.into())
+}
+
 /// `SSL_CTRL_GET_NEGOTIATED_GROUP` (ssl.h), behind the `SSL_get_negotiated_group` macro.
 const SSL_CTRL_GET_NEGOTIATED_GROUP: libc::c_int = 134;
 
@@ -297,6 +464,24 @@ mod tests {
         );
         let (accepted, _) = listener.accept().unwrap();
         assert_eq!(accepted.peer_addr().unwrap(), queued.local_addr().unwrap());
+    }
+
+    #[test]
+    fn a_unix_socket_gets_its_mode_and_reports_its_peer() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let gid = group_id(&unsafe { libc::getegid() }.to_string()).unwrap();
+        let listener = bind_unix(&path, 0o640, Some(gid), 16).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o640);
+        let _client = UnixStream::connect(&path).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let cred = peer_cred(&server).unwrap();
+        assert_eq!(cred.pid, std::process::id() as i32);
+        assert_eq!(cred.uid, unsafe { libc::geteuid() });
+        assert!(group_id("root").is_ok_and(|g| g == 0));
+        assert!(group_id("no-such-group-here").is_err());
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! The data phase of one connection, after the handshake: echo the client's bytes back
-//! ([`echo`]), or relay them to an upstream TCP service and back ([`forward`]), until both sides
-//! are done, the connection goes idle, or the server's drain is over.
+//! ([`echo`]), or relay them to an upstream and back ([`forward`]), until both sides are done, the
+//! connection goes idle, or the server's drain is over. The relay is generic over its two
+//! [`Endpoint`]s: TLS or plaintext, over TCP or a UNIX socket (forward mode is TLS client ↔
+//! plaintext upstream, client mode plaintext client ↔ TLS upstream); each pairing is compiled on
+//! its own, so nothing is boxed or dispatched at run time on the data path.
 //!
 //! Everything runs on the connection's own thread over non-blocking sockets. Each operation is tried
 //! until it would block, and only then does the thread sleep in poll(2), on exactly what the blocked
@@ -14,16 +17,16 @@
 //! control pushes back on the sender. Nothing here may grow a buffer, spin without waiting, or wait
 //! without a deadline.
 
-use std::io::{self, Read, Write};
-use std::net::{self, TcpStream};
-use std::os::fd::AsRawFd;
+use std::io;
+use std::net::TcpStream;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use openssl::ssl::{ErrorCode, SslStream};
-use socket2::SockRef;
 
 use crate::error::{blocked_on, io_reason, ssl_reason};
-use crate::net::{Interest, poll, pollfd, wait};
+use crate::net::{Interest, Socket, poll, pollfd, wait};
 use crate::shutdown::Shutdown;
 
 /// Bytes buffered per direction. Four full TLS records, so one plaintext write to the upstream
@@ -77,7 +80,7 @@ pub enum RelayEnd {
 }
 
 /// The result of one attempt at a non-blocking operation.
-enum Io {
+pub enum Io {
     /// This many bytes moved (0 for a completed close).
     Moved(usize),
     /// Nothing moved; retry once the socket is ready for this.
@@ -87,14 +90,16 @@ enum Io {
     Failed(String),
 }
 
-/// One end of a relay, seen as a byte source and sink. Implemented by the TLS client connection and
-/// the plaintext upstream socket, so one [`Lane`] type serves every direction.
-trait Endpoint {
+/// One end of a relay, seen as a byte source and sink. Implemented by TLS streams and plaintext
+/// sockets, TCP or UNIX, so one [`Lane`] type serves every direction of every mode.
+pub trait Endpoint {
+    /// The socket to poll.
+    fn fd(&self) -> RawFd;
     fn read_into(&mut self, buf: &mut [u8]) -> Io;
     fn write_from(&mut self, data: &[u8]) -> Io;
-    /// Tells the peer no more bytes follow: close_notify, or a TCP FIN.
+    /// Tells the peer no more bytes follow: close_notify, or a FIN.
     fn close_write(&mut self) -> Io;
-    /// Holds back partial segments while several writes follow one another (TCP_CORK on the TLS
+    /// Holds back partial segments while several writes follow one another (TCP_CORK on a TLS
     /// side, whose writes are one record each), or sends what was held. A no-op where one write
     /// already carries the whole buffer.
     fn batch(&mut self, _on: bool) {}
@@ -108,10 +113,13 @@ fn tls_failure(e: &openssl::ssl::Error) -> Io {
     }
 }
 
-impl Endpoint for SslStream<TcpStream> {
+impl<S: Socket> Endpoint for SslStream<S> {
+    fn fd(&self) -> RawFd {
+        self.get_ref().as_raw_fd()
+    }
+
     fn batch(&mut self, on: bool) {
-        // Failing only costs the coalescing, never correctness.
-        let _ = SockRef::from(self.get_ref()).set_tcp_cork(on);
+        self.get_ref().set_cork(on);
     }
 
     fn read_into(&mut self, buf: &mut [u8]) -> Io {
@@ -123,7 +131,8 @@ impl Endpoint for SslStream<TcpStream> {
     }
 
     fn write_from(&mut self, data: &[u8]) -> Io {
-        // SSL_MODE_ENABLE_PARTIAL_WRITE and ACCEPT_MOVING_WRITE_BUFFER (set by every SslAcceptor)
+        // SSL_MODE_ENABLE_PARTIAL_WRITE and ACCEPT_MOVING_WRITE_BUFFER (set by every SslAcceptor
+        // and SslConnector)
         // make this return after each record once the socket is full, and let a retry pass the
         // same bytes from a buffer that has since been compacted or grown.
         match self.ssl_write(data) {
@@ -140,38 +149,65 @@ impl Endpoint for SslStream<TcpStream> {
     }
 }
 
-impl Endpoint for TcpStream {
-    fn read_into(&mut self, buf: &mut [u8]) -> Io {
-        loop {
-            return match self.read(buf) {
-                Ok(0) => Io::Ended,
-                Ok(n) => Io::Moved(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Io::Blocked(Interest::Read),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => Io::Failed(io_reason(&e)),
-            };
-        }
-    }
-
-    fn write_from(&mut self, data: &[u8]) -> Io {
-        loop {
-            return match self.write(data) {
-                Ok(0) => Io::Failed("write accepted no bytes".into()),
-                Ok(n) => Io::Moved(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Io::Blocked(Interest::Write),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => Io::Failed(io_reason(&e)),
-            };
-        }
-    }
-
-    fn close_write(&mut self) -> Io {
-        match self.shutdown(net::Shutdown::Write) {
-            Ok(()) => Io::Moved(0),
+/// A plaintext socket's read, as the relay sees it.
+fn plain_read(socket: &mut impl Socket, buf: &mut [u8]) -> Io {
+    loop {
+        return match socket.read(buf) {
+            Ok(0) => Io::Ended,
+            Ok(n) => Io::Moved(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Io::Blocked(Interest::Read),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => Io::Failed(io_reason(&e)),
-        }
+        };
     }
 }
+
+/// A plaintext socket's write, as the relay sees it.
+fn plain_write(socket: &mut impl Socket, data: &[u8]) -> Io {
+    loop {
+        return match socket.write(data) {
+            Ok(0) => Io::Failed("write accepted no bytes".into()),
+            Ok(n) => Io::Moved(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Io::Blocked(Interest::Write),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => Io::Failed(io_reason(&e)),
+        };
+    }
+}
+
+/// A plaintext socket's FIN, as the relay sees it.
+fn plain_close(socket: &impl Socket) -> Io {
+    match socket.shutdown_write() {
+        Ok(()) => Io::Moved(0),
+        Err(e) => Io::Failed(io_reason(&e)),
+    }
+}
+
+/// Plaintext sockets of each family (a blanket impl over [`Socket`] would overlap the TLS one).
+macro_rules! plain_endpoint {
+    ($socket:ty) => {
+        impl Endpoint for $socket {
+            fn fd(&self) -> RawFd {
+                self.as_raw_fd()
+            }
+
+            fn read_into(&mut self, buf: &mut [u8]) -> Io {
+                plain_read(self, buf)
+            }
+
+            fn write_from(&mut self, data: &[u8]) -> Io {
+                plain_write(self, data)
+            }
+
+            fn close_write(&mut self) -> Io {
+                plain_close(self)
+            }
+        }
+    };
+}
+
+plain_endpoint!(TcpStream);
+plain_endpoint!(UnixStream);
 
 /// Whether a failed `SSL_read` means the peer closed TCP without close_notify. That ends the
 /// client's input like a close_notify does (as nginx and ghostunnel treat it); whether the reply
@@ -369,10 +405,10 @@ impl Lane {
     }
 }
 
-/// A pollfd for `fd` waiting on every interest given; ignored by poll (fd -1) when there is none,
-/// so a hung-up socket nobody waits on cannot wake the loop over and over.
-fn entry(fd: &impl AsRawFd, interests: &[Option<Interest>]) -> libc::pollfd {
-    let mut p = pollfd(fd, Interest::Read);
+/// A pollfd for `end`'s socket waiting on every interest given; ignored by poll (fd -1) when there
+/// is none, so a hung-up socket nobody waits on cannot wake the loop over and over.
+fn entry(end: &impl Endpoint, interests: &[Option<Interest>]) -> libc::pollfd {
+    let mut p = pollfd(&end.fd(), Interest::Read);
     p.events = interests
         .iter()
         .flatten()
@@ -393,17 +429,16 @@ fn wake(wait: &mut Option<Interest>, revents: libc::c_short) {
     }
 }
 
-/// Sends close_notify within [`CLOSE_TIMEOUT`], when the client still takes bytes.
-fn close_notify(tls: &mut SslStream<TcpStream>) {
+/// Ends `end`'s sending side (close_notify, or a FIN) within [`CLOSE_TIMEOUT`], when the peer
+/// still takes bytes.
+fn close_now(end: &mut impl Endpoint) {
     let deadline = Instant::now() + CLOSE_TIMEOUT;
     loop {
-        match tls.close_write() {
-            Io::Blocked(interest) => {
-                match wait(tls.get_ref().as_raw_fd(), interest, Some(deadline)) {
-                    Ok(true) => {}
-                    _ => return,
-                }
-            }
+        match end.close_write() {
+            Io::Blocked(interest) => match wait(end.fd(), interest, Some(deadline)) {
+                Ok(true) => {}
+                _ => return,
+            },
             _ => return,
         }
     }
@@ -456,7 +491,7 @@ impl Bounds<'_> {
 /// idle timeout without a byte moving either way, at the end of its lifetime, or when the drain
 /// ends. A client that writes without reading fills the
 /// buffer and then is no longer read, so memory stays at one [`BUF_SIZE`] buffer.
-pub fn echo(tls: &mut SslStream<TcpStream>, bounds: &Bounds) -> RelayResult {
+pub fn echo(tls: &mut impl Endpoint, bounds: &Bounds) -> RelayResult {
     let mut lane = Lane::new();
     let end = echo_loop(tls, &mut lane, bounds);
     RelayResult {
@@ -466,7 +501,7 @@ pub fn echo(tls: &mut SslStream<TcpStream>, bounds: &Bounds) -> RelayResult {
     }
 }
 
-fn echo_loop(tls: &mut SslStream<TcpStream>, lane: &mut Lane, bounds: &Bounds) -> RelayEnd {
+fn echo_loop(tls: &mut impl Endpoint, lane: &mut Lane, bounds: &Bounds) -> RelayEnd {
     let mut last = Instant::now();
     loop {
         let mut moved = lane.fill(tls).map_err(client_fault);
@@ -488,16 +523,13 @@ fn echo_loop(tls: &mut SslStream<TcpStream>, lane: &mut Lane, bounds: &Bounds) -
             return RelayEnd::Done;
         }
         let mut fds = [
-            entry(
-                tls.get_ref(),
-                &[lane.read_interest(), lane.write_interest()],
-            ),
+            entry(tls, &[lane.read_interest(), lane.write_interest()]),
             bounds.shutdown.pollfd(),
         ];
         match bounds.wait(&mut fds, last) {
             Err(end) => return end,
             Ok(Some(timer)) => {
-                close_notify(tls);
+                close_now(tls);
                 return timer.end();
             }
             Ok(None) => {
@@ -525,29 +557,30 @@ fn client_fault(fault: Fault) -> RelayEnd {
     }
 }
 
-/// Relays between the TLS client and a plaintext upstream until both directions are done, then
-/// returns; the caller closes both sockets. `preamble` goes to the upstream before the client's
-/// first byte: a PROXY protocol header goes out through the same non-blocking, deadline-bounded
-/// path as the data, so an upstream that does not read cannot block the thread. The preamble is
-/// not counted in `bytes_in`.
+/// Relays between the client and the upstream until both directions are done, then returns; the
+/// caller closes both sockets. In forward mode the client is TLS and the upstream plaintext; in
+/// client mode the other way round. `preamble` goes to the upstream before the client's first
+/// byte: a PROXY protocol header goes out through the same non-blocking, deadline-bounded path as
+/// the data, so an upstream that does not read cannot block the thread. The preamble is not
+/// counted in `bytes_in`.
 ///
-/// Half-close is carried faithfully: the client's close_notify (or EOF) becomes a FIN to the
-/// upstream (`shutdown(Write)`) while upstream → client keeps flowing; the upstream's EOF becomes
-/// close_notify to the client, once everything before it is delivered, while client → upstream
-/// keeps flowing until the client ends too. The idle timeout without a byte moving either way, the
-/// end of the connection's lifetime, or the end of the drain ends the relay with close_notify to the
-/// client and, at the lifetime's or the drain's end, a FIN to the upstream. Either side failing ends
-/// it at once.
+/// Half-close is carried faithfully: the client's end (close_notify, or EOF) is passed on to the
+/// upstream (a FIN, or close_notify) while upstream → client keeps flowing; the upstream's end is
+/// passed on to the client, once everything before it is delivered, while client → upstream keeps
+/// flowing until the client ends too. The idle timeout without a byte moving either way, the end of
+/// the connection's lifetime, or the end of the drain ends the relay with the end of stream sent to
+/// the client and, at the lifetime's or the drain's end, to the upstream too. Either side failing
+/// ends it at once.
 pub fn forward(
-    tls: &mut SslStream<TcpStream>,
-    upstream: &mut TcpStream,
+    client: &mut impl Endpoint,
+    upstream: &mut impl Endpoint,
     preamble: &[u8],
     bounds: &Bounds,
 ) -> RelayResult {
     // Client → upstream and upstream → client.
     let mut up = Lane::with_preamble(preamble);
     let mut down = Lane::new();
-    let end = forward_loop(tls, upstream, &mut up, &mut down, bounds);
+    let end = forward_loop(client, upstream, &mut up, &mut down, bounds);
     RelayResult {
         bytes_in: up.read,
         bytes_out: down.written,
@@ -556,15 +589,15 @@ pub fn forward(
 }
 
 fn forward_loop(
-    tls: &mut SslStream<TcpStream>,
-    upstream: &mut TcpStream,
+    client: &mut impl Endpoint,
+    upstream: &mut impl Endpoint,
     up: &mut Lane,
     down: &mut Lane,
     bounds: &Bounds,
 ) -> RelayEnd {
     let mut last = Instant::now();
     loop {
-        match step(tls, upstream, up, down) {
+        match step(client, upstream, up, down) {
             Err(end) => return end,
             Ok(true) => {
                 last = Instant::now();
@@ -576,20 +609,20 @@ fn forward_loop(
             return RelayEnd::Done;
         }
         let mut fds = [
-            entry(tls.get_ref(), &[up.read_interest(), down.write_interest()]),
-            entry(&*upstream, &[up.write_interest(), down.read_interest()]),
+            entry(client, &[up.read_interest(), down.write_interest()]),
+            entry(upstream, &[up.write_interest(), down.read_interest()]),
             bounds.shutdown.pollfd(),
         ];
         match bounds.wait(&mut fds, last) {
             Err(end) => return end,
             Ok(Some(timer)) => {
                 if !down.shut {
-                    close_notify(tls);
+                    close_now(client);
                 }
                 if !matches!(timer, Timer::Idle) && !up.shut {
                     // The upstream learns the client is gone the same way a client's own end
                     // would tell it; it may already have closed, which changes nothing here.
-                    let _ = upstream.shutdown(net::Shutdown::Write);
+                    close_now(upstream);
                 }
                 return timer.end();
             }
@@ -605,15 +638,15 @@ fn forward_loop(
 
 /// Moves what can move without waiting, both ways. True when any byte moved.
 fn step(
-    tls: &mut SslStream<TcpStream>,
-    upstream: &mut TcpStream,
+    client: &mut impl Endpoint,
+    upstream: &mut impl Endpoint,
     up: &mut Lane,
     down: &mut Lane,
 ) -> Result<bool, RelayEnd> {
-    let a = up.fill(tls).map_err(|f| blame(f, false))?;
+    let a = up.fill(client).map_err(|f| blame(f, false))?;
     let b = up.drain(upstream).map_err(|f| blame(f, false))?;
     let c = down.fill(upstream).map_err(|f| blame(f, true))?;
-    let d = down.drain(tls).map_err(|f| blame(f, true))?;
+    let d = down.drain(client).map_err(|f| blame(f, true))?;
     Ok(a | b | c | d)
 }
 
@@ -664,6 +697,9 @@ mod tests {
     }
 
     impl Endpoint for Sink {
+        fn fd(&self) -> RawFd {
+            -1
+        }
         fn read_into(&mut self, _: &mut [u8]) -> Io {
             Io::Blocked(Interest::Read)
         }

@@ -1,5 +1,6 @@
 //! Certificate reload without restart: on request (SIGHUP) and when the files' contents change.
-//! The forward mode's upstream name is resolved again at each reload too.
+//! In client mode the files are the upstream CA and the client certificate and key. The upstream's
+//! name (forward and client modes) is resolved again at each reload too.
 //!
 //! A reload builds a whole new TLS context from the files, validates it exactly as start-up does,
 //! and swaps it in atomically; connections already open keep the context they started with. On any
@@ -60,17 +61,22 @@ pub fn reload(
 ) -> bool {
     match tls::build(settings) {
         Ok(new) => {
-            let c = &new.info;
-            info!(
-                "reload ok trigger={} subject=\"{}\" serial={} not_after={} expires_in_days={}",
-                trigger_name(why),
-                c.subject,
-                c.serial,
-                c.not_after_unix,
-                c.days_left
-            );
-            c.warn_if_expiring();
-            metrics.certificate_expiry(c.not_after_unix);
+            match &new.info {
+                Some(c) => {
+                    info!(
+                        "reload ok trigger={} subject=\"{}\" serial={} not_after={} expires_in_days={}",
+                        trigger_name(why),
+                        c.subject,
+                        c.serial,
+                        c.not_after_unix,
+                        c.days_left
+                    );
+                    c.warn_if_expiring();
+                    metrics.certificate_expiry(c.not_after_unix);
+                }
+                // Client mode without a client certificate: the trust anchors were reloaded.
+                None => info!("reload ok trigger={} (no certificate)", trigger_name(why)),
+            }
             metrics.reload(true);
             current.store(Arc::new(new));
             true
@@ -79,7 +85,11 @@ pub fn reload(
             error!(
                 "reload failed trigger={}: {e:#}; still serving serial={}",
                 trigger_name(why),
-                current.load().info.serial
+                current
+                    .load()
+                    .info
+                    .as_ref()
+                    .map_or("-", |c| c.serial.as_str())
             );
             metrics.reload(false);
             false

@@ -11,7 +11,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -25,8 +25,9 @@ use log::{error, info, warn};
 use crate::config::{Config, Mode};
 use crate::connection::{self, Outcome, Settings};
 use crate::limits::{Gate, RateLimit, Refusal, Slot, Tracker};
+use crate::listener::{Listener, Peer};
 use crate::metrics::{self, Metrics};
-use crate::net::{self, Interest, poll, pollfd};
+use crate::net::{self, Interest, Stream, poll, pollfd};
 use crate::relay::CLOSE_TIMEOUT;
 use crate::reload;
 use crate::shutdown::Shutdown;
@@ -81,8 +82,8 @@ pub struct Shared {
 
 /// A bound server, ready to [`run`](Server::run).
 pub struct Server {
-    listener: TcpListener,
-    local_addr: SocketAddr,
+    listener: Listener,
+    local_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     reload: Sender<()>,
@@ -134,14 +135,15 @@ impl Server {
             .mode
             .clone()
             .try_map_upstream(|spec| Upstream::resolve(&spec))?;
-        let listener = net::bind(config.listen, config.backlog)
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
-        let local_addr = listener.local_addr().context("reading the bound address")?;
+        let listener = Listener::bind(&config.listen, config.backlog)?;
+        let local_addr = listener.local_addr();
         let shutdown = Arc::new(
             Shutdown::new(config.limits.drain_timeout).context("creating the shutdown signal")?,
         );
         let metrics = Arc::new(Metrics::new());
-        metrics.certificate_expiry(tls.info.not_after_unix);
+        if let Some(info) = &tls.info {
+            metrics.certificate_expiry(info.not_after_unix);
+        }
         check_fd_limit(config.limits.max_connections, &mode);
         tls.log_startup(&config.tls);
 
@@ -173,14 +175,20 @@ impl Server {
             Arc::clone(&shared.metrics),
             reload::Schedule {
                 watch: config.watch_interval,
-                ticket_key_rotation: config.ticket_key_rotation,
+                // Client mode issues no tickets: rebuilding its context would only drop the
+                // upstream's session.
+                ticket_key_rotation: match config.mode {
+                    Mode::Client { .. } => None,
+                    _ => config.ticket_key_rotation,
+                },
             },
             upstream,
         )?;
         shared.settings.log_startup();
         let ready_line = format!(
-            "securesock {} listening on {local_addr} profile={} mode={} backlog={} max_connections={} max_per_ip={} handshake_timeout={:?}",
+            "securesock {} listening on {} profile={} mode={} backlog={} max_connections={} max_per_ip={} handshake_timeout={:?}",
             env!("CARGO_PKG_VERSION"),
+            listener.describe(),
             config.tls.profile.name(),
             config.mode.name(),
             net::somaxconn().map_or(config.backlog, |max| config.backlog.min(max)),
@@ -198,8 +206,9 @@ impl Server {
         })
     }
 
-    /// The address the listener is bound to (the real port when the configuration said 0).
-    pub fn local_addr(&self) -> SocketAddr {
+    /// The TCP address the listener is bound to (the real port when the configuration said 0);
+    /// `None` for a UNIX socket.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
         self.local_addr
     }
 
@@ -223,7 +232,7 @@ impl Server {
         let Server {
             listener, shared, ..
         } = self;
-        listener.set_nonblocking(true)?;
+        listener.set_nonblocking()?;
         let workers = Arc::new(Workers {
             shared: Arc::clone(&shared),
             gate: Gate::per_cpu(),
@@ -259,8 +268,8 @@ fn check_fd_limit(max_connections: usize, mode: &Mode<Arc<Upstream>>) {
 /// Stops new connections without resetting those the kernel already completed: new SYNs go
 /// unanswered, the queue is accepted (and served) until it stays empty, then the listener closes.
 /// A client that arrives later sees a refused connection on its retry, as after a plain close.
-fn close_listener(listener: TcpListener, workers: &Arc<Workers>) {
-    match net::refuse_new_connections(&listener) {
+fn close_listener(mut listener: Listener, workers: &Arc<Workers>) {
+    match listener.refuse_new_connections() {
         Ok(()) => {
             let limit = Instant::now() + QUEUE_DRAIN_LIMIT;
             loop {
@@ -348,7 +357,7 @@ fn failed_handshake_line(cause: &'static str) -> Option<u64> {
     limit.allow()
 }
 
-fn log_refusal(peer: SocketAddr, why: Refusal, limit: usize, metrics: &Metrics) {
+fn log_refusal(peer: Peer, why: Refusal, limit: usize, metrics: &Metrics) {
     metrics.refused(why.label());
     let gate = match why {
         Refusal::GlobalCap => &REFUSAL_LOG[0],
@@ -364,8 +373,8 @@ fn log_refusal(peer: SocketAddr, why: Refusal, limit: usize, metrics: &Metrics) 
 
 /// An admitted connection on its way to a thread.
 struct Job {
-    stream: TcpStream,
-    peer: SocketAddr,
+    stream: Stream,
+    peer: Peer,
     accepted: Instant,
     slot: Slot,
 }
@@ -454,7 +463,7 @@ impl Workers {
 
 /// Accepts every connection waiting in the queue, admitting or refusing each, until the queue is
 /// empty or `stop` says so.
-fn accept_ready(listener: &TcpListener, workers: &Arc<Workers>, stop: impl Fn() -> bool) {
+fn accept_ready(listener: &Listener, workers: &Arc<Workers>, stop: impl Fn() -> bool) {
     while !stop() {
         match listener.accept() {
             Ok((stream, peer)) => admit(stream, peer, workers),
@@ -478,10 +487,11 @@ fn accept_ready(listener: &TcpListener, workers: &Arc<Workers>, stop: impl Fn() 
     }
 }
 
-fn admit(stream: TcpStream, peer: SocketAddr, workers: &Arc<Workers>) {
+fn admit(stream: Stream, peer: Peer, workers: &Arc<Workers>) {
     let accepted = Instant::now();
     let shared = &workers.shared;
     shared.metrics.accepted();
+    // A UNIX client has no address to cap; local processes count against the global cap only.
     let slot = match shared.tracker.admit(peer.ip()) {
         Ok(slot) => slot,
         Err(why) => {
@@ -509,7 +519,7 @@ fn connection_thread(job: Job, shared: &Shared, gate: &Gate) {
         stream,
         peer,
         accepted,
-        &tls.acceptor,
+        &tls,
         &shared.settings,
         gate,
         &shared.shutdown,

@@ -1,4 +1,5 @@
-//! TLS context: turns the certificate, key and profile settings into a validated [`SslAcceptor`].
+//! TLS context: turns the certificate, key and profile settings into a validated [`SslAcceptor`],
+//! or in client mode into a [`Connector`] that verifies the upstream and resumes its sessions.
 //!
 //! Everything here happens before a connection exists: it reads and checks files, applies the Mozilla
 //! profile and describes the certificate for the logs. It never touches a socket. A reload builds a
@@ -7,7 +8,7 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use anyhow::{Context, Result, anyhow, bail};
 use log::{info, warn};
@@ -19,14 +20,14 @@ use openssl::pkey::{PKey, Private};
 use openssl::sha::Sha256;
 use openssl::ssl::{
     AlpnError, ClientHelloResponse, NameType, Ssl, SslAcceptor, SslAcceptorBuilder, SslAlert,
-    SslContext, SslFiletype, SslMethod, SslMode, SslOptions, SslRef, SslVerifyMode, SslVersion,
-    select_next_proto,
+    SslConnector, SslContext, SslContextBuilder, SslFiletype, SslMethod, SslMode, SslOptions,
+    SslRef, SslSession, SslSessionCacheMode, SslVerifyMode, SslVersion, select_next_proto,
 };
-use openssl::x509::store::X509Lookup;
+use openssl::x509::store::{X509Lookup, X509StoreBuilder};
 use openssl::x509::verify::X509VerifyFlags;
 use openssl::x509::{X509, X509Crl, X509Name, X509NameEntryRef, X509NameRef, X509Ref};
 
-use crate::config::{TlsProfile, TlsSettings, is_dns_name};
+use crate::config::{TlsProfile, TlsSettings, UpstreamTls, is_dns_name};
 use crate::error::io_reason;
 use crate::net::{client_hello_ext, set_session_id_context};
 
@@ -48,12 +49,77 @@ const EXPIRY_WARNING_DAYS: i64 = 30;
 
 /// A ready TLS context and what it serves.
 pub struct Tls {
-    /// Shared read-only by every connection; cloning it only bumps a reference count.
-    pub acceptor: SslAcceptor,
-    /// The leaf certificate's facts, for logs and metrics.
-    pub info: CertInfo,
+    /// Which end of TLS this server is; shared read-only by every connection.
+    pub side: Side,
+    /// The leaf certificate's facts, for logs and metrics: the certificate served, or in client
+    /// mode the one presented to the upstream (none without mutual TLS).
+    pub info: Option<CertInfo>,
     /// The key exchange groups actually configured (depends on the linked libssl).
     pub groups: &'static str,
+}
+
+/// The two ends of TLS securesock can be.
+pub enum Side {
+    /// Terminates TLS from clients (greet, echo, forward). Cloning only bumps a reference count.
+    Server(SslAcceptor),
+    /// Originates TLS to the upstream (client mode).
+    Client(Connector),
+}
+
+impl Tls {
+    /// The acceptor, for the modes that terminate TLS.
+    pub fn acceptor(&self) -> Option<&SslAcceptor> {
+        match &self.side {
+            Side::Server(acceptor) => Some(acceptor),
+            Side::Client(_) => None,
+        }
+    }
+}
+
+/// Client mode's TLS context: the profile, the trust anchors, the name to verify, the client
+/// certificate, and the upstream's last session, offered again on the next connection.
+///
+/// A session belongs to the context that made it, so the cache lives and dies with this context:
+/// a reload starts with none, and the first connection after it does one full handshake.
+pub struct Connector {
+    ssl: SslConnector,
+    /// Verified against the certificate (host or IP check), and sent as SNI when a DNS name.
+    pub name: String,
+    /// Where the trust anchors come from, for the logs.
+    pub trust: String,
+    /// Filled by the new-session callback: a TLS 1.3 ticket arrives after the handshake, so it is
+    /// caught when the relay reads it, not taken when the handshake ends.
+    last_session: Arc<Mutex<Option<SslSession>>>,
+}
+
+impl Connector {
+    /// A connection's SSL object: host (or IP) verification and SNI for the configured name, and
+    /// the upstream's last session offered for resumption.
+    pub fn ssl(&self) -> Result<Ssl> {
+        // configure() turns on SNI (left out for IP literals, as RFC 6066 requires) and the
+        // certificate name check: X509_VERIFY_PARAM host, or IP for an address.
+        let mut ssl = self.ssl.configure()?.into_ssl(&self.name)?;
+        let last = self
+            .last_session
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(session) = last {
+            // SAFETY: SSL_set_session needs the session to come from the same SSL_CTX. Every
+            // session in `last_session` was stored by the callback installed on this connector's
+            // own context, and the cache lives in this Connector, which a reload replaces whole.
+            unsafe { ssl.set_session(&session) }?;
+        }
+        Ok(ssl)
+    }
+
+    /// Forgets the last session, so that a failed handshake is not retried with it.
+    pub fn forget_session(&self) {
+        *self
+            .last_session
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+    }
 }
 
 /// Facts about the leaf certificate, read once when the context is built.
@@ -107,6 +173,84 @@ pub fn load_key(path: &Path) -> Result<PKey<Private>> {
             "key {} is not a valid unencrypted PEM private key",
             path.display()
         )
+    })
+}
+
+/// Client mode's context: Mozilla's profile from the client's side (TLS 1.2 minimum, the same
+/// suites and groups), the upstream verified against the system trust store or `--upstream-ca`,
+/// the client certificate checked as the server's is (readable, key matches, valid now), ALPN,
+/// and a one-session cache for resumption.
+fn build_connector(settings: &TlsSettings, up: &UpstreamTls) -> Result<Tls> {
+    let mut b = SslConnector::builder(SslMethod::tls_client())?;
+    match settings.profile {
+        TlsProfile::Intermediate => {
+            b.set_min_proto_version(Some(SslVersion::TLS1_2))?;
+            b.set_cipher_list(INTERMEDIATE_TLS12_CIPHERS)?;
+        }
+        TlsProfile::Modern => b.set_min_proto_version(Some(SslVersion::TLS1_3))?,
+    }
+    b.set_ciphersuites(TLS13_CIPHERSUITES)?;
+    let groups = groups_for(&mut b)?;
+    b.set_options(SslOptions::NO_RENEGOTIATION);
+    // Fewer reads per record on the relay's hot path, as on the server side (see profile_builder).
+    b.set_read_ahead(true);
+    // The builder verifies the peer and loads the system trust store (OpenSSL's default paths,
+    // /etc/ssl/certs on Debian); --upstream-ca replaces that store, so only its CAs are trusted.
+    let trust = match &up.ca {
+        Some(ca) => {
+            let pem = read_file("upstream CA", ca)?;
+            let certs = X509::stack_from_pem(&pem).map_err(|_| {
+                anyhow!(
+                    "upstream CA {} is not a readable PEM certificate file",
+                    ca.display()
+                )
+            })?;
+            if certs.is_empty() {
+                bail!("upstream CA {} holds no certificate", ca.display());
+            }
+            let mut store = X509StoreBuilder::new()?;
+            for cert in certs {
+                store.add_cert(cert)?;
+            }
+            b.set_cert_store(store.build());
+            ca.display().to_string()
+        }
+        None => "the system trust store".to_string(),
+    };
+    b.set_verify(SslVerifyMode::PEER);
+    let info = match &up.identity {
+        Some(id) => {
+            let (chain, key) = load_identity(&id.cert, &id.key)?;
+            b.set_certificate(&chain[0])?;
+            for extra in &chain[1..] {
+                b.add_extra_chain_cert(extra.clone())?;
+            }
+            b.set_private_key(&key)
+                .with_context(|| format!("installing key {}", id.key.display()))?;
+            Some(describe(&chain)?)
+        }
+        None => None,
+    };
+    if !up.alpn.is_empty() {
+        b.set_alpn_protos(interned_wire(&up.alpn))?;
+    }
+    let last_session: Arc<Mutex<Option<SslSession>>> = Arc::default();
+    // OpenSSL hands a client its sessions only with client-side caching on; its internal cache
+    // is not used by clients, so this one slot is the whole cache.
+    b.set_session_cache_mode(SslSessionCacheMode::CLIENT);
+    let slot = Arc::clone(&last_session);
+    b.set_new_session_callback(move |_, session| {
+        *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(session);
+    });
+    Ok(Tls {
+        side: Side::Client(Connector {
+            ssl: b.build(),
+            name: up.name.clone(),
+            trust,
+            last_session,
+        }),
+        info,
+        groups,
     })
 }
 
@@ -278,7 +422,7 @@ fn check_validity(path: &Path, leaf: &X509) -> Result<()> {
 
 /// The key exchange groups this libssl accepts: the post-quantum hybrid only where it exists
 /// (OpenSSL 3.5 and later).
-fn groups_for(builder: &mut openssl::ssl::SslContextBuilder) -> Result<&'static str> {
+fn groups_for(builder: &mut SslContextBuilder) -> Result<&'static str> {
     if builder.set_groups_list(GROUPS_WITH_PQ).is_ok() {
         return Ok(GROUPS_WITH_PQ);
     }
@@ -547,6 +691,9 @@ fn warn_if_stale_crl(path: &Path) -> Result<()> {
 /// Builds and validates the TLS context: Mozilla profile, certificate chain, matching key, and
 /// the client authentication, SNI certificates and ALPN asked for.
 pub fn build(settings: &TlsSettings) -> Result<Tls> {
+    if let Some(up) = &settings.upstream {
+        return build_connector(settings, up);
+    }
     if let Some(crl) = settings.client_auth.as_ref().and_then(|a| a.crl.as_ref()) {
         warn_if_stale_crl(crl)?;
     }
@@ -585,8 +732,8 @@ pub fn build(settings: &TlsSettings) -> Result<Tls> {
         }
     });
     Ok(Tls {
-        acceptor: b.build(),
-        info,
+        side: Side::Server(b.build()),
+        info: Some(info),
         groups,
     })
 }
@@ -601,7 +748,23 @@ impl Tls {
             support.describe(series),
             self.groups
         );
-        self.info.log();
+        if let Side::Client(connector) = &self.side {
+            let alpn = settings
+                .upstream
+                .as_ref()
+                .map(|up| up.alpn.join(","))
+                .filter(|a| !a.is_empty())
+                .unwrap_or_else(|| "-".into());
+            info!(
+                "upstream TLS: verifying name={} against {}; alpn={alpn}; client certificate {}",
+                connector.name,
+                connector.trust,
+                if self.info.is_some() { "below" } else { "none" }
+            );
+        }
+        if let Some(info) = &self.info {
+            info.log(matches!(self.side, Side::Client(_)));
+        }
         if let Some(auth) = &settings.client_auth {
             info!(
                 "client certificates: verified against {} ({}){}",
@@ -632,7 +795,7 @@ impl Tls {
 
 impl CertInfo {
     /// The certificate line at start, with warnings for what an operator should act on.
-    fn log(&self) {
+    fn log(&self, presented_to_upstream: bool) {
         let sans = if self.sans.is_empty() {
             "-".to_string()
         } else {
@@ -643,7 +806,7 @@ impl CertInfo {
             self.subject, self.serial, self.days_left, self.chain_len
         );
         self.warn_if_expiring();
-        if self.self_signed {
+        if self.self_signed && !presented_to_upstream {
             info!(
                 "certificate is self-signed: clients must trust it explicitly (s_client -CAfile); use a CA-issued certificate in production"
             );
@@ -880,6 +1043,7 @@ mod tests {
             strict_sni: false,
             alpn: Vec::new(),
             alpn_optional: false,
+            upstream: None,
         })
         .err()
         .map(|e| format!("{e:#}"))

@@ -44,7 +44,8 @@ fn acceptor() -> SslAcceptor {
                 certs.key.as_os_str(),
             ])
             .unwrap_or_else(|_| panic!("settings for {:?}", certs.cert));
-            tls::build(&config.tls).unwrap().acceptor
+            let built = tls::build(&config.tls).unwrap();
+            built.acceptor().expect("a server context").clone()
         })
         .clone()
 }

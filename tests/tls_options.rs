@@ -287,7 +287,7 @@ fn client_subjects_that_look_alike_log_differently() {
         .map(|l| {
             l.split(" client=")
                 .nth(1)
-                .and_then(|rest| rest.split(" mode=").next())
+                .and_then(|rest| rest.split(" server=").next())
                 .unwrap_or_default()
                 .to_string()
         })

@@ -7,7 +7,10 @@
 //! - **greet** checks (read to close_notify, compare with `--expect`) or **echo** checks
 //!   (`--send BYTES`: send that many bytes, expect them back, then close);
 //! - **idle** holding (`--idle K`): open K TCP connections that never send a byte, report how long
-//!   the burst took, hold them until `--hold` runs out or the process is stopped.
+//!   the burst took, hold them until `--hold` runs out or the process is stopped;
+//! - **plaintext** (`--plaintext`): no TLS on this side at all, for load through a TLS client
+//!   (securesock's client mode, stunnel's `client = yes`): the greeting must arrive before a clean
+//!   EOF, or the echo come back.
 //!
 //! It reports conns/s, successes and failures (grouped by reason), resumed %, latency percentiles
 //! (hdrhistogram, microseconds), the negotiated protocol and cipher, and its own CPU per connection
@@ -118,6 +121,10 @@ pub struct Args {
     /// Print one JSON object (per phase in --idle mode) instead of a table
     #[arg(long)]
     pub json: bool,
+
+    /// Speak plaintext, not TLS: load for a TLS client in front of a TLS server (client mode)
+    #[arg(long, conflicts_with_all = ["resume", "ca", "insecure", "servername"])]
+    pub plaintext: bool,
 }
 
 /// What a greet or echo run does with each connection after the handshake.
@@ -149,6 +156,8 @@ pub struct Plan {
     pub idle: Option<usize>,
     pub hold: Duration,
     pub json: bool,
+    /// No TLS on this side.
+    pub plaintext: bool,
 }
 
 /// A seconds value from the command line, checked as the server checks its own.
@@ -219,6 +228,7 @@ impl Args {
             idle: self.idle,
             hold: seconds("hold", self.hold)?,
             json: self.json,
+            plaintext: self.plaintext,
         })
     }
 }
@@ -260,12 +270,60 @@ fn io_failure(stage: &str, e: &io::Error) -> String {
     format!("{stage}: {}", e.kind())
 }
 
-/// One connection from connect to close, checked. Returns a short reason on failure.
-fn one_connection(
-    plan: &Plan,
-    tls: &SslConnector,
-    session: Option<&SslSession>,
-) -> Result<Done, String> {
+/// One plaintext connection from connect to close, checked: the greeting and a clean EOF, or the
+/// echo and then a clean EOF after our own.
+fn one_plain_connection(plan: &Plan) -> Result<Done, String> {
+    let mut tcp = plain_socket(plan)?;
+    match &plan.check {
+        Check::Greet(expect) => {
+            let got = read_to_eof(&mut tcp, expect.len() + EXTRA_BYTES)?;
+            if got != *expect {
+                return Err(format!(
+                    "wrong payload: {} bytes, expected {}",
+                    got.len(),
+                    expect.len()
+                ));
+            }
+        }
+        Check::Echo(n) => {
+            echo(&mut tcp, *n)?;
+            tcp.shutdown(std::net::Shutdown::Write)
+                .map_err(|e| io_failure("close", &e))?;
+            let rest = read_to_eof(&mut tcp, EXTRA_BYTES)?;
+            if !rest.is_empty() {
+                return Err(format!("{} bytes after the echo", rest.len()));
+            }
+        }
+    }
+    Ok(Done {
+        resumed: false,
+        protocol: "plaintext",
+        cipher: "-",
+        session: None,
+    })
+}
+
+/// Reads to a clean EOF; a reset is a failure (truncation).
+fn read_to_eof(tcp: &mut TcpStream, limit: usize) -> Result<Vec<u8>, String> {
+    let mut got = Vec::with_capacity(64);
+    let mut buf = [0u8; 4096];
+    loop {
+        match tcp.read(&mut buf) {
+            Ok(0) => return Ok(got),
+            Ok(n) => {
+                got.extend_from_slice(&buf[..n]);
+                if got.len() > limit {
+                    return Err(format!("more than {limit} bytes before EOF"));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_failure("read", &e)),
+        }
+    }
+}
+
+/// A connected TCP socket with the per-operation timeouts that bound a stuck connection.
+fn plain_socket(plan: &Plan) -> Result<TcpStream, String> {
     let socket =
         tcp_connect(plan.addr, plan.source, plan.timeout).map_err(|e| io_failure("connect", &e))?;
     let tcp: TcpStream = socket.into();
@@ -274,6 +332,19 @@ fn one_connection(
     tcp.set_read_timeout(Some(plan.timeout))
         .and_then(|()| tcp.set_write_timeout(Some(plan.timeout)))
         .map_err(|e| io_failure("socket", &e))?;
+    Ok(tcp)
+}
+
+/// One connection from connect to close, checked. Returns a short reason on failure.
+fn one_connection(
+    plan: &Plan,
+    tls: &SslConnector,
+    session: Option<&SslSession>,
+) -> Result<Done, String> {
+    if plan.plaintext {
+        return one_plain_connection(plan);
+    }
+    let tcp = plain_socket(plan)?;
 
     let mut config = tls.configure().map_err(|e| format!("setup: {e}"))?;
     if plan.insecure {
@@ -358,7 +429,7 @@ fn pattern(i: usize) -> u8 {
 }
 
 /// Sends `n` pattern bytes in windows and checks each window comes back unchanged.
-fn echo(stream: &mut SslStream<TcpStream>, n: usize) -> Result<(), String> {
+fn echo(stream: &mut (impl Read + Write), n: usize) -> Result<(), String> {
     let mut out = vec![0u8; ECHO_WINDOW.min(n)];
     let mut back = vec![0u8; out.len()];
     let mut offset = 0;

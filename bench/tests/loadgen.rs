@@ -134,3 +134,39 @@ fn idle_connections_are_opened_and_held() {
     assert_eq!(lines[0]["failed"], 0, "{}", lines[0]);
     assert_eq!(lines[1]["still_open"], 20, "{}", lines[1]);
 }
+
+#[test]
+fn plaintext_load_checks_the_greeting_through_a_tls_client() {
+    // The greet server behind securesock's own client mode: what bench.sh --client measures.
+    let server = Server::start(&[]);
+    let up = server.addr.to_string();
+    let ca = default_certs().cert.to_str().unwrap().to_string();
+    let client = Server::start(&[
+        "--mode",
+        "client",
+        "--upstream",
+        &up,
+        "--upstream-ca",
+        &ca,
+        "--upstream-name",
+        "localhost",
+    ]);
+    let target = client.addr.to_string();
+    let n = N.to_string();
+    let good = run_json(&[&target, "--plaintext", "-n", &n, "-c", CLIENTS, "--json"]);
+    assert_eq!(good["ok"], N, "{good}");
+    assert_eq!(good["failed"], 0, "{good}");
+    assert_eq!(good["protocol"], "plaintext", "{good}");
+
+    let out = bench(&[
+        &target,
+        "--plaintext",
+        "--expect",
+        "other",
+        "-n",
+        "5",
+        "--json",
+    ]);
+    let wrong = &json_lines(&out)[0];
+    assert_eq!(wrong["failed"], 5, "{wrong}");
+}

@@ -258,7 +258,7 @@ impl InProcess {
         };
         let server =
             securesock::server::Server::bind(&config).unwrap_or_else(|e| panic!("binding: {e:#}"));
-        let addr = server.local_addr();
+        let addr = server.local_addr().expect("a TCP listener");
         let handle = server.handle();
         let thread = thread::spawn(move || server.run());
         InProcess {
@@ -349,13 +349,17 @@ impl Server {
             certs: cert.to_path_buf(),
         };
         let line = server.logs.wait_for(&["listening on"]);
-        let addr = line
+        let listening = line
             .split("listening on ")
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("no address in {line:?}"));
-        server.addr = addr;
+        // A UNIX socket server keeps the unspecified address; its tests know the path.
+        if !listening.starts_with("unix:") {
+            server.addr = listening
+                .parse()
+                .unwrap_or_else(|_| panic!("no address in {line:?}"));
+        }
         server
     }
 
@@ -684,4 +688,81 @@ pub fn metrics_addr(server: &Server) -> SocketAddr {
         .and_then(|r| r.split('/').next())
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("no address in {line:?}"))
+}
+
+/// The binary started with exactly `args` (no default address or certificate flags); the server
+/// it returns trusts the default certificate for [`Server::tls`].
+pub fn start_binary(args: &[&str]) -> Server {
+    let mut cmd = Command::new(binary());
+    cmd.args(args);
+    Server::spawn(cmd, &default_certs().cert)
+}
+
+/// `securesock --mode client` on 127.0.0.1:0, relaying to `upstream` with `args`.
+pub fn client_mode(upstream: &str, args: &[&str]) -> Server {
+    let mut all = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--mode",
+        "client",
+        "--upstream",
+        upstream,
+    ];
+    all.extend_from_slice(args);
+    start_binary(&all)
+}
+
+/// Runs the binary with exactly `args`, expecting it to refuse to start: returns its one error
+/// line after asserting exit code 2 and that nothing else was printed.
+pub fn refused_start(args: &[&str]) -> String {
+    let out = Command::new("timeout")
+        .arg("20")
+        .arg(binary())
+        .args(args)
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{args:?}: not one line: {stderr}");
+    assert!(lines[0].starts_with("securesock: error: "), "{stderr}");
+    lines[0].to_string()
+}
+
+/// A plaintext client's view: writes `send`, half-closes when `close` is set, and reads until the
+/// end of stream. `Err` when the stream ended in an error (a reset) instead of a clean EOF; the
+/// read timeout is a failsafe that fails the test.
+pub fn plain_exchange<S: Read + Write>(
+    mut stream: S,
+    send: &[u8],
+    close: impl FnOnce(&S),
+) -> Result<Vec<u8>, std::io::Error> {
+    stream.write_all(send)?;
+    close(&stream);
+    let mut got = Vec::new();
+    stream.read_to_end(&mut got)?;
+    Ok(got)
+}
+
+/// Connects over TCP and returns everything the server sends before its clean EOF, sending
+/// nothing.
+pub fn plain_read(addr: SocketAddr) -> Result<Vec<u8>, std::io::Error> {
+    let tcp = TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(PATIENCE))?;
+    plain_exchange(tcp, b"", |_| {})
+}
+
+/// Connects to a UNIX socket and returns everything the server sends before its clean EOF,
+/// sending nothing.
+pub fn unix_read(path: &Path) -> Result<Vec<u8>, std::io::Error> {
+    let s = std::os::unix::net::UnixStream::connect(path)?;
+    s.set_read_timeout(Some(PATIENCE))?;
+    plain_exchange(s, b"", |_| {})
+}
+
+/// Permission bits of a file.
+pub fn file_mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
 }

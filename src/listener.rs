@@ -1,0 +1,278 @@
+//! The listening socket, TCP or UNIX, and who each accepted connection comes from ([`Peer`]).
+//!
+//! A UNIX socket is a file, and its life is managed here: a stale file left by a process that died
+//! is removed at start, a socket another live process listens on (or a path that is not a socket)
+//! refuses the start, the file gets the configured mode and group before anyone can connect, and it
+//! is removed again when the server stops. Nothing here reads from a connection or knows a mode.
+
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use log::{info, warn};
+
+use crate::config::{Listen, UnixListen};
+use crate::net::{self, Stream};
+
+/// Who a connection comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    Tcp(SocketAddr),
+    /// A local process, as SO_PEERCRED saw it at connect (`None` when the kernel would not say).
+    Unix(Option<net::PeerCred>),
+}
+
+impl Peer {
+    /// The address the per-address cap counts, for the peers that have one.
+    pub fn ip(&self) -> Option<std::net::IpAddr> {
+        match self {
+            Peer::Tcp(addr) => Some(addr.ip()),
+            Peer::Unix(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Tcp(addr) => write!(f, "{addr}"),
+            Peer::Unix(Some(cred)) => write!(f, "unix:uid={},pid={}", cred.uid, cred.pid),
+            Peer::Unix(None) => write!(f, "unix:uid=-,pid=-"),
+        }
+    }
+}
+
+/// A bound listener of either family.
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixSocket),
+}
+
+/// A UNIX listening socket and the file it is bound to; dropping it removes the file.
+pub struct UnixSocket {
+    listener: UnixListener,
+    path: PathBuf,
+    /// Device and inode of the file this process bound, so that only that file is ever removed,
+    /// never one another process put in its place.
+    file: (u64, u64),
+}
+
+impl Listener {
+    /// Binds where the configuration says, with the listen queue asked for.
+    pub fn bind(listen: &Listen, backlog: u32) -> Result<Listener> {
+        match listen {
+            Listen::Tcp(addr) => net::bind(*addr, backlog)
+                .map(Listener::Tcp)
+                .with_context(|| format!("cannot listen on {addr}")),
+            Listen::Unix(unix) => UnixSocket::bind(unix, backlog).map(Listener::Unix),
+        }
+    }
+
+    /// The TCP address bound (the real port when the configuration said 0).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Listener::Tcp(l) => l.local_addr().ok(),
+            Listener::Unix(_) => None,
+        }
+    }
+
+    /// What the ready line names: the TCP address, or `unix:/path`.
+    pub fn describe(&self) -> String {
+        match self {
+            Listener::Tcp(l) => l
+                .local_addr()
+                .map_or_else(|_| "?".into(), |a| a.to_string()),
+            Listener::Unix(u) => format!("unix:{}", u.path.display()),
+        }
+    }
+
+    pub fn set_nonblocking(&self) -> io::Result<()> {
+        match self {
+            Listener::Tcp(l) => l.set_nonblocking(true),
+            Listener::Unix(u) => u.listener.set_nonblocking(true),
+        }
+    }
+
+    /// The next queued connection and who it is from.
+    pub fn accept(&self) -> io::Result<(Stream, Peer)> {
+        match self {
+            Listener::Tcp(l) => l
+                .accept()
+                .map(|(s, addr)| (Stream::Tcp(s), Peer::Tcp(addr))),
+            Listener::Unix(u) => {
+                let (s, _) = u.listener.accept()?;
+                let cred = net::peer_cred(&s).ok();
+                Ok((Stream::Unix(s), Peer::Unix(cred)))
+            }
+        }
+    }
+
+    /// Stops new connections from reaching the queue without resetting those already in it: a
+    /// TCP listener stops answering SYNs; a UNIX socket's file is removed, so no new client can
+    /// find it. The caller then accepts what is queued and closes.
+    pub fn refuse_new_connections(&mut self) -> io::Result<()> {
+        match self {
+            Listener::Tcp(l) => net::refuse_new_connections(l),
+            Listener::Unix(u) => {
+                u.remove_file();
+                Ok(())
+            }
+        }
+    }
+}
+
+impl AsRawFd for Listener {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Listener::Tcp(l) => l.as_raw_fd(),
+            Listener::Unix(u) => u.listener.as_raw_fd(),
+        }
+    }
+}
+
+impl UnixSocket {
+    fn bind(unix: &UnixListen, backlog: u32) -> Result<UnixSocket> {
+        let path = &unix.path;
+        clear_stale(path)?;
+        let gid = unix
+            .group
+            .as_deref()
+            .map(|g| {
+                net::group_id(g)
+                    .map_err(|e| anyhow!("--listen-group {g}: {}", crate::error::io_reason(&e)))
+            })
+            .transpose()?;
+        let listener = net::bind_unix(path, unix.mode, gid, backlog).map_err(|e| {
+            anyhow!(
+                "cannot listen on unix:{}: {}",
+                path.display(),
+                crate::error::io_reason(&e)
+            )
+        })?;
+        let meta = std::fs::symlink_metadata(path)
+            .with_context(|| format!("reading unix:{}", path.display()))?;
+        info!(
+            "unix socket {} mode {:04o} uid {} gid {}",
+            path.display(),
+            meta.mode() & 0o7777,
+            meta.uid(),
+            meta.gid()
+        );
+        Ok(UnixSocket {
+            listener,
+            path: path.clone(),
+            file: (meta.dev(), meta.ino()),
+        })
+    }
+
+    /// Removes the socket file, if it is still the one this process bound.
+    fn remove_file(&mut self) {
+        let ours =
+            std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.file);
+        if ours && let Err(e) = std::fs::remove_file(&self.path) {
+            warn!("cannot remove {}: {e}", self.path.display());
+        }
+        // Never again: a file at the path from now on belongs to someone else.
+        self.file = (u64::MAX, u64::MAX);
+    }
+}
+
+impl Drop for UnixSocket {
+    fn drop(&mut self) {
+        self.remove_file();
+    }
+}
+
+/// Makes way for a new socket at `path`: nothing there is fine; a socket nobody listens on (its
+/// process died without removing it) is removed; a live socket or any other kind of file refuses
+/// the start, since taking it over would break another server or destroy someone's file.
+fn clear_stale(path: &Path) -> Result<()> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => bail!(
+            "cannot use unix:{}: {}",
+            path.display(),
+            crate::error::io_reason(&e)
+        ),
+    };
+    if !meta.file_type().is_socket() {
+        bail!(
+            "cannot listen on unix:{}: the path exists and is not a socket",
+            path.display()
+        );
+    }
+    match UnixStream::connect(path) {
+        Ok(_) => bail!(
+            "cannot listen on unix:{}: another process is listening on it",
+            path.display()
+        ),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            std::fs::remove_file(path)
+                .with_context(|| format!("removing the stale socket {}", path.display()))?;
+            info!("removed the stale socket {}", path.display());
+            Ok(())
+        }
+        Err(e) => bail!(
+            "cannot listen on unix:{}: checking the existing socket: {}",
+            path.display(),
+            crate::error::io_reason(&e)
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unix(path: &Path) -> Listen {
+        Listen::Unix(UnixListen {
+            path: path.to_path_buf(),
+            mode: 0o600,
+            group: None,
+        })
+    }
+
+    #[test]
+    fn a_stale_socket_is_replaced_and_a_live_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        // Bound, then dropped without removing the file: what a killed process leaves.
+        drop(UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let first = Listener::bind(&unix(&path), 16).unwrap();
+        let err = Listener::bind(&unix(&path), 16).err().unwrap().to_string();
+        assert!(err.contains("another process is listening"), "{err}");
+        drop(first);
+        assert!(!path.exists(), "the file goes with the listener");
+    }
+
+    #[test]
+    fn a_path_that_is_not_a_socket_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        std::fs::write(&path, b"precious").unwrap();
+        let err = Listener::bind(&unix(&path), 16).err().unwrap().to_string();
+        assert!(err.contains("not a socket"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"precious");
+    }
+
+    #[test]
+    fn peers_print_as_the_log_shows_them() {
+        let cred = net::PeerCred {
+            uid: 1000,
+            gid: 1000,
+            pid: 4242,
+        };
+        assert_eq!(Peer::Unix(Some(cred)).to_string(), "unix:uid=1000,pid=4242");
+        assert_eq!(
+            Peer::Tcp("127.0.0.1:5".parse().unwrap()).to_string(),
+            "127.0.0.1:5"
+        );
+    }
+}

@@ -1,0 +1,228 @@
+//! UNIX domain sockets wherever an address is taken: `--listen unix:/path` (its file's mode, a
+//! stale file, a live one, removal at exit, the peer's credentials in the log) and forward mode's
+//! `--upstream unix:/path`. Real binary, real sockets in a temporary directory.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::time::Duration;
+
+use openssl::sha::sha256;
+use support::{
+    PATIENCE, Server, default_certs, exchange, file_mode, mtls, refused_start, start_binary,
+    unix_read,
+};
+
+const GREETING: &[u8] = b"Hello, secure world!";
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The binary listening on `unix:PATH` with the default certificate and `args`.
+fn unix_server(path: &Path, args: &[&str]) -> Server {
+    let certs = default_certs();
+    let listen = format!("unix:{}", path.display());
+    let mut all = vec![
+        "--listen",
+        &listen,
+        "--cert",
+        s(&certs.cert),
+        "--key",
+        s(&certs.key),
+    ];
+    all.extend_from_slice(args);
+    start_binary(&all)
+}
+
+#[test]
+fn client_mode_on_a_unix_socket_with_its_mode_and_the_peers_credentials() {
+    let (cert, key) = (mtls("server-cert.pem"), mtls("server-key.pem"));
+    let upstream = Server::start_with(Path::new(&cert), Path::new(&key), &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("client.sock");
+    let ca = mtls("ca-cert.pem");
+    let up = upstream.addr.to_string();
+    let client = unix_server(
+        &path,
+        &["--mode", "client", "--upstream", &up, "--upstream-ca", &ca],
+    );
+    assert_eq!(file_mode(&path), 0o660);
+    assert_eq!(unix_read(&path).unwrap(), GREETING);
+    let line = client.logs.wait_for(&["conn ", "mode=client"]);
+    let me = format!(
+        "peer=unix:uid={},pid={} ",
+        // SAFETY: geteuid cannot fail.
+        unsafe { libc::geteuid() },
+        std::process::id()
+    );
+    assert!(line.contains(&me), "{me} missing: {line}");
+    assert!(line.contains("result=ok"), "{line}");
+
+    let tight = dir.path().join("tight.sock");
+    let _tight = unix_server(
+        &tight,
+        &[
+            "--mode",
+            "client",
+            "--upstream",
+            &up,
+            "--upstream-ca",
+            &ca,
+            "--listen-mode",
+            "0600",
+            "--listen-group",
+            // SAFETY: getegid cannot fail.
+            &unsafe { libc::getegid() }.to_string(),
+        ],
+    );
+    assert_eq!(file_mode(&tight), 0o600);
+}
+
+#[test]
+fn tls_on_a_unix_socket_and_no_per_address_cap_for_its_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("greet.sock");
+    let server = unix_server(&path, &["--max-per-ip", "1"]);
+    // Two silent connections hold slots; a third client is still served, since local processes
+    // have no address to share a cap.
+    let _held: Vec<UnixStream> = (0..2)
+        .map(|_| UnixStream::connect(&path).unwrap())
+        .collect();
+    let out = std::process::Command::new("timeout")
+        .args([
+            "20",
+            "openssl",
+            "s_client",
+            "-unix",
+            s(&path),
+            "-ign_eof",
+            "-quiet",
+        ])
+        .args(["-CAfile", s(&default_certs().cert), "-verify_return_error"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.stdout,
+        GREETING,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = server.logs.wait_for(&["conn ", "result=ok"]);
+    assert!(line.contains("peer=unix:uid="), "{line}");
+    assert!(server.logs.matching(&["refused"]).is_empty());
+}
+
+#[test]
+fn forward_to_a_unix_upstream_moves_ten_mib_each_way_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let up_path = dir.path().join("up.sock");
+    let listener = UnixListener::bind(&up_path).unwrap();
+    // The upstream echoes to the end, then ends its side.
+    let upstream = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut back = s.try_clone().unwrap();
+        std::io::copy(&mut s, &mut back).unwrap();
+        back.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    let up = format!("unix:{}", up_path.display());
+    let server = Server::start(&["--mode", "forward", "--upstream", &up]);
+    let data = support::pseudo_random(10 * 1024 * 1024, 7);
+    let mut tls = server.tls();
+    let got = exchange(&mut tls, &data, true);
+    upstream.join().unwrap();
+    assert_eq!(got.data.len(), data.len());
+    assert_eq!(sha256(&got.data), sha256(&data), "bytes differ");
+    assert!(got.close_notify);
+    let line = server.logs.wait_for(&["conn ", "mode=forward"]);
+    let n = data.len();
+    assert!(line.contains(&format!("in={n} out={n}")), "{line}");
+    assert!(line.contains("result=ok"), "{line}");
+}
+
+#[test]
+fn a_stale_socket_is_replaced_and_the_file_goes_at_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    // What a killed process leaves behind: the file of a socket nobody listens on.
+    drop(UnixListener::bind(&path).unwrap());
+    let server = unix_server(&path, &[]);
+    server.logs.wait_for(&["removed the stale socket"]);
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit(PATIENCE).success());
+    assert!(!path.exists(), "the socket file is removed at exit");
+}
+
+#[test]
+fn a_live_socket_or_another_file_refuses_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    let first = unix_server(&path, &[]);
+    let certs = default_certs();
+    let listen = format!("unix:{}", path.display());
+    let args = [
+        "--listen",
+        &listen,
+        "--cert",
+        s(&certs.cert),
+        "--key",
+        s(&certs.key),
+    ];
+    let line = refused_start(&args);
+    assert!(line.contains("another process is listening"), "{line}");
+    // The refused process left the first one's socket alone.
+    let mut tls = first.connector().connect("localhost", {
+        let s = UnixStream::connect(&path).unwrap();
+        s.set_read_timeout(Some(PATIENCE)).unwrap();
+        s
+    });
+    let mut got = Vec::new();
+    tls.as_mut().unwrap().read_to_end(&mut got).unwrap();
+    assert_eq!(got, GREETING);
+
+    let file = dir.path().join("notes.txt");
+    std::fs::write(&file, "keep me").unwrap();
+    let listen = format!("unix:{}", file.display());
+    let line = refused_start(&[
+        "--listen",
+        &listen,
+        "--cert",
+        s(&certs.cert),
+        "--key",
+        s(&certs.key),
+    ]);
+    assert!(line.contains("not a socket"), "{line}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+}
+
+#[test]
+fn a_drain_serves_what_was_queued_and_refuses_newcomers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    let server = unix_server(&path, &["--mode", "echo", "--drain-timeout", "10"]);
+    let mut open = server
+        .connector()
+        .connect("localhost", UnixStream::connect(&path).unwrap())
+        .unwrap();
+    open.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    open.read_exact(&mut buf).unwrap();
+    server.signal(libc::SIGTERM);
+    server.logs.wait_for(&["draining"]);
+    // The file is gone as soon as the drain starts: nobody new can find the server.
+    assert!(!path.exists());
+    assert_eq!(
+        UnixStream::connect(&path).unwrap_err().kind(),
+        std::io::ErrorKind::NotFound
+    );
+    // The open connection still works, then ends as its client ends it.
+    open.write_all(b"pong").unwrap();
+    open.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"pong");
+    open.shutdown().unwrap();
+    assert!(server.wait_exit(Duration::from_secs(30)).success());
+}
