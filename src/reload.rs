@@ -61,6 +61,10 @@ pub fn reload(
 ) -> bool {
     match tls::build(settings) {
         Ok(new) => {
+            // In service before the line says so: whoever reads "reload ok" and connects gets
+            // the new context.
+            let new = Arc::new(new);
+            current.store(Arc::clone(&new));
             match &new.info {
                 Some(c) => {
                     info!(
@@ -78,7 +82,6 @@ pub fn reload(
                 None => info!("reload ok trigger={} (no certificate)", trigger_name(why)),
             }
             metrics.reload(true);
-            current.store(Arc::new(new));
             true
         }
         Err(e) => {
