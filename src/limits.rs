@@ -54,7 +54,8 @@ pub struct Tracker {
 /// connection for the drain too.
 pub struct Slot {
     tracker: Arc<Tracker>,
-    ip: IpAddr,
+    /// The address counted against `--max-per-ip`, once known.
+    ip: Option<IpAddr>,
     counted: bool,
 }
 
@@ -96,7 +97,24 @@ impl Tracker {
         c.open += 1;
         Ok(Slot {
             tracker: Arc::clone(self),
-            ip,
+            ip: Some(ip),
+            counted: true,
+        })
+    }
+
+    /// Takes a slot under `--max-connections` only, for a connection whose client address is not
+    /// known yet (it comes in a PROXY header); [`Slot::claim_address`] applies the per-address
+    /// cap once it is.
+    pub fn admit_unaddressed(self: &Arc<Self>) -> Result<Slot, Refusal> {
+        let mut c = self.lock();
+        if c.active >= self.max_total {
+            return Err(Refusal::GlobalCap);
+        }
+        c.active += 1;
+        c.open += 1;
+        Ok(Slot {
+            tracker: Arc::clone(self),
+            ip: None,
             counted: true,
         })
     }
@@ -133,6 +151,24 @@ impl Tracker {
 }
 
 impl Slot {
+    /// Counts the connection under its client's address, once that is known; refused (and
+    /// nothing counted) when the address is at `--max-per-ip`. A slot that already has an
+    /// address, or has given its place back, keeps what it has.
+    pub fn claim_address(&mut self, ip: IpAddr) -> Result<(), Refusal> {
+        if self.ip.is_some() || !self.counted {
+            return Ok(());
+        }
+        let ip = canonical(ip);
+        let mut c = self.tracker.lock();
+        let n = c.per_ip.entry(ip).or_insert(0);
+        if *n >= self.tracker.max_per_ip {
+            return Err(Refusal::PerIpCap);
+        }
+        *n += 1;
+        self.ip = Some(ip);
+        Ok(())
+    }
+
     /// Gives the connection's place under the caps back; the drain still waits for the drop.
     pub fn release_cap(&mut self) {
         if !std::mem::replace(&mut self.counted, false) {
@@ -140,10 +176,12 @@ impl Slot {
         }
         let mut c = self.tracker.lock();
         c.active -= 1;
-        if let Some(n) = c.per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                c.per_ip.remove(&self.ip);
+        if let Some(ip) = self.ip {
+            if let Some(n) = c.per_ip.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    c.per_ip.remove(&ip);
+                }
             }
         }
     }
@@ -317,6 +355,28 @@ mod tests {
         assert_eq!(t.wait_idle(Instant::now()), 1);
         drop(again);
         assert_eq!(t.wait_idle(Instant::now()), 0);
+    }
+
+    #[test]
+    fn an_address_learnt_later_is_capped_then() {
+        let t = Tracker::new(3, 1);
+        let client: IpAddr = "203.0.113.7".parse().unwrap();
+        let mut a = t.admit_unaddressed().unwrap();
+        let mut b = t.admit_unaddressed().unwrap();
+        assert_eq!(t.active(), 2, "counted against the global cap at once");
+        a.claim_address(client).unwrap();
+        assert_eq!(b.claim_address(client), Err(Refusal::PerIpCap));
+        drop(b);
+        assert_eq!(t.active(), 1);
+        let _c = t.admit_unaddressed().unwrap();
+        let _d = t.admit_unaddressed().unwrap();
+        assert_eq!(t.admit_unaddressed().err(), Some(Refusal::GlobalCap));
+        drop(a);
+        assert_eq!(
+            t.admit(client).map(|_| ()),
+            Ok(()),
+            "the address was given back"
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
 use log::{error, info, warn};
 
-use crate::config::{Config, Mode};
+use crate::config::{AcceptProxy, Config, Mode};
 use crate::connection::{self, Outcome, Settings};
 use crate::limits::{Gate, RateLimit, Refusal, Slot, Tracker};
 use crate::metrics::{self, Metrics};
@@ -75,6 +75,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Polled by every connection, so the end of the drain reaches each one.
     pub shutdown: Arc<Shutdown>,
+    /// `--accept-proxy`: connections open with a PROXY header naming the client.
+    pub accept_proxy: Option<AcceptProxy>,
     /// Connections the end of the drain closed, for the drain's summary.
     cut: AtomicUsize,
 }
@@ -157,6 +159,7 @@ impl Server {
             tracker: Tracker::new(config.limits.max_connections, config.limits.max_per_ip),
             metrics: Arc::clone(&metrics),
             shutdown,
+            accept_proxy: config.accept_proxy.clone(),
             cut: AtomicUsize::new(0),
         });
         let metrics_addr = match config.metrics_listen {
@@ -177,6 +180,19 @@ impl Server {
             upstream,
         )?;
         shared.settings.log_startup();
+        if let Some(proxy) = &config.accept_proxy {
+            let from = if proxy.from.is_empty() {
+                "any peer".to_string()
+            } else {
+                proxy
+                    .from
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            info!("accept-proxy: every connection opens with a PROXY v1/v2 header, from {from}");
+        }
         let ready_line = format!(
             "securesock {} listening on {local_addr} profile={} mode={} backlog={} max_connections={} max_per_ip={} handshake_timeout={:?}",
             env!("CARGO_PKG_VERSION"),
@@ -319,6 +335,7 @@ static REFUSAL_LOG: [RateLimit; 2] = [
     RateLimit::new(Duration::from_secs(1)),
     RateLimit::new(Duration::from_secs(1)),
 ];
+static PROXY_PEER_LOG: RateLimit = RateLimit::new(Duration::from_secs(1));
 static ACCEPT_ERROR_LOG: RateLimit = RateLimit::new(Duration::from_secs(1));
 
 fn log_refusal(peer: SocketAddr, why: Refusal, limit: usize, metrics: &Metrics) {
@@ -455,7 +472,22 @@ fn admit(stream: TcpStream, peer: SocketAddr, workers: &Arc<Workers>) {
     let accepted = Instant::now();
     let shared = &workers.shared;
     shared.metrics.accepted();
-    let slot = match shared.tracker.admit(peer.ip()) {
+    // With --accept-proxy the client's address is only known once its header is read (on the
+    // connection's thread), so the per-address cap waits until then.
+    let admitted = match &shared.accept_proxy {
+        Some(proxy) if !proxy.allows(peer.ip()) => {
+            shared.metrics.refused("proxy_peer");
+            if let Some(suppressed) = PROXY_PEER_LOG.allow() {
+                warn!(
+                    "refused peer={peer} reason=proxy_peer (not in --accept-proxy-from) suppressed_since_last={suppressed}"
+                );
+            }
+            return;
+        }
+        Some(_) => shared.tracker.admit_unaddressed(),
+        None => shared.tracker.admit(peer.ip()),
+    };
+    let slot = match admitted {
         Ok(slot) => slot,
         Err(why) => {
             log_refusal(peer, why, shared.tracker.limit(why), &shared.metrics);
@@ -470,6 +502,29 @@ fn admit(stream: TcpStream, peer: SocketAddr, workers: &Arc<Workers>) {
     });
 }
 
+/// The client's address: the TCP peer, or with `--accept-proxy` the one its PROXY header names,
+/// which is then counted under `--max-per-ip`. `Err(Some(outcome))` for a connection whose header
+/// was bad, `Err(None)` for one the per-address cap refused (and logged).
+fn client_address(
+    stream: &TcpStream,
+    peer: SocketAddr,
+    accepted: Instant,
+    slot: &mut Slot,
+    shared: &Shared,
+) -> Result<SocketAddr, Option<Outcome>> {
+    if shared.accept_proxy.is_none() {
+        return Ok(peer);
+    }
+    let client =
+        connection::proxied_peer(stream, peer, accepted, &shared.settings, &shared.shutdown)
+            .map_err(Some)?;
+    if let Err(why) = slot.claim_address(client.ip()) {
+        log_refusal(client, why, shared.tracker.limit(why), &shared.metrics);
+        return Err(None);
+    }
+    Ok(client)
+}
+
 fn connection_thread(job: Job, shared: &Shared, gate: &Gate) {
     let Job {
         stream,
@@ -478,15 +533,24 @@ fn connection_thread(job: Job, shared: &Shared, gate: &Gate) {
         mut slot,
     } = job;
     let tls = shared.tls.load_full();
-    let report = connection::serve(
-        stream,
-        peer,
-        accepted,
-        &tls.acceptor,
-        &shared.settings,
-        gate,
-        &shared.shutdown,
-    );
+    let report = match client_address(&stream, peer, accepted, &mut slot, shared) {
+        Ok(client) => connection::serve(
+            stream,
+            client,
+            accepted,
+            &tls.acceptor,
+            &shared.settings,
+            gate,
+            &shared.shutdown,
+        ),
+        Err(Some(outcome)) => {
+            let mut report = connection::Report::new(peer, shared.settings.mode.name());
+            report.outcome = outcome;
+            report.elapsed = accepted.elapsed();
+            report
+        }
+        Err(None) => return, // refused under --max-per-ip, logged; dropping closes it
+    };
     if report.outcome == Outcome::Shutdown {
         shared.cut.fetch_add(1, Ordering::SeqCst);
     }

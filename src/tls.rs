@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use anyhow::{Context, Result, anyhow, bail};
 use log::{info, warn};
@@ -16,15 +16,15 @@ use openssl::ex_data::Index;
 use openssl::nid::Nid;
 use openssl::pkey::{PKey, Private};
 use openssl::ssl::{
-    AlpnError, NameType, SniError, Ssl, SslAcceptor, SslAcceptorBuilder, SslAlert, SslContext,
-    SslFiletype, SslMethod, SslMode, SslOptions, SslRef, SslVerifyMode, SslVersion,
-    select_next_proto,
+    AlpnError, ExtensionContext, NameType, SniError, Ssl, SslAcceptor, SslAcceptorBuilder,
+    SslAlert, SslContext, SslFiletype, SslMethod, SslMode, SslOptions, SslRef, SslVerifyMode,
+    SslVersion, select_next_proto,
 };
 use openssl::x509::store::X509Lookup;
 use openssl::x509::verify::X509VerifyFlags;
-use openssl::x509::{X509, X509Name, X509NameRef, X509Ref};
+use openssl::x509::{X509, X509Name, X509NameRef, X509Ref, X509StoreContext, X509VerifyResult};
 
-use crate::config::{TlsProfile, TlsSettings};
+use crate::config::{AccessRules, TlsProfile, TlsSettings};
 use crate::error::io_reason;
 
 /// TLS 1.2 cipher suites of Mozilla's intermediate profile, v6.0 (no DHE, no CBC, no RSA key exchange).
@@ -144,19 +144,19 @@ pub fn common_name(cert: &X509) -> Option<String> {
         .and_then(|e| e.data().to_string().ok())
 }
 
-/// Describes the leaf certificate of a chain.
-pub fn describe(chain: &[X509]) -> Result<CertInfo> {
-    let leaf = chain
-        .first()
-        .ok_or_else(|| anyhow!("empty certificate chain"))?;
-    let sans = leaf
-        .subject_alt_names()
+/// A certificate's subject alternative names as `DNS:name`, `IP:addr`, `URI:uri`, `email:addr`.
+pub fn alt_names(cert: &X509Ref) -> Vec<String> {
+    cert.subject_alt_names()
         .map(|names| {
             names
                 .iter()
                 .filter_map(|n| {
                     if let Some(dns) = n.dnsname() {
                         Some(format!("DNS:{dns}"))
+                    } else if let Some(uri) = n.uri() {
+                        Some(format!("URI:{uri}"))
+                    } else if let Some(email) = n.email() {
+                        Some(format!("email:{email}"))
                     } else {
                         n.ipaddress()
                             .and_then(|ip| match ip.len() {
@@ -169,7 +169,109 @@ pub fn describe(chain: &[X509]) -> Result<CertInfo> {
                 })
                 .collect()
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// Whether a verified client certificate matches any of the rules (every certificate does when
+/// there is none).
+pub fn allowed(rules: &AccessRules, cert: &X509Ref) -> bool {
+    if rules.is_empty() {
+        return true;
+    }
+    let entries = |nid: Nid| -> Vec<String> {
+        cert.subject_name()
+            .entries_by_nid(nid)
+            .filter_map(|e| e.data().to_string().ok())
+            .collect()
+    };
+    if !rules.cn.is_empty()
+        && entries(Nid::COMMONNAME)
+            .iter()
+            .any(|v| rules.cn.contains(v))
+    {
+        return true;
+    }
+    if !rules.ou.is_empty()
+        && entries(Nid::ORGANIZATIONALUNITNAME)
+            .iter()
+            .any(|v| rules.ou.contains(v))
+    {
+        return true;
+    }
+    let Some(sans) = cert.subject_alt_names() else {
+        return false;
+    };
+    sans.iter().any(|n| {
+        n.dnsname()
+            .is_some_and(|d| rules.dns.iter().any(|r| r.eq_ignore_ascii_case(d)))
+            || n.uri().is_some_and(|u| rules.uri.iter().any(|r| r == u))
+    })
+}
+
+/// Where every context keeps its access rules, so that the ticket hook and the connection can
+/// check a client against the context it was served from.
+fn rules_index() -> Option<Index<SslContext, Arc<AccessRules>>> {
+    static INDEX: OnceLock<Option<Index<SslContext, Arc<AccessRules>>>> = OnceLock::new();
+    *INDEX.get_or_init(|| SslContext::new_ex_index().ok())
+}
+
+/// Why the access rules refuse this connection's client (its certificate's subject and SANs), or
+/// `None` when they let it in. A resumed session carries the certificate it was made with, so
+/// resumed handshakes are checked against it too.
+pub fn access_refusal(ssl: &SslRef) -> Option<String> {
+    let rules = match rules_index().and_then(|idx| ssl.ssl_context().ex_data(idx)) {
+        Some(rules) if !rules.is_empty() => rules,
+        _ => return None,
+    };
+    let Some(cert) = ssl.peer_certificate() else {
+        return Some("no client certificate".into());
+    };
+    if allowed(rules, &cert) {
+        return None;
+    }
+    Some(refusal_text(&cert))
+}
+
+/// What the log says about a refused certificate: its subject and SANs.
+fn refusal_text(cert: &X509Ref) -> String {
+    let sans = alt_names(cert);
+    format!(
+        "certificate subject=\"{}\" sans={} matches no --allow rule",
+        subject(cert),
+        if sans.is_empty() {
+            "-".into()
+        } else {
+            sans.join(",")
+        }
+    )
+}
+
+thread_local! {
+    /// The refusal the access rules made during the handshake running on this thread. The
+    /// callbacks that refuse run inside `SSL_accept` on the connection's own thread, and after
+    /// TLS 1.2's refusal the certificate is no longer reachable from the connection, so the
+    /// description travels this way to the log line.
+    static REFUSAL: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+fn record_refusal(why: String) {
+    REFUSAL.with(|r| *r.borrow_mut() = Some(why));
+}
+
+/// Takes the access rules' refusal recorded by the handshake that just ran on this thread.
+pub fn take_refusal() -> Option<String> {
+    REFUSAL.with(|r| r.borrow_mut().take())
+}
+
+/// A private extension number for the ticket hook below; it is never put on the wire.
+const ACCESS_CHECK_EXTENSION: u16 = 0xff5c;
+
+/// Describes the leaf certificate of a chain.
+pub fn describe(chain: &[X509]) -> Result<CertInfo> {
+    let leaf = chain
+        .first()
+        .ok_or_else(|| anyhow!("empty certificate chain"))?;
+    let sans = alt_names(leaf);
     let serial = leaf.serial_number().to_bn()?.to_hex_str()?.to_string();
     let not_after_unix = unix_time(leaf.not_after())?;
     let now = Asn1Time::days_from_now(0)?;
@@ -289,10 +391,14 @@ fn profile_builder(settings: &TlsSettings) -> Result<(SslAcceptorBuilder, &'stat
             .map_err(|_| anyhow!("cannot load client CA {ca}"))?;
         b.set_client_ca_list(names);
         let mut mode = SslVerifyMode::PEER;
-        if auth.require {
+        // A client without a certificate matches no access rule, so rules imply requiring one.
+        if auth.require || !settings.allow.is_empty() {
             mode |= SslVerifyMode::FAIL_IF_NO_PEER_CERT;
         }
         b.set_verify(mode);
+        if !settings.allow.is_empty() {
+            restrict_clients(&mut b, &settings.allow)?;
+        }
         if let Some(crl) = &auth.crl {
             let lookup = b.cert_store_mut().add_lookup(X509Lookup::file())?;
             lookup
@@ -313,6 +419,61 @@ fn profile_builder(settings: &TlsSettings) -> Result<(SslAcceptorBuilder, &'stat
         });
     }
     Ok((b, groups))
+}
+
+/// Installs the access rules on a context. OpenSSL maps every certificate verification failure to
+/// its own alert (none is `access_denied`), so in TLS 1.3 the rules are not applied while
+/// verifying. There the server's handshake ends by issuing a session ticket, after the client's
+/// certificate and Finished: a hook on that ticket (an extension that is never sent) refuses the
+/// client with `access_denied` before the ticket, or any data, leaves. TLS 1.2 has no such step
+/// after the client's certificate, so there the verify callback refuses it (OpenSSL then sends
+/// `handshake_failure`). The connection checks the rules once more after every handshake, so a
+/// client that takes no ticket is refused too.
+fn restrict_clients(b: &mut SslAcceptorBuilder, rules: &AccessRules) -> Result<()> {
+    let rules = Arc::new(rules.clone());
+    if let Some(idx) = rules_index() {
+        b.set_ex_data(idx, Arc::clone(&rules));
+    }
+    b.set_verify_callback(
+        // Rules imply a required certificate, as profile_builder set the mode before.
+        SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT,
+        move |ok, store| {
+            if !ok || store.error_depth() != 0 {
+                return ok;
+            }
+            let tls13 = X509StoreContext::ssl_idx()
+                .ok()
+                .and_then(|idx| store.ex_data(idx))
+                .is_some_and(|ssl| ssl.version2() == Some(SslVersion::TLS1_3));
+            if tls13 {
+                return true;
+            }
+            match store.current_cert() {
+                Some(cert) if allowed(&rules, cert) => true,
+                cert => {
+                    record_refusal(
+                        cert.map_or_else(|| "no client certificate".into(), refusal_text),
+                    );
+                    store.set_error(X509VerifyResult::APPLICATION_VERIFICATION);
+                    false
+                }
+            }
+        },
+    );
+    b.add_custom_ext(
+        ACCESS_CHECK_EXTENSION,
+        ExtensionContext::TLS_ONLY | ExtensionContext::TLS1_3_NEW_SESSION_TICKET,
+        |ssl, _, _| match access_refusal(ssl) {
+            None => Ok(None::<Vec<u8>>),
+            Some(why) => {
+                record_refusal(why);
+                Err(SslAlert::ACCESS_DENIED)
+            }
+        },
+        |_, _, _, _| Ok(()),
+    )
+    .context("installing the access rules")?;
+    Ok(())
 }
 
 /// The ALPN list in wire format (each name prefixed by its length), kept for the life of the
@@ -454,6 +615,23 @@ impl Tls {
                     .unwrap_or_default()
             );
         }
+        let rules = &settings.allow;
+        if !rules.is_empty() {
+            let list = |v: &[String]| {
+                if v.is_empty() {
+                    "-".to_string()
+                } else {
+                    v.join(",")
+                }
+            };
+            info!(
+                "client access: only certificates matching cn={} ou={} dns={} uri={}",
+                list(&rules.cn),
+                list(&rules.ou),
+                list(&rules.dns),
+                list(&rules.uri)
+            );
+        }
         for sni in &settings.sni {
             info!("sni name={} cert={}", sni.name, sni.cert.display());
         }
@@ -522,6 +700,9 @@ mod tests {
             strict_sni: false,
             alpn: Vec::new(),
             alpn_optional: false,
+            allow: AccessRules::default(),
+            ticket_keys: None,
+            ocsp_response: None,
         })
         .err()
         .map(|e| format!("{e:#}"))
