@@ -84,6 +84,8 @@ pub struct Shared {
 /// A bound server, ready to [`run`](Server::run).
 pub struct Server {
     listener: TcpListener,
+    /// The listener came from systemd (socket activation) and outlives this process.
+    inherited: bool,
     local_addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
@@ -131,14 +133,29 @@ impl Server {
     /// the TLS context, the upstream's name, the listening address, the metrics address. Then the
     /// threads that serve beside the accept loop (reload, metrics). Nothing is accepted yet.
     pub fn bind(config: &Config) -> Result<Server> {
+        // First, while the process has no other thread: taking the socket edits the environment.
+        let inherited =
+            net::inherited_listener().context("taking the listening socket systemd passed")?;
         let tls = tls::build(&config.tls)?;
         let mode = config
             .mode
             .clone()
             .try_map_upstream(|spec| Upstream::resolve(&spec))?;
-        let listener = net::bind(config.listen, config.backlog)
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let (listener, inherited) = match inherited {
+            Some(listener) => (listener, true),
+            None => (
+                net::bind(config.listen, config.backlog)
+                    .with_context(|| format!("cannot listen on {}", config.listen))?,
+                false,
+            ),
+        };
         let local_addr = listener.local_addr().context("reading the bound address")?;
+        if inherited {
+            info!(
+                "socket activation: serving the socket systemd passed ({local_addr}); --listen {} is not used",
+                config.listen
+            );
+        }
         let shutdown = Arc::new(
             Shutdown::new(config.limits.drain_timeout).context("creating the shutdown signal")?,
         );
@@ -205,6 +222,7 @@ impl Server {
         );
         Ok(Server {
             listener,
+            inherited,
             local_addr,
             metrics_addr,
             shared,
@@ -236,7 +254,10 @@ impl Server {
     pub fn run(self) -> io::Result<Drained> {
         info!("{}", self.ready_line);
         let Server {
-            listener, shared, ..
+            listener,
+            inherited,
+            shared,
+            ..
         } = self;
         listener.set_nonblocking(true)?;
         let workers = Arc::new(Workers {
@@ -251,7 +272,13 @@ impl Server {
             poll(&mut fds, None)?;
             accept_ready(&listener, &workers, || shutdown.requested());
         }
-        close_listener(listener, &workers);
+        if inherited {
+            // systemd holds the same socket and keeps it listening: connections still queued wait
+            // there for the next instance it starts, and a SYN filter would outlive this process.
+            drop(listener);
+        } else {
+            close_listener(listener, &workers);
+        }
         Ok(drain(&shared))
     }
 }
