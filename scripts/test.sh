@@ -7,7 +7,7 @@ set -eu
 cd "$(dirname "$0")/.."
 . scripts/common.sh
 
-need_packages openssl libssl-dev pkg-config gcc libc6-dev ca-certificates shellcheck systemd
+need_packages openssl libssl-dev pkg-config gcc libc6-dev ca-certificates shellcheck systemd faketime
 need_cargo
 
 echo "== cargo fmt --check"

@@ -13,7 +13,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use log::{info, warn};
 use openssl::asn1::{Asn1Time, Asn1TimeRef};
 use openssl::ex_data::Index;
+use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
+use openssl::ocsp::{OcspCertId, OcspCertStatus, OcspResponse, OcspResponseStatus};
 use openssl::pkey::{PKey, Private};
 use openssl::ssl::{
     AlpnError, ExtensionContext, NameType, SniError, Ssl, SslAcceptor, SslAcceptorBuilder,
@@ -149,6 +151,59 @@ pub fn load_ticket_keys(path: &Path) -> Result<Vec<TicketKey>> {
         }
     }
     Ok(keys)
+}
+
+/// Reads a DER OCSP response for the leaf of `chain` (its issuer must follow it in the file, to
+/// identify the certificate as OCSP does) and checks that it is a successful response about this
+/// certificate, not revoked, and current (thisUpdate passed, nextUpdate not, with five minutes'
+/// leeway for clocks). Stapling anything else would make careful clients fail the handshake.
+pub fn load_ocsp_response(path: &Path, chain: &[X509]) -> Result<Vec<u8>> {
+    let shown = path.display();
+    let der = std::fs::read(path)
+        .map_err(|e| anyhow!("cannot read OCSP response {shown}: {}", io_reason(&e)))?;
+    let response = OcspResponse::from_der(&der)
+        .map_err(|_| anyhow!("OCSP response {shown} is not a DER OCSP response"))?;
+    if response.status() != OcspResponseStatus::SUCCESSFUL {
+        bail!(
+            "OCSP response {shown} is not successful (status {})",
+            response.status().as_raw()
+        );
+    }
+    let basic = response
+        .basic()
+        .map_err(|_| anyhow!("OCSP response {shown} holds no basic response"))?;
+    let (leaf, issuer) = match chain {
+        [leaf, issuer, ..] => (leaf, issuer),
+        _ => bail!(
+            "--ocsp-response needs the issuer's certificate after the leaf in the certificate file, to match {shown} to it"
+        ),
+    };
+    let serial = leaf.serial_number().to_bn()?.to_hex_str()?.to_string();
+    // Responders name the certificate with a SHA-1 hash of the issuer (the usual) or SHA-256.
+    let mut found = None;
+    for digest in [MessageDigest::sha1(), MessageDigest::sha256()] {
+        let id = OcspCertId::from_cert(digest, leaf, issuer)?;
+        if let Some(status) = basic.find_status(&id) {
+            if status.check_validity(300, None).is_err() {
+                bail!(
+                    "OCSP response {shown} is out of date (this update {}, next update {}): fetch a fresh one",
+                    status.this_update,
+                    status
+                        .next_update()
+                        .map_or_else(|| "-".to_string(), ToString::to_string)
+                );
+            }
+            found = Some(status.status);
+            break;
+        }
+    }
+    match found {
+        None => bail!("OCSP response {shown} is not about certificate serial {serial}"),
+        Some(status) if status == OcspCertStatus::REVOKED => {
+            bail!("OCSP response {shown} says certificate serial {serial} is revoked")
+        }
+        Some(_) => Ok(der),
+    }
 }
 
 /// Seconds from the Unix epoch to an ASN.1 time.
@@ -604,6 +659,16 @@ pub fn build(settings: &TlsSettings) -> Result<Tls> {
     let (mut b, groups) = profile_builder(settings, ticket_keys.as_ref())?;
     set_identity(&mut b, &chain, &key, &settings.key)?;
     let info = describe(&chain)?;
+    if let Some(path) = &settings.ocsp_response {
+        let response = load_ocsp_response(path, &chain)?;
+        // Called only for clients that ask (status_request), and only on this, the default
+        // certificate's context: an SNI certificate is not the one the response is about.
+        b.set_status_callback(move |ssl| {
+            ssl.set_ocsp_status(&response)?;
+            Ok(true)
+        })
+        .context("installing the OCSP response")?;
+    }
 
     if !settings.sni.is_empty() || settings.strict_sni {
         let mut by_name: Vec<(String, SslContext)> = Vec::new();
@@ -690,6 +755,9 @@ impl Tls {
         }
         for sni in &settings.sni {
             info!("sni name={} cert={}", sni.name, sni.cert.display());
+        }
+        if let Some(ocsp) = &settings.ocsp_response {
+            info!("ocsp: stapling {} for clients that ask", ocsp.display());
         }
         if let Some(keys) = &settings.ticket_keys {
             info!(
