@@ -172,7 +172,9 @@ fn rules_need_client_ca_and_apply_to_clients_without_a_certificate() {
     let out = s_client(server.addr, &["-CAfile", &mtls("ca-cert.pem")]);
     assert!(out.stdout.is_empty());
     server.logs.wait_for(&["result=handshake_failed"]);
-    let out = std::process::Command::new(support::binary())
+    let out = std::process::Command::new("timeout")
+        .arg("20")
+        .arg(support::binary())
         .args(["--allow-cn", "client"])
         .output()
         .unwrap();

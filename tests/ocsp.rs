@@ -112,7 +112,9 @@ fn a_stale_or_unrelated_response_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let chain = chain(dir.path());
     let start = |cert: &Path, resp: &Path| {
-        Command::new(binary())
+        Command::new("timeout")
+            .arg("20")
+            .arg(binary())
             .args(["--listen", "127.0.0.1:0", "--cert"])
             .arg(cert)
             .arg("--key")
@@ -131,7 +133,9 @@ fn a_stale_or_unrelated_response_is_refused_at_start() {
     // The right response for another certificate (the default self-signed one) does not match.
     let good = response(dir.path(), "good.der", false);
     let certs = support::default_certs();
-    let out = Command::new(binary())
+    let out = Command::new("timeout")
+        .arg("20")
+        .arg(binary())
         .args(["--listen", "127.0.0.1:0", "--cert"])
         .arg(&certs.cert)
         .arg("--key")

@@ -125,7 +125,9 @@ fn open_or_malformed_key_files_are_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let certs = default_certs();
     let start = |file: &Path| {
-        Command::new(binary())
+        Command::new("timeout")
+            .arg("20")
+            .arg(binary())
             .args(["--listen", "127.0.0.1:0", "--cert"])
             .arg(&certs.cert)
             .arg("--key")
