@@ -8,6 +8,8 @@
 #   ca-cert.pem ca-key.pem              the test CA (give it to --client-ca)
 #   server-cert.pem server-key.pem      signed by the CA; SANs localhost, 127.0.0.1 and each --name
 #   client-cert.pem client-key.pem      CN=client, clientAuth: accepted
+#   api-cert.pem api-key.pem            CN=api, OU=payments, SANs DNS:api.example.org and
+#                                       URI:spiffe://example.org/service/api (for --allow-* rules)
 #   revoked-cert.pem revoked-key.pem    CN=revoked, clientAuth, listed in crl.pem: refused with a CRL
 #   crl.pem                             the CA's CRL
 #   other-ca-cert.pem other-ca-key.pem  an unrelated CA
@@ -43,7 +45,7 @@ command -v openssl >/dev/null 2>&1 || {
 }
 
 files="ca-cert.pem ca-key.pem server-cert.pem server-key.pem client-cert.pem client-key.pem
-revoked-cert.pem revoked-key.pem crl.pem other-ca-cert.pem other-ca-key.pem
+api-cert.pem api-key.pem revoked-cert.pem revoked-key.pem crl.pem other-ca-cert.pem other-ca-key.pem
 other-client-cert.pem other-client-key.pem"
 
 how_to_use() {
@@ -121,6 +123,13 @@ keyUsage = critical, digitalSignature
 extendedKeyUsage = clientAuth
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid
+[workload]
+basicConstraints = critical, CA:false
+keyUsage = critical, digitalSignature
+extendedKeyUsage = clientAuth
+subjectAltName = DNS:api.example.org, URI:spiffe://example.org/service/api
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
 EOF
 
 # ca NAME CN: a self-signed CA.
@@ -131,10 +140,15 @@ ca() {
         -out "$work/$1-cert.pem" 2>/dev/null
 }
 
-# leaf NAME CN KIND CA: a certificate of KIND (server or client) signed by CA.
+# leaf NAME SUBJECT KIND CA: a certificate of KIND (server, client or workload) signed by CA;
+# SUBJECT is a bare CN or a whole /K=V/... subject.
 leaf() {
     key "$1"
-    openssl req -new -key "$work/$1-key.pem" -subj "/CN=$2" -out "$work/$1.csr" 2>/dev/null
+    case "$2" in
+        /*) subject=$2 ;;
+        *) subject="/CN=$2" ;;
+    esac
+    openssl req -new -key "$work/$1-key.pem" -subj "$subject" -out "$work/$1.csr" 2>/dev/null
     openssl x509 -req -in "$work/$1.csr" -CA "$work/$4-cert.pem" -CAkey "$work/$4-key.pem" \
         -set_serial "$(serial)" -days "$days" -sha256 \
         -extfile "$work/ext.cnf" -extensions "$3" -out "$work/$1-cert.pem" 2>/dev/null
@@ -144,6 +158,7 @@ leaf() {
 ca ca "securesock test CA"
 leaf server localhost server ca
 leaf client client client ca
+leaf api "/OU=payments/CN=api" workload ca
 leaf revoked revoked client ca
 ca other-ca "unrelated test CA"
 leaf other-client client client other-ca
@@ -178,6 +193,7 @@ done
 echo "wrote a test PKI to $out (keys mode 0600):"
 echo "  CA:      $(openssl x509 -in "$out/ca-cert.pem" -noout -subject)"
 echo "  server:  names $san"
+echo "  api:     CN=api, OU=payments, DNS:api.example.org, URI:spiffe://example.org/service/api"
 echo "  client:  CN=client; revoked: CN=revoked, $(openssl x509 -in "$out/revoked-cert.pem" -noout -serial)"
 echo "  other:   CN=client signed by $(openssl x509 -in "$out/other-ca-cert.pem" -noout -subject)"
 echo "  valid:   $days days"

@@ -8,7 +8,7 @@
 //! fails with one line before the server touches anything.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -167,6 +167,13 @@ pub struct TlsSettings {
     /// Client mode: how to reach the upstream over TLS. The server-side fields above (certificate,
     /// key, client authentication, SNI, ALPN) are not used then: the listener speaks plaintext.
     pub upstream: Option<UpstreamTls>,
+    /// Which verified client certificates are let in (empty: any).
+    pub allow: AccessRules,
+    /// Session-ticket keys shared with other processes (nginx's 80-byte format), instead of
+    /// per-context random ones.
+    pub ticket_keys: Option<PathBuf>,
+    /// A DER OCSP response for the default certificate, stapled when a client asks.
+    pub ocsp_response: Option<PathBuf>,
 }
 
 /// Client mode's side of TLS: what the upstream's certificate is checked against and what this
@@ -190,6 +197,26 @@ pub struct UpstreamTls {
 pub struct Identity {
     pub cert: PathBuf,
     pub key: PathBuf,
+}
+
+/// `--allow-cn/-ou/-dns/-uri`: a verified client certificate is let in when it matches any one
+/// rule; with no rule at all, every verified certificate is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccessRules {
+    /// Exact subject common names.
+    pub cn: Vec<String>,
+    /// Exact subject organizational units.
+    pub ou: Vec<String>,
+    /// DNS subject alternative names, compared without regard to case.
+    pub dns: Vec<String>,
+    /// URI subject alternative names (SPIFFE IDs), compared exactly.
+    pub uri: Vec<String>,
+}
+
+impl AccessRules {
+    pub fn is_empty(&self) -> bool {
+        self.cn.is_empty() && self.ou.is_empty() && self.dns.is_empty() && self.uri.is_empty()
+    }
 }
 
 /// Mutual TLS: whom to trust for client certificates.
@@ -232,6 +259,8 @@ impl TlsSettings {
             files.push(s.cert.clone());
             files.push(s.key.clone());
         }
+        files.extend(self.ticket_keys.clone());
+        files.extend(self.ocsp_response.clone());
         files
     }
 }
@@ -482,6 +511,61 @@ pub struct Args {
     /// Group that owns a unix: listening socket (name or number; default: the process's group)
     #[arg(long, env = "SECURESOCK_LISTEN_GROUP", value_name = "GROUP")]
     pub listen_group: Option<String>,
+    /// Let in only client certificates whose subject CN is NAME (needs --client-ca); repeatable.
+    /// Any one --allow-* rule matching admits a client; the others get an access_denied alert
+    #[arg(long, env = "SECURESOCK_ALLOW_CN", value_name = "NAME")]
+    pub allow_cn: Vec<String>,
+
+    /// Let in only client certificates with subject OU NAME (needs --client-ca); repeatable
+    #[arg(long, env = "SECURESOCK_ALLOW_OU", value_name = "NAME")]
+    pub allow_ou: Vec<String>,
+
+    /// Let in only client certificates with DNS subject alternative name NAME (needs --client-ca);
+    /// repeatable. In the environment, separate entries with spaces
+    #[arg(
+        long,
+        env = "SECURESOCK_ALLOW_DNS",
+        value_name = "NAME",
+        value_delimiter = ' '
+    )]
+    pub allow_dns: Vec<String>,
+
+    /// Let in only client certificates with URI subject alternative name URI, such as a SPIFFE ID
+    /// spiffe://example.org/service/api (needs --client-ca); repeatable. In the environment,
+    /// separate entries with spaces
+    #[arg(
+        long,
+        env = "SECURESOCK_ALLOW_URI",
+        value_name = "URI",
+        value_delimiter = ' '
+    )]
+    pub allow_uri: Vec<String>,
+
+    /// Every connection starts with a PROXY protocol v1 or v2 header (from a load balancer); the
+    /// address it carries is the client's
+    #[arg(long, env = "SECURESOCK_ACCEPT_PROXY", value_parser = BoolishValueParser::new(), action = ArgAction::SetTrue)]
+    pub accept_proxy: bool,
+
+    /// Accept PROXY headers only from TCP peers in these networks, e.g. 10.0.0.0/8,192.168.0.0/16
+    /// (needs --accept-proxy); other peers are refused
+    #[arg(
+        long,
+        env = "SECURESOCK_ACCEPT_PROXY_FROM",
+        value_name = "CIDR,...",
+        value_delimiter = ','
+    )]
+    pub accept_proxy_from: Vec<String>,
+
+    /// Session-ticket keys shared by every replica: 80-byte keys (nginx's ssl_session_ticket_key
+    /// format) concatenated, the first encrypts and all decrypt; mode 0600, reloaded on change.
+    /// Replaces --ticket-key-rotation
+    #[arg(long, env = "SECURESOCK_TICKET_KEY_FILE", value_name = "FILE")]
+    pub ticket_key_file: Option<PathBuf>,
+
+    /// OCSP response (DER) for the certificate, stapled when a client asks; re-read on reload and
+    /// when it changes
+    #[arg(long, env = "SECURESOCK_OCSP_RESPONSE", value_name = "FILE")]
+    pub ocsp_response: Option<PathBuf>,
 }
 
 /// Where to listen, or where an upstream is: a TCP address or a UNIX socket path.
@@ -538,6 +622,72 @@ pub struct Config {
     pub ticket_key_rotation: Option<Duration>,
     /// Where to serve metrics, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Inbound PROXY protocol, when connections come through a load balancer that sends it.
+    pub accept_proxy: Option<AcceptProxy>,
+}
+
+/// `--accept-proxy`: every connection opens with a PROXY header.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AcceptProxy {
+    /// TCP peers allowed to send one; empty means any.
+    pub from: Vec<Cidr>,
+}
+
+impl AcceptProxy {
+    /// Whether `peer` may send a PROXY header.
+    pub fn allows(&self, peer: IpAddr) -> bool {
+        self.from.is_empty() || self.from.iter().any(|c| c.contains(peer))
+    }
+}
+
+/// An address block, `ADDR/PREFIX`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl Cidr {
+    /// Parses `10.0.0.0/8`, `2001:db8::/32`, or a bare address (one host).
+    pub fn parse(value: &str) -> Result<Cidr, String> {
+        let bad = || format!("bad CIDR '{value}': expected ADDR/PREFIX, such as 10.0.0.0/8");
+        let (addr, prefix) = match value.trim().split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (value.trim(), None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(bad)?,
+            None => max,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+
+    /// Whether `ip` is inside the block; an IPv4 client seen as `::ffff:a.b.c.d` counts as IPv4.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        fn masked(bits: u128, width: u32, prefix: u8) -> u128 {
+            let keep = u32::from(prefix);
+            if keep == 0 { 0 } else { bits >> (width - keep) }
+        }
+        match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                masked(u32::from(net).into(), 32, self.prefix)
+                    == masked(u32::from(ip).into(), 32, self.prefix)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                masked(u128::from(net), 128, self.prefix)
+                    == masked(u128::from(ip), 128, self.prefix)
+            }
+            _ => false,
+        }
+    }
 }
 
 /// The bounds that keep one client (or many) from taking the server down.
@@ -677,6 +827,14 @@ fn sni_spec(value: &str) -> Result<SniSpec, String> {
     })
 }
 
+/// A list flag's values without the empty ones an environment variable's extra spaces leave.
+fn nonempty(values: Vec<String>) -> Vec<String> {
+    values
+        .into_iter()
+        .filter(|v| !v.trim().is_empty())
+        .collect()
+}
+
 /// An IP:PORT flag value, or the line that says what is wrong with it.
 fn socket_addr(flag: &str, value: &str) -> Result<SocketAddr, String> {
     value.parse().map_err(|_| {
@@ -710,8 +868,12 @@ impl Args {
             .map(|a| socket_addr("metrics-listen", a))
             .transpose()?;
         let watch_interval = optional_seconds("watch-interval", self.watch_interval)?;
-        let ticket_key_rotation =
-            optional_seconds("ticket-key-rotation", self.ticket_key_rotation)?;
+        // Keys from a file change when the file does; rebuilding the context on a timer would only
+        // reload the same keys.
+        let ticket_key_rotation = match &self.ticket_key_file {
+            Some(_) => None,
+            None => optional_seconds("ticket-key-rotation", self.ticket_key_rotation)?,
+        };
         if self.max_connections == 0 {
             return Err("--max-connections must be at least 1".into());
         }
@@ -828,6 +990,39 @@ impl Args {
             None if self.crl.is_some() => return Err("--crl needs --client-ca FILE".into()),
             None => None,
         };
+        let allow = AccessRules {
+            cn: self.allow_cn,
+            ou: self.allow_ou,
+            dns: nonempty(self.allow_dns),
+            uri: nonempty(self.allow_uri),
+        };
+        if !allow.is_empty() && client_auth.is_none() {
+            return Err("--allow-cn/-ou/-dns/-uri need --client-ca FILE".into());
+        }
+        if let Some(empty) = [&allow.cn, &allow.ou]
+            .into_iter()
+            .flatten()
+            .find(|v| v.trim().is_empty())
+        {
+            return Err(format!("--allow-cn/--allow-ou value '{empty}' is empty"));
+        }
+        let accept_proxy_from = nonempty(self.accept_proxy_from)
+            .iter()
+            .map(|c| Cidr::parse(c).map_err(|e| format!("--accept-proxy-from: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let accept_proxy = match (self.accept_proxy, accept_proxy_from.is_empty()) {
+            (true, _) => Some(AcceptProxy {
+                from: accept_proxy_from,
+            }),
+            (false, true) => None,
+            (false, false) => return Err("--accept-proxy-from needs --accept-proxy".into()),
+        };
+        if accept_proxy.is_some() && matches!(listen, Listen::Unix(_)) {
+            return Err(
+                "--accept-proxy needs a TCP --listen address: PROXY headers come from a load balancer over TCP"
+                    .into(),
+            );
+        }
         let sni = self
             .sni
             .iter()
@@ -851,6 +1046,9 @@ impl Args {
             alpn,
             alpn_optional: self.alpn_optional,
             upstream: upstream_tls,
+            allow,
+            ticket_keys: self.ticket_key_file,
+            ocsp_response: self.ocsp_response,
         };
         Ok(Config {
             listen,
@@ -869,6 +1067,7 @@ impl Args {
             watch_interval,
             ticket_key_rotation,
             metrics_listen,
+            accept_proxy,
         })
     }
 }
@@ -1160,6 +1359,70 @@ mod tests {
     }
 
     #[test]
+    fn access_rules_proxy_and_ticket_keys_parse() {
+        let c = parse(&[
+            "--client-ca",
+            "ca.pem",
+            "--allow-cn",
+            "client one",
+            "--allow-ou",
+            "payments",
+            "--allow-dns",
+            "a.example.com",
+            "--allow-uri",
+            "spiffe://example.org/service/api",
+            "--accept-proxy",
+            "--accept-proxy-from",
+            "10.0.0.0/8,2001:db8::/32",
+            "--ticket-key-file",
+            "ticket.key",
+        ])
+        .unwrap();
+        assert_eq!(c.tls.allow.cn, ["client one"]);
+        assert_eq!(c.tls.allow.ou, ["payments"]);
+        assert_eq!(c.tls.allow.dns, ["a.example.com"]);
+        assert_eq!(c.tls.allow.uri, ["spiffe://example.org/service/api"]);
+        let proxy = c.accept_proxy.unwrap();
+        assert!(proxy.allows("10.1.2.3".parse().unwrap()));
+        assert!(proxy.allows("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(proxy.allows("2001:db8::7".parse().unwrap()));
+        assert!(!proxy.allows("127.0.0.1".parse().unwrap()));
+        assert!(!proxy.allows("11.0.0.1".parse().unwrap()));
+        assert_eq!(
+            c.ticket_key_rotation, None,
+            "keys from a file do not rotate"
+        );
+        assert!(c.tls.files().contains(&"ticket.key".into()));
+        assert!(
+            parse(&["--accept-proxy"])
+                .unwrap()
+                .accept_proxy
+                .unwrap()
+                .allows("127.0.0.1".parse().unwrap())
+        );
+        assert_eq!(parse(&[]).unwrap().accept_proxy, None);
+    }
+
+    #[test]
+    fn cidr_edges() {
+        let any = Cidr::parse("0.0.0.0/0").unwrap();
+        assert!(any.contains("255.1.2.3".parse().unwrap()));
+        assert!(!any.contains("::1".parse().unwrap()));
+        let host = Cidr::parse("127.0.0.1").unwrap();
+        assert!(host.contains("127.0.0.1".parse().unwrap()));
+        assert!(!host.contains("127.0.0.2".parse().unwrap()));
+        let net = Cidr::parse("192.168.4.0/22").unwrap();
+        assert!(net.contains("192.168.7.255".parse().unwrap()));
+        assert!(!net.contains("192.168.8.0".parse().unwrap()));
+        assert!(
+            Cidr::parse("::/0")
+                .unwrap()
+                .contains("2001:db8::1".parse().unwrap())
+        );
+        assert!(Cidr::parse("::1/129").is_err());
+    }
+
+    #[test]
     fn watching_can_be_turned_off() {
         assert_eq!(
             parse(&["--watch-interval", "0"]).unwrap().watch_interval,
@@ -1274,6 +1537,12 @@ mod tests {
                 "--proxy-protocol",
                 "v2",
             ][..],
+            &["--allow-cn", "client"][..],
+            &["--allow-uri", "spiffe://x/y"][..],
+            &["--accept-proxy-from", "10.0.0.0/8"][..],
+            &["--accept-proxy", "--accept-proxy-from", "10.0.0.0/33"][..],
+            &["--accept-proxy", "--accept-proxy-from", "nonsense"][..],
+            &["--accept-proxy", "--listen", "unix:/run/s.sock"][..],
         ] {
             let err = parse(args).unwrap_err();
             assert!(!err.trim().contains('\n'), "{args:?}: {err}");

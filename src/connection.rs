@@ -8,7 +8,8 @@
 //! ends this connection only, with a reason in its log line.
 
 use std::fmt;
-use std::io;
+use std::io::{self, Read};
+use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,7 +23,7 @@ use crate::error::{blocked_on, ssl_reason};
 use crate::limits::Gate;
 use crate::listener::Peer;
 use crate::net::{Interest, Socket, Stream, negotiated_group};
-use crate::proxy_protocol::{self, TlsFacts};
+use crate::proxy_protocol::{self, Inbound, Parse, TlsFacts};
 use crate::relay::{self, Endpoint, RelayEnd, RelayResult};
 use crate::shutdown::{Shutdown, Wake};
 use crate::tls::{Connector, Side, Tls};
@@ -91,6 +92,8 @@ pub enum Outcome {
     Upstream(String),
     /// The server's drain ended before the connection did; it was closed in order.
     Shutdown,
+    /// `--accept-proxy`: the PROXY header was missing, malformed, oversized or cut short.
+    Proxy(String),
 }
 
 /// Handshake failures, grouped the way an operator asks about them.
@@ -110,6 +113,8 @@ pub enum HandshakeFailure {
     Alpn,
     /// `--strict-sni`: a server name no certificate is for.
     UnknownName,
+    /// `--allow-*`: a verified client certificate that no access rule lets in.
+    NotAllowed,
     /// The client went away mid-handshake.
     Eof,
     /// Any other TLS protocol failure.
@@ -126,6 +131,7 @@ impl HandshakeFailure {
             HandshakeFailure::ServerCert => "server_cert",
             HandshakeFailure::Alpn => "alpn",
             HandshakeFailure::UnknownName => "unknown_name",
+            HandshakeFailure::NotAllowed => "not_allowed",
             HandshakeFailure::Eof => "eof",
             HandshakeFailure::Protocol => "protocol_error",
         }
@@ -150,6 +156,7 @@ impl fmt::Display for Outcome {
                 write!(f, "result=upstream_error reason={}", quoted(reason))
             }
             Outcome::Shutdown => write!(f, "result=shutdown"),
+            Outcome::Proxy(reason) => write!(f, "result=proxy_error reason={}", quoted(reason)),
         }
     }
 }
@@ -194,6 +201,27 @@ pub struct Report {
 }
 
 impl Report {
+    /// A connection from `peer` that has not got anywhere yet.
+    pub fn new(peer: Peer, mode: &'static str) -> Report {
+        Report {
+            peer,
+            sni: None,
+            protocol: None,
+            cipher: None,
+            group: None,
+            mode,
+            alpn: None,
+            client: None,
+            server: None,
+            resumed: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            elapsed: Duration::ZERO,
+            handshake: None,
+            outcome: Outcome::Ok,
+        }
+    }
+
     /// How the handshake itself went, for the handshakes metric: `ok` for every connection that
     /// got past it, whatever happened later.
     pub fn handshake_result(&self) -> &'static str {
@@ -204,6 +232,7 @@ impl Report {
             Outcome::Timeout(_) => "timeout",
             Outcome::Shutdown => "shutdown",
             Outcome::HandshakeFailed(kind, _) => kind.label(),
+            Outcome::Proxy(_) => "proxy_error",
             Outcome::Ok | Outcome::Io(_) | Outcome::Upstream(_) => "error",
         }
     }
@@ -320,6 +349,8 @@ fn handshake<S: Socket>(
     shutdown: &Shutdown,
 ) -> Result<SslStream<S>, Outcome> {
     wait_for(shutdown, &stream, Interest::Read, deadline, "handshake")?;
+    // Nothing from an earlier connection on this thread may be blamed on this one.
+    let _ = crate::tls::take_refusal();
     let mut corked = false;
     let mut attempt = gate.run(|| acceptor.accept(stream));
     loop {
@@ -341,6 +372,9 @@ fn handshake<S: Socket>(
             }
             Err(HandshakeError::Failure(mid)) => {
                 *sni = crate::tls::requested_name(mid.ssl());
+                if let Some(why) = crate::tls::take_refusal() {
+                    return Err(Outcome::HandshakeFailed(HandshakeFailure::NotAllowed, why));
+                }
                 let kind = classify(mid.error());
                 // "certificate verify failed" says nothing an operator can act on; the X509
                 // verification error does (revoked, expired, unknown issuer, CRL has expired).
@@ -509,23 +543,7 @@ pub fn serve(
     gate: &Gate,
     shutdown: &Shutdown,
 ) -> Report {
-    let mut report = Report {
-        peer,
-        sni: None,
-        protocol: None,
-        cipher: None,
-        group: None,
-        mode: settings.mode.name(),
-        alpn: None,
-        client: None,
-        server: None,
-        resumed: None,
-        bytes_in: 0,
-        bytes_out: 0,
-        elapsed: Duration::ZERO,
-        handshake: None,
-        outcome: Outcome::Ok,
-    };
+    let mut report = Report::new(peer, settings.mode.name());
     let connection = Connection {
         settings,
         shutdown,
@@ -541,6 +559,95 @@ pub fn serve(
     };
     report.elapsed = accepted.elapsed();
     report
+}
+
+/// `--accept-proxy`: reads the PROXY header that opens the connection, exactly to its last byte so
+/// that the ClientHello behind it is left for OpenSSL, within the handshake deadline (counted from
+/// accept, so the header's time is the handshake's). Returns the client's address: the header's
+/// source, or the TCP peer for a LOCAL header (a balancer's health check); a missing or bad header
+/// ends the connection with the outcome to log.
+pub fn proxied_peer(
+    stream: &TcpStream,
+    peer: SocketAddr,
+    accepted: Instant,
+    settings: &Settings,
+    shutdown: &Shutdown,
+) -> Result<SocketAddr, Outcome> {
+    let deadline = accepted + settings.handshake_timeout;
+    stream
+        .set_nonblocking(true)
+        .map_err(|e| Outcome::Io(format!("setting non-blocking mode: {e}")))?;
+    match read_proxy_header(stream, deadline, shutdown)? {
+        Inbound::Proxied { src, .. } => Ok(src),
+        Inbound::Local => Ok(peer),
+    }
+}
+
+/// Peeks at what the client sent, lets the parser judge it, and consumes only bytes the parser
+/// has placed inside the header. Waiting happens only once everything peeked is consumed, so a
+/// header sent byte by byte costs a wait per byte, never a busy loop.
+fn read_proxy_header(
+    stream: &TcpStream,
+    deadline: Instant,
+    shutdown: &Shutdown,
+) -> Result<Inbound, Outcome> {
+    let mut buf = [0u8; proxy_protocol::MAX_HEADER];
+    let mut have = 0;
+    loop {
+        let peeked = match stream.peek(&mut buf[have..]) {
+            Ok(0) if have == 0 => return Err(proxy_error("closed before sending a PROXY header")),
+            Ok(0) => return Err(proxy_error("PROXY header cut short")),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                match wait_for(shutdown, stream, Interest::Read, deadline, "proxy_header") {
+                    Err(Outcome::Timeout(_)) if have == 0 => {
+                        return Err(proxy_error("no PROXY header within the handshake timeout"));
+                    }
+                    Err(Outcome::Timeout(_)) => {
+                        return Err(proxy_error(
+                            "PROXY header incomplete at the handshake timeout",
+                        ));
+                    }
+                    other => other?,
+                }
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Outcome::Io(e.to_string())),
+        };
+        let (header, end) = match proxy_protocol::parse(&buf[..have + peeked]) {
+            Ok(Parse::Complete { header, len }) => (Some(header), len),
+            Ok(Parse::Incomplete) => (None, have + peeked),
+            Err(e) => return Err(proxy_error(e.0)),
+        };
+        consume(stream, &mut buf[have..end])?;
+        have = end;
+        if let Some(header) = header {
+            return Ok(header);
+        }
+        if have == buf.len() {
+            // The parser bounds both versions below this size, so this is only a safety net.
+            return Err(proxy_error("PROXY header too long"));
+        }
+    }
+}
+
+fn proxy_error(reason: &str) -> Outcome {
+    Outcome::Proxy(reason.to_string())
+}
+
+/// Reads exactly `into.len()` bytes that a peek has shown are already received.
+fn consume(mut stream: &TcpStream, into: &mut [u8]) -> Result<(), Outcome> {
+    let mut got = 0;
+    while got < into.len() {
+        match stream.read(&mut into[got..]) {
+            Ok(0) => return Err(proxy_error("PROXY header cut short")),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Outcome::Io(e.to_string())),
+        }
+    }
+    Ok(())
 }
 
 /// What one connection's steps need besides the socket.
@@ -601,6 +708,15 @@ impl Connection<'_> {
             self.shutdown,
         )?;
 
+        let ssl = tls.ssl();
+        if let Some(why) = crate::tls::access_refusal(ssl) {
+            // Reached only when the ticket hook could not refuse the client first (TLS 1.2 is
+            // refused while verifying; a TLS 1.3 client that takes no ticket comes here): no
+            // alert can be sent after the handshake, but no byte of data goes out either.
+            report.sni = crate::tls::requested_name(ssl);
+            report.client = ssl.peer_certificate().map(|c| crate::tls::subject(&c));
+            return Err(Outcome::HandshakeFailed(HandshakeFailure::NotAllowed, why));
+        }
         report.handshake = Some(self.accepted.elapsed());
         record_tls(tls.ssl(), report);
         report.client = tls

@@ -54,7 +54,7 @@ pub struct Tracker {
 /// connection for the drain too.
 pub struct Slot {
     tracker: Arc<Tracker>,
-    /// `None` for a client without an address (a UNIX socket peer): no per-address cap.
+    /// The address counted against `--max-per-ip`, once known.
     ip: Option<IpAddr>,
     counted: bool,
 }
@@ -82,7 +82,8 @@ impl Tracker {
     }
 
     /// Takes a slot for a connection from `ip`, or says which cap refuses it. A client without an
-    /// address (`None`: a UNIX socket peer) is held to the global cap only.
+    /// address (`None`: a UNIX socket peer, or one whose address a PROXY header will give, see
+    /// [`Slot::claim_address`]) is held to the global cap only.
     pub fn admit(self: &Arc<Self>, ip: impl Into<Option<IpAddr>>) -> Result<Slot, Refusal> {
         let ip = ip.into().map(canonical);
         let mut c = self.lock();
@@ -137,6 +138,24 @@ impl Tracker {
 }
 
 impl Slot {
+    /// Counts the connection under its client's address, once that is known; refused (and
+    /// nothing counted) when the address is at `--max-per-ip`. A slot that already has an
+    /// address, or has given its place back, keeps what it has.
+    pub fn claim_address(&mut self, ip: IpAddr) -> Result<(), Refusal> {
+        if self.ip.is_some() || !self.counted {
+            return Ok(());
+        }
+        let ip = canonical(ip);
+        let mut c = self.tracker.lock();
+        let n = c.per_ip.entry(ip).or_insert(0);
+        if *n >= self.tracker.max_per_ip {
+            return Err(Refusal::PerIpCap);
+        }
+        *n += 1;
+        self.ip = Some(ip);
+        Ok(())
+    }
+
     /// Gives the connection's place under the caps back; the drain still waits for the drop.
     pub fn release_cap(&mut self) {
         if !std::mem::replace(&mut self.counted, false) {
@@ -342,6 +361,28 @@ mod tests {
         assert_eq!(t.wait_idle(Instant::now()), 1);
         drop(again);
         assert_eq!(t.wait_idle(Instant::now()), 0);
+    }
+
+    #[test]
+    fn an_address_learnt_later_is_capped_then() {
+        let t = Tracker::new(3, 1);
+        let client: IpAddr = "203.0.113.7".parse().unwrap();
+        let mut a = t.admit(None).unwrap();
+        let mut b = t.admit(None).unwrap();
+        assert_eq!(t.active(), 2, "counted against the global cap at once");
+        a.claim_address(client).unwrap();
+        assert_eq!(b.claim_address(client), Err(Refusal::PerIpCap));
+        drop(b);
+        assert_eq!(t.active(), 1);
+        let _c = t.admit(None).unwrap();
+        let _d = t.admit(None).unwrap();
+        assert_eq!(t.admit(None).err(), Some(Refusal::GlobalCap));
+        drop(a);
+        assert_eq!(
+            t.admit(client).map(|_| ()),
+            Ok(()),
+            "the address was given back"
+        );
     }
 
     #[test]

@@ -5,17 +5,22 @@
 //! peer's credentials (SO_PEERCRED), group lookup and binding with permissions in place. [`Socket`]
 //! is what the connection and the relay need of a TCP or UNIX stream alike.
 //!
-//! This is the crate's only home of `unsafe`, which is why the few libssl calls the openssl crate
-//! does not wrap ([`negotiated_group`], [`client_hello_ext`], [`set_session_id_context`]) live
-//! here too. Nothing here knows the server's policy.
+//! This is the crate's only home of `unsafe`, which is why the libssl calls the openssl crate does
+//! not wrap ([`negotiated_group`], [`client_hello_ext`], [`set_session_id_context`],
+//! [`set_ticket_keys`]) and taking over a listening socket from systemd ([`inherited_listener`])
+//! live here too. Nothing here knows the server's policy.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use openssl::error::ErrorStack;
+use openssl::ex_data::Index;
+use openssl::ssl::{SslContext, SslContextBuilder, SslRef};
 use socket2::{Domain, Protocol, Socket as Socket2, Type};
 
 /// What to wait for on a descriptor.
@@ -135,6 +140,53 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     let backlog = i32::try_from(backlog).unwrap_or(i32::MAX);
     socket.listen(backlog)?;
     Ok(socket.into())
+}
+
+/// The first descriptor systemd passes (`SD_LISTEN_FDS_START`).
+const LISTEN_FDS_START: RawFd = 3;
+
+/// The listening TCP socket systemd passed to this process (the sd_listen_fds protocol:
+/// `LISTEN_PID` names this process and `LISTEN_FDS` counts descriptors from 3 up), when it did.
+/// The variables are removed once taken, so that nothing this process starts takes them for its
+/// own. Must run before the process starts threads (it edits the environment).
+pub fn inherited_listener() -> io::Result<Option<TcpListener>> {
+    let var = |name: &str| std::env::var(name).ok();
+    let ours = var("LISTEN_PID").and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id());
+    if !ours {
+        return Ok(None);
+    }
+    let count = var("LISTEN_FDS")
+        .and_then(|n| n.parse::<u32>().ok())
+        .unwrap_or(0);
+    // SAFETY: only reached in a process systemd (or systemd-socket-activate) started for itself,
+    // at start-up before any thread exists, so nothing reads the environment concurrently.
+    unsafe {
+        for name in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+            std::env::remove_var(name);
+        }
+    }
+    match count {
+        0 => return Ok(None),
+        1 => {}
+        n => {
+            return Err(io::Error::other(format!(
+                "systemd passed {n} sockets; securesock serves one (one ListenStream= in the .socket unit)"
+            )));
+        }
+    }
+    // SAFETY: the protocol hands descriptor 3 to this process to own; nothing else in it uses
+    // descriptor 3 by that number, and it is wrapped exactly once.
+    let socket = unsafe { Socket2::from_raw_fd(LISTEN_FDS_START) };
+    socket.set_cloexec(true)?;
+    let is_tcp = socket.r#type()? == Type::STREAM
+        && socket.local_addr()?.as_socket().is_some()
+        && socket.is_listener()?;
+    if !is_tcp {
+        return Err(io::Error::other(
+            "the socket systemd passed is not a listening TCP socket (ListenStream=ADDR:PORT)",
+        ));
+    }
+    Ok(Some(socket.into()))
 }
 
 /// Stops the kernel from queueing new connections on a listening socket, without closing it: a
@@ -414,6 +466,155 @@ pub fn negotiated_group(ssl: &openssl::ssl::SslRef) -> Option<String> {
     // SAFETY: non-NULL and NUL-terminated, as documented for SSL_group_to_name.
     let name = unsafe { std::ffi::CStr::from_ptr(name) };
     Some(name.to_string_lossy().into_owned())
+}
+
+/// One session-ticket key in nginx's `ssl_session_ticket_key` layout (80 bytes): the name that
+/// tickets carry, the HMAC-SHA256 key, the AES-256-CBC key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TicketKey {
+    pub name: [u8; 16],
+    pub hmac: [u8; 32],
+    pub aes: [u8; 32],
+}
+
+impl TicketKey {
+    /// The length of one key in a key file.
+    pub const LEN: usize = 80;
+
+    /// Splits an 80-byte key into its parts.
+    pub fn from_bytes(bytes: &[u8; Self::LEN]) -> TicketKey {
+        let mut key = TicketKey {
+            name: [0; 16],
+            hmac: [0; 32],
+            aes: [0; 32],
+        };
+        key.name.copy_from_slice(&bytes[..16]);
+        key.hmac.copy_from_slice(&bytes[16..48]);
+        key.aes.copy_from_slice(&bytes[48..]);
+        key
+    }
+}
+
+/// Never prints key material, whatever logs a key by mistake.
+impl std::fmt::Debug for TicketKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TicketKey(..)")
+    }
+}
+
+/// Where each context keeps its ticket keys for the callback.
+fn ticket_keys_index() -> Option<Index<SslContext, Arc<Vec<TicketKey>>>> {
+    static INDEX: OnceLock<Option<Index<SslContext, Arc<Vec<TicketKey>>>>> = OnceLock::new();
+    *INDEX.get_or_init(|| SslContext::new_ex_index().ok())
+}
+
+/// Encrypts session tickets with the first of `keys` and decrypts those made with any of them, as
+/// nginx's `ssl_session_ticket_key` and HAProxy's `tls-ticket-keys` do, so processes given the same
+/// keys resume each other's sessions. A ticket under a key other than the first is renewed with
+/// the first. `keys` must not be empty.
+pub fn set_ticket_keys(
+    ctx: &mut SslContextBuilder,
+    keys: Arc<Vec<TicketKey>>,
+) -> Result<(), ErrorStack> {
+    let idx = ticket_keys_index().ok_or_else(ErrorStack::get)?;
+    ctx.set_ex_data(idx, keys);
+    // SAFETY: `ctx` is a live SSL_CTX for the call; the callback is a plain function that finds
+    // its keys through the context's ex data, which the context owns for its whole life.
+    let rc = unsafe { SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx.as_ptr(), Some(ticket_key_cb)) };
+    if rc == 1 {
+        Ok(())
+    } else {
+        Err(ErrorStack::get())
+    }
+}
+
+/// AES-256-CBC's IV length, the most OpenSSL's buffer holds (EVP_MAX_IV_LENGTH).
+const TICKET_IV_LEN: usize = 16;
+
+/// The ticket key callback (`SSL_CTX_set_tlsext_ticket_key_evp_cb`): 1 for a ticket handled with
+/// the current key, 2 for one to renew, 0 for an unknown key (a full handshake), -1 on error.
+/// It must not unwind into C, so it has no panicking path.
+unsafe extern "C" fn ticket_key_cb(
+    ssl: *mut openssl_sys::SSL,
+    name: *mut libc::c_uchar,
+    iv: *mut libc::c_uchar,
+    cipher: *mut openssl_sys::EVP_CIPHER_CTX,
+    mac: *mut openssl_sys::EVP_MAC_CTX,
+    encrypt: libc::c_int,
+) -> libc::c_int {
+    use foreign_types::ForeignTypeRef;
+    // SAFETY: OpenSSL calls this with the live SSL whose ticket it is handling.
+    let ssl = unsafe { SslRef::from_ptr(ssl) };
+    let Some(keys) = ticket_keys_index().and_then(|idx| ssl.ssl_context().ex_data(idx)) else {
+        return -1;
+    };
+    let (key, result) = if encrypt == 1 {
+        let Some(first) = keys.first() else {
+            return -1;
+        };
+        // SAFETY: `iv` has room for EVP_MAX_IV_LENGTH bytes and `name` for 16, as the callback's
+        // contract says.
+        unsafe {
+            if openssl_sys::RAND_bytes(iv, TICKET_IV_LEN as libc::c_int) != 1 {
+                return -1;
+            }
+            std::ptr::copy_nonoverlapping(first.name.as_ptr(), name, first.name.len());
+        }
+        (first, 1)
+    } else {
+        // SAFETY: `name` points at the ticket's 16-byte key name.
+        let wanted = unsafe { std::slice::from_raw_parts(name, 16) };
+        match keys.iter().position(|k| k.name[..] == *wanted) {
+            Some(i) => (&keys[i], if i == 0 { 1 } else { 2 }),
+            None => return 0,
+        }
+    };
+    let mut digest = *b"SHA256\0";
+    // SAFETY: the parameter array lives across EVP_MAC_init, which copies what it needs; `digest`
+    // is NUL-terminated; the keys outlive the calls; `cipher` and `mac` are the contexts OpenSSL
+    // handed over, and `iv` holds the IV it read from the ticket or the one made above.
+    unsafe {
+        let params = [
+            OSSL_PARAM_construct_utf8_string(c"digest".as_ptr(), digest.as_mut_ptr().cast(), 0),
+            openssl_sys::OSSL_PARAM_construct_end(),
+        ];
+        if openssl_sys::EVP_MAC_init(mac, key.hmac.as_ptr(), key.hmac.len(), params.as_ptr()) != 1 {
+            return -1;
+        }
+        let aes = openssl_sys::EVP_aes_256_cbc();
+        let ok = if encrypt == 1 {
+            openssl_sys::EVP_EncryptInit_ex(cipher, aes, std::ptr::null_mut(), key.aes.as_ptr(), iv)
+        } else {
+            openssl_sys::EVP_DecryptInit_ex(cipher, aes, std::ptr::null_mut(), key.aes.as_ptr(), iv)
+        };
+        if ok != 1 {
+            return -1;
+        }
+    }
+    result
+}
+
+type TicketKeyCallback = unsafe extern "C" fn(
+    *mut openssl_sys::SSL,
+    *mut libc::c_uchar,
+    *mut libc::c_uchar,
+    *mut openssl_sys::EVP_CIPHER_CTX,
+    *mut openssl_sys::EVP_MAC_CTX,
+    libc::c_int,
+) -> libc::c_int;
+
+unsafe extern "C" {
+    /// OpenSSL 3.0 and later; the openssl crate wraps only the deprecated HMAC_CTX variant's
+    /// macro, not this one.
+    fn SSL_CTX_set_tlsext_ticket_key_evp_cb(
+        ctx: *mut openssl_sys::SSL_CTX,
+        cb: Option<TicketKeyCallback>,
+    ) -> libc::c_int;
+    fn OSSL_PARAM_construct_utf8_string(
+        key: *const libc::c_char,
+        buf: *mut libc::c_char,
+        bsize: libc::size_t,
+    ) -> openssl_sys::OSSL_PARAM;
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
-//! PROXY protocol headers (HAProxy's spec, versions 1 and 2) that tell the upstream who the client
-//! really is, and in version 2 what the TLS layer learnt about it.
+//! PROXY protocol headers (HAProxy's spec, versions 1 and 2): the ones securesock sends to tell the
+//! upstream who the client really is (and in version 2 what the TLS layer learnt about it), and the
+//! parser for those a load balancer sends in front of the ClientHello (`--accept-proxy`).
 //!
-//! Only generation lives here: securesock speaks first on the upstream connection and never parses
-//! a header. Both addresses of a header are always of one family: an IPv4 client seen on an IPv6
+//! The parser is pure: it looks at bytes, never at a socket, and says how far the header goes, so
+//! the caller can read exactly that much and leave the ClientHello to OpenSSL. Both addresses of a header are always of one family: an IPv4 client seen on an IPv6
 //! listener (`::ffff:a.b.c.d`) is reported as IPv4 when the other side is IPv4 too, and as
 //! IPv4-mapped IPv6 otherwise, because the format has no way to mix families.
 
@@ -21,6 +22,16 @@ pub const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 
 /// Version 2, command PROXY.
 const V2_VERSION_PROXY: u8 = 0x21;
+/// Version 2, command LOCAL: the balancer's own connection (a health check), no client behind it.
+const V2_VERSION_LOCAL: u8 = 0x20;
+
+/// The most a version 2 header may declare after its 16 fixed bytes. Addresses take at most 216
+/// (UNIX sockets); the rest is room for the TLVs balancers add (AWS, GCP and Azure send tens of
+/// bytes). A longer header is refused rather than buffered.
+pub const V2_MAX_BODY: usize = 1024;
+
+/// The longest header the parser accepts, of either version.
+pub const MAX_HEADER: usize = 16 + V2_MAX_BODY;
 /// Address family and transport: TCP over IPv4, TCP over IPv6.
 const V2_TCP4: u8 = 0x11;
 const V2_TCP6: u8 = 0x21;
@@ -190,6 +201,166 @@ pub fn v2(src: SocketAddr, dst: SocketAddr, tls: &TlsFacts) -> Vec<u8> {
     out.extend_from_slice(&(body.len() as u16).to_be_bytes());
     out.extend_from_slice(&body);
     out
+}
+
+/// What an inbound header says about the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inbound {
+    /// A relayed connection: the client's address and the address it connected to.
+    Proxied { src: SocketAddr, dst: SocketAddr },
+    /// The sender's own connection (v2 LOCAL, v1 UNKNOWN, or an address family other than TCP):
+    /// the TCP peer is the client.
+    Local,
+}
+
+/// How far a buffer holding the start of a connection is from a complete header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parse {
+    /// A whole header of `len` bytes opens the buffer; the bytes after it are not the header's.
+    Complete { header: Inbound, len: usize },
+    /// Every byte so far belongs to a header that is not complete yet: the caller may consume
+    /// them all and must read more.
+    Incomplete,
+}
+
+/// Why the bytes are not an acceptable header. `reason` texts are short and stable, for logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParseError(pub &'static str);
+
+/// Parses the PROXY header at the start of `buf` (version 1 or 2, told apart by their
+/// signatures). Never looks further than the header's own end: the result for a complete header
+/// is the same whatever follows it, and every strict prefix of a header is `Incomplete`.
+pub fn parse(buf: &[u8]) -> Result<Parse, ParseError> {
+    const V1_SIGNATURE: &[u8] = b"PROXY ";
+    let is_prefix = |sig: &[u8]| {
+        let n = buf.len().min(sig.len());
+        buf[..n] == sig[..n]
+    };
+    if buf.is_empty() {
+        return Ok(Parse::Incomplete);
+    }
+    if is_prefix(&V2_SIGNATURE) {
+        return parse_v2(buf);
+    }
+    if is_prefix(V1_SIGNATURE) {
+        return parse_v1(buf);
+    }
+    Err(ParseError("no PROXY header"))
+}
+
+fn parse_v1(buf: &[u8]) -> Result<Parse, ParseError> {
+    let window = &buf[..buf.len().min(V1_MAX_LEN)];
+    let Some(lf) = window.iter().position(|&b| b == b'\n') else {
+        return if buf.len() >= V1_MAX_LEN {
+            Err(ParseError("v1 header without CRLF within 107 bytes"))
+        } else {
+            Ok(Parse::Incomplete)
+        };
+    };
+    let len = lf + 1;
+    let line = window[..lf]
+        .strip_suffix(b"\r")
+        .ok_or(ParseError("v1 header line ends without CR"))?;
+    let line = std::str::from_utf8(line).map_err(|_| ParseError("v1 header is not ASCII"))?;
+    let fields: Vec<&str> = line.split(' ').collect();
+    if fields.get(1) == Some(&"UNKNOWN") {
+        // The sender could not tell the client's address; whatever follows is to be ignored.
+        return Ok(Parse::Complete {
+            header: Inbound::Local,
+            len,
+        });
+    }
+    let [_, proto, src, dst, sport, dport] = fields[..] else {
+        return Err(ParseError("v1 header does not have six fields"));
+    };
+    let v4 = match proto {
+        "TCP4" => true,
+        "TCP6" => false,
+        _ => return Err(ParseError("v1 protocol is not TCP4, TCP6 or UNKNOWN")),
+    };
+    let addr = |text: &str| -> Result<IpAddr, ParseError> {
+        let ip: IpAddr = text
+            .parse()
+            .map_err(|_| ParseError("v1 address is not an IP address"))?;
+        if ip.is_ipv4() == v4 {
+            Ok(ip)
+        } else {
+            Err(ParseError("v1 address does not match its protocol"))
+        }
+    };
+    let port = |text: &str| -> Result<u16, ParseError> {
+        // The spec: decimal, no leading zero.
+        if text.is_empty() || (text.len() > 1 && text.starts_with('0')) {
+            return Err(ParseError("v1 port is not a plain decimal number"));
+        }
+        text.parse()
+            .map_err(|_| ParseError("v1 port is not a plain decimal number"))
+    };
+    Ok(Parse::Complete {
+        header: Inbound::Proxied {
+            src: SocketAddr::new(addr(src)?, port(sport)?),
+            dst: SocketAddr::new(addr(dst)?, port(dport)?),
+        },
+        len,
+    })
+}
+
+fn parse_v2(buf: &[u8]) -> Result<Parse, ParseError> {
+    if buf.len() < 16 {
+        return Ok(Parse::Incomplete);
+    }
+    let declared = usize::from(u16::from_be_bytes([buf[14], buf[15]]));
+    if declared > V2_MAX_BODY {
+        return Err(ParseError("v2 header longer than 1024 bytes"));
+    }
+    let command = buf[12];
+    if command >> 4 != 2 {
+        return Err(ParseError("v2 header of an unknown version"));
+    }
+    if command != V2_VERSION_PROXY && command != V2_VERSION_LOCAL {
+        return Err(ParseError("v2 command is neither PROXY nor LOCAL"));
+    }
+    let len = 16 + declared;
+    if buf.len() < len {
+        return Ok(Parse::Incomplete);
+    }
+    let body = &buf[16..len];
+    if command == V2_VERSION_LOCAL {
+        return Ok(Parse::Complete {
+            header: Inbound::Local,
+            len,
+        });
+    }
+    let port = |i: usize| u16::from_be_bytes([body[i], body[i + 1]]);
+    let header = match buf[13] {
+        V2_TCP4 => {
+            if body.len() < 12 {
+                return Err(ParseError("v2 TCP4 addresses cut short"));
+            }
+            let ip = |i: usize| IpAddr::from([body[i], body[i + 1], body[i + 2], body[i + 3]]);
+            Inbound::Proxied {
+                src: SocketAddr::new(ip(0), port(8)),
+                dst: SocketAddr::new(ip(4), port(10)),
+            }
+        }
+        V2_TCP6 => {
+            if body.len() < 36 {
+                return Err(ParseError("v2 TCP6 addresses cut short"));
+            }
+            let ip = |i: usize| {
+                let mut octets = [0u8; 16];
+                octets.copy_from_slice(&body[i..i + 16]);
+                IpAddr::from(octets)
+            };
+            Inbound::Proxied {
+                src: SocketAddr::new(ip(0), port(32)),
+                dst: SocketAddr::new(ip(16), port(34)),
+            }
+        }
+        // UNSPEC, UDP, UNIX sockets: no TCP client address to use, so the TCP peer stands.
+        _ => Inbound::Local,
+    };
+    Ok(Parse::Complete { header, len })
 }
 
 #[cfg(test)]
@@ -500,5 +671,152 @@ mod tests {
         let h = v1(a, a);
         assert_eq!(h.len(), 104);
         assert!(parse_v1(&h).is_ok());
+    }
+
+    /// A well-formed header and the bytes that follow it on the wire.
+    fn complete(buf: &[u8]) -> (Inbound, usize) {
+        match parse(buf) {
+            Ok(Parse::Complete { header, len }) => (header, len),
+            other => panic!("{:?}: {other:?}", String::from_utf8_lossy(buf)),
+        }
+    }
+
+    #[test]
+    fn inbound_v1_and_v2_give_the_client_address() {
+        let src = sa("203.0.113.7:40000");
+        let dst = sa("10.0.0.1:443");
+        let hello = b"\x16\x03\x01 the ClientHello";
+        for header in [v1(src, dst), v2(src, dst, &facts())] {
+            let mut wire = header.clone();
+            wire.extend_from_slice(hello);
+            assert_eq!(
+                complete(&wire),
+                (Inbound::Proxied { src, dst }, header.len())
+            );
+        }
+        let v6 = complete(b"PROXY TCP6 2001:db8::1 ::1 1 443\r\n");
+        assert_eq!(
+            v6.0,
+            Inbound::Proxied {
+                src: sa("[2001:db8::1]:1"),
+                dst: sa("[::1]:443")
+            }
+        );
+    }
+
+    #[test]
+    fn inbound_local_and_unknown_keep_the_tcp_peer() {
+        assert_eq!(complete(b"PROXY UNKNOWN\r\n").0, Inbound::Local);
+        assert_eq!(
+            complete(b"PROXY UNKNOWN ffff::1 ffff::2 1 2\r\n").0,
+            Inbound::Local
+        );
+        let mut local = V2_SIGNATURE.to_vec();
+        local.extend_from_slice(&[0x20, 0x00, 0, 0]);
+        assert_eq!(complete(&local), (Inbound::Local, 16));
+        let mut unix = V2_SIGNATURE.to_vec();
+        unix.extend_from_slice(&[0x21, 0x31, 0, 216]);
+        unix.extend_from_slice(&[0; 216]);
+        assert_eq!(complete(&unix), (Inbound::Local, 232));
+    }
+
+    #[test]
+    fn inbound_errors_name_the_problem() {
+        let err = |b: &[u8]| parse(b).unwrap_err().0;
+        assert_eq!(err(b"\x16\x03\x01\x02\x00"), "no PROXY header");
+        assert_eq!(err(b"GET / HTTP/1.1\r\n"), "no PROXY header");
+        let long = [b"PROXY TCP4 ".as_slice(), &[b'1'; 100]].concat();
+        assert_eq!(err(&long), "v1 header without CRLF within 107 bytes");
+        assert_eq!(
+            err(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n"),
+            "v1 header line ends without CR"
+        );
+        assert_eq!(
+            err(b"PROXY TCP4 1.2.3.4 ::1 1 2\r\n"),
+            "v1 address does not match its protocol"
+        );
+        assert_eq!(
+            err(b"PROXY TCP4 1.2.3.4 5.6.7.8 01 2\r\n"),
+            "v1 port is not a plain decimal number"
+        );
+        let mut big = V2_SIGNATURE.to_vec();
+        big.extend_from_slice(&[0x21, 0x11, 0x04, 0x01]);
+        assert_eq!(err(&big), "v2 header longer than 1024 bytes");
+        let mut short = V2_SIGNATURE.to_vec();
+        short.extend_from_slice(&[0x21, 0x11, 0, 4, 1, 2, 3, 4]);
+        assert_eq!(err(&short), "v2 TCP4 addresses cut short");
+    }
+
+    #[test]
+    fn truncated_headers_are_incomplete() {
+        let mut v2_declares_more = V2_SIGNATURE.to_vec();
+        v2_declares_more.extend_from_slice(&[0x21, 0x11, 0, 100, 1, 2, 3, 4]);
+        assert_eq!(parse(&v2_declares_more), Ok(Parse::Incomplete));
+        assert_eq!(parse(b"PROXY TCP4 1.2.3.4"), Ok(Parse::Incomplete));
+        assert_eq!(parse(b"PRO"), Ok(Parse::Incomplete));
+        assert_eq!(parse(b""), Ok(Parse::Incomplete));
+    }
+
+    /// Headers as a balancer may send them: either version, any addresses, v2 with TLVs.
+    fn any_header() -> impl Strategy<Value = Vec<u8>> {
+        (
+            any_ip(),
+            any_ip(),
+            any::<u16>(),
+            any::<u16>(),
+            any_facts(),
+            any::<bool>(),
+        )
+            .prop_map(|(s, d, sp, dp, f, text)| {
+                let (src, dst) = (SocketAddr::new(s, sp), SocketAddr::new(d, dp));
+                if text { v1(src, dst) } else { v2(src, dst, &f) }
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic_and_never_reach_past_the_header(
+            bytes in prop::collection::vec(any::<u8>(), 0..2048),
+        ) {
+            if let Ok(Parse::Complete { len, .. }) = parse(&bytes) {
+                prop_assert!(len <= bytes.len());
+                prop_assert!(len <= MAX_HEADER);
+                if bytes.starts_with(&V2_SIGNATURE) {
+                    let declared = usize::from(u16::from_be_bytes([bytes[14], bytes[15]]));
+                    prop_assert_eq!(len, 16 + declared);
+                }
+                // The verdict depends on the header's bytes alone.
+                prop_assert_eq!(parse(&bytes[..len]), parse(&bytes));
+            }
+        }
+
+        #[test]
+        fn signature_led_garbage_never_panics(
+            v2 in any::<bool>(),
+            tail in prop::collection::vec(any::<u8>(), 0..1200),
+        ) {
+            let mut bytes = if v2 { V2_SIGNATURE.to_vec() } else { b"PROXY ".to_vec() };
+            bytes.extend_from_slice(&tail);
+            if let Ok(Parse::Complete { len, .. }) = parse(&bytes) {
+                prop_assert!(len <= bytes.len());
+                prop_assert_eq!(parse(&bytes[..len]), parse(&bytes));
+            }
+        }
+
+        #[test]
+        fn every_prefix_of_a_header_is_incomplete_and_the_whole_is_exact(
+            header in any_header(),
+            after in prop::collection::vec(any::<u8>(), 0..64),
+        ) {
+            for cut in 0..header.len() {
+                prop_assert_eq!(parse(&header[..cut]), Ok(Parse::Incomplete));
+            }
+            let mut wire = header.clone();
+            wire.extend_from_slice(&after);
+            match parse(&wire) {
+                Ok(Parse::Complete { len, .. }) => prop_assert_eq!(len, header.len()),
+                other => prop_assert!(false, "{:?}", other),
+            }
+        }
     }
 }

@@ -144,11 +144,12 @@ pub fn spawn(
         Some(every) => format!("and when the certificate files change (checked every {every:?})"),
         None => "only (file watching off)".to_string(),
     };
-    let rotation = match schedule.ticket_key_rotation {
-        Some(every) => format!("every {every:?} and on each reload"),
-        None => "on each reload only".to_string(),
+    let rotation = match (&settings.ticket_keys, schedule.ticket_key_rotation) {
+        (Some(file), _) => format!("come from {} and change with it", file.display()),
+        (None, Some(every)) => format!("rotate every {every:?} and on each reload"),
+        (None, None) => "rotate on each reload only".to_string(),
     };
-    info!("reload: on SIGHUP {watching}; session-ticket keys rotate {rotation}");
+    info!("reload: on SIGHUP {watching}; session-ticket keys {rotation}");
     let (tx, rx) = mpsc::channel::<()>();
     let mut loaded = fingerprint(&settings);
     thread::Builder::new()

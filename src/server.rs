@@ -22,7 +22,7 @@ use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
 use log::{error, info, warn};
 
-use crate::config::{Config, Mode};
+use crate::config::{AcceptProxy, Config, Mode};
 use crate::connection::{self, Outcome, Settings};
 use crate::limits::{Gate, RateLimit, Refusal, Slot, Tracker};
 use crate::listener::{Listener, Peer};
@@ -76,6 +76,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Polled by every connection, so the end of the drain reaches each one.
     pub shutdown: Arc<Shutdown>,
+    /// `--accept-proxy`: connections open with a PROXY header naming the client.
+    pub accept_proxy: Option<AcceptProxy>,
     /// Connections the end of the drain closed, for the drain's summary.
     cut: AtomicUsize,
 }
@@ -83,6 +85,8 @@ pub struct Shared {
 /// A bound server, ready to [`run`](Server::run).
 pub struct Server {
     listener: Listener,
+    /// The listener came from systemd (socket activation) and outlives this process.
+    inherited: bool,
     local_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
@@ -130,13 +134,26 @@ impl Server {
     /// the TLS context, the upstream's name, the listening address, the metrics address. Then the
     /// threads that serve beside the accept loop (reload, metrics). Nothing is accepted yet.
     pub fn bind(config: &Config) -> Result<Server> {
+        // First, while the process has no other thread: taking the socket edits the environment.
+        let inherited =
+            net::inherited_listener().context("taking the listening socket systemd passed")?;
         let tls = tls::build(&config.tls)?;
         let mode = config
             .mode
             .clone()
             .try_map_upstream(|spec| Upstream::resolve(&spec))?;
-        let listener = Listener::bind(&config.listen, config.backlog)?;
+        let (listener, inherited) = match inherited {
+            Some(listener) => (Listener::Tcp(listener), true),
+            None => (Listener::bind(&config.listen, config.backlog)?, false),
+        };
         let local_addr = listener.local_addr();
+        if inherited {
+            info!(
+                "socket activation: serving the socket systemd passed ({}); --listen {} is not used",
+                local_addr.map_or_else(|| "-".to_string(), |a| a.to_string()),
+                config.listen
+            );
+        }
         let shutdown = Arc::new(
             Shutdown::new(config.limits.drain_timeout).context("creating the shutdown signal")?,
         );
@@ -160,6 +177,7 @@ impl Server {
             tracker: Tracker::new(config.limits.max_connections, config.limits.max_per_ip),
             metrics: Arc::clone(&metrics),
             shutdown,
+            accept_proxy: config.accept_proxy.clone(),
             cut: AtomicUsize::new(0),
         });
         let metrics_addr = match config.metrics_listen {
@@ -185,6 +203,19 @@ impl Server {
             upstream,
         )?;
         shared.settings.log_startup();
+        if let Some(proxy) = &config.accept_proxy {
+            let from = if proxy.from.is_empty() {
+                "any peer".to_string()
+            } else {
+                proxy
+                    .from
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            info!("accept-proxy: every connection opens with a PROXY v1/v2 header, from {from}");
+        }
         let ready_line = format!(
             "securesock {} listening on {} profile={} mode={} backlog={} max_connections={} max_per_ip={} handshake_timeout={:?}",
             env!("CARGO_PKG_VERSION"),
@@ -198,6 +229,7 @@ impl Server {
         );
         Ok(Server {
             listener,
+            inherited,
             local_addr,
             metrics_addr,
             shared,
@@ -230,7 +262,10 @@ impl Server {
     pub fn run(self) -> io::Result<Drained> {
         info!("{}", self.ready_line);
         let Server {
-            listener, shared, ..
+            listener,
+            inherited,
+            shared,
+            ..
         } = self;
         listener.set_nonblocking()?;
         let workers = Arc::new(Workers {
@@ -245,7 +280,13 @@ impl Server {
             poll(&mut fds, None)?;
             accept_ready(&listener, &workers, || shutdown.requested());
         }
-        close_listener(listener, &workers);
+        if inherited {
+            // systemd holds the same socket and keeps it listening: connections still queued wait
+            // there for the next instance it starts, and a SYN filter would outlive this process.
+            drop(listener);
+        } else {
+            close_listener(listener, &workers);
+        }
         Ok(drain(&shared))
     }
 }
@@ -329,6 +370,7 @@ static REFUSAL_LOG: [RateLimit; 2] = [
     RateLimit::new(Duration::from_secs(1)),
     RateLimit::new(Duration::from_secs(1)),
 ];
+static PROXY_PEER_LOG: RateLimit = RateLimit::new(Duration::from_secs(1));
 static ACCEPT_ERROR_LOG: RateLimit = RateLimit::new(Duration::from_secs(1));
 
 /// Lines a second for failed handshakes of one cause (`not_tls`, `timeout`, ...): every client
@@ -491,8 +533,22 @@ fn admit(stream: Stream, peer: Peer, workers: &Arc<Workers>) {
     let accepted = Instant::now();
     let shared = &workers.shared;
     shared.metrics.accepted();
-    // A UNIX client has no address to cap; local processes count against the global cap only.
-    let slot = match shared.tracker.admit(peer.ip()) {
+    // With --accept-proxy the client's address is only known once its header is read (on the
+    // connection's thread), so the per-address cap waits until then.
+    let admitted = match &shared.accept_proxy {
+        Some(proxy) if !peer.ip().is_some_and(|ip| proxy.allows(ip)) => {
+            shared.metrics.refused("proxy_peer");
+            if let Some(suppressed) = PROXY_PEER_LOG.allow() {
+                warn!(
+                    "refused peer={peer} reason=proxy_peer (not in --accept-proxy-from) suppressed_since_last={suppressed}"
+                );
+            }
+            return;
+        }
+        Some(_) => shared.tracker.admit(None),
+        None => shared.tracker.admit(peer.ip()),
+    };
+    let slot = match admitted {
         Ok(slot) => slot,
         Err(why) => {
             log_refusal(peer, why, shared.tracker.limit(why), &shared.metrics);
@@ -507,6 +563,32 @@ fn admit(stream: Stream, peer: Peer, workers: &Arc<Workers>) {
     });
 }
 
+/// The client's address: the TCP peer, or with `--accept-proxy` the one its PROXY header names,
+/// which is then counted under `--max-per-ip`. `Err(Some(outcome))` for a connection whose header
+/// was bad, `Err(None)` for one the per-address cap refused (and logged).
+fn client_address(
+    stream: &Stream,
+    peer: Peer,
+    accepted: Instant,
+    slot: &mut Slot,
+    shared: &Shared,
+) -> Result<Peer, Option<Outcome>> {
+    // --accept-proxy is refused with a unix: listener at start, so a UNIX peer never has one.
+    let (Some(_), Stream::Tcp(tcp), Peer::Tcp(addr)) = (&shared.accept_proxy, stream, &peer) else {
+        return Ok(peer);
+    };
+    let client = connection::proxied_peer(tcp, *addr, accepted, &shared.settings, &shared.shutdown)
+        .map_err(Some)?;
+    let client = Peer::Tcp(client);
+    if let Some(ip) = client.ip()
+        && let Err(why) = slot.claim_address(ip)
+    {
+        log_refusal(client, why, shared.tracker.limit(why), &shared.metrics);
+        return Err(None);
+    }
+    Ok(client)
+}
+
 fn connection_thread(job: Job, shared: &Shared, gate: &Gate) {
     let Job {
         stream,
@@ -515,15 +597,24 @@ fn connection_thread(job: Job, shared: &Shared, gate: &Gate) {
         mut slot,
     } = job;
     let tls = shared.tls.load_full();
-    let report = connection::serve(
-        stream,
-        peer,
-        accepted,
-        &tls,
-        &shared.settings,
-        gate,
-        &shared.shutdown,
-    );
+    let report = match client_address(&stream, peer, accepted, &mut slot, shared) {
+        Ok(client) => connection::serve(
+            stream,
+            client,
+            accepted,
+            &tls,
+            &shared.settings,
+            gate,
+            &shared.shutdown,
+        ),
+        Err(Some(outcome)) => {
+            let mut report = connection::Report::new(peer, shared.settings.mode.name());
+            report.outcome = outcome;
+            report.elapsed = accepted.elapsed();
+            report
+        }
+        Err(None) => return, // refused under --max-per-ip, logged; dropping closes it
+    };
     if report.outcome == Outcome::Shutdown {
         shared.cut.fetch_add(1, Ordering::SeqCst);
     }

@@ -76,6 +76,7 @@ fn makes_a_working_pki_and_keeps_it() {
         "ca",
         "server",
         "client",
+        "api",
         "revoked",
         "other-ca",
         "other-client",
@@ -103,6 +104,25 @@ fn makes_a_working_pki_and_keeps_it() {
     assert!(verifies(&clients, &cert(&dir, "revoked")));
     assert!(!verifies(&servers, &cert(&dir, "client")));
     assert_eq!(common_name(&cert(&dir, "client")), "client");
+    // The workload certificate carries what --allow-ou/-dns/-uri match on.
+    let api = cert(&dir, "api");
+    assert!(verifies(&clients, &api));
+    assert_eq!(common_name(&api), "api");
+    let ou = api
+        .subject_name()
+        .entries_by_nid(Nid::ORGANIZATIONALUNITNAME)
+        .next()
+        .unwrap()
+        .data()
+        .to_string()
+        .unwrap();
+    assert_eq!(ou, "payments");
+    let sans = api.subject_alt_names().unwrap();
+    assert!(sans.iter().any(|n| n.dnsname() == Some("api.example.org")));
+    assert!(
+        sans.iter()
+            .any(|n| n.uri() == Some("spiffe://example.org/service/api"))
+    );
     // The other CA's client has the same name but no path to our CA.
     let other = cert(&dir, "other-client");
     assert_eq!(common_name(&other), "client");

@@ -124,6 +124,18 @@ def check(objects, folder):
             need({"tls.crt", "tls.key"} <= items, f"{name}: Secret must project tls.crt and tls.key")
             need(secret.get("defaultMode", 0o644) & 0o007 == 0, f"{name}: key must not be world-readable")
 
+        # Replicas resume each other's sessions only with one set of ticket keys, from a Secret
+        # that only the server can read.
+        keys = env.get("SECURESOCK_TICKET_KEY_FILE") or ""
+        key_mounts = [m for m in c.get("volumeMounts", []) if keys.startswith(m["mountPath"].rstrip("/") + "/")]
+        need(len(key_mounts) == 1, f"{name}: SECURESOCK_TICKET_KEY_FILE must be a file in a mounted Secret")
+        for m in key_mounts:
+            need("subPath" not in m, f"{name}: the ticket keys must not be a subPath mount")
+            secret = volumes.get(m["name"], {}).get("secret", {})
+            need(bool(secret.get("secretName")), f"{name}: the ticket keys must come from a Secret")
+            need(secret.get("defaultMode", 0o644) & 0o037 == 0,
+                 f"{name}: ticket keys must not be readable by others (securesock refuses them)")
+
         port_names = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
         for probe_name in ("readinessProbe", "livenessProbe"):
             probe = c.get(probe_name)
@@ -209,6 +221,8 @@ MUTATIONS = {
     "long drain": lambda o: set_env(container(o), "SECURESOCK_DRAIN_TIMEOUT", "60"),
     "subPath mount": lambda o: container(o)["volumeMounts"][0].update(subPath="tls.crt"),
     "other secret": lambda o: pod_spec(o)["volumes"][0]["secret"].update(secretName="other"),
+    "no ticket keys": lambda o: set_env(container(o), "SECURESOCK_TICKET_KEY_FILE", ""),
+    "ticket keys world-readable": lambda o: pod_spec(o)["volumes"][1]["secret"].update(defaultMode=0o644),
     "no readiness": lambda o: container(o).pop("readinessProbe"),
     "no liveness": lambda o: container(o).pop("livenessProbe"),
     "short grace": lambda o: pod_spec(o).update(terminationGracePeriodSeconds=30),

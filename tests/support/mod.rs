@@ -315,7 +315,14 @@ impl Server {
     }
 
     /// Starts a prepared command (which must listen somewhere and log its address).
-    pub fn spawn(mut cmd: Command, cert: &Path) -> Server {
+    pub fn spawn(cmd: Command, cert: &Path) -> Server {
+        Server::spawn_ready(cmd, cert, "listening on ")
+    }
+
+    /// Starts a prepared command and takes the address from the first stderr line holding
+    /// `marker`, followed by the address (`systemd-socket-activate` logs `Listening on ADDR`
+    /// before it starts the server).
+    pub fn spawn_ready(mut cmd: Command, cert: &Path, marker: &str) -> Server {
         cmd.env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -348,9 +355,9 @@ impl Server {
             logs,
             certs: cert.to_path_buf(),
         };
-        let line = server.logs.wait_for(&["listening on"]);
+        let line = server.logs.wait_for(&[marker]);
         let listening = line
-            .split("listening on ")
+            .split(marker)
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
             .unwrap_or_else(|| panic!("no address in {line:?}"));
