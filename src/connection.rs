@@ -766,21 +766,13 @@ impl Connection<'_> {
         proxy: Option<ProxyProtocol>,
         report: &mut Report,
     ) -> Result<(), Outcome> {
-        let connect_by = Instant::now() + self.settings.connect_timeout;
-        let up = match upstream.connect(self.shutdown.bound(Some(connect_by)).unwrap_or(connect_by))
-        {
+        let up = match self.connect(upstream) {
             Ok(up) => up,
-            Err(e) => {
+            Err(outcome) => {
                 // The client learns nothing about the upstream but an orderly close.
                 let deadline = Instant::now() + self.settings.handshake_timeout;
                 report.bytes_in = close_gracefully(tls, deadline, self.shutdown);
-                if self.shutdown.is_cut() {
-                    return Err(Outcome::Shutdown);
-                }
-                return Err(Outcome::Upstream(format!(
-                    "upstream {}: {e}",
-                    upstream.spec
-                )));
+                return Err(outcome);
             }
         };
         let header = match proxy {
@@ -818,6 +810,20 @@ impl Connection<'_> {
         relayed(result, report)
     }
 
+    /// Connects to the upstream within `--connect-timeout`, or by the drain's end if that comes
+    /// first; the outcome to log when it fails.
+    fn connect(&self, upstream: &Upstream) -> Result<Stream, Outcome> {
+        let connect_by = Instant::now() + self.settings.connect_timeout;
+        let deadline = self.shutdown.bound(Some(connect_by)).unwrap_or(connect_by);
+        upstream.connect(deadline).map_err(|e| {
+            if self.shutdown.is_cut() {
+                Outcome::Shutdown
+            } else {
+                Outcome::Upstream(format!("upstream {}: {e}", upstream.spec))
+            }
+        })
+    }
+
     /// What ends a relay besides its two sides.
     fn bounds(&self) -> relay::Bounds<'_> {
         relay::Bounds {
@@ -839,19 +845,11 @@ impl Connection<'_> {
         gate: &Gate,
         report: &mut Report,
     ) -> Result<(), Outcome> {
-        let connect_by = Instant::now() + self.settings.connect_timeout;
-        let up = match upstream.connect(self.shutdown.bound(Some(connect_by)).unwrap_or(connect_by))
-        {
+        let up = match self.connect(upstream) {
             Ok(up) => up,
-            Err(e) => {
+            Err(outcome) => {
                 close_plain(&mut plain, self.shutdown);
-                if self.shutdown.is_cut() {
-                    return Err(Outcome::Shutdown);
-                }
-                return Err(Outcome::Upstream(format!(
-                    "upstream {}: {e}",
-                    upstream.spec
-                )));
+                return Err(outcome);
             }
         };
         let result = match up {
