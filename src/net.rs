@@ -433,6 +433,59 @@ pub fn bind_unix(
     Ok(socket.into())
 }
 
+/// A client context's last session, to offer on its next connection (resumption). OpenSSL requires
+/// a session offered on a connection to come from that connection's context, which the openssl
+/// crate leaves to the caller (`set_session` is unsafe); this slot records the context each
+/// session came from and offers it only to connections of that context.
+#[derive(Default)]
+pub struct LastSession {
+    /// The session and the address of the SSL_CTX that made it.
+    slot: std::sync::Mutex<Option<(openssl::ssl::SslSession, usize)>>,
+}
+
+impl LastSession {
+    /// Keeps every new session the context made with `builder` gets, the last one winning.
+    pub fn install(builder: &mut SslContextBuilder) -> Arc<LastSession> {
+        let last = Arc::new(LastSession::default());
+        let slot = Arc::clone(&last);
+        builder.set_new_session_callback(move |ssl, session| {
+            let ctx = context_address(ssl);
+            *slot.lock() = Some((session, ctx));
+        });
+        last
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(openssl::ssl::SslSession, usize)>> {
+        self.slot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Offers the last session on `ssl` when it came from `ssl`'s own context.
+    pub fn offer(&self, ssl: &mut SslRef) -> Result<(), ErrorStack> {
+        let last = self.lock().clone();
+        match last {
+            Some((session, ctx)) if ctx == context_address(ssl) => {
+                // SAFETY: SSL_set_session needs the session to come from the connection's own
+                // SSL_CTX, which the address comparison just above establishes.
+                unsafe { ssl.set_session(&session) }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Forgets the last session (after a failed handshake, which it must not fail again).
+    pub fn forget(&self) {
+        *self.lock() = None;
+    }
+}
+
+/// The address of a connection's SSL_CTX, to tell contexts apart.
+fn context_address(ssl: &SslRef) -> usize {
+    use foreign_types::ForeignTypeRef;
+    ssl.ssl_context().as_ptr() as usize
+}
+
 /// `SSL_CTRL_GET_NEGOTIATED_GROUP` (ssl.h), behind the `SSL_get_negotiated_group` macro.
 const SSL_CTRL_GET_NEGOTIATED_GROUP: libc::c_int = 134;
 

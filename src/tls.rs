@@ -23,8 +23,8 @@ use openssl::sha::Sha256;
 use openssl::ssl::{
     AlpnError, ClientHelloResponse, ExtensionContext, NameType, Ssl, SslAcceptor,
     SslAcceptorBuilder, SslAlert, SslConnector, SslContext, SslContextBuilder, SslFiletype,
-    SslMethod, SslMode, SslOptions, SslRef, SslSession, SslSessionCacheMode, SslVerifyMode,
-    SslVersion, select_next_proto,
+    SslMethod, SslMode, SslOptions, SslRef, SslSessionCacheMode, SslVerifyMode, SslVersion,
+    select_next_proto,
 };
 use openssl::x509::store::{X509Lookup, X509StoreBuilder};
 use openssl::x509::verify::X509VerifyFlags;
@@ -93,9 +93,10 @@ pub struct Connector {
     pub name: String,
     /// Where the trust anchors come from, for the logs.
     pub trust: String,
-    /// Filled by the new-session callback: a TLS 1.3 ticket arrives after the handshake, so it is
-    /// caught when the relay reads it, not taken when the handshake ends.
-    last_session: Arc<Mutex<Option<SslSession>>>,
+    /// The upstream's last session, filled by the new-session callback: a TLS 1.3 ticket arrives
+    /// after the handshake, so it is caught when the relay reads it, not taken when the handshake
+    /// ends.
+    last_session: Arc<net::LastSession>,
 }
 
 impl Connector {
@@ -105,26 +106,13 @@ impl Connector {
         // configure() turns on SNI (left out for IP literals, as RFC 6066 requires) and the
         // certificate name check: X509_VERIFY_PARAM host, or IP for an address.
         let mut ssl = self.ssl.configure()?.into_ssl(&self.name)?;
-        let last = self
-            .last_session
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        if let Some(session) = last {
-            // SAFETY: SSL_set_session needs the session to come from the same SSL_CTX. Every
-            // session in `last_session` was stored by the callback installed on this connector's
-            // own context, and the cache lives in this Connector, which a reload replaces whole.
-            unsafe { ssl.set_session(&session) }?;
-        }
+        self.last_session.offer(&mut ssl)?;
         Ok(ssl)
     }
 
     /// Forgets the last session, so that a failed handshake is not retried with it.
     pub fn forget_session(&self) {
-        *self
-            .last_session
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = None;
+        self.last_session.forget();
     }
 }
 
@@ -240,14 +228,10 @@ fn build_connector(settings: &TlsSettings, up: &UpstreamTls) -> Result<Tls> {
     if !up.alpn.is_empty() {
         b.set_alpn_protos(interned_wire(&up.alpn))?;
     }
-    let last_session: Arc<Mutex<Option<SslSession>>> = Arc::default();
     // OpenSSL hands a client its sessions only with client-side caching on; its internal cache
     // is not used by clients, so this one slot is the whole cache.
     b.set_session_cache_mode(SslSessionCacheMode::CLIENT);
-    let slot = Arc::clone(&last_session);
-    b.set_new_session_callback(move |_, session| {
-        *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(session);
-    });
+    let last_session = net::LastSession::install(&mut b);
     Ok(Tls {
         side: Side::Client(Connector {
             ssl: b.build(),
