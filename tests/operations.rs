@@ -255,9 +255,7 @@ fn sigterm_closes_the_listener_and_lets_open_connections_finish() {
     // The open connection completes normally.
     pending.set_read_timeout(Some(PATIENCE)).unwrap();
     let mut s = server.connector().connect("localhost", pending).unwrap();
-    let mut got = Vec::new();
-    std::io::Read::read_to_end(&mut s, &mut got).unwrap();
-    assert_eq!(got, GREETING);
+    assert_eq!(support::read_to_close_notify(&mut s), GREETING);
     let status = server.wait_exit(PATIENCE);
     assert_eq!(status.code(), Some(0));
     server.logs.wait_for(&["drained: all connections finished"]);
@@ -341,16 +339,10 @@ fn per_ip_cap_with_300_idle_connections() {
 }
 
 fn greeting_from(addr: SocketAddr, source: &str, server: &Server) -> Vec<u8> {
-    let tcp = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    tcp.bind(&format!("{source}:0").parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    tcp.connect(&addr.into()).unwrap();
-    let tcp: TcpStream = tcp.into();
+    let tcp = support::connect_from(source, addr);
     tcp.set_read_timeout(Some(PATIENCE)).unwrap();
     let mut s = server.connector().connect("localhost", tcp).unwrap();
-    let mut got = Vec::new();
-    std::io::Read::read_to_end(&mut s, &mut got).unwrap();
-    got
+    support::read_to_close_notify(&mut s)
 }
 
 fn metrics_addr(server: &Server) -> SocketAddr {
