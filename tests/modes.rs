@@ -344,6 +344,29 @@ fn proxy_v2_carries_addresses_and_tls_facts() {
     assert_eq!(&ssl[1..5], &[0, 0, 0, 0], "verified");
 }
 
+/// Without a client certificate the SSL TLV says only "TLS", with a non-zero verify field and no
+/// CN: an upstream that trusts these bits for access decisions must not see a certificate that
+/// was never presented.
+#[test]
+fn proxy_v2_without_a_client_certificate_claims_none() {
+    let (up, upstream) = upstream_once(|mut s| {
+        let header = read_proxy_header(&mut s);
+        s.write_all(b"ok").unwrap();
+        header
+    });
+    let server = forward_server(up, &["--proxy-protocol", "v2"]);
+    let mut tls = server.tls();
+    assert_eq!(exchange(&mut tls, b"", true).data, b"ok");
+    let header = upstream.join().unwrap();
+    let tlvs = v2_tlvs(&header);
+    let find = |t: u8| tlvs.iter().find(|(k, _)| *k == t).map(|(_, v)| v.clone());
+    let ssl = find(0x20).unwrap();
+    assert_eq!(ssl[0], 0x01, "PP2_CLIENT_SSL alone, no certificate bits");
+    assert_ne!(&ssl[1..5], &[0, 0, 0, 0], "verify must be non-zero");
+    assert_eq!(find(0x22), None, "no client CN");
+    assert_eq!(find(0x21).as_deref(), Some(&b"TLSv1.3"[..]));
+}
+
 #[test]
 fn idle_timeout_cuts_a_quiet_echo_connection_with_close_notify() {
     let server = Server::start(&["--mode", "echo", "--idle-timeout", "1"]);
