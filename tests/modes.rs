@@ -188,6 +188,7 @@ fn sixty_four_forwarded_connections_at_once() {
                 let msg = format!("client number {i} says hello").repeat(100);
                 let got = exchange(&mut tls, msg.as_bytes(), true);
                 assert_eq!(got.data, msg.to_ascii_uppercase().as_bytes(), "client {i}");
+                assert!(got.close_notify, "client {i}: no close_notify");
             })
         })
         .collect();
@@ -234,7 +235,9 @@ fn proxy_v1_announces_the_client_address() {
     let server = forward_server(up, &["--proxy-protocol", "v1"]);
     let mut tls = server.tls();
     let client = tls.get_ref().local_addr().unwrap();
-    assert_eq!(exchange(&mut tls, b"", true).data, b"ok");
+    let got = exchange(&mut tls, b"", true);
+    assert_eq!(got.data, b"ok");
+    assert!(got.close_notify);
     let header = upstream.join().unwrap();
     let want = format!(
         "PROXY TCP4 {} {} {} {}\r\n",
@@ -356,7 +359,9 @@ fn proxy_v2_without_a_client_certificate_claims_none() {
     });
     let server = forward_server(up, &["--proxy-protocol", "v2"]);
     let mut tls = server.tls();
-    assert_eq!(exchange(&mut tls, b"", true).data, b"ok");
+    let got = exchange(&mut tls, b"", true);
+    assert_eq!(got.data, b"ok");
+    assert!(got.close_notify);
     let header = upstream.join().unwrap();
     let tlvs = v2_tlvs(&header);
     let find = |t: u8| tlvs.iter().find(|(k, _)| *k == t).map(|(_, v)| v.clone());

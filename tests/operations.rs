@@ -419,6 +419,10 @@ fn sigterm_lets_an_echo_connection_and_looping_clients_finish() {
                 got.data, b"x",
                 "a connection accepted before the drain was cut"
             );
+            assert!(
+                got.close_notify,
+                "a drained connection ended without close_notify"
+            );
             completed += 1;
         }
     });
