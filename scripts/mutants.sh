@@ -28,7 +28,7 @@ fi
 # wait on Tracker::wait_idle), modes.rs is cut down to its PROXY tests.
 tests_for() {
     case "$1" in
-        limits) echo "--lib --test hostile --test operations -- limits:: max_ per_ip sigterm drain" ;;
+        limits) echo "--lib --test hostile --test operations -- limits:: max_ per_ip refusal sigterm drain" ;;
         proxy_protocol) echo "--lib --test modes -- proxy" ;;
         tls) echo "--lib --test cipher_policy --test tls_options --test startup" ;;
         config) echo "--lib --test startup" ;;

@@ -246,3 +246,56 @@ fn max_per_ip_serves_two_refuses_the_third_but_not_another_address() {
     finish(&server, b);
     finish(&server, c);
 }
+
+/// A flood of refusals costs one log line a second, and the next line says how many it held back:
+/// the count is what tells an operator the size of an attack the log did not show.
+#[test]
+fn refusal_lines_are_rate_limited_and_count_what_they_held_back() {
+    let server = Server::start(&["--mode", "echo", "--max-per-ip", "1"]);
+    let held = echoing(&server, TcpStream::connect(server.addr).unwrap());
+    let refusal = ["refused", "reason=max_per_ip"];
+    // Refused connections, one at a time, until the limiter lets a second line through (a second
+    // after the first); 20 ms between them keeps the count small without synchronising anything.
+    // Each line names its peer, which says which of the refusals it was.
+    let mut peers = Vec::new();
+    let deadline = Instant::now() + PATIENCE;
+    let lines = loop {
+        let mut s = TcpStream::connect(server.addr).unwrap();
+        s.set_read_timeout(Some(PATIENCE)).unwrap();
+        peers.push(format!("refused peer={} ", s.local_addr().unwrap()));
+        match s.read(&mut [0u8; 16]) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("a connection over the cap was not closed at once: {other:?}"),
+        }
+        if let Some(lines) = server
+            .logs
+            .wait_for_n_within(&refusal, 2, Duration::from_millis(20))
+        {
+            break lines;
+        }
+        assert!(Instant::now() < deadline, "no second refusal line");
+    };
+    let which = |line: &str| {
+        peers
+            .iter()
+            .position(|p| line.starts_with(p) || line.contains(&format!(" {p}")))
+            .unwrap_or_else(|| panic!("not one of ours: {line}"))
+    };
+    let (first, second) = (which(&lines[0]), which(&lines[1]));
+    assert_eq!(first, 0, "{}", lines[0]);
+    assert!(
+        lines[0].ends_with("suppressed_since_last=0"),
+        "{}",
+        lines[0]
+    );
+    // Every refusal between the two logged ones was held back, and the second line counts them.
+    let held_back = second - first - 1;
+    assert!(held_back > 0, "nothing was held back: {lines:?}");
+    assert!(
+        lines[1].ends_with(&format!("suppressed_since_last={held_back}")),
+        "refusal {second}: {}",
+        lines[1]
+    );
+    finish(&server, held);
+}

@@ -661,3 +661,32 @@ pub fn bare_close_server(greeting: &'static [u8]) -> (SocketAddr, thread::JoinHa
     });
     (addr, handle)
 }
+
+impl Logs {
+    /// Like [`Logs::wait_for_n`], but gives up after `limit` and returns `None`, for tests that
+    /// keep doing something until a line shows.
+    pub fn wait_for_n_within(
+        &self,
+        parts: &[&str],
+        count: usize,
+        limit: Duration,
+    ) -> Option<Vec<String>> {
+        let (lines, cv) = &*self.inner;
+        let guard = lines.lock().unwrap();
+        let matching = |g: &Vec<String>| {
+            g.iter()
+                .filter(|l| parts.iter().all(|p| l.contains(p)))
+                .count()
+        };
+        let (guard, _) = cv
+            .wait_timeout_while(guard, limit, |g| matching(g) < count)
+            .unwrap();
+        let found: Vec<String> = guard
+            .iter()
+            .filter(|l| parts.iter().all(|p| l.contains(p)))
+            .take(count)
+            .cloned()
+            .collect();
+        (found.len() >= count).then_some(found)
+    }
+}
