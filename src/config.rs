@@ -466,6 +466,17 @@ pub struct Args {
     #[arg(long, env = "SECURESOCK_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<String>,
 
+    /// Failed-handshake log lines a second for each cause (not_tls, timeout, ...); past that they
+    /// are counted, and the next line says how many were left out. 0 logs every one (for tools
+    /// such as fail2ban that read the log)
+    #[arg(
+        long,
+        env = "SECURESOCK_LOG_FAILED_HANDSHAKES",
+        value_name = "N",
+        default_value_t = 20
+    )]
+    pub log_failed_handshakes: u32,
+
     /// Listen queue length for connections not yet accepted (capped by net.core.somaxconn)
     #[arg(
         long,
@@ -622,6 +633,8 @@ pub struct Config {
     pub ticket_key_rotation: Option<Duration>,
     /// Where to serve metrics, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Failed-handshake lines a second per cause; `None` logs every one.
+    pub log_failed_handshakes: Option<u32>,
     /// Inbound PROXY protocol, when connections come through a load balancer that sends it.
     pub accept_proxy: Option<AcceptProxy>,
 }
@@ -1067,6 +1080,8 @@ impl Args {
             watch_interval,
             ticket_key_rotation,
             metrics_listen,
+            log_failed_handshakes: (self.log_failed_handshakes > 0)
+                .then_some(self.log_failed_handshakes),
             accept_proxy,
         })
     }
@@ -1203,6 +1218,13 @@ mod tests {
         assert_eq!(c.backlog, 4096);
         assert_eq!(c.limits.idle_timeout, Duration::from_secs(300));
         assert_eq!(c.limits.max_lifetime, None);
+        assert_eq!(c.log_failed_handshakes, Some(20));
+        assert_eq!(
+            parse(&["--log-failed-handshakes", "0"])
+                .unwrap()
+                .log_failed_handshakes,
+            None
+        );
         assert_eq!(c.watch_interval, Some(Duration::from_secs(5)));
         assert_eq!(c.ticket_key_rotation, Some(Duration::from_secs(3600)));
         assert_eq!(c.metrics_listen, None);

@@ -80,6 +80,7 @@ pub struct Shared {
     pub accept_proxy: Option<AcceptProxy>,
     /// Connections the end of the drain closed, for the drain's summary.
     cut: AtomicUsize,
+    failure_log: FailureLog,
 }
 
 /// A bound server, ready to [`run`](Server::run).
@@ -179,6 +180,10 @@ impl Server {
             shutdown,
             accept_proxy: config.accept_proxy.clone(),
             cut: AtomicUsize::new(0),
+            failure_log: FailureLog {
+                per_second: config.log_failed_handshakes,
+                by_cause: Mutex::new(Vec::new()),
+            },
         });
         let metrics_addr = match config.metrics_listen {
             Some(addr) => {
@@ -373,30 +378,36 @@ static REFUSAL_LOG: [RateLimit; 2] = [
 static PROXY_PEER_LOG: RateLimit = RateLimit::new(Duration::from_secs(1));
 static ACCEPT_ERROR_LOG: RateLimit = RateLimit::new(Duration::from_secs(1));
 
-/// Lines a second for failed handshakes of one cause (`not_tls`, `timeout`, ...): every client
-/// gets its line in normal traffic, while a flood of garbage connections costs a few lines a second
-/// per cause, each later line saying how many were left out. The metrics still count every one.
-const FAILED_HANDSHAKE_LINES_PER_SECOND: u32 = 20;
+/// Log lines for failed handshakes (`--log-failed-handshakes`): every client gets its line in
+/// normal traffic, while a flood of garbage connections costs a few lines a second per cause
+/// (`not_tls`, `timeout`, ...), each later line saying how many were left out. The metrics still
+/// count every one.
+struct FailureLog {
+    /// Lines a second for each cause; `None` logs every one.
+    per_second: Option<u32>,
+    by_cause: Mutex<Vec<(&'static str, Arc<RateLimit>)>>,
+}
 
-/// Whether a failed handshake's line may be written now, and how many of its cause were left out
-/// since the last one.
-fn failed_handshake_line(cause: &'static str) -> Option<u64> {
-    static BY_CAUSE: Mutex<Vec<(&'static str, Arc<RateLimit>)>> = Mutex::new(Vec::new());
-    let limit = {
-        let mut by_cause = BY_CAUSE.lock().unwrap_or_else(PoisonError::into_inner);
-        match by_cause.iter().find(|(c, _)| *c == cause) {
-            Some((_, limit)) => Arc::clone(limit),
-            None => {
-                let limit = Arc::new(RateLimit::with_burst(
-                    Duration::from_secs(1),
-                    FAILED_HANDSHAKE_LINES_PER_SECOND,
-                ));
-                by_cause.push((cause, Arc::clone(&limit)));
-                limit
+impl FailureLog {
+    /// Whether a failed handshake's line may be written now, and how many of its cause were left
+    /// out since the last one.
+    fn allow(&self, cause: &'static str) -> Option<u64> {
+        let Some(per_second) = self.per_second else {
+            return Some(0);
+        };
+        let limit = {
+            let mut by_cause = self.by_cause.lock().unwrap_or_else(PoisonError::into_inner);
+            match by_cause.iter().find(|(c, _)| *c == cause) {
+                Some((_, limit)) => Arc::clone(limit),
+                None => {
+                    let limit = Arc::new(RateLimit::with_burst(Duration::from_secs(1), per_second));
+                    by_cause.push((cause, Arc::clone(&limit)));
+                    limit
+                }
             }
-        }
-    };
-    limit.allow()
+        };
+        limit.allow()
+    }
 }
 
 fn log_refusal(peer: Peer, why: Refusal, limit: usize, metrics: &Metrics) {
@@ -627,7 +638,7 @@ fn connection_thread(job: Job, shared: &Shared, gate: &Gate) {
     if report.handshake.is_some() || report.outcome == Outcome::Shutdown {
         info!("{report}");
     } else {
-        match failed_handshake_line(report.handshake_result()) {
+        match shared.failure_log.allow(report.handshake_result()) {
             Some(0) => info!("{report}"),
             Some(left_out) => info!("{report} suppressed_since_last={left_out}"),
             None => {}

@@ -20,6 +20,8 @@ fn greeting_is_byte_exact_and_ends_with_close_notify() {
     s.read_to_end(&mut got)
         .expect("close_notify, not a bare TCP close");
     assert_eq!(got, GREETING);
+    // Spelt out here rather than through the harness's read_to_close_notify: this is the test
+    // that says what an orderly end is.
     assert!(s.get_shutdown().contains(ShutdownState::RECEIVED));
     let line = server.logs.wait_for(&["conn peer=", "result=ok"]);
     for field in [
@@ -55,8 +57,7 @@ fn write_first_clients_get_the_whole_greeting() {
                 let mut s = connector.connect("localhost", tcp).unwrap();
                 s.write_all(&support::pseudo_random(8 * 1024, i + 1))
                     .unwrap();
-                let mut got = Vec::new();
-                s.read_to_end(&mut got)
+                let got = support::try_read_to_close_notify(&mut s)
                     .unwrap_or_else(|e| panic!("client {i}: {e}"));
                 assert_eq!(got, GREETING, "client {i}");
                 // Then the TCP stream ends with the server's FIN, and no reset follows: a write now
@@ -175,4 +176,19 @@ fn ipv6_listen_address_serves() {
     let server = Server::spawn(cmd, &certs.cert);
     assert!(server.addr.is_ipv6());
     assert_eq!(server.greeting(), GREETING);
+}
+
+/// The harness's own promise: its readers tell close_notify from a bare TCP close, which the
+/// openssl crate's `read_to_end` alone does not (it returns the data and Ok either way).
+#[test]
+fn the_harness_fails_a_server_that_closes_without_close_notify() {
+    let (addr, server) = support::bare_close_server(GREETING);
+    let tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(support::PATIENCE)).unwrap();
+    let mut b = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls_client()).unwrap();
+    b.set_verify(openssl::ssl::SslVerifyMode::NONE);
+    let mut s = b.build().connect("localhost", tcp).unwrap();
+    let err = support::try_read_to_close_notify(&mut s).unwrap_err();
+    assert!(err.contains("without close_notify"), "{err}");
+    server.join().unwrap();
 }

@@ -167,6 +167,7 @@ fn sixty_four_forwarded_connections_at_once() {
                 let msg = format!("client number {i} says hello").repeat(100);
                 let got = exchange(&mut tls, msg.as_bytes(), true);
                 assert_eq!(got.data, msg.to_ascii_uppercase().as_bytes(), "client {i}");
+                assert!(got.close_notify, "client {i}: no close_notify");
             })
         })
         .collect();
@@ -213,7 +214,9 @@ fn proxy_v1_announces_the_client_address() {
     let server = forward_server(up, &["--proxy-protocol", "v1"]);
     let mut tls = server.tls();
     let client = tls.get_ref().local_addr().unwrap();
-    assert_eq!(exchange(&mut tls, b"", true).data, b"ok");
+    let got = exchange(&mut tls, b"", true);
+    assert_eq!(got.data, b"ok");
+    assert!(got.close_notify);
     let header = upstream.join().unwrap();
     let want = format!(
         "PROXY TCP4 {} {} {} {}\r\n",
@@ -323,16 +326,39 @@ fn proxy_v2_carries_addresses_and_tls_facts() {
     assert_eq!(&ssl[1..5], &[0, 0, 0, 0], "verified");
 }
 
+/// Without a client certificate the SSL TLV says only "TLS", with a non-zero verify field and no
+/// CN: an upstream that trusts these bits for access decisions must not see a certificate that
+/// was never presented.
+#[test]
+fn proxy_v2_without_a_client_certificate_claims_none() {
+    let (up, upstream) = upstream_once(|mut s| {
+        let header = read_proxy_header(&mut s);
+        s.write_all(b"ok").unwrap();
+        header
+    });
+    let server = forward_server(up, &["--proxy-protocol", "v2"]);
+    let mut tls = server.tls();
+    let got = exchange(&mut tls, b"", true);
+    assert_eq!(got.data, b"ok");
+    assert!(got.close_notify);
+    let header = upstream.join().unwrap();
+    let tlvs = v2_tlvs(&header);
+    let find = |t: u8| tlvs.iter().find(|(k, _)| *k == t).map(|(_, v)| v.clone());
+    let ssl = find(0x20).unwrap();
+    assert_eq!(ssl[0], 0x01, "PP2_CLIENT_SSL alone, no certificate bits");
+    assert_ne!(&ssl[1..5], &[0, 0, 0, 0], "verify must be non-zero");
+    assert_eq!(find(0x22), None, "no client CN");
+    assert_eq!(find(0x21).as_deref(), Some(&b"TLSv1.3"[..]));
+}
+
 #[test]
 fn idle_timeout_cuts_a_quiet_echo_connection_with_close_notify() {
     let server = Server::start(&["--mode", "echo", "--idle-timeout", "1"]);
     let mut tls = server.tls();
     let started = Instant::now();
     tls.write_all(b"ping").unwrap();
-    let mut got = Vec::new();
     // After echoing "ping" the connection goes quiet; the server ends it with close_notify.
-    tls.read_to_end(&mut got)
-        .expect("close_notify after the idle timeout");
+    let got = support::read_to_close_notify(&mut tls);
     let waited = started.elapsed();
     assert_eq!(got, b"ping");
     assert!(

@@ -255,9 +255,7 @@ fn sigterm_closes_the_listener_and_lets_open_connections_finish() {
     // The open connection completes normally.
     pending.set_read_timeout(Some(PATIENCE)).unwrap();
     let mut s = server.connector().connect("localhost", pending).unwrap();
-    let mut got = Vec::new();
-    std::io::Read::read_to_end(&mut s, &mut got).unwrap();
-    assert_eq!(got, GREETING);
+    assert_eq!(support::read_to_close_notify(&mut s), GREETING);
     let status = server.wait_exit(PATIENCE);
     assert_eq!(status.code(), Some(0));
     server.logs.wait_for(&["drained: all connections finished"]);
@@ -346,16 +344,10 @@ fn per_ip_cap_with_300_idle_connections() {
 }
 
 fn greeting_from(addr: SocketAddr, source: &str, server: &Server) -> Vec<u8> {
-    let tcp = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    tcp.bind(&format!("{source}:0").parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    tcp.connect(&addr.into()).unwrap();
-    let tcp: TcpStream = tcp.into();
+    let tcp = support::connect_from(source, addr);
     tcp.set_read_timeout(Some(PATIENCE)).unwrap();
     let mut s = server.connector().connect("localhost", tcp).unwrap();
-    let mut got = Vec::new();
-    std::io::Read::read_to_end(&mut s, &mut got).unwrap();
-    got
+    support::read_to_close_notify(&mut s)
 }
 
 #[test]
@@ -422,6 +414,10 @@ fn sigterm_lets_an_echo_connection_and_looping_clients_finish() {
                 got.data, b"x",
                 "a connection accepted before the drain was cut"
             );
+            assert!(
+                got.close_notify,
+                "a drained connection ended without close_notify"
+            );
             completed += 1;
         }
     });
@@ -457,19 +453,29 @@ fn session_ticket_keys_rotate_on_schedule() {
     let server = Server::start(&["--ticket-key-rotation", "3", "--watch-interval", "0"]);
     let dir = tempfile::tempdir().unwrap();
     let session = dir.path().join("session.pem");
-    // Right after a rotation, a ticket resumes (the next rotation is 3 s away)...
-    server
-        .logs
-        .wait_for_n(&["reload ok trigger=ticket_key_rotation"], 1);
-    assert!(!resumed(&server, &session, true));
-    assert!(
-        resumed(&server, &session, false),
-        "a fresh ticket did not resume"
-    );
-    // ...and after the next one it no longer does: a full handshake instead.
-    server
-        .logs
-        .wait_for_n(&["reload ok trigger=ticket_key_rotation"], 2);
+    let rotation = ["reload ok trigger=ticket_key_rotation"];
+    let rotations = || server.logs.matching(&rotation).len();
+    // A ticket resumes under the keys it was made with: save one and resume it between two
+    // rotations. Whether no rotation fell between the two s_client runs is read from the server's
+    // log, not from a clock: on a busy machine two runs may not fit in one 3 s period, and then
+    // the next period is tried.
+    let mut attempts = 0;
+    let made_under = loop {
+        attempts += 1;
+        assert!(
+            attempts <= 3,
+            "three rotation periods in a row were too short for two s_client runs"
+        );
+        let before = server.logs.wait_for_n(&rotation, rotations() + 1).len();
+        assert!(!resumed(&server, &session, true));
+        let reused = resumed(&server, &session, false);
+        if rotations() == before {
+            assert!(reused, "a fresh ticket did not resume");
+            break before;
+        }
+    };
+    // After the next rotation it no longer does: a full handshake instead.
+    server.logs.wait_for_n(&rotation, made_under + 1);
     assert!(
         !resumed(&server, &session, false),
         "a ticket outlived its key"

@@ -132,18 +132,35 @@ fn check_passes_against_the_server() {
     );
 }
 
+/// Runs check.sh and returns its `FAIL:` message (which spans lines when TEXT does), asserting it
+/// failed with exit code 1.
+fn check_failure(args: &[&str]) -> String {
+    let out = script("check.sh", args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{args:?}: {}{stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let from = stderr
+        .find("FAIL: ")
+        .unwrap_or_else(|| panic!("{args:?}: no FAIL line in {stderr}"));
+    let message = &stderr[from..];
+    // s_client's own report follows, each line indented.
+    let end = message.find("\n  s_client: ").unwrap_or(message.len());
+    message[..end].trim_end().to_string()
+}
+
 #[test]
 fn check_fails_on_wrong_greeting_and_wrong_ca() {
     let server = Server::start(&[]);
     let addr = server.addr.to_string();
     let ca = server.certs.to_str().unwrap();
-    assert!(
-        !script(
-            "check.sh",
-            &[&addr, "--ca", ca, "--expect", "something else"]
-        )
-        .status
-        .success()
+    let line = check_failure(&[&addr, "--ca", ca, "--expect", "something else"]);
+    assert_eq!(
+        line,
+        "FAIL: expected 'something else' (14 bytes), received 20 bytes that differ"
     );
     let other = tempfile::tempdir().unwrap();
     let stranger = support::write_cert(
@@ -152,14 +169,49 @@ fn check_fails_on_wrong_greeting_and_wrong_ca() {
         support::now_unix() - 60,
         support::now_unix() + 86_400,
     );
+    let line = check_failure(&[&addr, "--ca", stranger.cert.to_str().unwrap()]);
     assert!(
-        !script(
-            "check.sh",
-            &[&addr, "--ca", stranger.cert.to_str().unwrap()]
-        )
-        .status
-        .success()
+        line.starts_with("FAIL: certificate did not verify against ")
+            && line.contains("stranger-cert.pem: self-signed certificate"),
+        "{line}"
     );
+}
+
+/// `$(cat)` drops trailing newlines: a greeting with one must still fail the check.
+#[test]
+fn check_is_byte_exact() {
+    let server = Server::start(&["--greeting", "Hello, secure world!\n"]);
+    let ca = server.certs.to_str().unwrap();
+    let line = check_failure(&[&server.addr.to_string(), "--ca", ca]);
+    assert_eq!(
+        line,
+        "FAIL: expected 'Hello, secure world!' (20 bytes), received 21 bytes that differ"
+    );
+    // And the same text the other way round: --expect with the newline, a server without.
+    let server = Server::start(&[]);
+    let line = check_failure(&[
+        &server.addr.to_string(),
+        "--ca",
+        ca,
+        "--expect",
+        "Hello, secure world!\n",
+    ]);
+    assert_eq!(
+        line,
+        "FAIL: expected 'Hello, secure world!\n' (21 bytes), received 20 bytes that differ"
+    );
+}
+
+#[test]
+fn check_fails_when_the_server_closes_without_close_notify() {
+    let (addr, server) = support::bare_close_server(b"Hello, secure world!");
+    let ca = support::default_certs().cert.to_str().unwrap();
+    let line = check_failure(&[&addr.to_string(), "--ca", ca]);
+    assert_eq!(
+        line,
+        "FAIL: the server closed the connection without close_notify (unexpected EOF)"
+    );
+    server.join().unwrap();
 }
 
 #[test]
@@ -170,11 +222,9 @@ fn check_fails_against_a_plaintext_greeter() {
         let (mut s, _) = listener.accept().unwrap();
         let _ = s.write_all(b"Hello, secure world!");
     });
-    let out = script("check.sh", &[&addr.to_string()]);
-    assert!(
-        !out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+    assert_eq!(
+        check_failure(&[&addr.to_string()]),
+        "FAIL: no TLS handshake"
     );
     greeter.join().unwrap();
 }

@@ -183,6 +183,114 @@ fn a_stale_crl_is_a_warning_at_start_and_the_refusals_say_why() {
     assert!(line.contains("reason=\"CRL has expired\""), "{line}");
 }
 
+/// Writes `expired-client-cert.pem` and its key into `dir`: a client certificate like gen-ca.sh's
+/// `client` (same CA, same extensions) whose validity ended yesterday. Made here with the openssl
+/// crate, so the CA's own files stay exactly what gen-ca.sh writes.
+fn expired_client_cert(dir: &Path) -> (String, String) {
+    use openssl::asn1::Asn1Time;
+    use openssl::bn::BigNum;
+    use openssl::ec::{EcGroup, EcKey};
+    use openssl::hash::MessageDigest;
+    use openssl::nid::Nid;
+    use openssl::pkey::PKey;
+    use openssl::x509::extension::{
+        AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectKeyIdentifier,
+    };
+    use openssl::x509::{X509, X509NameBuilder};
+
+    let ca = X509::from_pem(&std::fs::read(mtls("ca-cert.pem")).unwrap()).unwrap();
+    let ca_key = PKey::private_key_from_pem(&std::fs::read(mtls("ca-key.pem")).unwrap()).unwrap();
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+    let key = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
+    let mut name = X509NameBuilder::new().unwrap();
+    name.append_entry_by_text("CN", "expired-client").unwrap();
+    let name = name.build();
+    let now = support::now_unix();
+    let mut b = X509::builder().unwrap();
+    b.set_version(2).unwrap();
+    let serial = BigNum::from_u32(0x5eed_0001)
+        .unwrap()
+        .to_asn1_integer()
+        .unwrap();
+    b.set_serial_number(&serial).unwrap();
+    b.set_subject_name(&name).unwrap();
+    b.set_issuer_name(ca.subject_name()).unwrap();
+    b.set_pubkey(&key).unwrap();
+    b.set_not_before(&Asn1Time::from_unix(now - 30 * 86_400).unwrap())
+        .unwrap();
+    b.set_not_after(&Asn1Time::from_unix(now - 86_400).unwrap())
+        .unwrap();
+    b.append_extension(BasicConstraints::new().critical().build().unwrap())
+        .unwrap();
+    b.append_extension(
+        KeyUsage::new()
+            .critical()
+            .digital_signature()
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    b.append_extension(ExtendedKeyUsage::new().client_auth().build().unwrap())
+        .unwrap();
+    let ski = SubjectKeyIdentifier::new()
+        .build(&b.x509v3_context(Some(&ca), None))
+        .unwrap();
+    b.append_extension(ski).unwrap();
+    let aki = AuthorityKeyIdentifier::new()
+        .keyid(true)
+        .build(&b.x509v3_context(Some(&ca), None))
+        .unwrap();
+    b.append_extension(aki).unwrap();
+    b.sign(&ca_key, MessageDigest::sha256()).unwrap();
+    let (cert, key_file) = (
+        dir.join("expired-client-cert.pem"),
+        dir.join("expired-client-key.pem"),
+    );
+    std::fs::write(&cert, b.build().to_pem().unwrap()).unwrap();
+    std::fs::write(&key_file, key.private_key_to_pem_pkcs8().unwrap()).unwrap();
+    (
+        cert.to_str().unwrap().to_string(),
+        key_file.to_str().unwrap().to_string(),
+    )
+}
+
+#[test]
+fn expired_client_certificates_are_refused_and_the_log_says_why() {
+    let ca = mtls("ca-cert.pem");
+    let server = mtls_server(&["--client-ca", &ca, "--require-client-cert"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = expired_client_cert(dir.path());
+    let out = s_client(
+        server.addr,
+        &[
+            "-CAfile",
+            &ca,
+            "-verify_return_error",
+            "-cert",
+            &cert,
+            "-key",
+            &key,
+        ],
+    );
+    assert!(
+        !out.status.success(),
+        "an expired client certificate was accepted"
+    );
+    // The client learns why from the alert.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("certificate expired"), "{stderr}");
+    refused_with(&server, &out, "client_cert", 1);
+    let line = server
+        .logs
+        .matching(&["result=handshake_failed"])
+        .pop()
+        .unwrap();
+    // The X509 verification error, not OpenSSL's generic "certificate verify failed".
+    assert!(line.contains("reason=\"certificate has expired\""), "{line}");
+    // The same server still takes a valid certificate from the same CA.
+    assert_eq!(with_client_cert(&server, Some("client")).stdout, GREETING);
+}
+
 #[test]
 fn sessions_resume_with_client_certificates() {
     let ca = mtls("ca-cert.pem");

@@ -20,7 +20,7 @@ use openssl::ec::{EcGroup, EcKey};
 use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
 use openssl::pkey::PKey;
-use openssl::ssl::{ErrorCode, SslConnector, SslMethod, SslStream, SslVerifyMode};
+use openssl::ssl::{ErrorCode, ShutdownState, SslConnector, SslMethod, SslStream, SslVerifyMode};
 use openssl::x509::extension::SubjectAlternativeName;
 use openssl::x509::{X509, X509NameBuilder};
 use securesock::net::{Interest, poll, pollfd};
@@ -411,12 +411,9 @@ impl Server {
     }
 
     /// Connects and returns everything the server sent before close_notify; fails on a TCP close
-    /// without close_notify (OpenSSL 3 reports that as an unexpected EOF).
+    /// without close_notify (see [`read_to_close_notify`]).
     pub fn greeting(&self) -> Vec<u8> {
-        let mut s = self.tls();
-        let mut got = Vec::new();
-        s.read_to_end(&mut got).expect("greeting then close_notify");
-        got
+        read_to_close_notify(&mut self.tls())
     }
 }
 
@@ -498,8 +495,7 @@ pub fn served_serial_for(addr: SocketAddr, name: &str) -> Result<String, String>
     tcp.set_read_timeout(Some(PATIENCE))
         .map_err(|e| e.to_string())?;
     let mut s = b.build().connect(name, tcp).map_err(|e| e.to_string())?;
-    let mut got = Vec::new();
-    s.read_to_end(&mut got).map_err(|e| e.to_string())?;
+    let got = try_read_to_close_notify(&mut s)?;
     if got.is_empty() {
         return Err("no greeting".into());
     }
@@ -656,7 +652,22 @@ pub fn rss_kib(pid: i32) -> u64 {
 
 /// Runs `openssl s_client` in its full (not -brief) form, which also reports ALPN and session
 /// reuse; stdout holds the report and the server's bytes.
+///
+/// Fails the test when the server ended the connection with a bare TCP close after the handshake
+/// (s_client's "unexpected eof while reading"): securesock always sends close_notify, or an alert
+/// when it refuses, so that is a bug whatever the test is about.
 pub fn s_client_full(addr: SocketAddr, args: &[&str]) -> Output {
+    let out = s_client_unchecked(addr, args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("unexpected eof while reading"),
+        "the server closed without close_notify: {stderr}"
+    );
+    out
+}
+
+/// [`s_client_full`] without the close_notify check, for tests of what a bare close looks like.
+pub fn s_client_unchecked(addr: SocketAddr, args: &[&str]) -> Output {
     Command::new("timeout")
         .arg("20")
         .arg("openssl")
@@ -772,4 +783,89 @@ pub fn unix_read(path: &Path) -> Result<Vec<u8>, std::io::Error> {
 pub fn file_mode(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// Reads until the server ends the TLS stream and returns what it sent; fails the test unless the
+/// end was the server's close_notify. The openssl crate's `read` returns `Ok(0)` for a bare TCP
+/// close too (it maps the SYSCALL error with no errno to end-of-stream), so `read_to_end` alone
+/// cannot tell an orderly close from a server that dropped the connection.
+pub fn read_to_close_notify(s: &mut SslStream<TcpStream>) -> Vec<u8> {
+    try_read_to_close_notify(s).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`read_to_close_notify`] for callers that count failures instead of failing at once.
+pub fn try_read_to_close_notify(s: &mut SslStream<TcpStream>) -> Result<Vec<u8>, String> {
+    let mut got = Vec::new();
+    s.read_to_end(&mut got)
+        .map_err(|e| format!("reading to the end failed after {} bytes: {e}", got.len()))?;
+    if !s.get_shutdown().contains(ShutdownState::RECEIVED) {
+        return Err(format!(
+            "the server closed without close_notify after sending {:?}",
+            String::from_utf8_lossy(&got)
+        ));
+    }
+    Ok(got)
+}
+
+/// A TCP connection to `addr` from the loopback address `source` (127.0.0.0/8 is all local), for
+/// tests of per-address behaviour.
+pub fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
+    let tcp = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let from: SocketAddr = format!("{source}:0").parse().unwrap();
+    tcp.bind(&from.into()).unwrap();
+    tcp.connect(&addr.into()).unwrap();
+    tcp.into()
+}
+
+/// A TLS server on 127.0.0.1 port 0, built with the openssl crate and the default certificate,
+/// that serves one connection the broken way: it sends `greeting`, then closes the TCP connection
+/// without close_notify. It stands for a securesock that lost its orderly close, so the checks
+/// that must notice one can be shown to.
+pub fn bare_close_server(greeting: &'static [u8]) -> (SocketAddr, thread::JoinHandle<()>) {
+    let certs = default_certs();
+    let mut b =
+        openssl::ssl::SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).unwrap();
+    b.set_certificate_chain_file(&certs.cert).unwrap();
+    b.set_private_key_file(&certs.key, openssl::ssl::SslFiletype::PEM)
+        .unwrap();
+    let acceptor = b.build();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handle = thread::spawn(move || {
+        let (tcp, _) = listener.accept().unwrap();
+        tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut s = acceptor.accept(tcp).unwrap();
+        s.write_all(greeting).unwrap();
+        // No shutdown(): dropping the stream closes the socket, and only the FIN goes out.
+    });
+    (addr, handle)
+}
+
+impl Logs {
+    /// Like [`Logs::wait_for_n`], but gives up after `limit` and returns `None`, for tests that
+    /// keep doing something until a line shows.
+    pub fn wait_for_n_within(
+        &self,
+        parts: &[&str],
+        count: usize,
+        limit: Duration,
+    ) -> Option<Vec<String>> {
+        let (lines, cv) = &*self.inner;
+        let guard = lines.lock().unwrap();
+        let matching = |g: &Vec<String>| {
+            g.iter()
+                .filter(|l| parts.iter().all(|p| l.contains(p)))
+                .count()
+        };
+        let (guard, _) = cv
+            .wait_timeout_while(guard, limit, |g| matching(g) < count)
+            .unwrap();
+        let found: Vec<String> = guard
+            .iter()
+            .filter(|l| parts.iter().all(|p| l.contains(p)))
+            .take(count)
+            .cloned()
+            .collect();
+        (found.len() >= count).then_some(found)
+    }
 }
