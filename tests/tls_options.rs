@@ -286,7 +286,10 @@ fn expired_client_certificates_are_refused_and_the_log_says_why() {
         .pop()
         .unwrap();
     // The X509 verification error, not OpenSSL's generic "certificate verify failed".
-    assert!(line.contains("reason=\"certificate has expired\""), "{line}");
+    assert!(
+        line.contains("reason=\"certificate has expired\""),
+        "{line}"
+    );
     // The same server still takes a valid certificate from the same CA.
     assert_eq!(with_client_cert(&server, Some("client")).stdout, GREETING);
 }
