@@ -1463,6 +1463,39 @@ mod tests {
     }
 
     #[test]
+    fn seconds_take_a_millisecond_to_a_day() {
+        assert_eq!(seconds("t", 0.001), Ok(Duration::from_millis(1)));
+        assert_eq!(seconds("t", 86_400.0), Ok(Duration::from_secs(86_400)));
+        assert!(seconds("t", 0.0005).unwrap_err().contains("at least 0.001"));
+        assert!(seconds("t", 0.0).unwrap_err().contains("more than 0"));
+        assert!(
+            seconds("t", 86_400.5)
+                .unwrap_err()
+                .contains("at most 86400")
+        );
+        assert!(seconds("t", f64::NAN).is_err());
+    }
+
+    #[test]
+    fn cidr_prints_as_it_parses() {
+        for text in ["10.0.0.0/8", "2001:db8::/32", "127.0.0.1/32"] {
+            assert_eq!(Cidr::parse(text).unwrap().to_string(), text);
+        }
+    }
+
+    #[test]
+    fn unix_paths_fit_sun_path() {
+        let longest = format!("unix:/{}", "a".repeat(UNIX_PATH_MAX - 1));
+        assert!(parse(&["--listen", &longest]).is_ok());
+        let too_long = format!("unix:/{}", "a".repeat(UNIX_PATH_MAX));
+        assert!(
+            parse(&["--listen", &too_long])
+                .unwrap_err()
+                .contains("at most 107 bytes")
+        );
+    }
+
+    #[test]
     fn rejected_values_say_what_is_accepted() {
         for (args, want) in [
             (&["--mode", "foo"][..], "accepted: greet, echo, forward"),
