@@ -1477,6 +1477,32 @@ mod tests {
     }
 
     #[test]
+    fn host_port_sni_and_alpn_edges() {
+        for bad in [":80", "a b:80", "[]:80"] {
+            assert!(
+                parse(&["--mode", "forward", "--upstream", bad]).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(parse(&["--sni", "a.example=,k.pem"]).is_err());
+        assert!(parse(&["--sni", "a.example=c.pem,"]).is_err());
+        let client = ["--mode", "client", "--upstream", "db:5432"];
+        let longest = "p".repeat(255);
+        assert!(parse(&[&client[..], &["--upstream-alpn", &longest]].concat()).is_ok());
+        let too_long = "p".repeat(256);
+        assert!(
+            parse(&[&client[..], &["--upstream-alpn", &too_long]].concat())
+                .unwrap_err()
+                .contains("longer than 255 bytes")
+        );
+        assert!(
+            parse(&[&client[..], &["--sni", "a.example=c.pem,k.pem"]].concat())
+                .unwrap_err()
+                .contains("--sni")
+        );
+    }
+
+    #[test]
     fn cidr_prints_as_it_parses() {
         for text in ["10.0.0.0/8", "2001:db8::/32", "127.0.0.1/32"] {
             assert_eq!(Cidr::parse(text).unwrap().to_string(), text);
