@@ -771,6 +771,8 @@ mod tests {
     #[test]
     fn a_full_buffer_offers_no_room() {
         let mut b = Buffer::holding(&[]);
+        // Takes the memory, as a read does before it commits.
+        b.room();
         b.commit(BUF_SIZE);
         assert!(!b.has_room());
         b.consume(1);
@@ -810,6 +812,7 @@ mod tests {
 
     fn drained(queued: usize, writes: usize, after: fn() -> Io) -> (Vec<String>, bool) {
         let mut lane = Lane::new();
+        lane.buf.room();
         lane.buf.commit(queued);
         let mut sink = Sink {
             writes_left: writes,
