@@ -183,6 +183,26 @@ pub fn trim_heap() {
     }
 }
 
+/// The limit on this user's processes and threads (`RLIMIT_NPROC`), or `None` when it is unlimited,
+/// unreadable, or not enforced: the kernel exempts root.
+pub fn nproc_limit() -> Option<u64> {
+    // SAFETY: geteuid cannot fail and has no side effects.
+    if unsafe { libc::geteuid() } == 0 {
+        return None;
+    }
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct it is given, which lives on this stack.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NPROC, &mut limit) } != 0
+        || limit.rlim_cur == libc::RLIM_INFINITY
+    {
+        return None;
+    }
+    Some(limit.rlim_cur)
+}
+
 /// The kernel's ceiling on listen backlogs, when it can be read.
 pub fn somaxconn() -> Option<u32> {
     std::fs::read_to_string("/proc/sys/net/core/somaxconn")

@@ -143,6 +143,9 @@ impl Server {
         let metrics = Arc::new(Metrics::new());
         metrics.certificate_expiry(tls.info.not_after_unix);
         check_fd_limit(config.limits.max_connections, &mode);
+        for warning in thread_limit_warnings(config.limits.max_connections, &ThreadLimits::read()) {
+            warn!("{warning}");
+        }
         tls.log_startup(&config.tls);
 
         let upstream = mode.upstream().cloned();
@@ -254,6 +257,103 @@ fn check_fd_limit(max_connections: usize, mode: &Mode<Arc<Upstream>>) {
         Ok(_) => {}
         Err(e) => warn!("cannot read the open-file limit: {e}"),
     }
+}
+
+/// Threads the server runs besides one per connection (accept loop, reload, metrics, signals), with
+/// room to spare.
+const THREAD_MARGIN: u64 = 16;
+
+/// The `kernel.pid_max` to suggest: the kernel's own ceiling, since the host's other processes
+/// need PIDs too and a larger PID space costs nothing until used.
+const SUGGESTED_PID_MAX: u64 = 4_194_304;
+
+/// Memory maps the process needs besides two per connection thread: malloc's arenas grow a few
+/// each, and the binary and libraries hold the rest of [`ThreadLimits::maps_in_use`].
+const MAP_MARGIN: u64 = 1024;
+
+/// The kernel's and the process's ceilings that a thread per connection runs into, as read at
+/// start; `None` where a value cannot be read or is unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ThreadLimits {
+    /// `kernel.pid_max`: every thread takes a PID, from the one space every process on the host
+    /// shares.
+    pub pid_max: Option<u64>,
+    /// `kernel.threads-max`: threads on the whole host.
+    pub threads_max: Option<u64>,
+    /// `vm.max_map_count`: memory maps of one process; each thread's stack takes two (the stack and
+    /// its guard page).
+    pub max_map_count: Option<u64>,
+    /// Maps the process holds already (binary, libraries, heaps).
+    pub maps_in_use: u64,
+    /// `RLIMIT_NPROC`: threads of every process of this user; `None` when unlimited or, for root,
+    /// not enforced.
+    pub nproc: Option<u64>,
+}
+
+impl ThreadLimits {
+    /// Reads the limits in force for this process.
+    pub fn read() -> ThreadLimits {
+        let sysctl = |name: &str| -> Option<u64> {
+            let path = format!("/proc/sys/{}", name.replace('.', "/"));
+            std::fs::read_to_string(path).ok()?.trim().parse().ok()
+        };
+        let maps_in_use = std::fs::read_to_string("/proc/self/maps")
+            .map_or(0, |maps| maps.lines().count() as u64);
+        ThreadLimits {
+            pid_max: sysctl("kernel.pid_max"),
+            threads_max: sysctl("kernel.threads-max"),
+            max_map_count: sysctl("vm.max_map_count"),
+            maps_in_use,
+            nproc: net::nproc_limit(),
+        }
+    }
+}
+
+/// What would stop the server short of `max_connections` connection threads, one warning per
+/// limit, each naming the sysctl or rlimit and the value `--max-connections` needs.
+pub fn thread_limit_warnings(max_connections: usize, limits: &ThreadLimits) -> Vec<String> {
+    let n = max_connections as u64;
+    let threads = n + THREAD_MARGIN;
+    let maps = 2 * n + limits.maps_in_use + MAP_MARGIN;
+    let mut warnings = Vec::new();
+    let mut check = |value: Option<u64>, need: u64, what: &str, why: &str, how: String| {
+        if let Some(v) = value
+            && v < need
+        {
+            warnings.push(format!(
+                "{what} is {v}: --max-connections {max_connections} needs at least {need} ({why}); raise it ({how}) or lower --max-connections"
+            ));
+        }
+    };
+    check(
+        limits.pid_max,
+        threads,
+        "kernel.pid_max",
+        "a PID per connection thread, from the space every process on the host shares",
+        format!("sysctl -w kernel.pid_max={SUGGESTED_PID_MAX}"),
+    );
+    check(
+        limits.threads_max,
+        threads,
+        "kernel.threads-max",
+        "a thread per connection, counted over the whole host",
+        format!("sysctl -w kernel.threads-max={threads}"),
+    );
+    check(
+        limits.max_map_count,
+        maps,
+        "vm.max_map_count",
+        "two memory maps per connection thread, plus the process's own",
+        format!("sysctl -w vm.max_map_count={maps}"),
+    );
+    check(
+        limits.nproc,
+        threads,
+        "RLIMIT_NPROC",
+        "a thread per connection, counted over every process of this user",
+        format!("ulimit -u {threads}; LimitNPROC= and TasksMax= under systemd"),
+    );
+    warnings
 }
 
 /// Stops new connections without resetting those the kernel already completed: new SYNs go
@@ -534,4 +634,90 @@ fn connection_thread(job: Job, shared: &Shared, gate: &Gate) {
     }
     // Only now may the drain end the process: the line is written.
     drop(slot);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This box's values: PIDs and maps to spare for 10,000 connections, not for 40,000.
+    fn host() -> ThreadLimits {
+        ThreadLimits {
+            pid_max: Some(32_768),
+            threads_max: Some(192_729),
+            max_map_count: Some(65_530),
+            maps_in_use: 300,
+            nproc: None,
+        }
+    }
+
+    #[test]
+    fn limits_with_room_to_spare_give_no_warning() {
+        assert_eq!(thread_limit_warnings(10_000, &host()), Vec::<String>::new());
+        assert_eq!(
+            thread_limit_warnings(1_000_000, &ThreadLimits::default()),
+            Vec::<String>::new(),
+            "unreadable limits are not guessed at"
+        );
+    }
+
+    #[test]
+    fn each_short_limit_is_named_with_the_value_needed() {
+        let w = thread_limit_warnings(40_000, &host());
+        assert_eq!(w.len(), 2, "{w:#?}");
+        assert!(
+            w[0].starts_with(
+                "kernel.pid_max is 32768: --max-connections 40000 needs at least 40016"
+            ),
+            "{}",
+            w[0]
+        );
+        assert!(
+            w[0].contains("sysctl -w kernel.pid_max=4194304"),
+            "{}",
+            w[0]
+        );
+        // Two maps per thread, the 300 in use and the margin: 80000 + 300 + 1024.
+        assert!(
+            w[1].starts_with(
+                "vm.max_map_count is 65530: --max-connections 40000 needs at least 81324"
+            ),
+            "{}",
+            w[1]
+        );
+        assert!(
+            w[1].contains("sysctl -w vm.max_map_count=81324"),
+            "{}",
+            w[1]
+        );
+    }
+
+    #[test]
+    fn a_limit_exactly_at_the_need_is_enough_and_one_below_is_not() {
+        let need = 20_000 + THREAD_MARGIN;
+        let at = ThreadLimits {
+            threads_max: Some(need),
+            nproc: Some(need),
+            ..ThreadLimits::default()
+        };
+        assert!(thread_limit_warnings(20_000, &at).is_empty());
+        let below = ThreadLimits {
+            threads_max: Some(need - 1),
+            nproc: Some(need - 1),
+            ..ThreadLimits::default()
+        };
+        let w = thread_limit_warnings(20_000, &below);
+        assert_eq!(w.len(), 2, "{w:#?}");
+        assert!(w[0].starts_with("kernel.threads-max is 20015:"), "{}", w[0]);
+        assert!(w[1].starts_with("RLIMIT_NPROC is 20015:"), "{}", w[1]);
+        assert!(w[1].contains("ulimit -u 20016"), "{}", w[1]);
+    }
+
+    #[test]
+    fn reading_the_limits_finds_this_hosts_sysctls() {
+        let l = ThreadLimits::read();
+        assert!(l.pid_max.is_some_and(|v| v >= 301), "{l:?}");
+        assert!(l.max_map_count.is_some_and(|v| v > 0), "{l:?}");
+        assert!(l.maps_in_use > 0, "{l:?}");
+    }
 }
