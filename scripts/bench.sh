@@ -776,7 +776,7 @@ established_probe() {
     rss1=$(mem_kb "$server_pid" VmRSS) pte1=$(mem_kb "$server_pid" VmPTE) thr1=$(threads_of "$server_pid")
     ks1=$(meminfo_kb KernelStack) pt1=$(meminfo_kb PageTables)
     # One after another, each timed from connect to its 16 bytes back.
-    "$bench" "127.0.0.1:$server_port" --source 127.0.0.2 --established 20 -c 1 --hold 0 \
+    "$bench" "127.0.0.1:$server_port" --source 127.0.0.2 --established 20 -c 1 --hold 0.001 \
         --insecure --json >"$work/est-probe-$name.json" || true
     for h in $hpids; do
         stop "$h"
@@ -836,7 +836,7 @@ established() {
         echo "- each client (\`securesock-bench --established K -c 4\`) completes a TLS 1.3 handshake, sends 16 bytes, reads them back and stays open and silent; the upstream is \`examples/echo-upstream.rs\` (plaintext echo, one thread, epoll); at most $per_holder connections per load-generator process"
         echo "- fronts: securesock \`--mode forward --upstream\` (\`--max-connections 20000 --max-per-ip 20000 --idle-timeout 3600\`), as a bare binary and with \`$packaged_env\` in its environment as packaging/securesock.service, the image and the Kubernetes manifest set it (the tens-of-thousands runs use that too); nginx stream \`proxy_pass\` with 1 worker and \`proxy_half_close on\`; stunnel \`connect =\`; same certificate and settings as above"
         echo "- RSS: VmRSS summed over the front's processes with the connections held (measured 1 s after the last one was established) minus before, ÷ connections; kernel (/proc/meminfo): the change in KernelStack + PageTables of the whole box ÷ connections, which other work on the box moves too; kernel (own): the front's new threads × $kstack_kb KiB of kernel stack + the change in its VmPTE, ÷ connections; medians over the rounds; \"total\" is RSS + kernel (own)"
-        echo "- 127.0.0.2: 20 more connections one after another (\`securesock-bench --source 127.0.0.2 --established 20 -c 1 --hold 0\`: connect, handshake, 16 bytes echoed) while the others are held; \"yes\" when all succeed with the slowest under 50 ms"
+        echo "- 127.0.0.2: 20 more connections one after another (\`securesock-bench --source 127.0.0.2 --established 20 -c 1 --hold 0.001\`: connect, handshake, 16 bytes echoed) while the others are held; \"yes\" when all succeed with the slowest under 50 ms"
         echo
         echo "| front | connections | RSS KiB/conn | kernel (/proc/meminfo) KiB/conn | kernel (own) KiB/conn | total KiB/conn | total ×nginx | 127.0.0.2 served in 50 ms | rounds |"
         echo "|---|---:|---:|---:|---:|---:|---:|---|---:|"

@@ -155,6 +155,11 @@ fn established_connections_echo_their_probe_and_are_held() {
     assert_eq!(lines[0]["mode"], "established", "{}", lines[0]);
     assert_eq!(lines[0]["connected"], 20, "{}", lines[0]);
     assert_eq!(lines[0]["failed"], 0, "{}", lines[0]);
+    assert!(
+        lines[0]["slowest_ms"].as_f64().unwrap() > 0.0,
+        "{}",
+        lines[0]
+    );
     assert_eq!(lines[1]["mode"], "established-end", "{}", lines[1]);
     assert_eq!(lines[1]["still_open"], 20, "{}", lines[1]);
 }
@@ -169,7 +174,7 @@ fn established_connections_fail_where_the_probe_does_not_come_back() {
         "--established",
         "5",
         "--hold",
-        "0",
+        "0.001",
         "--insecure",
         "--json",
     ]);
