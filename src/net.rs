@@ -111,9 +111,10 @@ pub fn raise_fd_limit() -> io::Result<u64> {
     Ok(limit.rlim_cur)
 }
 
-/// Room left untouched below the caller's frame by [`release_unused_stack`]: its own frame and the
-/// libc call's, which are live while the pages below are given back.
-const STACK_MARGIN: usize = 2 * 1024;
+/// Room left untouched below the marker in [`release_unused_stack`]'s frame: the rest of that frame
+/// (a few hundred bytes) and the return address of the madvise(2) call, which are live while the
+/// pages below are given back. Every page that reaches into this room is kept.
+const STACK_MARGIN: usize = 1024;
 
 /// Gives the kernel back the pages of this thread's stack that lie below the caller's frame (less
 /// [`STACK_MARGIN`]). Nothing live is there: the stack grows down, and what deeper calls (the TLS

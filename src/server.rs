@@ -232,6 +232,7 @@ impl Server {
             gate: Gate::per_cpu(),
             pool: Mutex::new(Pool::default()),
             queued: Condvar::new(),
+            thread_budget: thread_budget(&ThreadLimits::read()),
         });
         let shutdown = &shared.shutdown;
         while !shutdown.requested() {
@@ -267,9 +268,25 @@ const THREAD_MARGIN: u64 = 16;
 /// need PIDs too and a larger PID space costs nothing until used.
 const SUGGESTED_PID_MAX: u64 = 4_194_304;
 
-/// Memory maps the process needs besides two per connection thread: malloc's arenas grow a few
-/// each, and the binary and libraries hold the rest of [`ThreadLimits::maps_in_use`].
+/// Memory maps the process needs besides those of its connection threads: malloc's arenas grow a
+/// few each, glibc keeps the stacks of exited threads mapped for reuse (up to 40 MiB of them), and
+/// the binary and libraries hold the rest of [`ThreadLimits::maps_in_use`].
 const MAP_MARGIN: u64 = 1024;
+
+/// Memory maps each connection thread takes: its stack and the stack's guard page, and the
+/// alternate signal stack and guard page the Rust runtime gives every thread to report a stack
+/// overflow. The runtime aborts the whole process when a new thread cannot map the latter, so the
+/// server never starts a thread that `vm.max_map_count` has no room for ([`thread_budget`]).
+const MAPS_PER_THREAD: u64 = 4;
+
+/// How many connection threads may exist at once without reaching `vm.max_map_count`; unbounded
+/// when it cannot be read.
+pub fn thread_budget(limits: &ThreadLimits) -> usize {
+    limits.max_map_count.map_or(usize::MAX, |max| {
+        let budget = max.saturating_sub(limits.maps_in_use + MAP_MARGIN) / MAPS_PER_THREAD;
+        usize::try_from(budget).unwrap_or(usize::MAX)
+    })
+}
 
 /// The kernel's and the process's ceilings that a thread per connection runs into, as read at
 /// start; `None` where a value cannot be read or is unlimited.
@@ -280,8 +297,8 @@ pub struct ThreadLimits {
     pub pid_max: Option<u64>,
     /// `kernel.threads-max`: threads on the whole host.
     pub threads_max: Option<u64>,
-    /// `vm.max_map_count`: memory maps of one process; each thread's stack takes two (the stack and
-    /// its guard page).
+    /// `vm.max_map_count`: memory maps of one process; each connection thread takes
+    /// [`MAPS_PER_THREAD`].
     pub max_map_count: Option<u64>,
     /// Maps the process holds already (binary, libraries, heaps).
     pub maps_in_use: u64,
@@ -314,7 +331,7 @@ impl ThreadLimits {
 pub fn thread_limit_warnings(max_connections: usize, limits: &ThreadLimits) -> Vec<String> {
     let n = max_connections as u64;
     let threads = n + THREAD_MARGIN;
-    let maps = 2 * n + limits.maps_in_use + MAP_MARGIN;
+    let maps = MAPS_PER_THREAD * n + limits.maps_in_use + MAP_MARGIN;
     let mut warnings = Vec::new();
     let mut check = |value: Option<u64>, need: u64, what: &str, why: &str, how: String| {
         if let Some(v) = value
@@ -343,7 +360,7 @@ pub fn thread_limit_warnings(max_connections: usize, limits: &ThreadLimits) -> V
         limits.max_map_count,
         maps,
         "vm.max_map_count",
-        "two memory maps per connection thread, plus the process's own",
+        "four memory maps per connection thread (its stack and signal stack, each with a guard page), plus the process's own; beyond it connections are refused",
         format!("sysctl -w vm.max_map_count={maps}"),
     );
     check(
@@ -478,6 +495,8 @@ struct Workers {
     pool: Mutex<Pool>,
     /// Signalled when a job is queued for a parked thread.
     queued: Condvar,
+    /// Connection threads that may exist at once (see [`thread_budget`]).
+    thread_budget: usize,
 }
 
 /// Parked threads and the jobs handed to them. A job is queued only when a parked thread is free
@@ -486,6 +505,8 @@ struct Workers {
 struct Pool {
     parked: usize,
     jobs: VecDeque<Job>,
+    /// Connection threads started and not yet exited, parked ones included.
+    threads: usize,
 }
 
 impl Workers {
@@ -503,14 +524,29 @@ impl Workers {
             self.queued.notify_one();
             return;
         }
-        drop(pool);
         let peer = job.peer;
+        if pool.threads >= self.thread_budget {
+            drop(pool);
+            // Dropping the job closes the connection and frees its slot.
+            drop(job);
+            error!(
+                "conn peer={peer} result=error reason={:?}",
+                format!(
+                    "thread spawn refused: vm.max_map_count leaves room for {} connection threads",
+                    self.thread_budget
+                )
+            );
+            return;
+        }
+        pool.threads += 1;
+        drop(pool);
         let workers = Arc::clone(self);
         let spawned = thread::Builder::new()
             .name("conn".into())
             .stack_size(CONNECTION_STACK)
             .spawn(move || workers.work(job));
         if let Err(e) = spawned {
+            self.lock().threads -= 1;
             // The closure, and with it the stream and the slot, was dropped: the connection is
             // closed and no longer counted.
             error!(
@@ -526,6 +562,7 @@ impl Workers {
             connection_thread(job, &self.shared, &self.gate);
             let mut pool = self.lock();
             if pool.parked >= MAX_PARKED {
+                pool.threads -= 1;
                 return;
             }
             pool.parked += 1;
@@ -540,6 +577,7 @@ impl Workers {
                     // No job is queued (checked just above under the same lock), so leaving keeps
                     // jobs.len() < parked for the threads that stay.
                     pool.parked -= 1;
+                    pool.threads -= 1;
                     return;
                 }
                 pool = self
@@ -677,16 +715,16 @@ mod tests {
             "{}",
             w[0]
         );
-        // Two maps per thread, the 300 in use and the margin: 80000 + 300 + 1024.
+        // Four maps per thread, the 300 in use and the margin: 160000 + 300 + 1024.
         assert!(
             w[1].starts_with(
-                "vm.max_map_count is 65530: --max-connections 40000 needs at least 81324"
+                "vm.max_map_count is 65530: --max-connections 40000 needs at least 161324"
             ),
             "{}",
             w[1]
         );
         assert!(
-            w[1].contains("sysctl -w vm.max_map_count=81324"),
+            w[1].contains("sysctl -w vm.max_map_count=161324"),
             "{}",
             w[1]
         );
@@ -711,6 +749,23 @@ mod tests {
         assert!(w[0].starts_with("kernel.threads-max is 20015:"), "{}", w[0]);
         assert!(w[1].starts_with("RLIMIT_NPROC is 20015:"), "{}", w[1]);
         assert!(w[1].contains("ulimit -u 20016"), "{}", w[1]);
+    }
+
+    #[test]
+    fn the_thread_budget_leaves_the_maps_in_use_and_the_margin() {
+        // (65530 - 300 - 1024) / 4
+        assert_eq!(thread_budget(&host()), 16_051);
+        assert_eq!(thread_budget(&ThreadLimits::default()), usize::MAX);
+        let tiny = ThreadLimits {
+            max_map_count: Some(1000),
+            ..host()
+        };
+        assert_eq!(thread_budget(&tiny), 0);
+        // The warning and the budget agree: a --max-connections the warning lets pass fits.
+        let w = thread_limit_warnings(16_051, &host());
+        assert!(w.is_empty(), "{w:#?}");
+        let w = thread_limit_warnings(16_052, &host());
+        assert_eq!(w.len(), 1, "{w:#?}");
     }
 
     #[test]
