@@ -265,6 +265,9 @@ alive() { kill -0 "$1" 2>/dev/null; }
 # $securesock_env, when set (VAR=VALUE), is put in securesock's environment.
 start_securesock() { # NAME EXTRA-FLAGS...
     name=$1; shift
+    # Emptied here, not by the background redirection: a log left by an earlier round under the
+    # same name must not be read as this server's.
+    : >"$work/$name.log"
     env ${securesock_env:+"$securesock_env"} "$bin/securesock" --listen 127.0.0.1:0 --cert "$cert" --key "$key" \
         --handshake-timeout "$handshake_timeout" "$@" 2>"$work/$name.log" &
     pid=$!
