@@ -41,6 +41,9 @@ RUN apt-get update \
     && install -d -m 0700 -o 10001 -g 10001 /certs
 COPY --from=builder /out/securesock /usr/local/bin/securesock
 COPY scripts/docker-entrypoint.sh scripts/healthcheck.sh scripts/gen-certs.sh scripts/check.sh /usr/local/bin/
+# No per-thread malloc cache: with a thread per connection each idle thread's cache holds freed
+# memory nothing else can use (README, Limits).
+ENV GLIBC_TUNABLES=glibc.malloc.tcache_count=0
 # The drain must end before docker's stop grace (10 s unless `docker run --stop-timeout N`) runs out
 # and SIGKILL arrives: raise both together, e.g. --stop-timeout 40 -e SECURESOCK_DRAIN_TIMEOUT=30.
 ENV SECURESOCK_LISTEN=0.0.0.0:12345 SECURESOCK_CERT=/certs/server-cert.pem SECURESOCK_KEY=/certs/server-key.pem SECURESOCK_DRAIN_TIMEOUT=8

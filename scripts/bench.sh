@@ -2,7 +2,7 @@
 # Benchmarks securesock against nginx (stream module) and stunnel on loopback, same certificate,
 # same Mozilla intermediate v6.0 settings, driven by securesock-bench, and writes a report.
 #
-#   scripts/bench.sh [--quick] [--throughput] [--forward] [--client] [--idle-memory] [--soak [N]] [--all] [--trixie] [--rounds N] [--duration SECS] [--out DIR] [--write]
+#   scripts/bench.sh [--quick] [--throughput] [--forward] [--client] [--idle-memory] [--established [N]] [--soak [N]] [--all] [--trixie] [--rounds N] [--duration SECS] [--out DIR] [--write]
 #
 # Sections (default: --throughput):
 #   --throughput   full and resumed handshakes at 1, 16 and 64 clients, peers in alternating rounds;
@@ -15,9 +15,16 @@
 #                  upstream without resumption) and resumed ones; conns/s, p99, CPU per connection
 #   --idle-memory  securesock's RSS before and with 5,000 idle connections, the burst's accept time,
 #                  the same for nginx, and whether a client from 127.0.0.2 is still served in 50 ms
+#   --established [N]
+#                  memory per established, idle connection: N (default 5,000) TLS clients that each
+#                  send 16 bytes through a forwarder to a plaintext echo upstream, read them back and
+#                  stay open; securesock --mode forward, nginx stream proxy_pass (1 worker) and
+#                  stunnel in alternating rounds, RSS and kernel memory per connection (medians);
+#                  then 19,000 such clients against securesock --mode echo and 9,000 against
+#                  --mode forward, each with a client from 127.0.0.2 timed while they are held
 #   --soak [N]     N connections (default 1,000,000) against securesock: failures, RSS, open fds at
 #                  start, middle and end
-#   --all          throughput, forward, client and idle-memory (not soak)
+#   --all          throughput, forward, client and idle-memory (not soak or established)
 #   --trixie       run inside a cached debootstrap trixie root (scripts/rootfs.sh): OpenSSL 3.5 and
 #                  X25519MLKEM768, trixie's nginx; the host-built securesock and securesock-bench
 #                  load the root's libssl there. Throughput then compares securesock with nginx only,
@@ -55,6 +62,12 @@ write=0
 out=""
 sections=""
 soak_n=1000000
+established_n=5000
+# The tens-of-thousands runs of --established: echo mode takes one descriptor per connection and
+# forward mode two, under a hard limit of 20,000 open files per process on the box this was
+# written for.
+established_echo=19000
+established_fwd=9000
 # The Debian release whose root the run happens in (--trixie); empty: this machine as it is.
 suite=""
 while [ $# -gt 0 ]; do
@@ -64,6 +77,9 @@ while [ $# -gt 0 ]; do
         --forward) sections="$sections forward"; shift ;;
         --client) sections="$sections client"; shift ;;
         --idle-memory) sections="$sections idle"; shift ;;
+        --established)
+            sections="$sections established"; shift
+            case "${1:-}" in ''|-*) ;; *) established_n=$1; shift ;; esac ;;
         --soak)
             sections="$sections soak"; shift
             case "${1:-}" in ''|-*) ;; *) soak_n=$1; shift ;; esac ;;
@@ -79,8 +95,8 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ -n "$sections" ] || sections=throughput
-for v in "$rounds" "$soak_n"; do
-    case "$v" in ''|*[!0-9]*|0) echo "bench.sh: --rounds and --soak need a positive whole number, got '$v'" >&2; exit 2 ;; esac
+for v in "$rounds" "$soak_n" "$established_n"; do
+    case "$v" in ''|*[!0-9]*|0) echo "bench.sh: --rounds, --soak and --established need a positive whole number, got '$v'" >&2; exit 2 ;; esac
 done
 case "$duration" in ''|*[!0-9.]*) echo "bench.sh: --duration needs seconds, got '$duration'" >&2; exit 2 ;; esac
 if [ "$quick" -eq 1 ] && [ "$write" -eq 1 ]; then
@@ -119,11 +135,15 @@ if [ "$quick" -eq 1 ]; then
     concurrencies="1 16"
     idle_k=200
     [ "$soak_n" -eq 1000000 ] && soak_n=2000
+    [ "$established_n" -eq 5000 ] && established_n=200
+    established_echo=600
+    established_fwd=300
 fi
 
 bench_build() {
     cargo build --release --locked --quiet -p securesock --bin securesock \
-        -p securesock-bench --bin securesock-bench --example plain-greeter --example bulk
+        -p securesock-bench --bin securesock-bench --example plain-greeter --example bulk \
+        --example echo-upstream
 }
 if [ -n "$suite" ] && [ "${SECURESOCK_BENCH_IN_ROOT:-}" != "$suite" ]; then
     # Build here, then run this same script inside the root: private mount, pid and network
@@ -228,9 +248,10 @@ free_port() {
     next_port=$((next_port + 1))
 }
 
-# wait_for CMD...: runs CMD every 50 ms until it succeeds, for at most 20 s.
+# wait_for CMD...: runs CMD every 50 ms until it succeeds, for at most 20 s ($wait_tries x 50 ms).
+wait_tries=400
 wait_for() {
-    tries=400
+    tries=$wait_tries
     until "$@"; do
         tries=$((tries - 1))
         if [ "$tries" -le 0 ]; then
@@ -245,9 +266,13 @@ logged_listening() { grep -q "listening on" "$1" 2>/dev/null; }
 alive() { kill -0 "$1" 2>/dev/null; }
 
 # Servers: each start_* sets $pid (the process to stop) and $port.
+# $securesock_env, when set (VAR=VALUE), is put in securesock's environment.
 start_securesock() { # NAME EXTRA-FLAGS...
     name=$1; shift
-    "$bin/securesock" --listen 127.0.0.1:0 --cert "$cert" --key "$key" \
+    # Emptied here, not by the background redirection: a log left by an earlier round under the
+    # same name must not be read as this server's.
+    : >"$work/$name.log"
+    env ${securesock_env:+"$securesock_env"} "$bin/securesock" --listen 127.0.0.1:0 --cert "$cert" --key "$key" \
         --handshake-timeout "$handshake_timeout" "$@" 2>"$work/$name.log" &
     pid=$!
     started_pids="$started_pids $pid"
@@ -850,6 +875,144 @@ idle_memory() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# Kernel memory (kB) from /proc/meminfo: the whole box's, so other work moves it too.
+meminfo_kb() { # FIELD
+    awk -v f="$1:" '$1 == f {print $2}' /proc/meminfo
+}
+threads_of() { # PID
+    for p in $(family "$1"); do
+        awk '$1 == "Threads:" {print $2}' "/proc/$p/status" 2>/dev/null || true
+    done | awk '{s += $1} END {print s + 0}'
+}
+# The kernel stack each thread costs: THREAD_SIZE, 16 KiB on x86-64 and arm64.
+kstack_kb=16
+# The most connections one load-generator process holds: each is a descriptor, under the box's
+# hard limit of 20,000 open files per process.
+per_holder=9500
+
+# established_probe NAME SERVER-PID PORT N MODE: holds N established connections against the
+# server (spread over load-generator processes), measures the server's memory before and with
+# them, times a client from 127.0.0.2 meanwhile, and appends one JSON line to $work/established.jsonl.
+established_probe() {
+    name=$1 server_pid=$2 server_port=$3 n=$4 mode=$5
+    rss0=$(mem_kb "$server_pid" VmRSS) pte0=$(mem_kb "$server_pid" VmPTE) thr0=$(threads_of "$server_pid")
+    ks0=$(meminfo_kb KernelStack) pt0=$(meminfo_kb PageTables)
+    holders=$(( (n + per_holder - 1) / per_holder ))
+    hpids=""
+    for h in $(seq 1 "$holders"); do
+        share=$(( n / holders + (h <= n % holders ? 1 : 0) ))
+        "$bench" "127.0.0.1:$server_port" --established "$share" -c 4 --hold 3600 --timeout 60 \
+            --insecure --json >"$work/est-$name-$h.json" &
+        hpids="$hpids $!"
+        started_pids="$started_pids $!"
+    done
+    # 19,000 handshakes take a while on a busy 2-core box: up to 10 minutes.
+    for h in $(seq 1 "$holders"); do
+        wait_tries=12000 wait_for grep -qs '"mode":"established"' "$work/est-$name-$h.json"
+    done
+    connected=$(cat "$work"/est-"$name"-*.json | jq -s 'map(select(.mode == "established") | .connected) | add')
+    # securesock gives back a quiet connection's buffers and stack after 0.5 s (relay::QUIET);
+    # the measure is taken once every connection has been quiet for twice that.
+    sleep 1
+    rss1=$(mem_kb "$server_pid" VmRSS) pte1=$(mem_kb "$server_pid" VmPTE) thr1=$(threads_of "$server_pid")
+    ks1=$(meminfo_kb KernelStack) pt1=$(meminfo_kb PageTables)
+    # One after another, each timed from connect to its 16 bytes back.
+    "$bench" "127.0.0.1:$server_port" --source 127.0.0.2 --established 20 -c 1 --hold 0.001 \
+        --insecure --json >"$work/est-probe-$name.json" || true
+    for h in $hpids; do
+        stop "$h"
+    done
+    rm -f "$work"/est-"$name"-*.json
+    jq -c --arg s "$name" --arg mode "$mode" --argjson n "$n" --argjson c "$connected" \
+        --argjson rss "$((rss1 - rss0))" --argjson meminfo "$((ks1 - ks0 + pt1 - pt0))" \
+        --argjson own "$(( (thr1 - thr0) * kstack_kb + pte1 - pte0 ))" --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" \
+        '{server: $s, mode: $mode, n: $n, connected: $c, load: $load,
+          rss_kib: ($rss / $c), kernel_meminfo_kib: ($meminfo / $c), kernel_own_kib: ($own / $c),
+          probe_ok: .connected, probe_max_ms: .slowest_ms, probe_errors: .errors}' <(head -n 1 "$work/est-probe-$name.json") \
+        | tee -a "$work/established.jsonl" >&2
+}
+
+established() {
+    echo "== established: $rounds round(s) x $established_n forward connections through each front; then $established_echo echo-mode and $established_fwd forward-mode ones against securesock" >&2
+    "$bin/examples/echo-upstream" 127.0.0.1:0 2>"$work/echo-upstream.log" &
+    up_pid=$!
+    started_pids="$started_pids $up_pid"
+    wait_for logged_listening "$work/echo-upstream.log"
+    up_port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$work/echo-upstream.log" | head -n 1)
+    : >"$work/established.jsonl"
+    load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+    ss_flags=(--max-connections 20000 --max-per-ip 20000 --idle-timeout 3600)
+    # What the systemd unit, the image and the Kubernetes manifest set: no per-thread malloc cache.
+    packaged_env=$(sed -n 's/^Environment=\(GLIBC_TUNABLES=.*\)$/\1/p' packaging/securesock.service)
+    for round in $(seq 1 "$rounds"); do
+        echo "  round $round" >&2
+        start_securesock securesock-est --mode forward --upstream "127.0.0.1:$up_port" "${ss_flags[@]}"
+        established_probe securesock "$pid" "$port" "$established_n" forward
+        stop "$pid"
+        securesock_env=$packaged_env start_securesock securesock-est-packaged --mode forward --upstream "127.0.0.1:$up_port" "${ss_flags[@]}"
+        established_probe securesock-packaged "$pid" "$port" "$established_n" forward
+        stop "$pid"
+        start_nginx nginx-est 1 "$up_port"
+        established_probe nginx "$pid" "$port" "$established_n" forward
+        stop "$pid"
+        start_stunnel stunnel-est "$up_port"
+        established_probe stunnel "$pid" "$port" "$established_n" forward
+        stop "$pid"
+    done
+    securesock_env=$packaged_env start_securesock securesock-est-echo --mode echo "${ss_flags[@]}"
+    grep -E 'WARN|warn' "$work/securesock-est-echo.log" >"$work/established-warnings.txt" || true
+    established_probe securesock-echo "$pid" "$port" "$established_echo" echo
+    stop "$pid"
+    securesock_env=$packaged_env start_securesock securesock-est-fwd --mode forward --upstream "127.0.0.1:$up_port" "${ss_flags[@]}"
+    established_probe securesock-forward "$pid" "$port" "$established_fwd" forward
+    stop "$pid"
+    stop "$up_pid"
+    load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+    r2='def r(x): if x == null then "-" else (x * 10 | round / 10 | tostring) end;'
+    {
+        echo "## Established idle connections: memory per connection"
+        echo
+        versions
+        echo "- command: \`$command_line\`; load average (1, 5, 15 min) $load_before before, $load_after after (the box is shared with other builds)"
+        echo "- each client (\`securesock-bench --established K -c 4\`) completes a TLS 1.3 handshake, sends 16 bytes, reads them back and stays open and silent; the upstream is \`examples/echo-upstream.rs\` (plaintext echo, one thread, epoll); at most $per_holder connections per load-generator process"
+        echo "- fronts: securesock \`--mode forward --upstream\` (\`--max-connections 20000 --max-per-ip 20000 --idle-timeout 3600\`), as a bare binary and with \`$packaged_env\` in its environment as packaging/securesock.service, the image and the Kubernetes manifest set it (the tens-of-thousands runs use that too); nginx stream \`proxy_pass\` with 1 worker and \`proxy_half_close on\`; stunnel \`connect =\`; same certificate and settings as above"
+        echo "- RSS: VmRSS summed over the front's processes with the connections held (measured 1 s after the last one was established) minus before, ÷ connections; kernel (/proc/meminfo): the change in KernelStack + PageTables of the whole box ÷ connections, which other work on the box moves too; kernel (own): the front's new threads × $kstack_kb KiB of kernel stack + the change in its VmPTE, ÷ connections; medians over the rounds; \"total\" is RSS + kernel (own)"
+        echo "- 127.0.0.2: 20 more connections one after another (\`securesock-bench --source 127.0.0.2 --established 20 -c 1 --hold 0.001\`: connect, handshake, 16 bytes echoed) while the others are held; \"yes\" when all succeed with the slowest under 50 ms"
+        echo
+        echo "| front | connections | RSS KiB/conn | kernel (/proc/meminfo) KiB/conn | kernel (own) KiB/conn | total KiB/conn | total ×nginx | 127.0.0.2 served in 50 ms | rounds |"
+        echo "|---|---:|---:|---:|---:|---:|---:|---|---:|"
+        jq -s -r --arg env "$packaged_env" "$jq_median $r2"'
+            map(select(.server == "securesock" or .server == "securesock-packaged" or .server == "nginx" or .server == "stunnel"))
+            | group_by(.server) | map({server: .[0].server, n: (map(.connected) | min),
+                rss: (map(.rss_kib) | median), mi: (map(.kernel_meminfo_kib) | median),
+                own: (map(.kernel_own_kib) | median), total: (map(.rss_kib + .kernel_own_kib) | median),
+                served: (map(select(.probe_ok == 20 and .probe_max_ms < 50)) | length), runs: length,
+                pmax: (map(.probe_max_ms) | max)})
+            | (map(select(.server == "nginx")) | .[0].total) as $ng
+            | sort_by(.server as $s | ["securesock-packaged", "securesock", "nginx", "stunnel"] | index($s)) | .[]
+            | .server |= (if . == "securesock-packaged" then "securesock, `\($env)`" else . end)
+            | "| \(.server) | \(.n) | \(r(.rss)) | \(r(.mi)) | \(r(.own)) | \(r(.total)) | \(if $ng then r(.total / $ng) else "-" end) | \(if .served == .runs then "yes" else "no" end) (\(.served)/\(.runs) rounds, slowest \(r(.pmax)) ms) | \(.runs) |"' \
+            "$work/established.jsonl"
+        echo
+        echo "Tens of thousands against securesock alone, one run each:"
+        echo
+        echo "| securesock mode | connections held | RSS KiB/conn | kernel (/proc/meminfo) KiB/conn | kernel (own) KiB/conn | total KiB/conn | 127.0.0.2 served in 50 ms | load average |"
+        echo "|---|---:|---:|---:|---:|---:|---|---|"
+        jq -s -r "$r2"'.[] | select(.server == "securesock-echo" or .server == "securesock-forward")
+            | "| \(.mode) | \(.connected) of \(.n) | \(r(.rss_kib)) | \(r(.kernel_meminfo_kib)) | \(r(.kernel_own_kib)) | \(r(.rss_kib + .kernel_own_kib)) | \(if .probe_ok == 20 and .probe_max_ms < 50 then "yes" else "no" end) (\(.probe_ok)/20 ok, slowest \(r(.probe_max_ms)) ms) | \(.load) |"' \
+            "$work/established.jsonl"
+        if [ -s "$work/established-warnings.txt" ]; then
+            echo
+            echo "securesock's start-up warnings for the echo-mode run (\`--max-connections 20000\`):"
+            echo
+            sed 's/^/    /' "$work/established-warnings.txt"
+        fi
+    } >"$work/established.md"
+    cat "$work/established.md"
+    publish established "$work/established.md"
+}
+
+# ---------------------------------------------------------------------------------------------
 soak() {
     echo "== soak: $soak_n connections against securesock, 16 clients" >&2
     start_securesock securesock-soak
@@ -893,6 +1056,7 @@ for section in $sections; do
         client) client_section ;;
         idle) idle_memory ;;
         soak) soak ;;
+        established) established ;;
     esac
 done
 echo "bench.sh: ran for $(( $(date +%s) - t_start )) s after the build; report in $report" >&2

@@ -12,15 +12,19 @@
 //! or an `SSL_write` that needs to read, and idle loops (a blocked operation is not retried until
 //! its socket is ready).
 //!
-//! Memory is bounded: each direction owns one fixed [`BUF_SIZE`] buffer, allocated once. When the
-//! reader at one end is slow, its buffer fills, the other end is no longer read, and TCP flow
-//! control pushes back on the sender. Nothing here may grow a buffer, spin without waiting, or wait
-//! without a deadline.
+//! Memory is bounded: each direction owns at most one fixed [`BUF_SIZE`] buffer, taken when bytes
+//! first arrive. When the reader at one end is slow, its buffer fills, the other end is no longer
+//! read, and TCP flow control pushes back on the sender. A connection that has been quiet for
+//! [`QUIET`] gives its empty buffers back, with the stack pages its handshake touched, so a held
+//! idle connection costs little more than its sockets and its SSL object. Nothing here may grow a
+//! buffer, spin without waiting, or wait without a deadline.
 
 use std::io;
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use openssl::ssl::{ErrorCode, SslStream};
@@ -32,6 +36,11 @@ use crate::shutdown::Shutdown;
 /// Bytes buffered per direction. Four full TLS records, so one plaintext write to the upstream
 /// carries what several `SSL_read`s produced and one `SSL_write` fills several records.
 pub const BUF_SIZE: usize = 64 * 1024;
+
+/// How long a relay stays quiet (no byte moved either way) before it gives back its empty buffers
+/// and the unused part of its stack. Long enough that a busy connection, which waits in poll only
+/// between bursts, never pays for a buffer twice; short next to how long pooled clients stay idle.
+pub const QUIET: Duration = Duration::from_millis(500);
 
 /// The largest TLS record's plaintext. A read into less room than this is allowed but wasteful, so
 /// the buffer compacts before offering a shorter tail.
@@ -226,8 +235,11 @@ fn is_eof(e: &openssl::ssl::Error) -> bool {
     }
 }
 
-/// A fixed-size byte queue: filled at `end`, drained from `start`.
+/// A fixed-size byte queue: filled at `end`, drained from `start`. Its memory is taken when bytes
+/// are first put in and can be given back whenever it is empty.
 struct Buffer {
+    /// Empty (no allocation) until [`Buffer::room`] is first asked for, and again after
+    /// [`Buffer::release`].
     data: Box<[u8]>,
     start: usize,
     end: usize,
@@ -235,10 +247,15 @@ struct Buffer {
 
 impl Buffer {
     /// A buffer that starts out queueing `bytes`; it is larger than [`BUF_SIZE`] only if they
-    /// need it.
+    /// need it. With no bytes it holds no memory yet.
     fn holding(bytes: &[u8]) -> Buffer {
-        let mut data = vec![0; BUF_SIZE.max(bytes.len())].into_boxed_slice();
-        data[..bytes.len()].copy_from_slice(bytes);
+        let data = if bytes.is_empty() {
+            Box::default()
+        } else {
+            let mut data = vec![0; BUF_SIZE.max(bytes.len())].into_boxed_slice();
+            data[..bytes.len()].copy_from_slice(bytes);
+            data
+        };
         Buffer {
             data,
             start: 0,
@@ -246,12 +263,25 @@ impl Buffer {
         }
     }
 
+    /// Gives the memory back when nothing is queued. The next [`Buffer::room`] takes it again.
+    fn release(&mut self) {
+        if self.is_empty() {
+            self.data = Box::default();
+        }
+    }
+
+    /// Whether the buffer holds memory now.
+    fn is_allocated(&self) -> bool {
+        !self.data.is_empty()
+    }
+
     fn is_empty(&self) -> bool {
         self.start == self.end
     }
 
     fn has_room(&self) -> bool {
-        self.end - self.start < self.data.len()
+        // A buffer without memory has all of BUF_SIZE to offer: room() takes it.
+        !self.is_allocated() || self.end - self.start < self.data.len()
     }
 
     fn filled(&self) -> &[u8] {
@@ -261,6 +291,9 @@ impl Buffer {
     /// The free space after the queued bytes. The bytes move to the front first when the tail is
     /// shorter than a record: a rare, small copy that keeps every read large.
     fn room(&mut self) -> &mut [u8] {
+        if !self.is_allocated() {
+            self.data = vec![0; BUF_SIZE].into_boxed_slice();
+        }
         if self.start > 0 && self.data.len() - self.end < RECORD {
             self.data.copy_within(self.start..self.end, 0);
             self.end -= self.start;
@@ -456,6 +489,8 @@ pub struct Bounds<'a> {
 
 /// Why a relay's wait ended without any socket being ready.
 enum Timer {
+    /// Nothing moved for [`QUIET`]: time to give back memory, then wait on.
+    Quiet,
     /// Nothing moved either way for the idle timeout.
     Idle,
     /// The connection reached its maximum lifetime.
@@ -466,11 +501,21 @@ enum Timer {
 
 impl Bounds<'_> {
     /// Waits on the relay's sockets (and the shutdown signal) until one is ready, the idle timeout
-    /// runs out since `last`, the lifetime ends or the drain does. `Ok(None)` means a socket is
-    /// ready: `fds` says which.
-    fn wait(&self, fds: &mut [libc::pollfd], last: Instant) -> Result<Option<Timer>, RelayEnd> {
+    /// runs out since `last`, the lifetime ends or the drain does; or, when `settled` is false,
+    /// until the relay has been quiet for [`QUIET`]. `Ok(None)` means a socket is ready: `fds`
+    /// says which.
+    fn wait(
+        &self,
+        fds: &mut [libc::pollfd],
+        last: Instant,
+        settled: bool,
+    ) -> Result<Option<Timer>, RelayEnd> {
         let idle_at = last + self.idle;
-        let until = self.end_by.map_or(idle_at, |end| end.min(idle_at));
+        let mut until = self.end_by.map_or(idle_at, |end| end.min(idle_at));
+        let quiet_at = last + QUIET;
+        if !settled {
+            until = until.min(quiet_at);
+        }
         poll(fds, self.shutdown.bound(Some(until))).map_err(|e| RelayEnd::Poll(io_reason(&e)))?;
         if self.shutdown.is_cut() {
             return Ok(Some(Timer::Cut));
@@ -479,8 +524,12 @@ impl Bounds<'_> {
         if self.end_by.is_some_and(|end| now >= end) {
             return Ok(Some(Timer::Lifetime));
         }
-        if fds.iter().all(|p| p.revents == 0) && now >= idle_at {
+        let none_ready = fds.iter().all(|p| p.revents == 0);
+        if none_ready && now >= idle_at {
             return Ok(Some(Timer::Idle));
+        }
+        if none_ready && !settled && now >= quiet_at {
+            return Ok(Some(Timer::Quiet));
         }
         Ok(None)
     }
@@ -503,6 +552,8 @@ pub fn echo(tls: &mut impl Endpoint, bounds: &Bounds) -> RelayResult {
 
 fn echo_loop(tls: &mut impl Endpoint, lane: &mut Lane, bounds: &Bounds) -> RelayEnd {
     let mut last = Instant::now();
+    // Whether the memory of the current quiet spell was already given back.
+    let mut settled = false;
     loop {
         let mut moved = lane.fill(tls).map_err(client_fault);
         if let Ok(read) = moved {
@@ -515,6 +566,7 @@ fn echo_loop(tls: &mut impl Endpoint, lane: &mut Lane, bounds: &Bounds) -> Relay
             Err(end) => return end,
             Ok(true) => {
                 last = Instant::now();
+                settled = false;
                 continue;
             }
             Ok(false) => {}
@@ -526,8 +578,12 @@ fn echo_loop(tls: &mut impl Endpoint, lane: &mut Lane, bounds: &Bounds) -> Relay
             entry(tls, &[lane.read_interest(), lane.write_interest()]),
             bounds.shutdown.pollfd(),
         ];
-        match bounds.wait(&mut fds, last) {
+        match bounds.wait(&mut fds, last, settled) {
             Err(end) => return end,
+            Ok(Some(Timer::Quiet)) => {
+                settle(&mut [&mut *lane]);
+                settled = true;
+            }
             Ok(Some(timer)) => {
                 close_now(tls);
                 return timer.end();
@@ -543,12 +599,46 @@ fn echo_loop(tls: &mut impl Endpoint, lane: &mut Lane, bounds: &Bounds) -> Relay
 impl Timer {
     fn end(self) -> RelayEnd {
         match self {
-            Timer::Idle => RelayEnd::IdleTimeout,
+            // The loops act on Quiet themselves and go on; it never ends a relay.
+            Timer::Idle | Timer::Quiet => RelayEnd::IdleTimeout,
             Timer::Lifetime => RelayEnd::Lifetime,
             Timer::Cut => RelayEnd::Shutdown,
         }
     }
 }
+
+/// Gives back what a quiet connection does not need while it waits: the lanes' empty buffers, the
+/// stack pages below this frame, which the handshake touched and nothing will read again, this
+/// thread's OpenSSL state (random generators, error queue), and the heap's free pages.
+fn settle(lanes: &mut [&mut Lane]) {
+    for lane in lanes {
+        lane.buf.release();
+    }
+    crate::net::release_unused_stack();
+    // Before the trim, so that what OpenSSL frees is among what the trim can give back.
+    crate::net::release_openssl_thread_state();
+    // Trimming walks every arena's free lists under its lock, so when many connections fall
+    // quiet together (a pool of clients established in a burst) one trim serves them all.
+    // Counted from 1, so that 0 can mean "never".
+    let now = u64::try_from(TRIM_EPOCH.elapsed().as_millis()).map_or(u64::MAX, |ms| ms + 1);
+    let last = LAST_TRIM.load(Ordering::Relaxed);
+    if (last == 0 || now.saturating_sub(last) >= TRIM_EVERY_MS)
+        && LAST_TRIM
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        crate::net::trim_heap();
+    }
+}
+
+/// The least time between two heap trims, process-wide.
+const TRIM_EVERY_MS: u64 = 100;
+
+/// When the last heap trim ran, in milliseconds since [`TRIM_EPOCH`] plus one; 0 before the first.
+static LAST_TRIM: AtomicU64 = AtomicU64::new(0);
+
+/// The clock [`LAST_TRIM`] counts from: the first quiet connection's settling.
+static TRIM_EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
 /// Both halves of a client-side lane touch the client.
 fn client_fault(fault: Fault) -> RelayEnd {
@@ -596,11 +686,14 @@ fn forward_loop(
     bounds: &Bounds,
 ) -> RelayEnd {
     let mut last = Instant::now();
+    // Whether the memory of the current quiet spell was already given back.
+    let mut settled = false;
     loop {
         match step(client, upstream, up, down) {
             Err(end) => return end,
             Ok(true) => {
                 last = Instant::now();
+                settled = false;
                 continue;
             }
             Ok(false) => {}
@@ -613,8 +706,12 @@ fn forward_loop(
             entry(upstream, &[up.write_interest(), down.read_interest()]),
             bounds.shutdown.pollfd(),
         ];
-        match bounds.wait(&mut fds, last) {
+        match bounds.wait(&mut fds, last, settled) {
             Err(end) => return end,
+            Ok(Some(Timer::Quiet)) => {
+                settle(&mut [&mut *up, &mut *down]);
+                settled = true;
+            }
             Ok(Some(timer)) => {
                 if !down.shut {
                     close_now(client);
@@ -679,8 +776,36 @@ mod tests {
     }
 
     #[test]
+    fn a_buffer_takes_memory_when_filled_and_gives_it_back_only_when_empty() {
+        let mut b = Buffer::holding(&[]);
+        assert!(!b.is_allocated());
+        assert!(b.has_room());
+        assert_eq!(b.room().len(), BUF_SIZE);
+        assert!(b.is_allocated());
+        b.room()[..3].copy_from_slice(b"abc");
+        b.commit(3);
+        b.release();
+        assert!(b.is_allocated(), "released with bytes queued");
+        assert_eq!(b.filled(), b"abc");
+        b.consume(3);
+        b.release();
+        assert!(!b.is_allocated());
+        assert!(b.is_empty());
+        assert_eq!(b.room().len(), BUF_SIZE);
+    }
+
+    #[test]
+    fn a_preamble_is_queued_at_once() {
+        let b = Buffer::holding(b"PROXY");
+        assert!(b.is_allocated());
+        assert_eq!(b.filled(), b"PROXY");
+    }
+
+    #[test]
     fn a_full_buffer_offers_no_room() {
         let mut b = Buffer::holding(&[]);
+        // Takes the memory, as a read does before it commits.
+        b.room();
         b.commit(BUF_SIZE);
         assert!(!b.has_room());
         b.consume(1);
@@ -723,6 +848,7 @@ mod tests {
 
     fn drained(queued: usize, writes: usize, after: fn() -> Io) -> (Vec<String>, bool) {
         let mut lane = Lane::new();
+        lane.buf.room();
         lane.buf.commit(queued);
         let mut sink = Sink {
             writes_left: writes,

@@ -163,6 +163,9 @@ impl Server {
             metrics.certificate_expiry(info.not_after_unix);
         }
         check_fd_limit(config.limits.max_connections, &mode);
+        for warning in thread_limit_warnings(config.limits.max_connections, &ThreadLimits::read()) {
+            warn!("{warning}");
+        }
         tls.log_startup(&config.tls);
 
         let upstream = mode.upstream().cloned();
@@ -278,6 +281,7 @@ impl Server {
             gate: Gate::per_cpu(),
             pool: Mutex::new(Pool::default()),
             queued: Condvar::new(),
+            thread_budget: thread_budget(&ThreadLimits::read()),
         });
         let shutdown = &shared.shutdown;
         while !shutdown.requested() {
@@ -309,6 +313,119 @@ fn check_fd_limit(max_connections: usize, mode: &Mode<Arc<Upstream>>) {
         Ok(_) => {}
         Err(e) => warn!("cannot read the open-file limit: {e}"),
     }
+}
+
+/// Threads the server runs besides one per connection (accept loop, reload, metrics, signals), with
+/// room to spare.
+const THREAD_MARGIN: u64 = 16;
+
+/// The `kernel.pid_max` to suggest: the kernel's own ceiling, since the host's other processes
+/// need PIDs too and a larger PID space costs nothing until used.
+const SUGGESTED_PID_MAX: u64 = 4_194_304;
+
+/// Memory maps the process needs besides those of its connection threads: malloc's arenas grow a
+/// few each, glibc keeps the stacks of exited threads mapped for reuse (up to 40 MiB of them), and
+/// the binary and libraries hold the rest of [`ThreadLimits::maps_in_use`].
+const MAP_MARGIN: u64 = 1024;
+
+/// Memory maps each connection thread takes: its stack and the stack's guard page, and the
+/// alternate signal stack and guard page the Rust runtime gives every thread to report a stack
+/// overflow. The runtime aborts the whole process when a new thread cannot map the latter, so the
+/// server never starts a thread that `vm.max_map_count` has no room for ([`thread_budget`]).
+const MAPS_PER_THREAD: u64 = 4;
+
+/// How many connection threads may exist at once without reaching `vm.max_map_count`; unbounded
+/// when it cannot be read.
+pub fn thread_budget(limits: &ThreadLimits) -> usize {
+    limits.max_map_count.map_or(usize::MAX, |max| {
+        let budget = max.saturating_sub(limits.maps_in_use + MAP_MARGIN) / MAPS_PER_THREAD;
+        usize::try_from(budget).unwrap_or(usize::MAX)
+    })
+}
+
+/// The kernel's and the process's ceilings that a thread per connection runs into, as read at
+/// start; `None` where a value cannot be read or is unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ThreadLimits {
+    /// `kernel.pid_max`: every thread takes a PID, from the one space every process on the host
+    /// shares.
+    pub pid_max: Option<u64>,
+    /// `kernel.threads-max`: threads on the whole host.
+    pub threads_max: Option<u64>,
+    /// `vm.max_map_count`: memory maps of one process; each connection thread takes
+    /// [`MAPS_PER_THREAD`].
+    pub max_map_count: Option<u64>,
+    /// Maps the process holds already (binary, libraries, heaps).
+    pub maps_in_use: u64,
+    /// `RLIMIT_NPROC`: threads of every process of this user; `None` when unlimited or, for root,
+    /// not enforced.
+    pub nproc: Option<u64>,
+}
+
+impl ThreadLimits {
+    /// Reads the limits in force for this process.
+    pub fn read() -> ThreadLimits {
+        let sysctl = |name: &str| -> Option<u64> {
+            let path = format!("/proc/sys/{}", name.replace('.', "/"));
+            std::fs::read_to_string(path).ok()?.trim().parse().ok()
+        };
+        let maps_in_use = std::fs::read_to_string("/proc/self/maps")
+            .map_or(0, |maps| maps.lines().count() as u64);
+        ThreadLimits {
+            pid_max: sysctl("kernel.pid_max"),
+            threads_max: sysctl("kernel.threads-max"),
+            max_map_count: sysctl("vm.max_map_count"),
+            maps_in_use,
+            nproc: net::nproc_limit(),
+        }
+    }
+}
+
+/// What would stop the server short of `max_connections` connection threads, one warning per
+/// limit, each naming the sysctl or rlimit and the value `--max-connections` needs.
+pub fn thread_limit_warnings(max_connections: usize, limits: &ThreadLimits) -> Vec<String> {
+    let n = max_connections as u64;
+    let threads = n + THREAD_MARGIN;
+    let maps = MAPS_PER_THREAD * n + limits.maps_in_use + MAP_MARGIN;
+    let mut warnings = Vec::new();
+    let mut check = |value: Option<u64>, need: u64, what: &str, why: &str, how: String| {
+        if let Some(v) = value
+            && v < need
+        {
+            warnings.push(format!(
+                "{what} is {v}: --max-connections {max_connections} needs at least {need} ({why}); raise it ({how}) or lower --max-connections"
+            ));
+        }
+    };
+    check(
+        limits.pid_max,
+        threads,
+        "kernel.pid_max",
+        "a PID per connection thread, from the space every process on the host shares",
+        format!("sysctl -w kernel.pid_max={SUGGESTED_PID_MAX}"),
+    );
+    check(
+        limits.threads_max,
+        threads,
+        "kernel.threads-max",
+        "a thread per connection, counted over the whole host",
+        format!("sysctl -w kernel.threads-max={threads}"),
+    );
+    check(
+        limits.max_map_count,
+        maps,
+        "vm.max_map_count",
+        "four memory maps per connection thread (its stack and signal stack, each with a guard page), plus the process's own; beyond it connections are refused",
+        format!("sysctl -w vm.max_map_count={maps}"),
+    );
+    check(
+        limits.nproc,
+        threads,
+        "RLIMIT_NPROC",
+        "a thread per connection, counted over every process of this user",
+        format!("ulimit -u {threads}; LimitNPROC= and TasksMax= under systemd"),
+    );
+    warnings
 }
 
 /// Stops new connections without resetting those the kernel already completed: new SYNs go
@@ -440,6 +557,8 @@ struct Workers {
     pool: Mutex<Pool>,
     /// Signalled when a job is queued for a parked thread.
     queued: Condvar,
+    /// Connection threads that may exist at once (see [`thread_budget`]).
+    thread_budget: usize,
 }
 
 /// Parked threads and the jobs handed to them. A job is queued only when a parked thread is free
@@ -448,6 +567,8 @@ struct Workers {
 struct Pool {
     parked: usize,
     jobs: VecDeque<Job>,
+    /// Connection threads started and not yet exited, parked ones included.
+    threads: usize,
 }
 
 impl Workers {
@@ -465,14 +586,29 @@ impl Workers {
             self.queued.notify_one();
             return;
         }
-        drop(pool);
         let peer = job.peer;
+        if pool.threads >= self.thread_budget {
+            drop(pool);
+            // Dropping the job closes the connection and frees its slot.
+            drop(job);
+            error!(
+                "conn peer={peer} result=error reason={:?}",
+                format!(
+                    "thread spawn refused: vm.max_map_count leaves room for {} connection threads",
+                    self.thread_budget
+                )
+            );
+            return;
+        }
+        pool.threads += 1;
+        drop(pool);
         let workers = Arc::clone(self);
         let spawned = thread::Builder::new()
             .name("conn".into())
             .stack_size(CONNECTION_STACK)
             .spawn(move || workers.work(job));
         if let Err(e) = spawned {
+            self.lock().threads -= 1;
             // The closure, and with it the stream and the slot, was dropped: the connection is
             // closed and no longer counted.
             error!(
@@ -488,6 +624,7 @@ impl Workers {
             connection_thread(job, &self.shared, &self.gate);
             let mut pool = self.lock();
             if pool.parked >= MAX_PARKED {
+                pool.threads -= 1;
                 return;
             }
             pool.parked += 1;
@@ -502,6 +639,7 @@ impl Workers {
                     // No job is queued (checked just above under the same lock), so leaving keeps
                     // jobs.len() < parked for the threads that stay.
                     pool.parked -= 1;
+                    pool.threads -= 1;
                     return;
                 }
                 pool = self
@@ -646,4 +784,107 @@ fn connection_thread(job: Job, shared: &Shared, gate: &Gate) {
     }
     // Only now may the drain end the process: the line is written.
     drop(slot);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This box's values: PIDs and maps to spare for 10,000 connections, not for 40,000.
+    fn host() -> ThreadLimits {
+        ThreadLimits {
+            pid_max: Some(32_768),
+            threads_max: Some(192_729),
+            max_map_count: Some(65_530),
+            maps_in_use: 300,
+            nproc: None,
+        }
+    }
+
+    #[test]
+    fn limits_with_room_to_spare_give_no_warning() {
+        assert_eq!(thread_limit_warnings(10_000, &host()), Vec::<String>::new());
+        assert_eq!(
+            thread_limit_warnings(1_000_000, &ThreadLimits::default()),
+            Vec::<String>::new(),
+            "unreadable limits are not guessed at"
+        );
+    }
+
+    #[test]
+    fn each_short_limit_is_named_with_the_value_needed() {
+        let w = thread_limit_warnings(40_000, &host());
+        assert_eq!(w.len(), 2, "{w:#?}");
+        assert!(
+            w[0].starts_with(
+                "kernel.pid_max is 32768: --max-connections 40000 needs at least 40016"
+            ),
+            "{}",
+            w[0]
+        );
+        assert!(
+            w[0].contains("sysctl -w kernel.pid_max=4194304"),
+            "{}",
+            w[0]
+        );
+        // Four maps per thread, the 300 in use and the margin: 160000 + 300 + 1024.
+        assert!(
+            w[1].starts_with(
+                "vm.max_map_count is 65530: --max-connections 40000 needs at least 161324"
+            ),
+            "{}",
+            w[1]
+        );
+        assert!(
+            w[1].contains("sysctl -w vm.max_map_count=161324"),
+            "{}",
+            w[1]
+        );
+    }
+
+    #[test]
+    fn a_limit_exactly_at_the_need_is_enough_and_one_below_is_not() {
+        let need = 20_000 + THREAD_MARGIN;
+        let at = ThreadLimits {
+            threads_max: Some(need),
+            nproc: Some(need),
+            ..ThreadLimits::default()
+        };
+        assert!(thread_limit_warnings(20_000, &at).is_empty());
+        let below = ThreadLimits {
+            threads_max: Some(need - 1),
+            nproc: Some(need - 1),
+            ..ThreadLimits::default()
+        };
+        let w = thread_limit_warnings(20_000, &below);
+        assert_eq!(w.len(), 2, "{w:#?}");
+        assert!(w[0].starts_with("kernel.threads-max is 20015:"), "{}", w[0]);
+        assert!(w[1].starts_with("RLIMIT_NPROC is 20015:"), "{}", w[1]);
+        assert!(w[1].contains("ulimit -u 20016"), "{}", w[1]);
+    }
+
+    #[test]
+    fn the_thread_budget_leaves_the_maps_in_use_and_the_margin() {
+        // (65530 - 300 - 1024) / 4
+        assert_eq!(thread_budget(&host()), 16_051);
+        assert_eq!(thread_budget(&ThreadLimits::default()), usize::MAX);
+        let tiny = ThreadLimits {
+            max_map_count: Some(1000),
+            ..host()
+        };
+        assert_eq!(thread_budget(&tiny), 0);
+        // The warning and the budget agree: a --max-connections the warning lets pass fits.
+        let w = thread_limit_warnings(16_051, &host());
+        assert!(w.is_empty(), "{w:#?}");
+        let w = thread_limit_warnings(16_052, &host());
+        assert_eq!(w.len(), 1, "{w:#?}");
+    }
+
+    #[test]
+    fn reading_the_limits_finds_this_hosts_sysctls() {
+        let l = ThreadLimits::read();
+        assert!(l.pid_max.is_some_and(|v| v >= 301), "{l:?}");
+        assert!(l.max_map_count.is_some_and(|v| v > 0), "{l:?}");
+        assert!(l.maps_in_use > 0, "{l:?}");
+    }
 }

@@ -641,7 +641,11 @@ fn a_session_resumes_only_under_the_name_it_was_made_for() {
             false
         ));
     }
-    // Every line carries the name sent on its own connection.
+    // Every line carries the name sent on its own connection. A line is written once the server
+    // is done with its connection, which may be after s_client has exited: wait for all six.
+    server
+        .logs
+        .wait_for_n(&["conn peer=", "sni=api.example.test"], 6);
     let api_lines = server
         .logs
         .matching(&["conn peer=", "sni=api.example.test"]);

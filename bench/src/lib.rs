@@ -11,6 +11,9 @@
 //! - **plaintext** (`--plaintext`): no TLS on this side at all, for load through a TLS client
 //!   (securesock's client mode, stunnel's `client = yes`): the greeting must arrive before a clean
 //!   EOF, or the echo come back.
+//! - **established** holding (`--established K`): open K TLS connections that each complete the
+//!   handshake, send 16 bytes and read them back, then stay open and silent, held the same way
+//!   (what a pool of Redis, MQTT or database clients looks like to a TLS front).
 //!
 //! It reports conns/s, successes and failures (grouped by reason), resumed %, latency percentiles
 //! (hdrhistogram, microseconds), the negotiated protocol and cipher, and its own CPU per connection
@@ -33,7 +36,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
 use hdrhistogram::Histogram;
 use openssl::ssl::{
-    ErrorCode, HandshakeError, SslConnector, SslMethod, SslSession, SslStream, SslVerifyMode,
+    ErrorCode, HandshakeError, SslConnector, SslMethod, SslMode, SslSession, SslStream,
+    SslVerifyMode,
 };
 use securesock::error::ssl_reason;
 use securesock::net::{Interest, poll, pollfd, raise_fd_limit};
@@ -87,14 +91,19 @@ pub struct Args {
     pub expect: String,
 
     /// Echo mode: send this many bytes, expect the same bytes back, then close
-    #[arg(long, value_name = "BYTES", conflicts_with = "idle")]
+    #[arg(long, value_name = "BYTES", conflicts_with_all = ["idle", "established"])]
     pub send: Option<usize>,
 
     /// Open K TCP connections that never send a byte, report the burst, and hold them
-    #[arg(long, value_name = "K")]
+    #[arg(long, value_name = "K", conflicts_with = "established")]
     pub idle: Option<usize>,
 
-    /// Seconds to hold the --idle connections before closing them and exiting
+    /// Open K TLS connections that each send 16 bytes and read them back (echo or forward to an
+    /// echo upstream), report the burst, and hold them open and silent
+    #[arg(long, value_name = "K")]
+    pub established: Option<usize>,
+
+    /// Seconds to hold the --idle or --established connections before closing them and exiting
     #[arg(long, value_name = "SECS", default_value_t = 600.0)]
     pub hold: f64,
 
@@ -118,7 +127,7 @@ pub struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     pub timeout: f64,
 
-    /// Print one JSON object (per phase in --idle mode) instead of a table
+    /// Print one JSON object (per phase in --idle and --established modes) instead of a table
     #[arg(long)]
     pub json: bool,
 
@@ -154,6 +163,7 @@ pub struct Plan {
     pub insecure: bool,
     pub timeout: Duration,
     pub idle: Option<usize>,
+    pub established: Option<usize>,
     pub hold: Duration,
     pub json: bool,
     /// No TLS on this side.
@@ -182,6 +192,9 @@ impl Args {
         }
         if self.idle == Some(0) {
             bail!("--idle must be at least 1");
+        }
+        if self.established == Some(0) {
+            bail!("--established must be at least 1");
         }
         if self.send == Some(0) {
             bail!("--send must be at least 1 byte");
@@ -226,6 +239,7 @@ impl Args {
             insecure: self.insecure,
             timeout: seconds("timeout", self.timeout)?,
             idle: self.idle,
+            established: self.established,
             hold: seconds("hold", self.hold)?,
             json: self.json,
             plaintext: self.plaintext,
@@ -785,84 +799,186 @@ pub fn run(plan: &Plan) -> Result<Summary> {
     })
 }
 
-/// The result of opening an idle burst.
-pub struct IdleBurst {
+/// Bytes each `--established` connection sends and reads back before it falls silent: enough to
+/// prove the path end to end (through a forwarder, to the upstream and back), small enough that no
+/// buffer anywhere has a reason to stay large.
+pub const ESTABLISHED_PROBE: usize = 16;
+
+/// The result of opening a burst of connections to hold: plain TCP ones (`--idle`) or established
+/// TLS ones (`--established`).
+pub struct Burst<S> {
+    /// "idle" or "established", for the report.
+    pub mode: &'static str,
     pub requested: usize,
-    /// Connections whose TCP handshake completed, held open.
-    pub held: Vec<TcpStream>,
+    /// Connections that got as far as the mode asks, held open.
+    pub held: Vec<S>,
     pub errors: BTreeMap<String, u64>,
     /// From the first connect to the last one completing.
     pub elapsed: Duration,
+    /// The longest any one connection took to open (connect, and for `--established` the
+    /// handshake and the probe's round trip), failed ones included.
+    pub slowest: Duration,
 }
 
-impl IdleBurst {
+/// A held burst of silent TCP connections.
+pub type IdleBurst = Burst<TcpStream>;
+/// A held burst of established TLS connections.
+pub type EstablishedBurst = Burst<SslStream<TcpStream>>;
+
+impl<S> Burst<S> {
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
-            "mode": "idle",
+            "mode": self.mode,
             "requested": self.requested,
             "connected": self.held.len(),
             "failed": self.requested - self.held.len(),
             "burst_ms": round3(self.elapsed.as_secs_f64() * 1000.0),
+            "slowest_ms": round3(self.slowest.as_secs_f64() * 1000.0),
             "errors": self.errors,
         })
     }
 }
 
-/// Opens `plan.idle` connections over `plan.concurrency` threads; none of them sends a byte.
-pub fn open_idle(plan: &Plan) -> Result<IdleBurst> {
-    let requested = plan.idle.unwrap_or(0);
+/// The socket under a held connection, to ask whether the server closed it.
+pub trait Held {
+    fn socket(&self) -> &TcpStream;
+}
+
+impl Held for TcpStream {
+    fn socket(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Held for SslStream<TcpStream> {
+    fn socket(&self) -> &TcpStream {
+        self.get_ref()
+    }
+}
+
+/// Opens `requested` connections with `open` over at most `threads` threads.
+fn open_burst<S: Send>(
+    mode: &'static str,
+    requested: usize,
+    threads: usize,
+    open: impl Fn() -> Result<S, String> + Sync,
+) -> Result<Burst<S>> {
     // A refusal leaves the soft limit, and the burst reports the sockets it could not open.
     let _ = raise_fd_limit();
-    let threads = plan.concurrency.min(requested).max(1);
+    let threads = threads.min(requested).max(1);
     let started = Instant::now();
     let mut held = Vec::with_capacity(requested);
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut slowest = Duration::ZERO;
+    let open = &open;
     thread::scope(|scope| -> Result<()> {
         let mut handles = Vec::with_capacity(threads);
         for i in 0..threads {
             // Spread the remainder so the counts add up to exactly `requested`.
             let share = requested / threads + usize::from(i < requested % threads);
             let handle = thread::Builder::new()
-                .name(format!("idle-{i}"))
+                .name(format!("{mode}-{i}"))
                 .spawn_scoped(scope, move || {
                     let mut mine = Vec::with_capacity(share);
                     let mut failures = Vec::new();
+                    let mut slowest = Duration::ZERO;
                     for _ in 0..share {
-                        match tcp_connect(plan.addr, plan.source, plan.timeout) {
-                            Ok(s) => mine.push(TcpStream::from(s)),
-                            Err(e) => failures.push(io_failure("connect", &e)),
+                        let started = Instant::now();
+                        match open() {
+                            Ok(s) => mine.push(s),
+                            Err(e) => failures.push(e),
                         }
+                        slowest = slowest.max(started.elapsed());
                     }
-                    (mine, failures)
+                    (mine, failures, slowest)
                 })
                 .context("starting a connect thread")?;
             handles.push(handle);
         }
         for handle in handles {
-            let (mine, failures) = handle
+            let (mine, failures, theirs) = handle
                 .join()
                 .map_err(|_| anyhow!("a connect thread panicked"))?;
             held.extend(mine);
+            slowest = slowest.max(theirs);
             for f in failures {
                 *errors.entry(f).or_default() += 1;
             }
         }
         Ok(())
     })?;
-    Ok(IdleBurst {
+    Ok(Burst {
+        mode,
         requested,
         held,
         errors,
         elapsed: started.elapsed(),
+        slowest,
     })
 }
 
+/// Opens `plan.idle` connections over `plan.concurrency` threads; none of them sends a byte.
+pub fn open_idle(plan: &Plan) -> Result<IdleBurst> {
+    open_burst("idle", plan.idle.unwrap_or(0), plan.concurrency, || {
+        tcp_connect(plan.addr, plan.source, plan.timeout)
+            .map(TcpStream::from)
+            .map_err(|e| io_failure("connect", &e))
+    })
+}
+
+/// Opens `plan.established` TLS connections over `plan.concurrency` threads: each completes the
+/// handshake, sends [`ESTABLISHED_PROBE`] bytes, reads them back and is then left silent.
+pub fn open_established(plan: &Plan) -> Result<EstablishedBurst> {
+    let mut b = SslConnector::builder(SslMethod::tls_client())?;
+    if let Some(ca) = &plan.ca {
+        b.set_ca_file(ca)
+            .with_context(|| format!("loading CA file {}", ca.display()))?;
+    }
+    if plan.insecure {
+        b.set_verify(SslVerifyMode::NONE);
+    }
+    // Thousands of silent connections on this side too: without their idle record buffers the
+    // load generator stays small next to the server it measures.
+    b.set_mode(SslMode::RELEASE_BUFFERS);
+    let tls = b.build();
+    open_burst(
+        "established",
+        plan.established.unwrap_or(0),
+        plan.concurrency,
+        || establish(plan, &tls),
+    )
+}
+
+/// One `--established` connection: handshake, the probe echoed back, then held.
+fn establish(plan: &Plan, tls: &SslConnector) -> Result<SslStream<TcpStream>, String> {
+    let socket =
+        tcp_connect(plan.addr, plan.source, plan.timeout).map_err(|e| io_failure("connect", &e))?;
+    let tcp: TcpStream = socket.into();
+    let _ = tcp.set_nodelay(true);
+    tcp.set_read_timeout(Some(plan.timeout))
+        .and_then(|()| tcp.set_write_timeout(Some(plan.timeout)))
+        .map_err(|e| io_failure("socket", &e))?;
+    let mut config = tls.configure().map_err(|e| format!("setup: {e}"))?;
+    if plan.insecure {
+        config.set_verify_hostname(false);
+    }
+    let mut stream = config.connect(&plan.servername, tcp).map_err(|e| match e {
+        HandshakeError::Failure(mid) => format!("handshake: {}", ssl_reason(mid.error())),
+        HandshakeError::WouldBlock(_) => "handshake: timed out".to_string(),
+        HandshakeError::SetupFailure(stack) => format!("setup: {stack}"),
+    })?;
+    // Reading the probe back also takes in the TLS 1.3 tickets sent before it, so the server has
+    // nothing left to say and a held connection that polls readable was closed.
+    echo(&mut stream, ESTABLISHED_PROBE)?;
+    Ok(stream)
+}
+
 /// How many of the held connections the server has not closed: a closed one polls readable
-/// (EOF or reset), an open idle one does not, since the server never speaks first.
-pub fn still_open(held: &[TcpStream]) -> usize {
+/// (EOF, reset or close_notify), an open one does not, since the server has nothing to send.
+pub fn still_open<S: Held>(held: &[S]) -> usize {
     held.iter()
         .filter(|s| {
-            let mut fd = [pollfd(*s, Interest::Read)];
+            let mut fd = [pollfd(s.socket(), Interest::Read)];
             fd[0].events |= libc::POLLRDHUP;
             // A deadline of now polls once without waiting; a failed poll counts as closed.
             poll(&mut fd, Some(Instant::now())).is_ok_and(|n| n == 0)
@@ -881,16 +997,16 @@ where
         .map_err(|e| clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{e:#}\n")))
 }
 
-/// Runs the idle mode: open the burst, report it at once, hold until `--hold` runs out (or the
-/// process is stopped), then report how many the server still had open.
-pub fn run_idle(plan: &Plan, out: &mut impl Write) -> Result<IdleBurst> {
-    let burst = open_idle(plan)?;
+/// Runs the idle or established mode: open the burst, report it at once, hold until `--hold` runs
+/// out (or the process is stopped), then report how many the server still had open.
+pub fn run_hold<S: Held>(plan: &Plan, burst: &Burst<S>, out: &mut impl Write) -> Result<()> {
+    let mode = burst.mode;
     if plan.json {
         writeln!(out, "{}", burst.to_json())?;
     } else {
         writeln!(
             out,
-            "idle         {}/{} connected to {} in {:.1} ms; holding for {:.1} s",
+            "{mode:<12} {}/{} connected to {} in {:.1} ms; holding for {:.1} s",
             burst.held.len(),
             burst.requested,
             plan.target,
@@ -909,17 +1025,31 @@ pub fn run_idle(plan: &Plan, out: &mut impl Write) -> Result<IdleBurst> {
         writeln!(
             out,
             "{}",
-            serde_json::json!({"mode": "idle-end", "held_s": round3(plan.hold.as_secs_f64()), "still_open": open})
+            serde_json::json!({"mode": format!("{mode}-end"), "held_s": round3(plan.hold.as_secs_f64()), "still_open": open})
         )?;
     } else {
         writeln!(
             out,
-            "idle         {open} of {} still open after {:.1} s",
+            "{mode:<12} {open} of {} still open after {:.1} s",
             burst.held.len(),
             plan.hold.as_secs_f64()
         )?;
     }
     out.flush()?;
+    Ok(())
+}
+
+/// Runs the idle mode (see [`run_hold`]).
+pub fn run_idle(plan: &Plan, out: &mut impl Write) -> Result<IdleBurst> {
+    let burst = open_idle(plan)?;
+    run_hold(plan, &burst, out)?;
+    Ok(burst)
+}
+
+/// Runs the established mode (see [`run_hold`]).
+pub fn run_established(plan: &Plan, out: &mut impl Write) -> Result<EstablishedBurst> {
+    let burst = open_established(plan)?;
+    run_hold(plan, &burst, out)?;
     Ok(burst)
 }
 
@@ -958,6 +1088,9 @@ mod tests {
             &["--duration", "-1"][..],
             &["--ca", "x", "--insecure"][..],
             &["--send", "10", "--idle", "3"][..],
+            &["--send", "10", "--established", "3"][..],
+            &["--idle", "3", "--established", "3"][..],
+            &["--established", "0"][..],
             &["--source", "::1", "127.0.0.1:1"][..],
             &["no-port-here"][..],
         ] {

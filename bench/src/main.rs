@@ -1,4 +1,4 @@
-//! The `securesock-bench` binary: parse, run the load (or hold the idle burst), report.
+//! The `securesock-bench` binary: parse, run the load (or hold the idle or established burst), report.
 //! Everything it does lives in the `securesock_bench` library, where the tests can reach it.
 
 use std::io::Write as _;
@@ -27,6 +27,13 @@ fn main() -> ExitCode {
     let mut stdout = std::io::stdout();
     if plan.idle.is_some() {
         return match loadgen::run_idle(&plan, &mut stdout) {
+            Ok(burst) if burst.held.is_empty() => ExitCode::from(EXIT_ALL_FAILED),
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => fail(&format!("{e:#}")),
+        };
+    }
+    if plan.established.is_some() {
+        return match loadgen::run_established(&plan, &mut stdout) {
             Ok(burst) if burst.held.is_empty() => ExitCode::from(EXIT_ALL_FAILED),
             Ok(_) => ExitCode::SUCCESS,
             Err(e) => fail(&format!("{e:#}")),

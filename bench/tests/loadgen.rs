@@ -170,3 +170,52 @@ fn plaintext_load_checks_the_greeting_through_a_tls_client() {
     let wrong = &json_lines(&out)[0];
     assert_eq!(wrong["failed"], 5, "{wrong}");
 }
+
+#[test]
+fn established_connections_echo_their_probe_and_are_held() {
+    let server = Server::start(&["--mode", "echo"]);
+    let out = bench(&[
+        &server.addr.to_string(),
+        "--established",
+        "20",
+        "-c",
+        "2",
+        "--hold",
+        "0.5",
+        "--insecure",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 2, "{out:?}");
+    assert_eq!(lines[0]["mode"], "established", "{}", lines[0]);
+    assert_eq!(lines[0]["connected"], 20, "{}", lines[0]);
+    assert_eq!(lines[0]["failed"], 0, "{}", lines[0]);
+    assert!(
+        lines[0]["slowest_ms"].as_f64().unwrap() > 0.0,
+        "{}",
+        lines[0]
+    );
+    assert_eq!(lines[1]["mode"], "established-end", "{}", lines[1]);
+    assert_eq!(lines[1]["still_open"], 20, "{}", lines[1]);
+}
+
+#[test]
+fn established_connections_fail_where_the_probe_does_not_come_back() {
+    // The greeting server answers with its greeting and close_notify, not the probe: every
+    // connection must count as failed, none as held.
+    let server = Server::start(&[]);
+    let out = bench(&[
+        &server.addr.to_string(),
+        "--established",
+        "5",
+        "--hold",
+        "0.001",
+        "--insecure",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let lines = json_lines(&out);
+    assert_eq!(lines[0]["connected"], 0, "{}", lines[0]);
+    assert_eq!(lines[0]["failed"], 5, "{}", lines[0]);
+}
