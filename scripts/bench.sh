@@ -7,9 +7,10 @@
 # Sections (default: --throughput):
 #   --throughput   full and resumed handshakes at 1, 16 and 64 clients, peers in alternating rounds;
 #                  medians of conns/s, p50/p99, server CPU per connection, peak RSS; a PNG chart
-#   --forward      forward mode: one connection moving 1 GiB up, then 1 GiB down, through securesock
-#                  --mode forward, nginx stream proxy_pass and stunnel to a plaintext upstream
-#                  (examples/bulk.rs); MB/s and server CPU s/GiB, medians over the rounds
+#   --forward      forward mode: one connection moving 512 MiB up, then 512 MiB down, through
+#                  securesock --mode forward, nginx stream proxy_pass and stunnel to a plaintext
+#                  upstream (examples/bulk.rs), for every pairing of client and upstream read/write
+#                  size {256 KiB, 16 KiB}; MB/s and server CPU s/GiB, medians over the rounds
 #   --client       client mode: plaintext connections (securesock-bench --plaintext) through securesock
 #                  --mode client and stunnel client = yes to a TLS greet upstream, full handshakes (an
 #                  upstream without resumption) and resumed ones; conns/s, p99, CPU per connection
@@ -127,7 +128,12 @@ if [ -n "$suite" ]; then
     section_suffix="-$suite"
 fi
 idle_k=5000
-bulk_bytes=$((1024 * 1024 * 1024))
+# 512 MiB per transfer: 4 chunk pairings x 2 directions x 3 forwarders per round keep a 3-round
+# run to a few minutes, and a transfer still lasts long enough (~0.5 s) for the CPU ticks to count.
+bulk_bytes=$((512 * 1024 * 1024))
+# Client and upstream read/write sizes in forward mode, every pairing measured: 256 KiB suits a
+# forwarder (few large records), 16 KiB is what many clients and servers use (one TLS record each).
+bulk_chunks="262144 16384"
 if [ "$quick" -eq 1 ]; then
     bulk_bytes=$((64 * 1024 * 1024))
     rounds=1
@@ -607,7 +613,7 @@ EOF
 # forward: one TLS connection moving $bulk_bytes up, then down, through each forwarder to the
 # plaintext upstream of examples/bulk.rs; MB/s as the client sees it, server CPU per GiB.
 forward() {
-    echo "== forward: $rounds round(s) x {up, down} x 1 connection of $bulk_bytes bytes" >&2
+    echo "== forward: $rounds round(s) x client chunk {$bulk_chunks} x upstream chunk {$bulk_chunks} x {up, down} x 1 connection of $bulk_bytes bytes" >&2
     "$bin/examples/bulk" upstream 127.0.0.1:0 2>"$work/bulk-upstream.log" &
     up_pid=$!
     started_pids="$started_pids $up_pid"
@@ -629,33 +635,45 @@ forward() {
     start_stunnel stunnel-fwd "$up_port"; pids[stunnel]=$pid; ports[stunnel]=$port
     results=$work/forward.jsonl
     : >"$results"
+    # The box is shared: the load says how far to trust the figures.
+    load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+    echo "  load average (1, 5, 15 min) before: $load_before" >&2
     for round in $(seq 1 "$rounds"); do
-        for dir in up down; do
-            for s in $servers; do
-                before=$(cpu_ticks "${pids[$s]}")
-                if ! "$bin/examples/bulk" "$dir" "127.0.0.1:${ports[$s]}" "$bulk_bytes" >"$work/bulk.json" 2>"$work/bulk.err"; then
-                    echo "bench.sh: forward $dir through $s failed: $(cat "$work/bulk.err")" >&2
-                    continue
-                fi
-                after=$(cpu_ticks "${pids[$s]}")
-                jq -c --arg s "$s" --argjson t "$((after - before))" --argjson tck "$tck" \
-                    '. + {server: $s, cpu_s_per_gib: ($t / $tck / (.bytes / 1073741824))}' "$work/bulk.json" >>"$results"
-                jq -r '"  \(.server) \(.direction): \(.mb_per_s) MB/s, \(.cpu_s_per_gib * 100 | round / 100) CPU s/GiB"' <(tail -n 1 "$results") >&2
+        for cc in $bulk_chunks; do
+            for uc in $bulk_chunks; do
+                for dir in up down; do
+                    for s in $servers; do
+                        before=$(cpu_ticks "${pids[$s]}")
+                        if ! "$bin/examples/bulk" "$dir" "127.0.0.1:${ports[$s]}" "$bulk_bytes" "$cc" "$uc" >"$work/bulk.json" 2>"$work/bulk.err"; then
+                            echo "bench.sh: forward $dir through $s (chunks $cc/$uc) failed: $(cat "$work/bulk.err")" >&2
+                            continue
+                        fi
+                        after=$(cpu_ticks "${pids[$s]}")
+                        jq -c --arg s "$s" --argjson t "$((after - before))" --argjson tck "$tck" \
+                            '. + {server: $s, cpu_s_per_gib: ($t / $tck / (.bytes / 1073741824))}' "$work/bulk.json" >>"$results"
+                        jq -r '"  \(.server) \(.direction) client \(.client_chunk / 1024) KiB, upstream \(.upstream_chunk / 1024) KiB: \(.mb_per_s) MB/s, \(.cpu_s_per_gib * 100 | round / 100) CPU s/GiB"' <(tail -n 1 "$results") >&2
+                    done
+                done
             done
         done
     done
+    load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+    echo "  load average (1, 5, 15 min) after: $load_after" >&2
     for s in $servers; do
         stop "${pids[$s]}"
     done
     stop "$up_pid"
     jq -s -r "$jq_median"'
         def r(x): if x == null then "-" else (x * 100 | round / 100 | tostring) end;
-        group_by([.server, .direction]) | map({server: .[0].server, direction: .[0].direction,
+        def kib(x): "\(x / 1024) KiB";
+        group_by([.client_chunk, .upstream_chunk]) | sort_by(-.[0].client_chunk, -.[0].upstream_chunk) | .[]
+        | group_by([.server, .direction]) | map({server: .[0].server, direction: .[0].direction,
+            cc: .[0].client_chunk, uc: .[0].upstream_chunk,
             mbs: (map(.mb_per_s) | median), cpu: (map(.cpu_s_per_gib) | median), runs: length})
         | (map(select(.server == "nginx")) | map({key: .direction, value: .}) | from_entries) as $ng
         | group_by(.server) | sort_by(.[0].server as $sv | ["securesock", "nginx", "stunnel"] | index($sv))
         | .[] | (map({key: .direction, value: .}) | from_entries) as $x
-        | [ .[0].server,
+        | [ kib(.[0].cc), kib(.[0].uc), .[0].server,
             ($x.up.mbs | floor), r($x.up.mbs / $ng.up.mbs), r($x.up.cpu), r($x.up.cpu / $ng.up.cpu),
             ($x.down.mbs | floor), r($x.down.mbs / $ng.down.mbs), r($x.down.cpu), r($x.down.cpu / $ng.down.cpu),
             $x.up.runs + $x.down.runs ] | @tsv' "$results" >"$work/forward.tsv"
@@ -663,14 +681,14 @@ forward() {
         echo "## Forward mode: bulk transfer on one connection"
         echo
         versions
-        echo "- command: \`$command_line\` ($rounds round(s), peers alternated within each direction)"
-        echo "- one TLS 1.3 connection per run: \`examples/bulk.rs\` sends $bulk_bytes bytes up (the upstream counts them to EOF and answers with the count) or asks for $bulk_bytes bytes down; the clock runs from connect to the last byte; 256 KiB reads and writes on the client and the upstream"
+        echo "- command: \`$command_line\` ($rounds round(s), peers alternated within each direction); load average (1, 5, 15 min) $load_before before, $load_after after ($(nproc) cores, shared with other builds)"
+        echo "- one TLS 1.3 connection per run: \`examples/bulk.rs\` sends $bulk_bytes bytes up (the upstream counts them to EOF and answers with the count) or asks for $bulk_bytes bytes down; the clock runs from connect to the last byte; every pairing of the client's \`SSL_read\`/\`SSL_write\` size and the upstream's \`read\`/\`write\` size in {256 KiB, 16 KiB} (\`bulk up|down ADDR BYTES CHUNK UPSTREAM-CHUNK\`), rounds interleaved: each round runs every pairing, direction and peer once"
         echo "- peers: securesock \`--mode forward --upstream\`; nginx stream \`proxy_pass\` with \`proxy_half_close on\` (2 workers, default \`proxy_buffer_size\` 16k); stunnel \`connect =\`; all with the same certificate and Mozilla intermediate v6.0 settings as above"
         echo "- server CPU: utime+stime of the forwarder's processes over the run ÷ GiB moved; medians over the rounds; ratios are to nginx"
         echo "- kernel TLS offload: $ktls"
         echo
-        echo "| server | up MB/s | ×nginx | up CPU s/GiB | ×nginx | down MB/s | ×nginx | down CPU s/GiB | ×nginx | runs |"
-        echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        echo "| client chunk | upstream chunk | server | up MB/s | ×nginx | up CPU s/GiB | ×nginx | down MB/s | ×nginx | down CPU s/GiB | ×nginx | runs |"
+        echo "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         awk -F'\t' -v OFS=' | ' '{ $1 = $1; print "| " $0 " |" }' "$work/forward.tsv"
     } >"$work/forward.md"
     cat "$work/forward.md"
