@@ -36,8 +36,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
 use hdrhistogram::Histogram;
 use openssl::ssl::{
-    ErrorCode, HandshakeError, SslConnector, SslMethod, SslMode, SslSession, SslStream,
-    SslVerifyMode,
+    ErrorCode, HandshakeError, SslConnector, SslConnectorBuilder, SslMethod, SslMode, SslSession,
+    SslStream, SslVerifyMode,
 };
 use securesock::error::ssl_reason;
 use securesock::net::{Interest, poll, pollfd, raise_fd_limit};
@@ -250,6 +250,11 @@ impl Args {
 /// The client TLS context: the library's defaults (TLS 1.2 and 1.3, the default groups), plus
 /// the CA to trust or no verification at all.
 pub fn connector(plan: &Plan) -> Result<SslConnector> {
+    Ok(connector_builder(plan)?.build())
+}
+
+/// [`connector`] before it is built, for runs that set more on it.
+fn connector_builder(plan: &Plan) -> Result<SslConnectorBuilder> {
     let mut b = SslConnector::builder(SslMethod::tls_client())?;
     if let Some(ca) = &plan.ca {
         b.set_ca_file(ca)
@@ -258,7 +263,7 @@ pub fn connector(plan: &Plan) -> Result<SslConnector> {
     if plan.insecure {
         b.set_verify(SslVerifyMode::NONE);
     }
-    Ok(b.build())
+    Ok(b)
 }
 
 /// Opens a TCP connection, from `source` when given, within `timeout`.
@@ -929,14 +934,7 @@ pub fn open_idle(plan: &Plan) -> Result<IdleBurst> {
 /// Opens `plan.established` TLS connections over `plan.concurrency` threads: each completes the
 /// handshake, sends [`ESTABLISHED_PROBE`] bytes, reads them back and is then left silent.
 pub fn open_established(plan: &Plan) -> Result<EstablishedBurst> {
-    let mut b = SslConnector::builder(SslMethod::tls_client())?;
-    if let Some(ca) = &plan.ca {
-        b.set_ca_file(ca)
-            .with_context(|| format!("loading CA file {}", ca.display()))?;
-    }
-    if plan.insecure {
-        b.set_verify(SslVerifyMode::NONE);
-    }
+    let mut b = connector_builder(plan)?;
     // Thousands of silent connections on this side too: without their idle record buffers the
     // load generator stays small next to the server it measures.
     b.set_mode(SslMode::RELEASE_BUFFERS);
