@@ -289,6 +289,18 @@ fn io_failure(stage: &str, e: &io::Error) -> String {
     format!("{stage}: {}", e.kind())
 }
 
+/// The greeting check of every mode: exactly the expected bytes.
+fn same_payload(got: &[u8], expect: &[u8]) -> Result<(), String> {
+    if got == expect {
+        return Ok(());
+    }
+    Err(format!(
+        "wrong payload: {} bytes, expected {}",
+        got.len(),
+        expect.len()
+    ))
+}
+
 /// One plaintext connection from connect to close, checked: the greeting and a clean EOF, or the
 /// echo and then a clean EOF after our own.
 fn one_plain_connection(plan: &Plan) -> Result<Done, String> {
@@ -296,13 +308,7 @@ fn one_plain_connection(plan: &Plan) -> Result<Done, String> {
     match &plan.check {
         Check::Greet(expect) => {
             let got = read_to_eof(&mut tcp, expect.len() + EXTRA_BYTES)?;
-            if got != *expect {
-                return Err(format!(
-                    "wrong payload: {} bytes, expected {}",
-                    got.len(),
-                    expect.len()
-                ));
-            }
+            same_payload(&got, expect)?;
         }
         Check::Echo(n) => {
             echo(&mut tcp, *n)?;
@@ -386,13 +392,7 @@ fn one_connection(
     match &plan.check {
         Check::Greet(expect) => {
             let got = read_to_close_notify(&mut stream, expect.len() + EXTRA_BYTES)?;
-            if got != *expect {
-                return Err(format!(
-                    "wrong payload: {} bytes, expected {}",
-                    got.len(),
-                    expect.len()
-                ));
-            }
+            same_payload(&got, expect)?;
             // Our close_notify completes the exchange; the server may already be gone, which is
             // its right once it has sent its own.
             let _ = stream.shutdown();
