@@ -361,16 +361,13 @@ fn plain_socket(plan: &Plan) -> Result<TcpStream, String> {
 }
 
 /// One connection from connect to close, checked. Returns a short reason on failure.
-fn one_connection(
+/// Connects and completes a TLS handshake, offering `session` for resumption when given.
+fn handshake(
     plan: &Plan,
     tls: &SslConnector,
     session: Option<&SslSession>,
-) -> Result<Done, String> {
-    if plan.plaintext {
-        return one_plain_connection(plan);
-    }
+) -> Result<SslStream<TcpStream>, String> {
     let tcp = plain_socket(plan)?;
-
     let mut config = tls.configure().map_err(|e| format!("setup: {e}"))?;
     if plan.insecure {
         config.set_verify_hostname(false);
@@ -381,13 +378,22 @@ fn one_connection(
         // (`tls`) in the same thread, and a run uses one connector from start to end.
         unsafe { config.set_session(session) }.map_err(|e| format!("setup: {e}"))?;
     }
-    let mut stream = config.connect(&plan.servername, tcp).map_err(|e| match e {
-        HandshakeError::Failure(mid) => {
-            format!("handshake: {}", ssl_reason(mid.error()))
-        }
+    config.connect(&plan.servername, tcp).map_err(|e| match e {
+        HandshakeError::Failure(mid) => format!("handshake: {}", ssl_reason(mid.error())),
         HandshakeError::WouldBlock(_) => "handshake: timed out".to_string(),
         HandshakeError::SetupFailure(stack) => format!("setup: {stack}"),
-    })?;
+    })
+}
+
+fn one_connection(
+    plan: &Plan,
+    tls: &SslConnector,
+    session: Option<&SslSession>,
+) -> Result<Done, String> {
+    if plan.plaintext {
+        return one_plain_connection(plan);
+    }
+    let mut stream = handshake(plan, tls, session)?;
 
     match &plan.check {
         Check::Greet(expect) => {
@@ -949,22 +955,7 @@ pub fn open_established(plan: &Plan) -> Result<EstablishedBurst> {
 
 /// One `--established` connection: handshake, the probe echoed back, then held.
 fn establish(plan: &Plan, tls: &SslConnector) -> Result<SslStream<TcpStream>, String> {
-    let socket =
-        tcp_connect(plan.addr, plan.source, plan.timeout).map_err(|e| io_failure("connect", &e))?;
-    let tcp: TcpStream = socket.into();
-    let _ = tcp.set_nodelay(true);
-    tcp.set_read_timeout(Some(plan.timeout))
-        .and_then(|()| tcp.set_write_timeout(Some(plan.timeout)))
-        .map_err(|e| io_failure("socket", &e))?;
-    let mut config = tls.configure().map_err(|e| format!("setup: {e}"))?;
-    if plan.insecure {
-        config.set_verify_hostname(false);
-    }
-    let mut stream = config.connect(&plan.servername, tcp).map_err(|e| match e {
-        HandshakeError::Failure(mid) => format!("handshake: {}", ssl_reason(mid.error())),
-        HandshakeError::WouldBlock(_) => "handshake: timed out".to_string(),
-        HandshakeError::SetupFailure(stack) => format!("setup: {stack}"),
-    })?;
+    let mut stream = handshake(plan, tls, None)?;
     // Reading the probe back also takes in the TLS 1.3 tickets sent before it, so the server has
     // nothing left to say and a held connection that polls readable was closed.
     echo(&mut stream, ESTABLISHED_PROBE)?;
