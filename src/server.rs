@@ -549,6 +549,11 @@ struct Job {
     slot: Slot,
 }
 
+/// The line for a connection closed before any thread served it.
+fn unserved(peer: Peer, reason: &str) {
+    error!("conn peer={peer} result=error reason={reason:?}");
+}
+
 /// What the accept loop shares with the connection threads it starts.
 struct Workers {
     shared: Arc<Shared>,
@@ -591,12 +596,12 @@ impl Workers {
             drop(pool);
             // Dropping the job closes the connection and frees its slot.
             drop(job);
-            error!(
-                "conn peer={peer} result=error reason={:?}",
-                format!(
+            unserved(
+                peer,
+                &format!(
                     "thread spawn refused: vm.max_map_count leaves room for {} connection threads",
                     self.thread_budget
-                )
+                ),
             );
             return;
         }
@@ -611,10 +616,7 @@ impl Workers {
             self.lock().threads -= 1;
             // The closure, and with it the stream and the slot, was dropped: the connection is
             // closed and no longer counted.
-            error!(
-                "conn peer={peer} result=error reason={:?}",
-                format!("thread spawn failed: {e}")
-            );
+            unserved(peer, &format!("thread spawn failed: {e}"));
         }
     }
 
