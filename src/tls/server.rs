@@ -1,0 +1,150 @@
+//! The server's context (greet, echo, forward): the profile, the default certificate and each
+//! `--sni` one, client authentication with its CA, CRL and access rules, ALPN, session tickets
+//! and OCSP stapling, assembled into one validated [`SslAcceptor`].
+//!
+//! It builds from settings already validated by config and never touches a socket; the loaders,
+//! the SNI choice and the access hooks it installs live in their own rooms beside it.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow};
+use openssl::ssl::{
+    AlpnError, SslAcceptor, SslAcceptorBuilder, SslContext, SslMethod, SslMode, SslOptions,
+    SslVerifyMode, select_next_proto,
+};
+use openssl::x509::verify::X509VerifyFlags;
+
+use super::access::restrict_clients;
+use super::files::{
+    load_client_ca_names, load_crl_into, load_ocsp_response, load_ticket_keys, warn_if_stale_crl,
+};
+use super::identity::{Identity, describe};
+use super::profile::{apply_profile, interned_wire};
+use super::sni::{Names, SESSION_ID_CONTEXT, select_by_name};
+use super::{Side, Tls};
+use crate::config::TlsSettings;
+use crate::net::{self, TicketKey};
+
+/// Builds and validates the server's context: Mozilla profile, certificate chain, matching key,
+/// and the client authentication, SNI certificates and ALPN asked for.
+pub(super) fn build_acceptor(settings: &TlsSettings) -> Result<Tls> {
+    if let Some(crl) = settings.client_auth.as_ref().and_then(|a| a.crl.as_ref()) {
+        warn_if_stale_crl(crl)?;
+    }
+    let identity = Identity::load(&settings.cert, &settings.key)?;
+    let ticket_keys = settings
+        .ticket_keys
+        .as_deref()
+        .map(load_ticket_keys)
+        .transpose()?
+        .map(Arc::new);
+    let (mut b, groups) = profile_builder(settings, ticket_keys.as_ref())?;
+    identity.install(&mut b)?;
+    let info = describe(&identity.chain)?;
+    if let Some(path) = &settings.ocsp_response {
+        let response = load_ocsp_response(path, &identity.chain)?;
+        // Called only for clients that ask (status_request), and only on this, the default
+        // certificate's context: an SNI certificate is not the one the response is about.
+        b.set_status_callback(move |ssl| {
+            ssl.set_ocsp_status(&response)?;
+            Ok(true)
+        })
+        .context("installing the OCSP response")?;
+    }
+
+    let mut by_name: Vec<(String, SslContext)> = Vec::new();
+    for spec in &settings.sni {
+        let identity = Identity::load(&spec.cert, &spec.key)?;
+        let (mut sb, _) = profile_builder(settings, ticket_keys.as_ref())?;
+        identity.install(&mut sb)?;
+        by_name.push((spec.name.clone(), sb.build().into_context()));
+    }
+    let names = Names {
+        by_name,
+        // The default certificate answers for its own DNS names too, which matters to
+        // --strict-sni.
+        default_names: info
+            .sans
+            .iter()
+            .filter_map(|s| s.strip_prefix("DNS:"))
+            .map(str::to_ascii_lowercase)
+            .collect(),
+        strict: settings.strict_sni,
+    };
+    select_by_name(&mut b, names);
+    Ok(Tls {
+        side: Side::Server(b.build()),
+        info: Some(info),
+        groups,
+    })
+}
+
+/// A context builder with the profile, client authentication and ALPN applied; every context
+/// (the default one and each SNI one) starts from this, since OpenSSL reads some of these settings
+/// from whichever context the connection ends up on.
+fn profile_builder(
+    settings: &TlsSettings,
+    ticket_keys: Option<&Arc<Vec<TicketKey>>>,
+) -> Result<(SslAcceptorBuilder, &'static str)> {
+    // The modern v5 builder is the cleanest base: it sets only TLS 1.3 and its suites (the
+    // intermediate v5 one also loads DHE parameters that v6.0 dropped). The profile is applied on top.
+    let mut b = SslAcceptor::mozilla_modern_v5(SslMethod::tls_server())?;
+    let groups = apply_profile(&mut b, settings.profile)?;
+    // v6.0: the client's cipher order wins (every suite offered is strong).
+    b.clear_options(SslOptions::CIPHER_SERVER_PREFERENCE);
+    // Sessions are only resumed in the context that made them; with client certificates OpenSSL
+    // refuses resumption without one.
+    b.set_session_id_context(SESSION_ID_CONTEXT)?;
+    // One TLS 1.3 session ticket per full handshake instead of OpenSSL's two: a client resumes with
+    // one, and each ticket costs an encryption, a MAC and bytes on the wire. Resumed handshakes
+    // still get a fresh ticket each, so a client can keep resuming.
+    b.set_num_tickets(1)?;
+    if let Some(keys) = ticket_keys {
+        net::set_ticket_keys(&mut b, Arc::clone(keys)).context("installing the ticket keys")?;
+    }
+    // The chain sent is the certificate file's, as nginx does. Without this OpenSSL builds a chain
+    // from the context's trust store on every handshake: an X509_verify_cert per connection.
+    b.set_mode(SslMode::NO_AUTO_CHAIN);
+    // An idle connection gives its record buffers (about 34 KiB with read-ahead) back to the heap
+    // whenever they are empty: held, silent echo and forward connections otherwise keep them for
+    // their whole life. A busy connection takes them again from the allocator's cache.
+    b.set_mode(SslMode::RELEASE_BUFFERS);
+    client_auth(&mut b, settings)?;
+    if !settings.alpn.is_empty() {
+        let server = interned_wire(&settings.alpn);
+        let optional = settings.alpn_optional;
+        // The server's order wins: the first of its protocols that the client offers.
+        b.set_alpn_select_callback(move |_, client| match select_next_proto(server, client) {
+            Some(chosen) => Ok(chosen),
+            None if optional => Err(AlpnError::NOACK),
+            None => Err(AlpnError::ALERT_FATAL),
+        });
+    }
+    Ok((b, groups))
+}
+
+/// Client certificates, when `--client-ca` asks for them: the CA file as trust store and as the
+/// list of CAs sent to clients, required or optional, the access rules, and the CRL check.
+fn client_auth(b: &mut SslAcceptorBuilder, settings: &TlsSettings) -> Result<()> {
+    let Some(auth) = &settings.client_auth else {
+        return Ok(());
+    };
+    let names = load_client_ca_names(&auth.ca)?;
+    b.set_ca_file(&auth.ca)
+        .map_err(|_| anyhow!("cannot load client CA {}", auth.ca.display()))?;
+    b.set_client_ca_list(names);
+    let mut mode = SslVerifyMode::PEER;
+    // A client without a certificate matches no access rule, so rules imply requiring one.
+    if auth.require || !settings.allow.is_empty() {
+        mode |= SslVerifyMode::FAIL_IF_NO_PEER_CERT;
+    }
+    b.set_verify(mode);
+    if !settings.allow.is_empty() {
+        restrict_clients(b, &settings.allow)?;
+    }
+    if let Some(crl) = &auth.crl {
+        load_crl_into(b.cert_store_mut(), crl)?;
+        b.verify_param_mut().set_flags(X509VerifyFlags::CRL_CHECK)?;
+    }
+    Ok(())
+}
