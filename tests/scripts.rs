@@ -260,18 +260,18 @@ fn shell_words(command: &str) -> Vec<String> {
     words
 }
 
-/// The README's SNI example, run as written from a fresh directory holding only the quick start's
+/// The SNI example in docs/tls.md, run as written from a fresh directory holding only the quick start's
 /// default pair: its gen-certs.sh lines make the files its --sni flags name, the server starts
 /// with them, and its s_client line verifies the api.example.com certificate by name.
 #[test]
 fn the_readme_sni_example_runs_as_written() {
-    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let readme = std::fs::read_to_string(repo_root().join("docs/tls.md")).unwrap();
     let section = readme
         .split("## SNI and ALPN")
         .nth(1)
         .and_then(|rest| rest.split("```sh\n").nth(1))
         .and_then(|block| block.split("```").next())
-        .expect("an sh block in the README's SNI section");
+        .expect("an sh block in docs/tls.md's SNI section");
     // One command per line, continuation lines joined; a trailing `&` or `</dev/null` is the
     // shell's business.
     let commands: Vec<Vec<String>> = section
