@@ -28,7 +28,7 @@ use prometheus_client::registry::Registry;
 
 use crate::error::io_reason;
 use crate::limits::RateLimit;
-use crate::net::{self, Interest, poll, pollfd};
+use crate::sys::{self, Interest, poll, pollfd};
 
 /// One label, `name="value"`, with values from a fixed set known at compile time.
 type Label = Vec<(&'static str, &'static str)>;
@@ -218,7 +218,7 @@ pub fn serve(
     active: impl Fn() -> usize + Send + 'static,
 ) -> Result<SocketAddr> {
     let listener =
-        net::bind(addr, BACKLOG).with_context(|| format!("cannot listen for metrics on {addr}"))?;
+        sys::bind(addr, BACKLOG).with_context(|| format!("cannot listen for metrics on {addr}"))?;
     listener
         .set_nonblocking(true)
         .context("making the metrics listener non-blocking")?;

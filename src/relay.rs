@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 use openssl::ssl::{ErrorCode, SslStream};
 
 use crate::error::{blocked_on, io_reason, ssl_reason};
-use crate::net::{Interest, Socket, poll, pollfd, wait};
 use crate::shutdown::Shutdown;
+use crate::sys::{Interest, Socket, poll, pollfd, wait};
 
 /// Bytes buffered per direction. Four full TLS records, so one plaintext write to the upstream
 /// carries what several `SSL_read`s produced and one `SSL_write` fills several records.
@@ -614,9 +614,9 @@ fn settle(lanes: &mut [&mut Lane]) {
     for lane in lanes {
         lane.buf.release();
     }
-    crate::net::release_unused_stack();
+    crate::sys::release_unused_stack();
     // Before the trim, so that what OpenSSL frees is among what the trim can give back.
-    crate::net::release_openssl_thread_state();
+    crate::sys::release_openssl_thread_state();
     // Trimming walks every arena's free lists under its lock, so when many connections fall
     // quiet together (a pool of clients established in a burst) one trim serves them all.
     // Counted from 1, so that 0 can mean "never".
@@ -627,7 +627,7 @@ fn settle(lanes: &mut [&mut Lane]) {
             .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
     {
-        crate::net::trim_heap();
+        crate::sys::trim_heap();
     }
 }
 

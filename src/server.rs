@@ -27,10 +27,10 @@ use crate::connection::{self, Outcome, Settings};
 use crate::limits::{Gate, RateLimit, Refusal, Slot, Tracker};
 use crate::listener::{Listener, Peer};
 use crate::metrics::{self, Metrics};
-use crate::net::{self, Interest, Stream, poll, pollfd};
 use crate::relay::CLOSE_TIMEOUT;
 use crate::reload;
 use crate::shutdown::Shutdown;
+use crate::sys::{self as net, Interest, Stream, poll, pollfd};
 use crate::tls::{self, Tls};
 use crate::upstream::Upstream;
 
