@@ -22,10 +22,10 @@ use crate::config::{Mode, ProxyProtocol};
 use crate::error::{blocked_on, ssl_reason};
 use crate::limits::Gate;
 use crate::listener::Peer;
-use crate::net::{Interest, Socket, Stream, negotiated_group};
 use crate::proxy_protocol::{self, Inbound, Parse, TlsFacts};
 use crate::relay::{self, Endpoint, RelayEnd, RelayResult};
 use crate::shutdown::{Shutdown, Wake};
+use crate::sys::{Interest, Socket, Stream, negotiated_group};
 use crate::tls::{Connector, Side, Tls};
 use crate::upstream::Upstream;
 

@@ -8,7 +8,7 @@ use std::io;
 
 use openssl::ssl::ErrorCode;
 
-use crate::net::Interest;
+use crate::sys::Interest;
 
 /// OpenSSL's reason for a failed TLS operation, or the I/O error behind it: short and stable, for
 /// log lines and for grouping failures.

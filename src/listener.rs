@@ -17,7 +17,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use log::{info, warn};
 
 use crate::config::{Listen, UnixListen};
-use crate::net::{self, Stream};
+use crate::sys::{self as net, Stream};
 
 /// Who a connection comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -27,10 +27,10 @@ use crate::connection::{self, Outcome, Settings};
 use crate::limits::{Gate, RateLimit, Refusal, Slot, Tracker};
 use crate::listener::{Listener, Peer};
 use crate::metrics::{self, Metrics};
-use crate::net::{self, Interest, Stream, poll, pollfd};
 use crate::relay::CLOSE_TIMEOUT;
 use crate::reload;
 use crate::shutdown::Shutdown;
+use crate::sys::{self as net, Interest, Stream, poll, pollfd};
 use crate::tls::{self, Tls};
 use crate::upstream::Upstream;
 
@@ -660,22 +660,21 @@ fn accept_ready(listener: &Listener, workers: &Arc<Workers>, stop: impl Fn() -> 
     while !stop() {
         match listener.accept() {
             Ok((stream, peer)) => admit(stream, peer, workers),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            // A client that gave up while queued, or a signal: just carry on.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted
-                ) => {}
-            Err(e) => {
-                if let Some(suppressed) = ACCEPT_ERROR_LOG.allow() {
-                    error!("accept failed: {e} (suppressed_since_last={suppressed})");
+            Err(e) => match net::accept_backoff(&e, ACCEPT_BACKOFF) {
+                net::AcceptStep::Empty => return,
+                // A client that gave up while queued, or a signal: just carry on.
+                net::AcceptStep::Again => {}
+                net::AcceptStep::Pause(until) => {
+                    if let Some(suppressed) = ACCEPT_ERROR_LOG.allow() {
+                        error!("accept failed: {e} (suppressed_since_last={suppressed})");
+                    }
+                    // Out of descriptors or memory: wait a moment (or for shutdown) instead of
+                    // spinning.
+                    let mut fds = [workers.shared.shutdown.pollfd()];
+                    let _ = poll(&mut fds, Some(until));
+                    return;
                 }
-                // Out of descriptors or memory: wait a moment (or for shutdown) instead of spinning.
-                let mut fds = [workers.shared.shutdown.pollfd()];
-                let _ = poll(&mut fds, Some(Instant::now() + ACCEPT_BACKOFF));
-                return;
-            }
+            },
         }
     }
 }

@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::net::{Interest, poll, pollfd};
+use crate::sys::{Interest, poll, pollfd};
 
 /// A shutdown request and the moment the drain ends.
 pub struct Shutdown {

@@ -17,7 +17,7 @@ use log::{info, warn};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::UNIX_PREFIX;
-use crate::net::{Interest, Stream, wait};
+use crate::sys::{Interest, Stream, wait};
 
 /// The upstream's name and its current addresses.
 pub struct Upstream {

@@ -22,7 +22,7 @@ fn main() -> io::Result<()> {
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:0".into());
     // Every connection is a descriptor here: as many as the process may have.
-    let _ = securesock::net::raise_fd_limit();
+    let _ = securesock::sys::raise_fd_limit();
     let listener = TcpListener::bind(&addr)?;
     listener.set_nonblocking(true)?;
     // SAFETY: epoll_create1 takes a flag and returns a new descriptor or -1.

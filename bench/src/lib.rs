@@ -40,7 +40,7 @@ use openssl::ssl::{
     SslStream, SslVerifyMode,
 };
 use securesock::error::ssl_reason;
-use securesock::net::{Interest, poll, pollfd, raise_fd_limit};
+use securesock::sys::{Interest, poll, pollfd, raise_fd_limit};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 /// How many bytes an echo check writes before reading the same amount back. Loopback socket

@@ -23,7 +23,7 @@ use openssl::pkey::PKey;
 use openssl::ssl::{ErrorCode, ShutdownState, SslConnector, SslMethod, SslStream, SslVerifyMode};
 use openssl::x509::extension::SubjectAlternativeName;
 use openssl::x509::{X509, X509NameBuilder};
-use securesock::net::{Interest, poll, pollfd};
+use securesock::sys::{Interest, poll, pollfd};
 
 /// Long enough for anything that should happen, short enough that a hang fails the test.
 pub const PATIENCE: Duration = Duration::from_secs(20);

@@ -1,15 +1,12 @@
-//! Counters for operators, and the optional `/metrics` endpoint that serves them in the Prometheus
-//! (OpenMetrics) text format over plain HTTP on its own thread.
+//! The `/metrics` endpoint: a small HTTP/1.x server of its own on one thread, serving the text
+//! [`Metrics::render`] makes.
 //!
-//! The counters are always kept (each is an atomic add); the endpoint exists only with
-//! `--metrics-listen`. The endpoint serves numbers only: never a key, a certificate or a peer's
+//! At most [`MAX_CLIENTS`] connections, request heads of at most [`MAX_HEAD`] bytes arriving
+//! within [`HEAD_TIMEOUT`], `GET` and `HEAD /metrics` only, one response per connection. It must
+//! never take memory or threads from the TLS side, so its buffers are fixed, it never starts a
+//! thread beyond its own, and no failure (a flood, a malformed request, running out of
+//! descriptors) ends it. The endpoint serves numbers only: never a key, a certificate or a peer's
 //! data.
-//!
-//! The endpoint is a small HTTP/1.x server of its own on one thread: at most [`MAX_CLIENTS`]
-//! connections, request heads of at most [`MAX_HEAD`] bytes arriving within [`HEAD_TIMEOUT`],
-//! `GET` and `HEAD /metrics` only, one response per connection. It must never take memory or
-//! threads from the TLS side, so its buffers are fixed, it never starts a thread, and no failure
-//! (a flood, a malformed request, running out of descriptors) ends it.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -19,157 +16,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use log::{info, warn};
-use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
 
+use super::Metrics;
 use crate::error::io_reason;
 use crate::limits::RateLimit;
-use crate::net::{self, Interest, poll, pollfd};
-
-/// One label, `name="value"`, with values from a fixed set known at compile time.
-type Label = Vec<(&'static str, &'static str)>;
-
-fn label(name: &'static str, value: &'static str) -> Label {
-    vec![(name, value)]
-}
-
-/// Every counter the server keeps.
-pub struct Metrics {
-    registry: Registry,
-    accepted: Counter,
-    /// Set from the connection tracker when scraped, so it can never drift from the truth.
-    active: Gauge,
-    refused: Family<Label, Counter>,
-    handshakes: Family<Label, Counter>,
-    handshake_seconds: Histogram,
-    bytes_in: Counter,
-    bytes_out: Counter,
-    reloads: Family<Label, Counter>,
-    cert_not_after: Gauge,
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Metrics::new()
-    }
-}
-
-impl Metrics {
-    pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("securesock");
-        let accepted = Counter::default();
-        let active = Gauge::default();
-        let refused = Family::<Label, Counter>::default();
-        let handshakes = Family::<Label, Counter>::default();
-        // 1 ms to about 16 s: covers a loopback handshake and the longest handshake deadline.
-        let handshake_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 15));
-        let bytes_in = Counter::default();
-        let bytes_out = Counter::default();
-        let reloads = Family::<Label, Counter>::default();
-        let cert_not_after = Gauge::default();
-        registry.register(
-            "connections_accepted",
-            "TCP connections accepted",
-            accepted.clone(),
-        );
-        registry.register("connections_active", "Connections open now", active.clone());
-        registry.register(
-            "connections_refused",
-            "Connections closed at once by a cap (reason: max_connections, max_per_ip)",
-            refused.clone(),
-        );
-        registry.register(
-            "handshakes",
-            "TLS handshakes by result (ok, timeout, not_tls, protocol_version, no_shared_cipher, client_cert, server_cert, alpn, unknown_name, eof, protocol_error, error); in client mode, the upstream handshakes",
-            handshakes.clone(),
-        );
-        registry.register(
-            "handshake_duration_seconds",
-            "Time from accept to a completed handshake",
-            handshake_seconds.clone(),
-        );
-        registry.register(
-            "received_bytes",
-            "Application bytes received from clients",
-            bytes_in.clone(),
-        );
-        registry.register(
-            "sent_bytes",
-            "Application bytes sent to clients",
-            bytes_out.clone(),
-        );
-        registry.register(
-            "reloads",
-            "Certificate reloads by result (ok, failed)",
-            reloads.clone(),
-        );
-        registry.register(
-            "certificate_not_after_timestamp_seconds",
-            "Expiry of the certificate being served, as a Unix timestamp",
-            cert_not_after.clone(),
-        );
-        Metrics {
-            registry,
-            accepted,
-            active,
-            refused,
-            handshakes,
-            handshake_seconds,
-            bytes_in,
-            bytes_out,
-            reloads,
-            cert_not_after,
-        }
-    }
-
-    pub fn accepted(&self) {
-        self.accepted.inc();
-    }
-
-    pub fn refused(&self, reason: &'static str) {
-        self.refused.get_or_create(&label("reason", reason)).inc();
-    }
-
-    /// Records how a handshake ended; `duration` only for completed ones.
-    pub fn handshake(&self, result: &'static str, duration: Option<Duration>) {
-        self.handshakes
-            .get_or_create(&label("result", result))
-            .inc();
-        if let Some(d) = duration {
-            self.handshake_seconds.observe(d.as_secs_f64());
-        }
-    }
-
-    pub fn bytes(&self, received: u64, sent: u64) {
-        self.bytes_in.inc_by(received);
-        self.bytes_out.inc_by(sent);
-    }
-
-    pub fn reload(&self, ok: bool) {
-        self.reloads
-            .get_or_create(&label("result", if ok { "ok" } else { "failed" }))
-            .inc();
-    }
-
-    pub fn certificate_expiry(&self, not_after_unix: i64) {
-        self.cert_not_after.set(not_after_unix);
-    }
-
-    /// The exposition text, with the active gauge set to `active` first.
-    pub fn render(&self, active: usize) -> String {
-        self.active.set(i64::try_from(active).unwrap_or(i64::MAX));
-        let mut out = String::new();
-        // Writing into a String cannot fail; an error would only come from a broken encoder.
-        if encode(&mut out, &self.registry).is_err() {
-            warn!("metrics encoding failed");
-        }
-        out
-    }
-}
+use crate::sys::{self, AcceptStep, Interest, accept_backoff, poll, pollfd};
 
 /// Content type of the OpenMetrics text format, which Prometheus scrapes natively.
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -190,7 +41,7 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 const LINGER_TIMEOUT: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 64 * 1024;
 /// How long accepting stops after accept itself failed (out of descriptors, say): the failed
-/// connection stays queued, so retrying at once would only spin.
+/// connection stays queued, so retrying at once would only spin ([`accept_backoff`]).
 const ACCEPT_PAUSE: Duration = Duration::from_millis(250);
 /// Listen queue. Connections wait there, in the kernel and costing this process nothing, while
 /// every slot is busy sending a response.
@@ -218,7 +69,7 @@ pub fn serve(
     active: impl Fn() -> usize + Send + 'static,
 ) -> Result<SocketAddr> {
     let listener =
-        net::bind(addr, BACKLOG).with_context(|| format!("cannot listen for metrics on {addr}"))?;
+        sys::bind(addr, BACKLOG).with_context(|| format!("cannot listen for metrics on {addr}"))?;
     listener
         .set_nonblocking(true)
         .context("making the metrics listener non-blocking")?;
@@ -291,26 +142,21 @@ fn accept_ready(
         }
         let stream = match listener.accept() {
             Ok((stream, _)) => stream,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            // A client that gave up while queued, or a signal: carry on.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted
-                ) =>
-            {
-                continue;
-            }
-            Err(e) => {
-                if let Some(suppressed) = ACCEPT_ERROR_LOG.allow() {
-                    warn!(
-                        "metrics: cannot accept: {}; retrying every {ACCEPT_PAUSE:?} (suppressed_since_last={suppressed})",
-                        io_reason(&e)
-                    );
+            Err(e) => match accept_backoff(&e, ACCEPT_PAUSE) {
+                AcceptStep::Empty => return,
+                // A client that gave up while queued, or a signal: carry on.
+                AcceptStep::Again => continue,
+                AcceptStep::Pause(until) => {
+                    if let Some(suppressed) = ACCEPT_ERROR_LOG.allow() {
+                        warn!(
+                            "metrics: cannot accept: {}; retrying every {ACCEPT_PAUSE:?} (suppressed_since_last={suppressed})",
+                            io_reason(&e)
+                        );
+                    }
+                    *paused_until = Some(until);
+                    return;
                 }
-                *paused_until = Some(Instant::now() + ACCEPT_PAUSE);
-                return;
-            }
+            },
         };
         if stream.set_nonblocking(true).is_err() {
             continue;
@@ -676,32 +522,6 @@ fn response(status: Status, body: &[u8], with_body: bool) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn render_names_every_family() {
-        let m = Metrics::new();
-        m.accepted();
-        m.refused("max_per_ip");
-        m.handshake("ok", Some(Duration::from_millis(3)));
-        m.bytes(5, 20);
-        m.reload(false);
-        m.certificate_expiry(1_900_000_000);
-        let text = m.render(7);
-        for want in [
-            "securesock_connections_accepted_total 1",
-            "securesock_connections_active 7",
-            "securesock_connections_refused_total{reason=\"max_per_ip\"} 1",
-            "securesock_handshakes_total{result=\"ok\"} 1",
-            "securesock_handshake_duration_seconds_count 1",
-            "securesock_received_bytes_total 5",
-            "securesock_sent_bytes_total 20",
-            "securesock_reloads_total{result=\"failed\"} 1",
-            "securesock_certificate_not_after_timestamp_seconds 1900000000",
-            "# EOF",
-        ] {
-            assert!(text.contains(want), "{want} missing in:\n{text}");
-        }
-    }
 
     #[test]
     fn the_end_of_a_head_is_found_across_reads() {

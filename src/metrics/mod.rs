@@ -1,0 +1,192 @@
+//! Counters for operators, and the optional `/metrics` endpoint ([`http`]) that serves them in the
+//! Prometheus (OpenMetrics) text format over plain HTTP on its own thread.
+//!
+//! The counters are always kept (each is an atomic add); the endpoint exists only with
+//! `--metrics-listen`. This room owns the registry and the names of every family; it must never
+//! count a key, a certificate or a peer's data, only numbers about them.
+
+use std::time::Duration;
+
+use log::warn;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+pub mod http;
+
+pub use http::{HEAD_TIMEOUT, MAX_CLIENTS, MAX_HEAD, serve};
+
+/// One label, `name="value"`, with values from a fixed set known at compile time.
+type Label = Vec<(&'static str, &'static str)>;
+
+fn label(name: &'static str, value: &'static str) -> Label {
+    vec![(name, value)]
+}
+
+/// Every counter the server keeps.
+pub struct Metrics {
+    registry: Registry,
+    accepted: Counter,
+    /// Set from the connection tracker when scraped, so it can never drift from the truth.
+    active: Gauge,
+    refused: Family<Label, Counter>,
+    handshakes: Family<Label, Counter>,
+    handshake_seconds: Histogram,
+    bytes_in: Counter,
+    bytes_out: Counter,
+    reloads: Family<Label, Counter>,
+    cert_not_after: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("securesock");
+        let accepted = Counter::default();
+        let active = Gauge::default();
+        let refused = Family::<Label, Counter>::default();
+        let handshakes = Family::<Label, Counter>::default();
+        // 1 ms to about 16 s: covers a loopback handshake and the longest handshake deadline.
+        let handshake_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        let bytes_in = Counter::default();
+        let bytes_out = Counter::default();
+        let reloads = Family::<Label, Counter>::default();
+        let cert_not_after = Gauge::default();
+        registry.register(
+            "connections_accepted",
+            "TCP connections accepted",
+            accepted.clone(),
+        );
+        registry.register("connections_active", "Connections open now", active.clone());
+        registry.register(
+            "connections_refused",
+            "Connections closed at once by a cap (reason: max_connections, max_per_ip)",
+            refused.clone(),
+        );
+        registry.register(
+            "handshakes",
+            "TLS handshakes by result (ok, timeout, not_tls, protocol_version, no_shared_cipher, client_cert, server_cert, alpn, unknown_name, eof, protocol_error, error); in client mode, the upstream handshakes",
+            handshakes.clone(),
+        );
+        registry.register(
+            "handshake_duration_seconds",
+            "Time from accept to a completed handshake",
+            handshake_seconds.clone(),
+        );
+        registry.register(
+            "received_bytes",
+            "Application bytes received from clients",
+            bytes_in.clone(),
+        );
+        registry.register(
+            "sent_bytes",
+            "Application bytes sent to clients",
+            bytes_out.clone(),
+        );
+        registry.register(
+            "reloads",
+            "Certificate reloads by result (ok, failed)",
+            reloads.clone(),
+        );
+        registry.register(
+            "certificate_not_after_timestamp_seconds",
+            "Expiry of the certificate being served, as a Unix timestamp",
+            cert_not_after.clone(),
+        );
+        Metrics {
+            registry,
+            accepted,
+            active,
+            refused,
+            handshakes,
+            handshake_seconds,
+            bytes_in,
+            bytes_out,
+            reloads,
+            cert_not_after,
+        }
+    }
+
+    pub fn accepted(&self) {
+        self.accepted.inc();
+    }
+
+    pub fn refused(&self, reason: &'static str) {
+        self.refused.get_or_create(&label("reason", reason)).inc();
+    }
+
+    /// Records how a handshake ended; `duration` only for completed ones.
+    pub fn handshake(&self, result: &'static str, duration: Option<Duration>) {
+        self.handshakes
+            .get_or_create(&label("result", result))
+            .inc();
+        if let Some(d) = duration {
+            self.handshake_seconds.observe(d.as_secs_f64());
+        }
+    }
+
+    pub fn bytes(&self, received: u64, sent: u64) {
+        self.bytes_in.inc_by(received);
+        self.bytes_out.inc_by(sent);
+    }
+
+    pub fn reload(&self, ok: bool) {
+        self.reloads
+            .get_or_create(&label("result", if ok { "ok" } else { "failed" }))
+            .inc();
+    }
+
+    pub fn certificate_expiry(&self, not_after_unix: i64) {
+        self.cert_not_after.set(not_after_unix);
+    }
+
+    /// The exposition text, with the active gauge set to `active` first.
+    pub fn render(&self, active: usize) -> String {
+        self.active.set(i64::try_from(active).unwrap_or(i64::MAX));
+        let mut out = String::new();
+        // Writing into a String cannot fail; an error would only come from a broken encoder.
+        if encode(&mut out, &self.registry).is_err() {
+            warn!("metrics encoding failed");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_names_every_family() {
+        let m = Metrics::new();
+        m.accepted();
+        m.refused("max_per_ip");
+        m.handshake("ok", Some(Duration::from_millis(3)));
+        m.bytes(5, 20);
+        m.reload(false);
+        m.certificate_expiry(1_900_000_000);
+        let text = m.render(7);
+        for want in [
+            "securesock_connections_accepted_total 1",
+            "securesock_connections_active 7",
+            "securesock_connections_refused_total{reason=\"max_per_ip\"} 1",
+            "securesock_handshakes_total{result=\"ok\"} 1",
+            "securesock_handshake_duration_seconds_count 1",
+            "securesock_received_bytes_total 5",
+            "securesock_sent_bytes_total 20",
+            "securesock_reloads_total{result=\"failed\"} 1",
+            "securesock_certificate_not_after_timestamp_seconds 1900000000",
+            "# EOF",
+        ] {
+            assert!(text.contains(want), "{want} missing in:\n{text}");
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! Each end of a relay as a byte source and sink ([`Endpoint`]): a TLS stream or a plaintext
+//! socket, TCP or UNIX, each attempt answered as an [`Io`] (moved, blocked on what, ended,
+//! failed) so the pump above never sees an error code.
+//!
+//! Owns the translation of OpenSSL's and the socket's results; it must never wait, retry a
+//! blocked operation or keep state between calls (the pump does all of that).
+
+use std::io;
+use std::net::TcpStream;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+
+use openssl::ssl::{ErrorCode, SslStream};
+
+use crate::error::{blocked_on, io_reason, ssl_reason};
+use crate::sys::{Interest, Socket};
+
+/// OpenSSL 3's reason code for a peer that closed TCP without close_notify
+/// (`SSL_R_UNEXPECTED_EOF_WHILE_READING`), and the SSL library's error code (`ERR_LIB_SSL`);
+/// openssl-sys exports neither.
+const SSL_R_UNEXPECTED_EOF_WHILE_READING: libc::c_int = 294;
+const ERR_LIB_SSL: libc::c_int = 20;
+
+/// The result of one attempt at a non-blocking operation.
+pub enum Io {
+    /// This many bytes moved (0 for a completed close).
+    Moved(usize),
+    /// Nothing moved; retry once the socket is ready for this.
+    Blocked(Interest),
+    /// The source ended (EOF or close_notify).
+    Ended,
+    Failed(String),
+}
+
+/// One end of a relay, seen as a byte source and sink. Implemented by TLS streams and plaintext
+/// sockets, TCP or UNIX, so one [`Lane`] type serves every direction of every mode.
+pub trait Endpoint {
+    /// The socket to poll.
+    fn fd(&self) -> RawFd;
+    fn read_into(&mut self, buf: &mut [u8]) -> Io;
+    fn write_from(&mut self, data: &[u8]) -> Io;
+    /// Tells the peer no more bytes follow: close_notify, or a FIN.
+    fn close_write(&mut self) -> Io;
+    /// Holds back partial segments while several writes follow one another (TCP_CORK on a TLS
+    /// side, whose writes are one record each), or sends what was held. A no-op where one write
+    /// already carries the whole buffer.
+    fn batch(&mut self, _on: bool) {}
+}
+
+/// A failed TLS operation: blocked, or failed for the reason OpenSSL gives.
+fn tls_failure(e: &openssl::ssl::Error) -> Io {
+    match blocked_on(e.code()) {
+        Some(interest) => Io::Blocked(interest),
+        None => Io::Failed(ssl_reason(e)),
+    }
+}
+
+impl<S: Socket> Endpoint for SslStream<S> {
+    fn fd(&self) -> RawFd {
+        self.get_ref().as_raw_fd()
+    }
+
+    fn batch(&mut self, on: bool) {
+        self.get_ref().set_cork(on);
+    }
+
+    fn read_into(&mut self, buf: &mut [u8]) -> Io {
+        match self.ssl_read(buf) {
+            Ok(n) => Io::Moved(n),
+            Err(e) if e.code() == ErrorCode::ZERO_RETURN || is_eof(&e) => Io::Ended,
+            Err(e) => tls_failure(&e),
+        }
+    }
+
+    fn write_from(&mut self, data: &[u8]) -> Io {
+        // SSL_MODE_ENABLE_PARTIAL_WRITE and ACCEPT_MOVING_WRITE_BUFFER (set by every SslAcceptor
+        // and SslConnector)
+        // make this return after each record once the socket is full, and let a retry pass the
+        // same bytes from a buffer that has since been compacted or grown.
+        match self.ssl_write(data) {
+            Ok(n) => Io::Moved(n),
+            Err(e) => tls_failure(&e),
+        }
+    }
+
+    fn close_write(&mut self) -> Io {
+        match self.shutdown() {
+            Ok(_) => Io::Moved(0),
+            Err(e) => tls_failure(&e),
+        }
+    }
+}
+
+/// A plaintext socket's read, as the relay sees it.
+fn plain_read(socket: &mut impl Socket, buf: &mut [u8]) -> Io {
+    loop {
+        return match socket.read(buf) {
+            Ok(0) => Io::Ended,
+            Ok(n) => Io::Moved(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Io::Blocked(Interest::Read),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => Io::Failed(io_reason(&e)),
+        };
+    }
+}
+
+/// A plaintext socket's write, as the relay sees it.
+fn plain_write(socket: &mut impl Socket, data: &[u8]) -> Io {
+    loop {
+        return match socket.write(data) {
+            Ok(0) => Io::Failed("write accepted no bytes".into()),
+            Ok(n) => Io::Moved(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Io::Blocked(Interest::Write),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => Io::Failed(io_reason(&e)),
+        };
+    }
+}
+
+/// A plaintext socket's FIN, as the relay sees it.
+fn plain_close(socket: &impl Socket) -> Io {
+    match socket.shutdown_write() {
+        Ok(()) => Io::Moved(0),
+        Err(e) => Io::Failed(io_reason(&e)),
+    }
+}
+
+/// Plaintext sockets of each family (a blanket impl over [`Socket`] would overlap the TLS one).
+macro_rules! plain_endpoint {
+    ($socket:ty) => {
+        impl Endpoint for $socket {
+            fn fd(&self) -> RawFd {
+                self.as_raw_fd()
+            }
+
+            fn read_into(&mut self, buf: &mut [u8]) -> Io {
+                plain_read(self, buf)
+            }
+
+            fn write_from(&mut self, data: &[u8]) -> Io {
+                plain_write(self, data)
+            }
+
+            fn close_write(&mut self) -> Io {
+                plain_close(self)
+            }
+        }
+    };
+}
+
+plain_endpoint!(TcpStream);
+plain_endpoint!(UnixStream);
+
+/// Whether a failed `SSL_read` means the peer closed TCP without close_notify. That ends the
+/// client's input like a close_notify does (as nginx and ghostunnel treat it); whether the reply
+/// can still reach a peer that did so is for the write side to find out.
+fn is_eof(e: &openssl::ssl::Error) -> bool {
+    match e.code() {
+        // OpenSSL 1.1: SYSCALL with neither a queued error nor an errno.
+        ErrorCode::SYSCALL => e.io_error().is_none() && e.ssl_error().is_none(),
+        ErrorCode::SSL => e.ssl_error().is_some_and(|stack| {
+            stack.errors().iter().any(|err| {
+                err.library_code() == ERR_LIB_SSL
+                    && err.reason_code() == SSL_R_UNEXPECTED_EOF_WHILE_READING
+            })
+        }),
+        _ => false,
+    }
+}

@@ -1,0 +1,216 @@
+//! One direction of a relay ([`Lane`]): the buffer, the read that fills it and the write that
+//! drains it, and the half-close: once the source has ended and everything buffered is out, the
+//! end is passed on (close_notify or a FIN) while the other direction keeps flowing.
+//!
+//! Owns one direction's state; it must never wait (it tries until an operation would block and
+//! records what it blocked on) or know the other direction.
+
+use super::buffer::{Buffer, RECORD};
+use super::endpoint::{Endpoint, Io};
+use crate::sys::Interest;
+
+/// One direction of a relay: a buffer and the state of the read that fills it and the write that
+/// drains it. A wait of `None` means the operation may succeed now and is worth trying.
+pub(super) struct Lane {
+    pub(super) buf: Buffer,
+    /// What the last read blocked on, until poll says that is ready.
+    pub(super) read_wait: Option<Interest>,
+    /// What the last write (or close) blocked on, until poll says that is ready.
+    pub(super) write_wait: Option<Interest>,
+    /// The source ended; what is buffered still goes out, then the end is passed on.
+    pub(super) eof: bool,
+    /// The end was passed on to the destination: this direction is finished.
+    pub(super) shut: bool,
+    pub(super) read: u64,
+    pub(super) written: u64,
+}
+
+/// Which half of a lane failed, so the caller can blame the right peer.
+pub(super) enum Fault {
+    Source(String),
+    Sink(String),
+}
+
+impl Lane {
+    pub(super) fn new() -> Lane {
+        Lane::with_preamble(&[])
+    }
+
+    /// A lane whose first bytes out are `preamble`, which was never read from the source.
+    pub(super) fn with_preamble(preamble: &[u8]) -> Lane {
+        Lane {
+            buf: Buffer::holding(preamble),
+            read_wait: None,
+            write_wait: None,
+            eof: false,
+            shut: false,
+            read: 0,
+            written: 0,
+        }
+    }
+
+    /// What a read waits for, when a read is wanted at all.
+    pub(super) fn read_interest(&self) -> Option<Interest> {
+        if self.eof || !self.buf.has_room() {
+            return None;
+        }
+        self.read_wait
+    }
+
+    /// What a write or the close waits for, when either is wanted at all.
+    pub(super) fn write_interest(&self) -> Option<Interest> {
+        if self.shut || (self.buf.is_empty() && !self.eof) {
+            return None;
+        }
+        self.write_wait
+    }
+
+    /// Reads from `src` until the buffer is full or the read would block. True when bytes came in.
+    pub(super) fn fill(&mut self, src: &mut impl Endpoint) -> Result<bool, Fault> {
+        let mut moved = false;
+        while !self.eof && self.read_wait.is_none() && self.buf.has_room() {
+            match src.read_into(self.buf.room()) {
+                Io::Moved(n) => {
+                    self.buf.commit(n);
+                    self.read += n as u64;
+                    moved = true;
+                }
+                Io::Blocked(interest) => self.read_wait = Some(interest),
+                Io::Ended => self.eof = true,
+                Io::Failed(reason) => return Err(Fault::Source(reason)),
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Writes the buffer to `dst` until it is empty or the write would block. True when bytes
+    /// went out.
+    fn write_out(&mut self, dst: &mut impl Endpoint) -> Result<bool, Fault> {
+        let mut moved = false;
+        while !self.buf.is_empty() && self.write_wait.is_none() {
+            match dst.write_from(self.buf.filled()) {
+                Io::Moved(n) => {
+                    self.buf.consume(n);
+                    self.written += n as u64;
+                    moved = true;
+                }
+                Io::Blocked(interest) => self.write_wait = Some(interest),
+                Io::Ended => return Err(Fault::Sink("closed".into())),
+                Io::Failed(reason) => return Err(Fault::Sink(reason)),
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Writes to `dst` until the buffer is empty or the write would block, then passes the
+    /// source's end on once everything is out. True when bytes went out.
+    pub(super) fn drain(&mut self, dst: &mut impl Endpoint) -> Result<bool, Fault> {
+        // More than one record's worth goes out as full segments: each segment on loopback or a
+        // LAN costs the sender the receiver's TCP path and a wake-up. Uncorking when the loop ends
+        // (emptied, blocked or failed) sends the tail at once, so nothing is held while waiting.
+        let batch = self.buf.filled().len() > RECORD;
+        if batch {
+            dst.batch(true);
+        }
+        let written = self.write_out(dst);
+        if batch {
+            dst.batch(false);
+        }
+        let moved = written?;
+        if self.eof && !self.shut && self.buf.is_empty() && self.write_wait.is_none() {
+            match dst.close_write() {
+                Io::Moved(_) => self.shut = true,
+                Io::Blocked(interest) => self.write_wait = Some(interest),
+                Io::Ended | Io::Failed(_) => {
+                    // The peer is already gone, so it cannot miss the end-of-stream signal, and
+                    // everything it was sent got out: nothing was lost.
+                    self.shut = true;
+                }
+            }
+        }
+        Ok(moved)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::RawFd;
+
+    /// A sink that takes one record per write and then answers with `after`, recording the
+    /// calls it gets.
+    struct Sink {
+        writes_left: usize,
+        after: fn() -> Io,
+        log: Vec<String>,
+    }
+
+    impl Endpoint for Sink {
+        fn fd(&self) -> RawFd {
+            -1
+        }
+        fn read_into(&mut self, _: &mut [u8]) -> Io {
+            Io::Blocked(Interest::Read)
+        }
+        fn write_from(&mut self, data: &[u8]) -> Io {
+            if self.writes_left == 0 {
+                self.log.push("blocked-or-failed".into());
+                return (self.after)();
+            }
+            self.writes_left -= 1;
+            let n = data.len().min(RECORD);
+            self.log.push(format!("write {n}"));
+            Io::Moved(n)
+        }
+        fn close_write(&mut self) -> Io {
+            Io::Moved(0)
+        }
+        fn batch(&mut self, on: bool) {
+            self.log.push(format!("batch {on}"));
+        }
+    }
+
+    fn drained(queued: usize, writes: usize, after: fn() -> Io) -> (Vec<String>, bool) {
+        let mut lane = Lane::new();
+        lane.buf.room();
+        lane.buf.commit(queued);
+        let mut sink = Sink {
+            writes_left: writes,
+            after,
+            log: Vec::new(),
+        };
+        let ok = lane.drain(&mut sink).is_ok();
+        (sink.log, ok)
+    }
+
+    #[test]
+    fn several_records_are_written_corked_and_uncorked_however_the_writes_end() {
+        let (log, ok) = drained(3 * RECORD, 3, || Io::Blocked(Interest::Write));
+        assert!(ok);
+        assert_eq!(log.first().map(String::as_str), Some("batch true"));
+        assert_eq!(log.iter().filter(|l| l.starts_with("write")).count(), 3);
+        assert_eq!(log.last().map(String::as_str), Some("batch false"));
+
+        let (log, _) = drained(3 * RECORD, 1, || Io::Blocked(Interest::Write));
+        assert_eq!(
+            log.last().map(String::as_str),
+            Some("batch false"),
+            "{log:?}"
+        );
+
+        let (log, ok) = drained(3 * RECORD, 1, || Io::Failed("reset".into()));
+        assert!(!ok);
+        assert_eq!(
+            log.last().map(String::as_str),
+            Some("batch false"),
+            "{log:?}"
+        );
+    }
+
+    #[test]
+    fn one_record_or_less_is_not_corked() {
+        let (log, ok) = drained(RECORD, 1, || Io::Blocked(Interest::Write));
+        assert!(ok);
+        assert_eq!(log, vec!["write 16384".to_string()]);
+    }
+}

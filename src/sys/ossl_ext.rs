@@ -1,0 +1,295 @@
+//! Every raw libssl/libcrypto call the openssl crate does not wrap, fenced in one file as
+//! pingora's `pingora-openssl/src/ext.rs` does: the negotiated key-exchange group, ClientHello
+//! extensions, a connection's session ID context, offering a session on a connection
+//! ([`LastSession`]), session-ticket keys with their callback's crypto, and the thread-state
+//! release `OPENSSL_thread_stop`.
+//!
+//! Owns the FFI declarations and the safe wrappers around them; it must never hold TLS policy
+//! (which groups, keys or contexts to use is the tls room's).
+
+use std::sync::{Arc, OnceLock};
+
+use openssl::error::ErrorStack;
+use openssl::ex_data::Index;
+use openssl::ssl::{SslContext, SslContextBuilder, SslRef};
+
+unsafe extern "C" {
+    /// libcrypto (OpenSSL 1.1.0 and later): frees the calling thread's own OpenSSL state, which
+    /// the library creates again on the thread's next use. openssl-sys does not declare it.
+    fn OPENSSL_thread_stop();
+}
+
+/// `OPENSSL_thread_stop`: frees the calling thread's OpenSSL state (see
+/// [`super::memory::release_openssl_thread_state`], which says when that is worth doing).
+pub(super) fn thread_stop() {
+    // SAFETY: the call touches only the calling thread's OpenSSL thread-local state, which nothing
+    // borrows across this call: every SSL object stays valid and independent of it.
+    unsafe { OPENSSL_thread_stop() }
+}
+
+/// The body of extension `kind` in the ClientHello being processed; only inside the ClientHello
+/// callback. The openssl crate does not wrap `SSL_client_hello_get0_ext`.
+pub fn client_hello_ext(ssl: &mut openssl::ssl::SslRef, kind: u32) -> Option<&[u8]> {
+    use foreign_types::ForeignTypeRef;
+    let mut out: *const libc::c_uchar = std::ptr::null();
+    let mut len: libc::size_t = 0;
+    // SAFETY: `ssl` is a live SSL borrowed mutably for the call; OpenSSL writes a pointer into its
+    // own copy of the ClientHello and its length, or returns 0 and writes nothing.
+    let found =
+        unsafe { openssl_sys::SSL_client_hello_get0_ext(ssl.as_ptr(), kind, &mut out, &mut len) };
+    if found != 1 || out.is_null() {
+        return None;
+    }
+    // SAFETY: OpenSSL guarantees `len` bytes at `out`, alive while the ClientHello is processed,
+    // which outlives the borrow of `ssl` the slice is tied to (the callback's).
+    Some(unsafe { std::slice::from_raw_parts(out, len) })
+}
+
+/// Sets one connection's session ID context (at most 32 bytes), which the openssl crate offers
+/// only per context. Returns whether OpenSSL took it.
+pub fn set_session_id_context(ssl: &mut openssl::ssl::SslRef, sid_ctx: &[u8]) -> bool {
+    use foreign_types::ForeignTypeRef;
+    let Ok(len) = libc::c_uint::try_from(sid_ctx.len()) else {
+        return false;
+    };
+    // SAFETY: `ssl` is a live SSL; OpenSSL copies `len` bytes from `sid_ctx`, which outlives the
+    // call.
+    unsafe { SSL_set_session_id_context(ssl.as_ptr(), sid_ctx.as_ptr(), len) == 1 }
+}
+
+/// A client context's last session, to offer on its next connection (resumption). OpenSSL requires
+/// a session offered on a connection to come from that connection's context, which the openssl
+/// crate leaves to the caller (`set_session` is unsafe); this slot records the context each
+/// session came from and offers it only to connections of that context.
+#[derive(Default)]
+pub struct LastSession {
+    /// The session and the address of the SSL_CTX that made it.
+    slot: std::sync::Mutex<Option<(openssl::ssl::SslSession, usize)>>,
+}
+
+impl LastSession {
+    /// Keeps every new session the context made with `builder` gets, the last one winning.
+    pub fn install(builder: &mut SslContextBuilder) -> Arc<LastSession> {
+        let last = Arc::new(LastSession::default());
+        let slot = Arc::clone(&last);
+        builder.set_new_session_callback(move |ssl, session| {
+            let ctx = context_address(ssl);
+            *slot.lock() = Some((session, ctx));
+        });
+        last
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(openssl::ssl::SslSession, usize)>> {
+        self.slot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Offers the last session on `ssl` when it came from `ssl`'s own context.
+    pub fn offer(&self, ssl: &mut SslRef) -> Result<(), ErrorStack> {
+        let last = self.lock().clone();
+        match last {
+            Some((session, ctx)) if ctx == context_address(ssl) => {
+                // SAFETY: SSL_set_session needs the session to come from the connection's own
+                // SSL_CTX, which the address comparison just above establishes.
+                unsafe { ssl.set_session(&session) }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Forgets the last session (after a failed handshake, which it must not fail again).
+    pub fn forget(&self) {
+        *self.lock() = None;
+    }
+}
+
+/// The address of a connection's SSL_CTX, to tell contexts apart.
+fn context_address(ssl: &SslRef) -> usize {
+    use foreign_types::ForeignTypeRef;
+    ssl.ssl_context().as_ptr() as usize
+}
+
+/// `SSL_CTRL_GET_NEGOTIATED_GROUP` (ssl.h), behind the `SSL_get_negotiated_group` macro.
+const SSL_CTRL_GET_NEGOTIATED_GROUP: libc::c_int = 134;
+
+unsafe extern "C" {
+    fn SSL_set_session_id_context(
+        ssl: *mut openssl_sys::SSL,
+        sid_ctx: *const libc::c_uchar,
+        sid_ctx_len: libc::c_uint,
+    ) -> libc::c_int;
+
+    /// OpenSSL 3.0 and later: the name of a group ID as `SSL_get_negotiated_group` returns it.
+    fn SSL_group_to_name(ssl: *mut openssl_sys::SSL, id: libc::c_int) -> *const libc::c_char;
+}
+
+/// The key-exchange group the handshake agreed on (`x25519`, `X25519MLKEM768`, ...), which is how
+/// an operator sees post-quantum key exchange in use. The openssl crate wraps neither call.
+pub fn negotiated_group(ssl: &openssl::ssl::SslRef) -> Option<String> {
+    use foreign_types::ForeignTypeRef;
+    let ptr = ssl.as_ptr();
+    // SAFETY: `ptr` is a live SSL for the borrow of `ssl`; this control only reads its state.
+    let id = unsafe {
+        openssl_sys::SSL_ctrl(ptr, SSL_CTRL_GET_NEGOTIATED_GROUP, 0, std::ptr::null_mut())
+    };
+    let id = libc::c_int::try_from(id).ok().filter(|&id| id > 0)?;
+    // SAFETY: as above; the result is NULL or a NUL-terminated string owned by libssl's static
+    // tables (or the provider's), valid beyond this call, and copied at once.
+    let name = unsafe { SSL_group_to_name(ptr, id) };
+    if name.is_null() {
+        return None;
+    }
+    // SAFETY: non-NULL and NUL-terminated, as documented for SSL_group_to_name.
+    let name = unsafe { std::ffi::CStr::from_ptr(name) };
+    Some(name.to_string_lossy().into_owned())
+}
+
+/// One session-ticket key in nginx's `ssl_session_ticket_key` layout (80 bytes): the name that
+/// tickets carry, the HMAC-SHA256 key, the AES-256-CBC key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TicketKey {
+    pub name: [u8; 16],
+    pub hmac: [u8; 32],
+    pub aes: [u8; 32],
+}
+
+impl TicketKey {
+    /// The length of one key in a key file.
+    pub const LEN: usize = 80;
+
+    /// Splits an 80-byte key into its parts.
+    pub fn from_bytes(bytes: &[u8; Self::LEN]) -> TicketKey {
+        let mut key = TicketKey {
+            name: [0; 16],
+            hmac: [0; 32],
+            aes: [0; 32],
+        };
+        key.name.copy_from_slice(&bytes[..16]);
+        key.hmac.copy_from_slice(&bytes[16..48]);
+        key.aes.copy_from_slice(&bytes[48..]);
+        key
+    }
+}
+
+/// Never prints key material, whatever logs a key by mistake.
+impl std::fmt::Debug for TicketKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TicketKey(..)")
+    }
+}
+
+/// Where each context keeps its ticket keys for the callback.
+fn ticket_keys_index() -> Option<Index<SslContext, Arc<Vec<TicketKey>>>> {
+    static INDEX: OnceLock<Option<Index<SslContext, Arc<Vec<TicketKey>>>>> = OnceLock::new();
+    *INDEX.get_or_init(|| SslContext::new_ex_index().ok())
+}
+
+/// Encrypts session tickets with the first of `keys` and decrypts those made with any of them, as
+/// nginx's `ssl_session_ticket_key` and HAProxy's `tls-ticket-keys` do, so processes given the same
+/// keys resume each other's sessions. A ticket under a key other than the first is renewed with
+/// the first. `keys` must not be empty.
+pub fn set_ticket_keys(
+    ctx: &mut SslContextBuilder,
+    keys: Arc<Vec<TicketKey>>,
+) -> Result<(), ErrorStack> {
+    let idx = ticket_keys_index().ok_or_else(ErrorStack::get)?;
+    ctx.set_ex_data(idx, keys);
+    // SAFETY: `ctx` is a live SSL_CTX for the call; the callback is a plain function that finds
+    // its keys through the context's ex data, which the context owns for its whole life.
+    let rc = unsafe { SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx.as_ptr(), Some(ticket_key_cb)) };
+    if rc == 1 {
+        Ok(())
+    } else {
+        Err(ErrorStack::get())
+    }
+}
+
+/// AES-256-CBC's IV length, the most OpenSSL's buffer holds (EVP_MAX_IV_LENGTH).
+const TICKET_IV_LEN: usize = 16;
+
+/// The ticket key callback (`SSL_CTX_set_tlsext_ticket_key_evp_cb`): 1 for a ticket handled with
+/// the current key, 2 for one to renew, 0 for an unknown key (a full handshake), -1 on error.
+/// It must not unwind into C, so it has no panicking path.
+unsafe extern "C" fn ticket_key_cb(
+    ssl: *mut openssl_sys::SSL,
+    name: *mut libc::c_uchar,
+    iv: *mut libc::c_uchar,
+    cipher: *mut openssl_sys::EVP_CIPHER_CTX,
+    mac: *mut openssl_sys::EVP_MAC_CTX,
+    encrypt: libc::c_int,
+) -> libc::c_int {
+    use foreign_types::ForeignTypeRef;
+    // SAFETY: OpenSSL calls this with the live SSL whose ticket it is handling.
+    let ssl = unsafe { SslRef::from_ptr(ssl) };
+    let Some(keys) = ticket_keys_index().and_then(|idx| ssl.ssl_context().ex_data(idx)) else {
+        return -1;
+    };
+    let (key, result) = if encrypt == 1 {
+        let Some(first) = keys.first() else {
+            return -1;
+        };
+        // SAFETY: `iv` has room for EVP_MAX_IV_LENGTH bytes and `name` for 16, as the callback's
+        // contract says.
+        unsafe {
+            if openssl_sys::RAND_bytes(iv, TICKET_IV_LEN as libc::c_int) != 1 {
+                return -1;
+            }
+            std::ptr::copy_nonoverlapping(first.name.as_ptr(), name, first.name.len());
+        }
+        (first, 1)
+    } else {
+        // SAFETY: `name` points at the ticket's 16-byte key name.
+        let wanted = unsafe { std::slice::from_raw_parts(name, 16) };
+        match keys.iter().position(|k| k.name[..] == *wanted) {
+            Some(i) => (&keys[i], if i == 0 { 1 } else { 2 }),
+            None => return 0,
+        }
+    };
+    let mut digest = *b"SHA256\0";
+    // SAFETY: the parameter array lives across EVP_MAC_init, which copies what it needs; `digest`
+    // is NUL-terminated; the keys outlive the calls; `cipher` and `mac` are the contexts OpenSSL
+    // handed over, and `iv` holds the IV it read from the ticket or the one made above.
+    unsafe {
+        let params = [
+            OSSL_PARAM_construct_utf8_string(c"digest".as_ptr(), digest.as_mut_ptr().cast(), 0),
+            openssl_sys::OSSL_PARAM_construct_end(),
+        ];
+        if openssl_sys::EVP_MAC_init(mac, key.hmac.as_ptr(), key.hmac.len(), params.as_ptr()) != 1 {
+            return -1;
+        }
+        let aes = openssl_sys::EVP_aes_256_cbc();
+        let ok = if encrypt == 1 {
+            openssl_sys::EVP_EncryptInit_ex(cipher, aes, std::ptr::null_mut(), key.aes.as_ptr(), iv)
+        } else {
+            openssl_sys::EVP_DecryptInit_ex(cipher, aes, std::ptr::null_mut(), key.aes.as_ptr(), iv)
+        };
+        if ok != 1 {
+            return -1;
+        }
+    }
+    result
+}
+
+type TicketKeyCallback = unsafe extern "C" fn(
+    *mut openssl_sys::SSL,
+    *mut libc::c_uchar,
+    *mut libc::c_uchar,
+    *mut openssl_sys::EVP_CIPHER_CTX,
+    *mut openssl_sys::EVP_MAC_CTX,
+    libc::c_int,
+) -> libc::c_int;
+
+unsafe extern "C" {
+    /// OpenSSL 3.0 and later; the openssl crate wraps only the deprecated HMAC_CTX variant's
+    /// macro, not this one.
+    fn SSL_CTX_set_tlsext_ticket_key_evp_cb(
+        ctx: *mut openssl_sys::SSL_CTX,
+        cb: Option<TicketKeyCallback>,
+    ) -> libc::c_int;
+    fn OSSL_PARAM_construct_utf8_string(
+        key: *const libc::c_char,
+        buf: *mut libc::c_char,
+        bsize: libc::size_t,
+    ) -> openssl_sys::OSSL_PARAM;
+}
