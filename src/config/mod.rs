@@ -1,10 +1,13 @@
 //! Command line and environment: clap derive turns raw flags (and `SECURESOCK_*` variables) into
 //! [`Args`], and [`Args::validate`] turns those into a typed [`Config`] before any work starts.
 //!
-//! This is the bottom floor: it imports nothing else from the crate, and it never does I/O beyond
-//! reading the files it is told to read: it does not open sockets, resolve names or bind. Whatever
-//! can be checked from the values alone (address syntax, ranges, flag combinations) is checked
-//! here, so a bad configuration fails with one line before the server touches anything.
+//! This is the bottom floor: it imports nothing else from the crate, so every room above may use
+//! it and it can use none of them. It does no I/O beyond reading what it is told to read (today the
+//! command line and the environment; a configuration file named on the command line is the only
+//! file it may ever read): it does not open sockets, resolve names, bind, or look at certificate
+//! files. Whatever can be checked from the values alone (address syntax, ranges, flag
+//! combinations) is checked here, so a bad configuration fails with one line before the server
+//! touches anything.
 //!
 //! The rooms:
 //! - `args.rs`: the clap struct, one flattened struct per `--help` heading (listen, mode, TLS,

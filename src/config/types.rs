@@ -1,4 +1,4 @@
-//! Every settings type: what [`validate`](super::validate) produces from the raw flags and what the
+//! Every settings type: what `validate.rs` produces from the raw flags and what the
 //! rest of the server reads (listen address, mode, TLS settings, client authentication, SNI,
 //! PROXY protocol, limits), in the types it needs.
 //!

@@ -30,14 +30,16 @@ impl Args {
     /// Checks every value and combination and returns the typed configuration, or one line that
     /// names the problem.
     pub fn validate(self) -> Result<Config, String> {
-        // When several values are wrong, the first group in this order names its problem.
+        // Each group takes the typed parts it depends on (the listen address, the mode), so the
+        // groups run in an order that has those first. When several values are wrong, the first
+        // group in this order to find one names it.
         let listening = listen(self.listen)?;
         let ops = operations(self.operations)?;
-        let limits = limits(self.limits)?;
         let mode = mode(self.mode, &self.upstream, &listening.listen)?;
         let up = upstream(self.upstream, &mode)?;
         let client = client_auth(self.client_auth, &mode)?;
         let tls = tls(self.tls, &mode, client, up.tls)?;
+        let limits = limits(self.limits)?;
         Ok(Config {
             listen: listening.listen,
             tls: tls.settings,
@@ -730,6 +732,39 @@ mod tests {
             parse(&["--watch-interval", "0.25"]).unwrap().watch_interval,
             Some(Duration::from_millis(250))
         );
+    }
+
+    #[test]
+    fn each_group_checks_its_own_raw_values() {
+        use clap::Parser;
+
+        let raw = |args: &[&str]| Args::try_parse_from([&["securesock"], args].concat()).unwrap();
+        let args = raw(&["--listen", "unix:/run/s.sock", "--accept-proxy"]);
+        assert!(
+            listen(args.listen)
+                .unwrap_err()
+                .contains("--accept-proxy needs a TCP")
+        );
+        let args = raw(&["--max-lifetime", "-1"]);
+        assert!(limits(args.limits).unwrap_err().contains("--max-lifetime"));
+        let args = raw(&[
+            "--mode",
+            "client",
+            "--upstream",
+            "db:5432",
+            "--crl",
+            "x.pem",
+        ]);
+        let listen = listen(args.listen).unwrap().listen;
+        let mode = mode(args.mode, &args.upstream, &listen).unwrap();
+        assert!(upstream(args.upstream, &mode).unwrap().tls.is_some());
+        assert!(
+            client_auth(args.client_auth, &mode)
+                .unwrap_err()
+                .starts_with("--crl does not apply to --mode client")
+        );
+        let ops = operations(raw(&["--log-failed-handshakes", "0"]).operations).unwrap();
+        assert_eq!(ops.log_failed_handshakes, None);
     }
 
     #[test]
