@@ -144,14 +144,14 @@ impl UnixSocket {
             .as_deref()
             .map(|g| {
                 net::group_id(g)
-                    .map_err(|e| anyhow!("--listen-group {g}: {}", crate::error::io_reason(&e)))
+                    .map_err(|e| anyhow!("--listen-group {g}: {}", crate::reason::io_reason(&e)))
             })
             .transpose()?;
         let listener = net::bind_unix(path, unix.mode, gid, backlog).map_err(|e| {
             anyhow!(
                 "cannot listen on unix:{}: {}",
                 path.display(),
-                crate::error::io_reason(&e)
+                crate::reason::io_reason(&e)
             )
         })?;
         let meta = std::fs::symlink_metadata(path)
@@ -198,7 +198,7 @@ fn clear_stale(path: &Path) -> Result<()> {
         Err(e) => bail!(
             "cannot use unix:{}: {}",
             path.display(),
-            crate::error::io_reason(&e)
+            crate::reason::io_reason(&e)
         ),
     };
     if !meta.file_type().is_socket() {
@@ -221,7 +221,7 @@ fn clear_stale(path: &Path) -> Result<()> {
         Err(e) => bail!(
             "cannot listen on unix:{}: checking the existing socket: {}",
             path.display(),
-            crate::error::io_reason(&e)
+            crate::reason::io_reason(&e)
         ),
     }
 }

@@ -26,9 +26,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::error::io_reason;
-use crate::limits::RateLimit;
 use crate::net::{self, Interest, poll, pollfd};
+use crate::rate_limit::RateLimit;
+use crate::reason::io_reason;
 
 /// One label, `name="value"`, with values from a fixed set known at compile time.
 type Label = Vec<(&'static str, &'static str)>;

@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 
 use openssl::ssl::{ErrorCode, SslStream};
 
-use crate::error::{blocked_on, io_reason, ssl_reason};
 use crate::net::{Interest, Socket, poll, pollfd, wait};
+use crate::reason::{blocked_on, io_reason, ssl_reason};
 use crate::shutdown::Shutdown;
 
 /// Bytes buffered per direction. Four full TLS records, so one plaintext write to the upstream

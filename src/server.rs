@@ -23,11 +23,13 @@ use arc_swap::ArcSwap;
 use log::{error, info, warn};
 
 use crate::config::{AcceptProxy, Config, Mode};
+use crate::connection::gate::Gate;
 use crate::connection::{self, Outcome, Settings};
-use crate::limits::{Gate, RateLimit, Refusal, Slot, Tracker};
+use crate::limits::{Refusal, Slot, Tracker};
 use crate::listener::{Listener, Peer};
 use crate::metrics::{self, Metrics};
 use crate::net::{self, Interest, Stream, poll, pollfd};
+use crate::rate_limit::RateLimit;
 use crate::relay::CLOSE_TIMEOUT;
 use crate::reload;
 use crate::shutdown::Shutdown;

@@ -34,8 +34,8 @@ use openssl::x509::{
 };
 
 use crate::config::{AccessRules, TlsProfile, TlsSettings, UpstreamTls, is_dns_name};
-use crate::error::io_reason;
 use crate::net::{self, TicketKey, client_hello_ext, set_session_id_context};
+use crate::reason::io_reason;
 
 /// TLS 1.2 cipher suites of Mozilla's intermediate profile, v6.0 (no DHE, no CBC, no RSA key exchange).
 pub const INTERMEDIATE_TLS12_CIPHERS: &str = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:\

@@ -39,8 +39,8 @@ use openssl::ssl::{
     ErrorCode, HandshakeError, SslConnector, SslConnectorBuilder, SslMethod, SslMode, SslSession,
     SslStream, SslVerifyMode,
 };
-use securesock::error::ssl_reason;
 use securesock::net::{Interest, poll, pollfd, raise_fd_limit};
+use securesock::reason::ssl_reason;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 /// How many bytes an echo check writes before reading the same amount back. Loopback socket

@@ -19,21 +19,23 @@ use openssl::ssl::{HandshakeError, ShutdownResult, SslAcceptor, SslRef, SslStrea
 use openssl::x509::X509VerifyResult;
 
 use crate::config::{Mode, ProxyProtocol};
-use crate::error::{blocked_on, ssl_reason};
-use crate::limits::Gate;
+use crate::limits::LINGER_BYTES;
 use crate::listener::Peer;
 use crate::net::{Interest, Socket, Stream, negotiated_group};
 use crate::proxy_protocol::{self, Inbound, Parse, TlsFacts};
+use crate::reason::{blocked_on, ssl_reason};
 use crate::relay::{self, Endpoint, RelayEnd, RelayResult};
 use crate::shutdown::{Shutdown, Wake};
 use crate::tls::{Connector, Side, Tls};
 use crate::upstream::Upstream;
 
+pub mod gate;
+
+use gate::Gate;
+
 /// How long, at most, a closed connection waits for the client's last bytes before closing, so
 /// that a client that wrote first gets the whole greeting and close_notify instead of a reset.
 pub const LINGER: Duration = Duration::from_secs(2);
-/// How many bytes the linger reads and discards at most.
-pub const LINGER_BYTES: usize = 64 * 1024;
 
 /// Per-connection settings, the same for every connection.
 #[derive(Clone)]
