@@ -5,7 +5,6 @@
 //! refuses the start, the file gets the configured mode and group before anyone can connect, and it
 //! is removed again when the server stops. Nothing here reads from a connection or knows a mode.
 
-use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, RawFd};
@@ -17,35 +16,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use log::{info, warn};
 
 use crate::config::{Listen, UnixListen};
+use crate::connection::Peer;
 use crate::net::{self, Stream};
-
-/// Who a connection comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Peer {
-    Tcp(SocketAddr),
-    /// A local process, as SO_PEERCRED saw it at connect (`None` when the kernel would not say).
-    Unix(Option<net::PeerCred>),
-}
-
-impl Peer {
-    /// The address the per-address cap counts, for the peers that have one.
-    pub fn ip(&self) -> Option<std::net::IpAddr> {
-        match self {
-            Peer::Tcp(addr) => Some(addr.ip()),
-            Peer::Unix(_) => None,
-        }
-    }
-}
-
-impl fmt::Display for Peer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Peer::Tcp(addr) => write!(f, "{addr}"),
-            Peer::Unix(Some(cred)) => write!(f, "unix:uid={},pid={}", cred.uid, cred.pid),
-            Peer::Unix(None) => write!(f, "unix:uid=-,pid=-"),
-        }
-    }
-}
 
 /// A bound listener of either family.
 pub enum Listener {
@@ -260,19 +232,5 @@ mod tests {
         let err = Listener::bind(&unix(&path), 16).err().unwrap().to_string();
         assert!(err.contains("not a socket"), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), b"precious");
-    }
-
-    #[test]
-    fn peers_print_as_the_log_shows_them() {
-        let cred = net::PeerCred {
-            uid: 1000,
-            gid: 1000,
-            pid: 4242,
-        };
-        assert_eq!(Peer::Unix(Some(cred)).to_string(), "unix:uid=1000,pid=4242");
-        assert_eq!(
-            Peer::Tcp("127.0.0.1:5".parse().unwrap()).to_string(),
-            "127.0.0.1:5"
-        );
     }
 }
