@@ -62,17 +62,23 @@ pub(crate) fn run(job: Job, slot: &mut Slot, ctx: &Context) -> Report {
     // The TLS context current now is this connection's to its end, whatever a reload stores.
     let started = ctx.plan.start();
     let mut report = Report::new(peer, ctx.plan.name());
-    let served = client_address(&stream, accepted, slot, ctx, &mut report).and_then(|()| {
-        let phase = Phase {
-            settings: &ctx.settings,
-            shutdown: &ctx.shutdown,
-            accepted,
-        };
-        match stream {
-            Stream::Tcp(s) => serve(s, &started, &phase, &ctx.gate, &mut report),
-            Stream::Unix(s) => serve(s, &started, &phase, &ctx.gate, &mut report),
+    let served = match client_address(&stream, accepted, slot, ctx, &mut report) {
+        Err(outcome) => {
+            report.held = Some(stream);
+            Err(outcome)
         }
-    });
+        Ok(()) => {
+            let phase = Phase {
+                settings: &ctx.settings,
+                shutdown: &ctx.shutdown,
+                accepted,
+            };
+            match stream {
+                Stream::Tcp(s) => serve(s, &started, &phase, &ctx.gate, &mut report),
+                Stream::Unix(s) => serve(s, &started, &phase, &ctx.gate, &mut report),
+            }
+        }
+    };
     report.outcome = match served {
         Ok(()) => Outcome::Ok,
         Err(outcome) => outcome,

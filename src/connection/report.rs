@@ -12,7 +12,7 @@ use std::time::Duration;
 use openssl::ssl::SslRef;
 
 use crate::limits::Refusal;
-use crate::net::{self, negotiated_group};
+use crate::net::{self, Stream, negotiated_group};
 
 /// Who a connection comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,6 +169,9 @@ pub(crate) struct Report {
     /// Whether a connection thread got to it at all; the line for one that did not says only who
     /// it was and why ([`Report::unserved`]).
     served: bool,
+    /// A connection that ended before its handshake, on a bad PROXY header or a refusal by the
+    /// per-address cap, stays open until its line is written: dropping the report closes it.
+    pub(crate) held: Option<Stream>,
 }
 
 impl Report {
@@ -191,6 +194,7 @@ impl Report {
             handshake: None,
             outcome: Outcome::Ok,
             served: true,
+            held: None,
         }
     }
 

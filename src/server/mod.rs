@@ -486,6 +486,8 @@ impl Shared {
         let Admitted { job, mut slot } = admitted;
         let report = connection::run(job, &mut slot, &self.connections);
         self.finish(&report, slot);
+        // A connection the report still holds (a bad PROXY header, a refusal) closes now.
+        drop(report);
     }
 
     /// Counts the report in the metrics and writes its line: the `conn` line (rate-limited per
@@ -493,7 +495,7 @@ impl Shared {
     /// client the per-address cap turned away once its PROXY header named it.
     fn finish(&self, report: &Report, mut slot: Slot) {
         if let Outcome::Refused(why) = report.outcome {
-            // Dropping the slot (and, earlier, the stream) closes it.
+            // The line first, as for a refusal at accept; then dropping the report closes it.
             log_refusal(report.peer, why, self.tracker.limit(why), &self.metrics);
             return;
         }
