@@ -16,13 +16,12 @@
 
 pub mod config;
 pub mod connection;
-pub mod error;
 pub mod limits;
-pub mod listener;
 pub mod metrics;
 pub mod proxy_protocol;
+pub mod rate_limit;
+pub mod reason;
 pub mod relay;
-pub mod reload;
 pub mod server;
 pub mod shutdown;
 pub mod sys;

@@ -1,16 +1,19 @@
 //! Admission control: how many connections are open, in all and per source address, and waiting for
-//! them to finish when the server drains. Also the rate limiter that keeps refusal logging from
-//! flooding the log during an attack.
+//! them to finish when the server drains.
 //!
 //! The accept loop asks [`Tracker::admit`] for a [`Slot`] before it spends anything on a connection;
 //! the slot is released when the connection's thread drops it, whatever way the connection ends.
+//! Nothing here reads from a socket or writes a log line: it only counts and says no.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::thread::{self, Thread};
-use std::time::{Duration, Instant};
+use std::time::Instant;
+
+/// The most a connection's last bytes are read (and discarded) for when it closes, so that a
+/// client that wrote first gets its answer and a FIN instead of a reset, without letting it keep
+/// the connection busy: a bound shared by every linger.
+pub(crate) const LINGER_BYTES: usize = 64 * 1024;
 
 /// Why a connection was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,143 +185,10 @@ impl Drop for Slot {
     }
 }
 
-/// Lets `burst` messages through per interval and counts the ones held back, so that an attack
-/// that triggers a log line per connection costs a few lines per second.
-pub struct RateLimit {
-    /// Start of the current window, lines let through in it, lines held back since the last one
-    /// let through.
-    state: Mutex<(Option<Instant>, u32, u64)>,
-    interval: Duration,
-    burst: u32,
-}
-
-impl RateLimit {
-    /// One message per interval.
-    pub const fn new(interval: Duration) -> RateLimit {
-        RateLimit::with_burst(interval, 1)
-    }
-
-    /// Up to `burst` messages per interval.
-    pub const fn with_burst(interval: Duration, burst: u32) -> RateLimit {
-        RateLimit {
-            state: Mutex::new((None, 0, 0)),
-            interval,
-            burst,
-        }
-    }
-
-    /// `Some(n)` when a line may be written now, `n` being how many were suppressed since the last
-    /// one; `None` when this one is suppressed.
-    pub fn allow(&self) -> Option<u64> {
-        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = Instant::now();
-        match s.0 {
-            Some(start) if now.duration_since(start) < self.interval => {
-                if s.1 >= self.burst {
-                    s.2 += 1;
-                    return None;
-                }
-                s.1 += 1;
-            }
-            _ => *s = (Some(now), 1, s.2),
-        }
-        Some(std::mem::take(&mut s.2))
-    }
-}
-
-/// Handshake steps allowed to compute at once, per CPU. Measured on 2 cores with 64 clients
-/// (BENCHMARKS.md): one or two per CPU cut p99 most but cost a quarter of the
-/// throughput (a permit holder preempted by other work stalls the queue); four keeps the
-/// throughput and still cuts p99 about in half.
-pub const GATE_PERMITS_PER_CPU: usize = 4;
-
-/// A first-come, first-served bound on how many threads run a CPU-heavy step at once (a TLS
-/// handshake step: key exchange, signature). With one thread per connection, 64 handshakes on
-/// 2 cores otherwise all progress together and each finishes only when the slowest does; queued in
-/// arrival order, each finishes about as soon as its turn's CPU time allows, and the accept loop is
-/// not crowded out. A step never waits on the network (the sockets are non-blocking), so a permit
-/// is held for microseconds to a few milliseconds, never for a client's pace.
-pub struct Gate {
-    state: Mutex<GateState>,
-}
-
-struct GateState {
-    free: usize,
-    /// Waiting threads in arrival order, each with the flag that hands it the permit.
-    queue: VecDeque<(Thread, Arc<AtomicBool>)>,
-}
-
-impl Gate {
-    /// A gate letting `permits` threads through at once (at least one).
-    pub fn new(permits: usize) -> Gate {
-        Gate {
-            state: Mutex::new(GateState {
-                free: permits.max(1),
-                queue: VecDeque::new(),
-            }),
-        }
-    }
-
-    /// A gate with [`GATE_PERMITS_PER_CPU`] permits per CPU this process may use.
-    pub fn per_cpu() -> Gate {
-        let cpus = thread::available_parallelism().map_or(2, usize::from);
-        Gate::new(cpus * GATE_PERMITS_PER_CPU)
-    }
-
-    /// The queue is consistent at every unlock (each update is one push, pop or count), so a
-    /// poisoned lock is used as it is.
-    fn lock(&self) -> MutexGuard<'_, GateState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Runs `step` once a permit is free, after every thread that asked earlier.
-    pub fn run<T>(&self, step: impl FnOnce() -> T) -> T {
-        self.acquire();
-        // Released on unwind too, so a panicking step cannot leak the permit.
-        let _permit = Permit(self);
-        step()
-    }
-
-    fn acquire(&self) {
-        let mut s = self.lock();
-        if s.free > 0 && s.queue.is_empty() {
-            s.free -= 1;
-            return;
-        }
-        let granted = Arc::new(AtomicBool::new(false));
-        s.queue.push_back((thread::current(), Arc::clone(&granted)));
-        drop(s);
-        // park can wake spuriously; the flag is the only signal that counts.
-        while !granted.load(Ordering::Acquire) {
-            thread::park();
-        }
-    }
-
-    /// Hands the permit straight to the longest waiter, or returns it.
-    fn release(&self) {
-        let mut s = self.lock();
-        match s.queue.pop_front() {
-            Some((waiter, granted)) => {
-                drop(s);
-                granted.store(true, Ordering::Release);
-                waiter.unpark();
-            }
-            None => s.free += 1,
-        }
-    }
-}
-
-struct Permit<'a>(&'a Gate);
-
-impl Drop for Permit<'_> {
-    fn drop(&mut self) {
-        self.0.release();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn caps_and_release() {
@@ -393,65 +263,5 @@ mod tests {
         let releaser = std::thread::spawn(move || drop(slot));
         assert_eq!(t.wait_idle(Instant::now() + Duration::from_secs(30)), 0);
         releaser.join().unwrap();
-    }
-
-    #[test]
-    fn gate_bounds_concurrency_and_serves_everyone() {
-        use std::sync::atomic::AtomicUsize;
-        let gate = Arc::new(Gate::new(2));
-        let inside = Arc::new(AtomicUsize::new(0));
-        let most = Arc::new(AtomicUsize::new(0));
-        let done = Arc::new(AtomicUsize::new(0));
-        let threads: Vec<_> = (0..16)
-            .map(|_| {
-                let (gate, inside, most, done) = (
-                    Arc::clone(&gate),
-                    Arc::clone(&inside),
-                    Arc::clone(&most),
-                    Arc::clone(&done),
-                );
-                thread::spawn(move || {
-                    for _ in 0..50 {
-                        gate.run(|| {
-                            let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
-                            most.fetch_max(now, Ordering::SeqCst);
-                            thread::yield_now();
-                            inside.fetch_sub(1, Ordering::SeqCst);
-                        });
-                        done.fetch_add(1, Ordering::SeqCst);
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
-        assert_eq!(done.load(Ordering::SeqCst), 16 * 50);
-        assert!(most.load(Ordering::SeqCst) <= 2);
-        assert_eq!(gate.lock().free, 2, "every permit came back");
-    }
-
-    #[test]
-    fn a_burst_passes_then_lines_are_counted_until_the_next_window() {
-        let r = RateLimit::with_burst(Duration::from_secs(3600), 3);
-        assert_eq!(r.allow(), Some(0));
-        assert_eq!(r.allow(), Some(0));
-        assert_eq!(r.allow(), Some(0));
-        assert_eq!(r.allow(), None);
-        assert_eq!(r.allow(), None);
-        let r = RateLimit::with_burst(Duration::ZERO, 2);
-        assert_eq!(r.allow(), Some(0));
-        assert_eq!(r.allow(), Some(0));
-    }
-
-    #[test]
-    fn rate_limit_counts_suppressed_lines() {
-        let r = RateLimit::new(Duration::from_secs(3600));
-        assert_eq!(r.allow(), Some(0));
-        assert_eq!(r.allow(), None);
-        assert_eq!(r.allow(), None);
-        let r = RateLimit::new(Duration::ZERO);
-        assert_eq!(r.allow(), Some(0));
-        assert_eq!(r.allow(), Some(0));
     }
 }

@@ -39,7 +39,7 @@ use openssl::ssl::{
     ErrorCode, HandshakeError, SslConnector, SslConnectorBuilder, SslMethod, SslMode, SslSession,
     SslStream, SslVerifyMode,
 };
-use securesock::error::ssl_reason;
+use securesock::reason::ssl_reason;
 use securesock::sys::{Interest, poll, pollfd, raise_fd_limit};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 

@@ -18,8 +18,9 @@ use anyhow::{Context, Result};
 use log::{info, warn};
 
 use super::Metrics;
-use crate::error::io_reason;
-use crate::limits::RateLimit;
+use crate::limits::LINGER_BYTES;
+use crate::rate_limit::RateLimit;
+use crate::reason::io_reason;
 use crate::sys::{self, AcceptStep, Interest, accept_backoff, poll, pollfd};
 
 /// Content type of the OpenMetrics text format, which Prometheus scrapes natively.
@@ -39,7 +40,6 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// dropped for at most this long and this many bytes: closing a socket with unread bytes sends a
 /// reset, which can destroy the response before the client has read it.
 const LINGER_TIMEOUT: Duration = Duration::from_secs(1);
-const LINGER_BYTES: usize = 64 * 1024;
 /// How long accepting stops after accept itself failed (out of descriptors, say): the failed
 /// connection stays queued, so retrying at once would only spin ([`accept_backoff`]).
 const ACCEPT_PAUSE: Duration = Duration::from_millis(250);

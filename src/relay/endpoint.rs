@@ -12,7 +12,7 @@ use std::os::unix::net::UnixStream;
 
 use openssl::ssl::{ErrorCode, SslStream};
 
-use crate::error::{blocked_on, io_reason, ssl_reason};
+use crate::reason::{blocked_on, io_reason, ssl_reason};
 use crate::sys::{Interest, Socket};
 
 /// OpenSSL 3's reason code for a peer that closed TCP without close_notify

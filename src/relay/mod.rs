@@ -27,7 +27,7 @@ use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::error::io_reason;
+use crate::reason::io_reason;
 use crate::shutdown::Shutdown;
 use crate::sys::{Interest, poll, pollfd, wait};
 

@@ -15,7 +15,7 @@ use super::identity::{Identity, describe};
 use super::profile::{apply_profile, interned_wire};
 use super::{Side, Tls};
 use crate::config::{TlsSettings, UpstreamTls};
-use crate::net;
+use crate::sys;
 
 /// Client mode's TLS context: the profile, the trust anchors, the name to verify, the client
 /// certificate, and the upstream's last session, offered again on the next connection.
@@ -31,7 +31,7 @@ pub struct Connector {
     /// The upstream's last session, filled by the new-session callback: a TLS 1.3 ticket arrives
     /// after the handshake, so it is caught when the relay reads it, not taken when the handshake
     /// ends.
-    last_session: Arc<net::LastSession>,
+    last_session: Arc<sys::LastSession>,
 }
 
 impl Connector {
@@ -82,7 +82,7 @@ pub(super) fn build_connector(settings: &TlsSettings, up: &UpstreamTls) -> Resul
     // OpenSSL hands a client its sessions only with client-side caching on; its internal cache
     // is not used by clients, so this one slot is the whole cache.
     b.set_session_cache_mode(SslSessionCacheMode::CLIENT);
-    let last_session = net::LastSession::install(&mut b);
+    let last_session = sys::LastSession::install(&mut b);
     Ok(Tls {
         side: Side::Client(Connector {
             ssl: b.build(),

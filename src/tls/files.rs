@@ -18,8 +18,8 @@ use openssl::stack::Stack;
 use openssl::x509::store::{X509Lookup, X509Store, X509StoreBuilder, X509StoreBuilderRef};
 use openssl::x509::{X509, X509Crl, X509Name};
 
-use crate::error::io_reason;
-use crate::net::TicketKey;
+use crate::reason::io_reason;
+use crate::sys::TicketKey;
 
 /// Reads a file whole, with an error that names it and says how to make one.
 fn read_file(kind: &str, path: &Path) -> Result<Vec<u8>> {

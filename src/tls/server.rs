@@ -23,7 +23,7 @@ use super::profile::{apply_profile, interned_wire};
 use super::sni::{Names, SESSION_ID_CONTEXT, select_by_name};
 use super::{Side, Tls};
 use crate::config::TlsSettings;
-use crate::net::{self, TicketKey};
+use crate::sys::{self, TicketKey};
 
 /// Builds and validates the server's context: Mozilla profile, certificate chain, matching key,
 /// and the client authentication, SNI certificates and ALPN asked for.
@@ -100,7 +100,7 @@ fn profile_builder(
     // still get a fresh ticket each, so a client can keep resuming.
     b.set_num_tickets(1)?;
     if let Some(keys) = ticket_keys {
-        net::set_ticket_keys(&mut b, Arc::clone(keys)).context("installing the ticket keys")?;
+        sys::set_ticket_keys(&mut b, Arc::clone(keys)).context("installing the ticket keys")?;
     }
     // The chain sent is the certificate file's, as nginx does. Without this OpenSSL builds a chain
     // from the context's trust store on every handshake: an X509_verify_cert per connection.

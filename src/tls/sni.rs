@@ -15,7 +15,7 @@ use openssl::ssl::{
 };
 
 use crate::config::is_dns_name;
-use crate::net::{client_hello_ext, set_session_id_context};
+use crate::sys::{client_hello_ext, set_session_id_context};
 
 /// Where the SNI callback keeps the name a client asked for, so that a refused handshake can
 /// still be logged with it (OpenSSL forgets a name the callback refused).

@@ -14,13 +14,13 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use arc_swap::ArcSwap;
 use log::{error, info};
 use openssl::sha::Sha256;
 
 use crate::config::TlsSettings;
+use crate::connection::mode::Contexts;
 use crate::metrics::Metrics;
-use crate::tls::{self, Tls};
+use crate::tls;
 use crate::upstream::Upstream;
 
 /// A digest of every file the TLS context is built from. A file that cannot be read contributes
@@ -52,20 +52,35 @@ pub enum Trigger {
     TicketKeyRotation,
 }
 
+/// The TLS context in service, and the serial of its certificate for the failure line.
+pub(crate) struct Current {
+    contexts: Contexts,
+    serial: Option<String>,
+}
+
+impl Current {
+    pub(crate) fn new(contexts: Contexts, serial: Option<String>) -> Current {
+        Current { contexts, serial }
+    }
+}
+
 /// Builds a new context and swaps it in; on failure keeps the old one. Returns whether it swapped.
-pub fn reload(
+pub(crate) fn reload(
     settings: &TlsSettings,
-    current: &ArcSwap<Tls>,
+    current: &mut Current,
     metrics: &Metrics,
     why: Trigger,
 ) -> bool {
-    match tls::build(settings) {
-        Ok(new) => {
-            // In service before the line says so: whoever reads "reload ok" and connects gets
-            // the new context.
-            let new = Arc::new(new);
-            current.store(Arc::clone(&new));
-            match &new.info {
+    // In service before the line says so: whoever reads "reload ok" and connects gets the new
+    // context.
+    let built = tls::build(settings).and_then(|new| {
+        current.contexts.install(new.side)?;
+        Ok(new.info)
+    });
+    match built {
+        Ok(info) => {
+            current.serial = info.as_ref().map(|c| c.serial.clone());
+            match &info {
                 Some(c) => {
                     info!(
                         "reload ok trigger={} subject=\"{}\" serial={} not_after={} expires_in_days={}",
@@ -88,11 +103,7 @@ pub fn reload(
             error!(
                 "reload failed trigger={}: {e:#}; still serving serial={}",
                 trigger_name(why),
-                current
-                    .load()
-                    .info
-                    .as_ref()
-                    .map_or("-", |c| c.serial.as_str())
+                current.serial.as_deref().unwrap_or("-")
             );
             metrics.reload(false);
             false
@@ -128,9 +139,9 @@ pub struct Schedule {
 /// rebuilding it when `schedule.ticket_key_rotation` has passed since the last successful build
 /// bounds how long a stolen key could decrypt recorded sessions: forward secrecy for resumed
 /// sessions. Tickets from before a rotation no longer resume; those clients do one full handshake.
-pub fn spawn(
+pub(crate) fn spawn(
     settings: TlsSettings,
-    current: Arc<ArcSwap<Tls>>,
+    mut current: Current,
     metrics: Arc<Metrics>,
     schedule: Schedule,
     upstream: Option<Arc<Upstream>>,
@@ -169,7 +180,7 @@ pub fn spawn(
                         seen = fingerprint(&settings);
                         refresh();
                         loaded = seen;
-                        reload(&settings, &current, &metrics, Trigger::Signal)
+                        reload(&settings, &mut current, &metrics, Trigger::Signal)
                     }
                     Err(RecvTimeoutError::Timeout) => {
                         if rotate_at.is_some_and(|t| Instant::now() >= t) {
@@ -177,7 +188,12 @@ pub fn spawn(
                             seen = loaded;
                             // On failure the old context (and keys) stay; try again next period.
                             rotate_at = rotation.map(|r| Instant::now() + r);
-                            reload(&settings, &current, &metrics, Trigger::TicketKeyRotation)
+                            reload(
+                                &settings,
+                                &mut current,
+                                &metrics,
+                                Trigger::TicketKeyRotation,
+                            )
                         } else if schedule.watch.is_some() {
                             let now = fingerprint(&settings);
                             let changed = now != loaded && now == seen;
@@ -185,7 +201,7 @@ pub fn spawn(
                             if changed {
                                 refresh();
                                 loaded = now;
-                                reload(&settings, &current, &metrics, Trigger::FileChange)
+                                reload(&settings, &mut current, &metrics, Trigger::FileChange)
                             } else {
                                 false
                             }

@@ -5,7 +5,6 @@
 //! refuses the start, the file gets the configured mode and group before anyone can connect, and it
 //! is removed again when the server stops. Nothing here reads from a connection or knows a mode.
 
-use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, RawFd};
@@ -17,35 +16,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use log::{info, warn};
 
 use crate::config::{Listen, UnixListen};
-use crate::sys::{self as net, Stream};
-
-/// Who a connection comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Peer {
-    Tcp(SocketAddr),
-    /// A local process, as SO_PEERCRED saw it at connect (`None` when the kernel would not say).
-    Unix(Option<net::PeerCred>),
-}
-
-impl Peer {
-    /// The address the per-address cap counts, for the peers that have one.
-    pub fn ip(&self) -> Option<std::net::IpAddr> {
-        match self {
-            Peer::Tcp(addr) => Some(addr.ip()),
-            Peer::Unix(_) => None,
-        }
-    }
-}
-
-impl fmt::Display for Peer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Peer::Tcp(addr) => write!(f, "{addr}"),
-            Peer::Unix(Some(cred)) => write!(f, "unix:uid={},pid={}", cred.uid, cred.pid),
-            Peer::Unix(None) => write!(f, "unix:uid=-,pid=-"),
-        }
-    }
-}
+use crate::connection::Peer;
+use crate::sys::{self, Stream};
 
 /// A bound listener of either family.
 pub enum Listener {
@@ -66,7 +38,7 @@ impl Listener {
     /// Binds where the configuration says, with the listen queue asked for.
     pub fn bind(listen: &Listen, backlog: u32) -> Result<Listener> {
         match listen {
-            Listen::Tcp(addr) => net::bind(*addr, backlog)
+            Listen::Tcp(addr) => sys::bind(*addr, backlog)
                 .map(Listener::Tcp)
                 .with_context(|| format!("cannot listen on {addr}")),
             Listen::Unix(unix) => UnixSocket::bind(unix, backlog).map(Listener::Unix),
@@ -106,7 +78,7 @@ impl Listener {
                 .map(|(s, addr)| (Stream::Tcp(s), Peer::Tcp(addr))),
             Listener::Unix(u) => {
                 let (s, _) = u.listener.accept()?;
-                let cred = net::peer_cred(&s).ok();
+                let cred = sys::peer_cred(&s).ok();
                 Ok((Stream::Unix(s), Peer::Unix(cred)))
             }
         }
@@ -117,7 +89,7 @@ impl Listener {
     /// find it. The caller then accepts what is queued and closes.
     pub fn refuse_new_connections(&mut self) -> io::Result<()> {
         match self {
-            Listener::Tcp(l) => net::refuse_new_connections(l),
+            Listener::Tcp(l) => sys::refuse_new_connections(l),
             Listener::Unix(u) => {
                 u.remove_file();
                 Ok(())
@@ -143,15 +115,15 @@ impl UnixSocket {
             .group
             .as_deref()
             .map(|g| {
-                net::group_id(g)
-                    .map_err(|e| anyhow!("--listen-group {g}: {}", crate::error::io_reason(&e)))
+                sys::group_id(g)
+                    .map_err(|e| anyhow!("--listen-group {g}: {}", crate::reason::io_reason(&e)))
             })
             .transpose()?;
-        let listener = net::bind_unix(path, unix.mode, gid, backlog).map_err(|e| {
+        let listener = sys::bind_unix(path, unix.mode, gid, backlog).map_err(|e| {
             anyhow!(
                 "cannot listen on unix:{}: {}",
                 path.display(),
-                crate::error::io_reason(&e)
+                crate::reason::io_reason(&e)
             )
         })?;
         let meta = std::fs::symlink_metadata(path)
@@ -198,7 +170,7 @@ fn clear_stale(path: &Path) -> Result<()> {
         Err(e) => bail!(
             "cannot use unix:{}: {}",
             path.display(),
-            crate::error::io_reason(&e)
+            crate::reason::io_reason(&e)
         ),
     };
     if !meta.file_type().is_socket() {
@@ -221,7 +193,7 @@ fn clear_stale(path: &Path) -> Result<()> {
         Err(e) => bail!(
             "cannot listen on unix:{}: checking the existing socket: {}",
             path.display(),
-            crate::error::io_reason(&e)
+            crate::reason::io_reason(&e)
         ),
     }
 }
@@ -260,19 +232,5 @@ mod tests {
         let err = Listener::bind(&unix(&path), 16).err().unwrap().to_string();
         assert!(err.contains("not a socket"), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), b"precious");
-    }
-
-    #[test]
-    fn peers_print_as_the_log_shows_them() {
-        let cred = net::PeerCred {
-            uid: 1000,
-            gid: 1000,
-            pid: 4242,
-        };
-        assert_eq!(Peer::Unix(Some(cred)).to_string(), "unix:uid=1000,pid=4242");
-        assert_eq!(
-            Peer::Tcp("127.0.0.1:5".parse().unwrap()).to_string(),
-            "127.0.0.1:5"
-        );
     }
 }

@@ -1,0 +1,172 @@
+//! One client connection, on its own thread, from the moment the server hands it over to the
+//! [`Report`] it hands back ([`run`]): the PROXY header when `--accept-proxy` asks for one, the
+//! client's claim under `--max-per-ip`, a deadline-bounded handshake ([`handshake`]), its mode's
+//! data phase ([`mode`]), an orderly close. In client mode the handshake is the one with the
+//! upstream, and the client's side is plaintext.
+//!
+//! The socket is non-blocking and every wait goes through poll(2) with a deadline that the end of
+//! the server's drain shortens, so no client can hold a thread longer than the limits allow, and
+//! shutdown reaches every connection. Nothing here may panic on what a client sends: every failure
+//! ends this connection only, with a reason in its report. This room never writes the `conn` line
+//! and never counts metrics: the report says how it went, and the server logs it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::config::AcceptProxy;
+use crate::limits::Slot;
+use crate::relay::Endpoint;
+use crate::shutdown::Shutdown;
+use crate::sys::{Socket, Stream};
+
+pub(crate) mod gate;
+pub(crate) mod handshake;
+pub(crate) mod mode;
+mod proxy_header;
+pub(crate) mod report;
+
+use gate::Gate;
+use mode::{Phase, Plan, Served, Settings, Started};
+use report::HandshakeFailure;
+pub(crate) use report::{Outcome, Peer, Report};
+
+/// What every connection shares, set at start-up.
+pub(crate) struct Context {
+    /// The mode, with the TLS context it runs on (replaced whole on reload).
+    pub(crate) plan: Plan,
+    pub(crate) settings: Settings,
+    /// Bounds how many handshake steps compute at once, in arrival order.
+    pub(crate) gate: Gate,
+    /// Polled by every connection, so the end of the drain reaches each one.
+    pub(crate) shutdown: Arc<Shutdown>,
+    /// `--accept-proxy`: connections open with a PROXY header naming the client.
+    pub(crate) accept_proxy: Option<AcceptProxy>,
+}
+
+/// An admitted connection, as the server hands it over.
+pub(crate) struct Job {
+    pub(crate) stream: Stream,
+    pub(crate) peer: Peer,
+    pub(crate) accepted: Instant,
+}
+
+/// Serves one admitted connection to its end and says how it went. `slot` is the connection's
+/// place under the caps: the address a PROXY header names is claimed on it, and the server
+/// releases it once it has the report.
+pub(crate) fn run(job: Job, slot: &mut Slot, ctx: &Context) -> Report {
+    let Job {
+        stream,
+        peer,
+        accepted,
+    } = job;
+    // The TLS context current now is this connection's to its end, whatever a reload stores.
+    let started = ctx.plan.start();
+    let mut report = Report::new(peer, ctx.plan.name());
+    let served = match client_address(&stream, accepted, slot, ctx, &mut report) {
+        Err(outcome) => {
+            report.held = Some(stream);
+            Err(outcome)
+        }
+        Ok(()) => {
+            let phase = Phase {
+                settings: &ctx.settings,
+                shutdown: &ctx.shutdown,
+                accepted,
+            };
+            match stream {
+                Stream::Tcp(s) => serve(s, &started, &phase, &ctx.gate, &mut report),
+                Stream::Unix(s) => serve(s, &started, &phase, &ctx.gate, &mut report),
+            }
+        }
+    };
+    report.outcome = match served {
+        Ok(()) => Outcome::Ok,
+        Err(outcome) => outcome,
+    };
+    report.elapsed = accepted.elapsed();
+    report
+}
+
+/// With `--accept-proxy`, puts the client its PROXY header names in the report in place of the
+/// TCP peer, and counts it under `--max-per-ip`; the outcome to report for a connection whose
+/// header was bad or whose client the cap refuses.
+fn client_address(
+    stream: &Stream,
+    accepted: Instant,
+    slot: &mut Slot,
+    ctx: &Context,
+    report: &mut Report,
+) -> Result<(), Outcome> {
+    // --accept-proxy is refused with a unix: listener at start, so a UNIX peer never has one.
+    let (Some(_), Stream::Tcp(tcp), Peer::Tcp(addr)) = (&ctx.accept_proxy, stream, report.peer)
+    else {
+        return Ok(());
+    };
+    // Counted from accept, so the header's time is the handshake's.
+    let deadline = accepted + ctx.settings.handshake_timeout;
+    let client = proxy_header::proxied_peer(tcp, addr, deadline, &ctx.shutdown)?;
+    // A refusal is reported under the client's address, as the cap counts it.
+    report.peer = Peer::Tcp(client);
+    slot.claim_address(client.ip()).map_err(Outcome::Refused)
+}
+
+/// The handshake and the data phase, on a socket of either family.
+fn serve<S: Socket + Endpoint>(
+    stream: S,
+    started: &Started<'_>,
+    phase: &Phase<'_>,
+    gate: &Gate,
+    report: &mut Report,
+) -> Result<(), Outcome> {
+    stream
+        .set_nonblocking(true)
+        .map_err(|e| Outcome::Io(format!("setting non-blocking mode: {e}")))?;
+    // The greeting and small replies go out at once rather than waiting on Nagle.
+    stream.set_nodelay();
+    let (acceptor, served) = match started {
+        Started::Originate {
+            connector,
+            upstream,
+        } => return mode::client::run(stream, upstream, connector, gate, phase, report),
+        Started::Terminate { acceptor, phase } => (acceptor, *phase),
+    };
+    // Greet mode writes everything right after the handshake and closes, so its last handshake
+    // flight, greeting, close_notify and FIN can share one segment; the relaying modes never
+    // cork, so the tickets are not held back while the relay waits.
+    let greet = matches!(served, Served::Greet { .. });
+    let deadline = phase.accepted + phase.settings.handshake_timeout;
+    let tls = handshake::accept(
+        acceptor,
+        stream,
+        deadline,
+        &mut report.sni,
+        gate,
+        greet,
+        phase.shutdown,
+    )?;
+
+    let ssl = tls.ssl();
+    if let Some(why) = crate::tls::access_refusal(ssl) {
+        // Reached only when the ticket hook could not refuse the client first (TLS 1.2 is
+        // refused while verifying; a TLS 1.3 client that takes no ticket comes here): no
+        // alert can be sent after the handshake, but no byte of data goes out either.
+        report.sni = crate::tls::requested_name(ssl);
+        report.client = ssl.peer_certificate().map(|c| crate::tls::subject(&c));
+        return Err(Outcome::HandshakeFailed(HandshakeFailure::NotAllowed, why));
+    }
+    report.handshake = Some(phase.accepted.elapsed());
+    report.record_tls(tls.ssl());
+    report.client = tls
+        .ssl()
+        .peer_certificate()
+        .map(|c| crate::tls::subject(&c));
+
+    match served {
+        Served::Greet { greeting } => mode::greet::run(tls, greeting, phase, report),
+        Served::Echo => mode::echo::run(tls, phase, report),
+        Served::Forward {
+            upstream,
+            proxy_protocol,
+        } => mode::forward::run(tls, upstream, *proxy_protocol, phase, report),
+    }
+}

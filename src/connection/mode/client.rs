@@ -1,0 +1,60 @@
+//! Client mode's data phase (TLS origination): connect to the upstream, complete TLS with it by
+//! the handshake deadline, then relay the plaintext client to it. The TLS facts in the log line
+//! are the upstream connection's.
+//!
+//! Whatever fails before the relay closes the plaintext side with nothing sent: a client of a
+//! TLS-only service must never mistake a refused or unverified upstream for an empty answer, and
+//! the log line says why.
+
+use super::{Phase, close_plain};
+use crate::connection::gate::Gate;
+use crate::connection::handshake::originate;
+use crate::connection::report::{Outcome, Report};
+use crate::relay::Endpoint;
+use crate::sys::{Socket, Stream};
+use crate::tls::Connector;
+use crate::upstream::Upstream;
+
+pub(crate) fn run<S: Socket + Endpoint>(
+    mut plain: S,
+    upstream: &Upstream,
+    connector: &Connector,
+    gate: &Gate,
+    phase: &Phase<'_>,
+    report: &mut Report,
+) -> Result<(), Outcome> {
+    let up = match phase.connect(upstream) {
+        Ok(up) => up,
+        Err(outcome) => {
+            close_plain(&mut plain, phase.shutdown);
+            return Err(outcome);
+        }
+    };
+    let result = match up {
+        Stream::Tcp(up) => originate_and_relay(&mut plain, up, connector, gate, phase, report),
+        Stream::Unix(up) => originate_and_relay(&mut plain, up, connector, gate, phase, report),
+    };
+    if report.handshake.is_none() {
+        close_plain(&mut plain, phase.shutdown);
+    }
+    result
+}
+
+fn originate_and_relay<S: Socket + Endpoint, U: Socket>(
+    plain: &mut S,
+    up: U,
+    connector: &Connector,
+    gate: &Gate,
+    phase: &Phase<'_>,
+    report: &mut Report,
+) -> Result<(), Outcome> {
+    let deadline = phase.accepted + phase.settings.handshake_timeout;
+    let mut tls = originate(connector, up, deadline, gate, phase.shutdown)?;
+    report.handshake = Some(phase.accepted.elapsed());
+    report.record_tls(tls.ssl());
+    report.server = tls
+        .ssl()
+        .peer_certificate()
+        .map(|c| crate::tls::subject(&c));
+    phase.relay(plain, &mut tls, &[], report)
+}

@@ -1,0 +1,53 @@
+//! Forward mode's data phase (TLS termination): connect to the plaintext upstream, announce the
+//! client with a PROXY header if asked, and relay both ways until both sides are done.
+//!
+//! The client learns nothing about an upstream that cannot be reached but an orderly close.
+
+use std::time::Instant;
+
+use openssl::ssl::SslStream;
+
+use super::{Phase, close_gracefully};
+use crate::config::ProxyProtocol;
+use crate::connection::report::{Outcome, Peer, Report};
+use crate::proxy_protocol::{self, TlsFacts};
+use crate::sys::{Socket, Stream};
+use crate::upstream::Upstream;
+
+pub(crate) fn run<S: Socket>(
+    tls: SslStream<S>,
+    upstream: &Upstream,
+    proxy: Option<ProxyProtocol>,
+    phase: &Phase<'_>,
+    report: &mut Report,
+) -> Result<(), Outcome> {
+    let up = match phase.connect(upstream) {
+        Ok(up) => up,
+        Err(outcome) => {
+            let deadline = Instant::now() + phase.settings.handshake_timeout;
+            report.bytes_in = close_gracefully(tls, deadline, phase.shutdown);
+            return Err(outcome);
+        }
+    };
+    let header = match proxy {
+        None => Vec::new(),
+        Some(version) => {
+            // The configuration refuses a PROXY header with a UNIX listener.
+            let (Peer::Tcp(peer), Some(local)) = (report.peer, tls.get_ref().tcp_local_addr())
+            else {
+                return Err(Outcome::Io("no TCP addresses for the PROXY header".into()));
+            };
+            match version {
+                ProxyProtocol::V1 => proxy_protocol::v1(peer, local),
+                ProxyProtocol::V2 => {
+                    proxy_protocol::v2(peer, local, &TlsFacts::from_ssl(tls.ssl()))
+                }
+            }
+        }
+    };
+    let mut tls = tls;
+    match up {
+        Stream::Tcp(mut up) => phase.relay(&mut tls, &mut up, &header, report),
+        Stream::Unix(mut up) => phase.relay(&mut tls, &mut up, &header, report),
+    }
+}

@@ -1,0 +1,311 @@
+//! The model of one connection's log line and its one formatter: who the client is ([`Peer`]), how
+//! the connection ended ([`Outcome`]) and everything the `conn` line reports ([`Report`]). Every
+//! `conn` line the server writes, including the one for a connection no thread could serve, is a
+//! [`Report`]'s `Display`; tests and operators grep these lines, so their text is a contract.
+//!
+//! It only describes and formats: it never does I/O, never writes the line itself, and never
+//! decides how a connection ends.
+
+use std::fmt;
+use std::time::Duration;
+
+use openssl::ssl::SslRef;
+
+use crate::limits::Refusal;
+use crate::sys::{self, Stream, negotiated_group};
+
+/// Who a connection comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Peer {
+    Tcp(std::net::SocketAddr),
+    /// A local process, as SO_PEERCRED saw it at connect (`None` when the kernel would not say).
+    Unix(Option<sys::PeerCred>),
+}
+
+impl Peer {
+    /// The address the per-address cap counts, for the peers that have one.
+    pub(crate) fn ip(&self) -> Option<std::net::IpAddr> {
+        match self {
+            Peer::Tcp(addr) => Some(addr.ip()),
+            Peer::Unix(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Tcp(addr) => write!(f, "{addr}"),
+            Peer::Unix(Some(cred)) => write!(f, "unix:uid={},pid={}", cred.uid, cred.pid),
+            Peer::Unix(None) => write!(f, "unix:uid=-,pid=-"),
+        }
+    }
+}
+
+/// How a connection ended, as the log line's `result=` and the metrics label say it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Ok,
+    /// A deadline passed; the text says which stage.
+    Timeout(&'static str),
+    /// The handshake failed: category and OpenSSL's reason.
+    HandshakeFailed(HandshakeFailure, String),
+    /// The connection broke after the handshake.
+    Io(String),
+    /// Forward mode: the upstream could not be reached or failed mid-stream.
+    Upstream(String),
+    /// The server's drain ended before the connection did; it was closed in order.
+    Shutdown,
+    /// `--accept-proxy`: the PROXY header was missing, malformed, oversized or cut short.
+    Proxy(String),
+    /// `--accept-proxy`: the client the PROXY header named is at `--max-per-ip`. The server
+    /// logs its own `refused` line for it instead of a `conn` line.
+    Refused(Refusal),
+}
+
+/// Handshake failures, grouped the way an operator asks about them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HandshakeFailure {
+    /// The client's bytes were not TLS at all (plaintext, random data, SSLv2).
+    NotTls,
+    /// The client offered only protocol versions the profile refuses.
+    ProtocolVersion,
+    /// No cipher suite in common.
+    NoSharedCipher,
+    /// Mutual TLS: no client certificate, or one that does not verify (unknown CA, revoked, expired).
+    ClientCert,
+    /// Client mode: the upstream's certificate does not verify (unknown CA, wrong name, expired).
+    ServerCert,
+    /// ALPN: no protocol in common.
+    Alpn,
+    /// `--strict-sni`: a server name no certificate is for.
+    UnknownName,
+    /// `--allow-*`: a verified client certificate that no access rule lets in.
+    NotAllowed,
+    /// The client went away mid-handshake.
+    Eof,
+    /// Any other TLS protocol failure.
+    Protocol,
+}
+
+impl HandshakeFailure {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            HandshakeFailure::NotTls => "not_tls",
+            HandshakeFailure::ProtocolVersion => "protocol_version",
+            HandshakeFailure::NoSharedCipher => "no_shared_cipher",
+            HandshakeFailure::ClientCert => "client_cert",
+            HandshakeFailure::ServerCert => "server_cert",
+            HandshakeFailure::Alpn => "alpn",
+            HandshakeFailure::UnknownName => "unknown_name",
+            HandshakeFailure::NotAllowed => "not_allowed",
+            HandshakeFailure::Eof => "eof",
+            HandshakeFailure::Protocol => "protocol_error",
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Ok => write!(f, "result=ok"),
+            Outcome::Timeout(stage) => write!(f, "result=timeout stage={stage}"),
+            Outcome::HandshakeFailed(kind, reason) => {
+                write!(
+                    f,
+                    "result=handshake_failed kind={} reason={}",
+                    kind.label(),
+                    quoted(reason)
+                )
+            }
+            Outcome::Io(reason) => write!(f, "result=error reason={}", quoted(reason)),
+            Outcome::Upstream(reason) => {
+                write!(f, "result=upstream_error reason={}", quoted(reason))
+            }
+            Outcome::Shutdown => write!(f, "result=shutdown"),
+            Outcome::Proxy(reason) => write!(f, "result=proxy_error reason={}", quoted(reason)),
+            Outcome::Refused(why) => write!(f, "result=refused reason={}", why.label()),
+        }
+    }
+}
+
+/// A value for a key=value log line: bare when it is one word, quoted otherwise.
+pub(crate) fn quoted(value: &str) -> String {
+    if !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'=')
+    {
+        value.to_string()
+    } else {
+        format!("{value:?}")
+    }
+}
+
+/// Everything the log line reports about one connection. In client mode the TLS facts are the
+/// upstream connection's.
+#[derive(Debug)]
+pub(crate) struct Report {
+    pub(crate) peer: Peer,
+    pub(crate) sni: Option<String>,
+    pub(crate) protocol: Option<&'static str>,
+    pub(crate) cipher: Option<&'static str>,
+    /// Key-exchange group agreed (`x25519`, `X25519MLKEM768`, ...).
+    pub(crate) group: Option<String>,
+    pub(crate) mode: &'static str,
+    /// ALPN protocol agreed, if any.
+    pub(crate) alpn: Option<String>,
+    /// Subject of the client certificate, when one was presented and verified.
+    pub(crate) client: Option<String>,
+    /// Client mode: subject of the upstream's verified certificate.
+    pub(crate) server: Option<String>,
+    /// Whether the handshake resumed an earlier session.
+    pub(crate) resumed: Option<bool>,
+    pub(crate) bytes_in: u64,
+    pub(crate) bytes_out: u64,
+    pub(crate) elapsed: Duration,
+    pub(crate) handshake: Option<Duration>,
+    pub(crate) outcome: Outcome,
+    /// Whether a connection thread got to it at all; the line for one that did not says only who
+    /// it was and why ([`Report::unserved`]).
+    served: bool,
+    /// A connection that ended before its handshake, on a bad PROXY header or a refusal by the
+    /// per-address cap, stays open until its line is written: dropping the report closes it.
+    pub(crate) held: Option<Stream>,
+}
+
+impl Report {
+    /// A connection from `peer` that has not got anywhere yet.
+    pub(crate) fn new(peer: Peer, mode: &'static str) -> Report {
+        Report {
+            peer,
+            sni: None,
+            protocol: None,
+            cipher: None,
+            group: None,
+            mode,
+            alpn: None,
+            client: None,
+            server: None,
+            resumed: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            elapsed: Duration::ZERO,
+            handshake: None,
+            outcome: Outcome::Ok,
+            served: true,
+            held: None,
+        }
+    }
+
+    /// A connection closed before any thread served it (no thread could be started for it).
+    pub(crate) fn unserved(peer: Peer, reason: String) -> Report {
+        Report {
+            outcome: Outcome::Io(reason),
+            served: false,
+            // Not on the short line.
+            ..Report::new(peer, "-")
+        }
+    }
+
+    /// Records the TLS facts of a finished handshake.
+    pub(crate) fn record_tls(&mut self, ssl: &SslRef) {
+        self.sni = crate::tls::requested_name(ssl);
+        self.protocol = Some(ssl.version_str());
+        self.cipher = ssl.current_cipher().map(|c| c.name());
+        self.group = negotiated_group(ssl);
+        self.alpn = ssl
+            .selected_alpn_protocol()
+            .map(|p| String::from_utf8_lossy(p).into_owned());
+        self.resumed = Some(ssl.session_reused());
+    }
+
+    /// How the handshake itself went, for the handshakes metric: `ok` for every connection that
+    /// got past it, whatever happened later.
+    pub(crate) fn handshake_result(&self) -> &'static str {
+        if self.handshake.is_some() {
+            return "ok";
+        }
+        match &self.outcome {
+            Outcome::Timeout(_) => "timeout",
+            Outcome::Shutdown => "shutdown",
+            Outcome::HandshakeFailed(kind, _) => kind.label(),
+            Outcome::Proxy(_) => "proxy_error",
+            Outcome::Refused(_) => "refused",
+            Outcome::Ok | Outcome::Io(_) | Outcome::Upstream(_) => "error",
+        }
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.served {
+            return write!(f, "conn peer={} {}", self.peer, self.outcome);
+        }
+        let text = |v: &Option<String>| v.as_deref().map(quoted).unwrap_or_else(|| "-".into());
+        write!(
+            f,
+            "conn peer={} sni={} proto={} cipher={} group={} alpn={} client={} server={} resumed={} mode={} in={} out={} ms={} {}",
+            self.peer,
+            text(&self.sni),
+            self.protocol.unwrap_or("-"),
+            self.cipher.unwrap_or("-"),
+            text(&self.group),
+            text(&self.alpn),
+            text(&self.client),
+            text(&self.server),
+            match self.resumed {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "-",
+            },
+            self.mode,
+            self.bytes_in,
+            self.bytes_out,
+            self.elapsed.as_millis(),
+            self.outcome
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_keeps_lines_parseable() {
+        assert_eq!(quoted("timeout"), "timeout");
+        assert_eq!(quoted("wrong version number"), "\"wrong version number\"");
+        assert_eq!(quoted("a=b"), "\"a=b\"");
+        assert_eq!(quoted(""), "\"\"");
+    }
+
+    #[test]
+    fn peers_print_as_the_log_shows_them() {
+        let cred = sys::PeerCred {
+            uid: 1000,
+            gid: 1000,
+            pid: 4242,
+        };
+        assert_eq!(Peer::Unix(Some(cred)).to_string(), "unix:uid=1000,pid=4242");
+        assert_eq!(
+            Peer::Tcp("127.0.0.1:5".parse().unwrap()).to_string(),
+            "127.0.0.1:5"
+        );
+    }
+
+    #[test]
+    fn a_connection_no_thread_served_gets_the_short_line() {
+        let peer = Peer::Tcp("127.0.0.1:5".parse().unwrap());
+        let reason = "thread spawn failed: Resource temporarily unavailable (os error 11)";
+        assert_eq!(
+            Report::unserved(peer, reason.to_string()).to_string(),
+            format!("conn peer=127.0.0.1:5 result=error reason={reason:?}")
+        );
+        assert!(
+            Report::new(peer, "greet")
+                .to_string()
+                .starts_with("conn peer=127.0.0.1:5 sni=- proto=- ")
+        );
+    }
+}
