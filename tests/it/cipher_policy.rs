@@ -9,7 +9,9 @@
 //! A client that could not build a ClientHello at all (a suite or group it cannot use on its own,
 //! such as SRP without a login) is reported as not offered rather than counted as a refusal.
 
-mod support;
+// On the binary: each verdict is read from the server's `conn` line on stderr.
+
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::net::TcpStream;
@@ -18,8 +20,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 
+use crate::support::{PATIENCE, Server, default_certs, now_unix, write_cert};
 use openssl::ssl::{Ssl, SslContext, SslMethod, SslVerifyMode, SslVersion};
-use support::{PATIENCE, Server, default_certs, now_unix, write_cert};
 
 /// Every refusal's verdict is read from its own log line, so none may be left out of the log.
 const EVERY_LINE: [&str; 2] = ["--log-failed-handshakes", "0"];
