@@ -3,11 +3,10 @@
 
 // On the binary: every rule is checked against the `conn` line the server writes to stderr.
 
-use crate::support;
-
 use std::path::Path;
 use std::process::Output;
 
+use crate::support;
 use crate::support::{Server, mtls, s_client, s_client_full};
 
 const GREETING: &[u8] = b"Hello, secure world!";

@@ -11,8 +11,6 @@
 
 // On the binary: each verdict is read from the server's `conn` line on stderr.
 
-use crate::support;
-
 use std::collections::BTreeSet;
 use std::net::TcpStream;
 use std::process::Command;
@@ -20,8 +18,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 
-use crate::support::{PATIENCE, Server, default_certs, now_unix, write_cert};
 use openssl::ssl::{Ssl, SslContext, SslMethod, SslVerifyMode, SslVersion};
+
+use crate::support;
+use crate::support::{PATIENCE, Server, default_certs, now_unix, write_cert};
 
 /// Every refusal's verdict is read from its own log line, so none may be left out of the log.
 const EVERY_LINE: [&str; 2] = ["--log-failed-handshakes", "0"];

@@ -5,13 +5,12 @@
 // On the binary: the tests read the `conn` and reload lines on stderr, send SIGHUP, and check the
 // exit code of refused configurations.
 
-use crate::support;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
+use crate::support;
 use crate::support::{
     PATIENCE, Server, client_mode, mtls, plain_read, refused_start, upstream_once,
 };

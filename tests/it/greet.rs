@@ -4,14 +4,14 @@
 // The tests that read the `conn` line stay on the binary, which writes it to stderr; the others run
 // in this process.
 
-use crate::support;
-
 use std::io::{Read, Write};
 
 use std::thread;
 
-use crate::support::{InProcess, Server, brief_field, s_client};
 use openssl::ssl::ShutdownState;
+
+use crate::support;
+use crate::support::{InProcess, Server, brief_field, s_client};
 
 const GREETING: &[u8] = b"Hello, secure world!";
 

@@ -3,17 +3,17 @@
 
 // On the binary: every case is checked against its `conn` or refusal line on stderr.
 
-use crate::support;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use openssl::ssl::SslStream;
+
+use crate::support;
 use crate::support::{
     PATIENCE, Server, connect_from, exchange, http_get, metric, parse_metrics, pseudo_random,
     send_raw_until_closed,
 };
-use openssl::ssl::SslStream;
 
 const GREETING: &[u8] = b"Hello, secure world!";
 

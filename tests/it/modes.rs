@@ -5,15 +5,15 @@
 // The tests that read the `conn` line or the process's memory stay on the binary; the others run in
 // this process.
 
-use crate::support;
-
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::support::{InProcess, Server, exchange, pseudo_random, rss_kib, upstream_once};
 use openssl::sha::sha256;
+
+use crate::support;
+use crate::support::{InProcess, Server, exchange, pseudo_random, rss_kib, upstream_once};
 
 const MIB: usize = 1024 * 1024;
 

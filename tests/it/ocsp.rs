@@ -4,12 +4,11 @@
 // A refused start is an exit code and a reload failure a line on stderr, so those stay on the
 // binary.
 
-use crate::support;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::support;
 use crate::support::{InProcess, Server, binary, mtls, s_client_full};
 
 /// The gen-ca.sh server certificate with its CA after it (OCSP names a certificate by its issuer).

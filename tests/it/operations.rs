@@ -2,8 +2,6 @@
 
 // On the binary: signals, exit codes, reloads and the lines on stderr are what these test.
 
-use crate::support;
-
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
@@ -12,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::support;
 use crate::support::{
     PATIENCE, Server, http_get, metric, metrics_addr, now_unix, parse_metrics,
     send_raw_until_closed, serial_of, served_serial, write_cert,

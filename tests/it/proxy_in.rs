@@ -4,14 +4,14 @@
 
 // On the binary: the announced client and each refusal are checked in the lines on stderr.
 
-use crate::support;
-
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 
-use crate::support::{PATIENCE, Server, default_certs, send_raw_until_closed, upstream_once};
 use openssl::ssl::SslStream;
 use securesock::proxy_protocol::{self, Inbound, Parse, TlsFacts};
+
+use crate::support;
+use crate::support::{PATIENCE, Server, default_certs, send_raw_until_closed, upstream_once};
 
 const GREETING: &[u8] = b"Hello, secure world!";
 const CLIENT: &str = "203.0.113.7";

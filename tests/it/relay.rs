@@ -9,9 +9,6 @@ use std::sync::OnceLock;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::support::{
-    connector_trusting, default_certs, exchange, pseudo_random as pattern, upstream_once,
-};
 use openssl::sha::sha256;
 use openssl::ssl::{ErrorCode, SslAcceptor, SslConnector, SslStream};
 use securesock::config::parse_args;
@@ -19,6 +16,10 @@ use securesock::relay::{self, BUF_SIZE, RelayEnd, RelayResult};
 use securesock::shutdown::Shutdown as ServerShutdown;
 use securesock::{proxy_protocol, tls};
 use socket2::SockRef;
+
+use crate::support::{
+    connector_trusting, default_certs, exchange, pseudo_random as pattern, upstream_once,
+};
 
 /// Far beyond what any test here needs; only a hung test reaches it.
 const TEST_DEADLINE: Duration = Duration::from_secs(60);

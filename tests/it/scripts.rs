@@ -4,8 +4,6 @@
 // check.sh runs against the server in this process; the README example starts the binary as it is
 // written.
 
-use crate::support;
-
 use std::io::Write;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
@@ -13,8 +11,10 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::thread;
 
-use crate::support::{InProcess, Server, repo_root};
 use openssl::x509::X509;
+
+use crate::support;
+use crate::support::{InProcess, Server, repo_root};
 
 fn script(name: &str, args: &[&str]) -> Output {
     Command::new(repo_root().join("scripts").join(name))

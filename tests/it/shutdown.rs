@@ -6,17 +6,17 @@
 // The SIGTERM tests need the binary (its signal handling, exit code and lines); the drain itself is
 // also tested in this process.
 
-use crate::support;
-
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::support::{InProcess, PATIENCE, Server, default_certs};
 use openssl::ssl::{ErrorCode, HandshakeError, ShutdownState, SslConnector};
 use securesock::server::Drained;
+
+use crate::support;
+use crate::support::{InProcess, PATIENCE, Server, default_certs};
 
 const GREETING: &[u8] = b"Hello, secure world!";
 

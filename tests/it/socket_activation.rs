@@ -4,11 +4,10 @@
 
 // On the binary: systemd-socket-activate executes it on the socket it passes.
 
-use crate::support;
-
 use std::net::TcpListener;
 use std::process::Command;
 
+use crate::support;
 use crate::support::{Server, binary, default_certs};
 
 /// A port nothing listens on now. systemd-socket-activate does not take port 0; the port is

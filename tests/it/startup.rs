@@ -2,12 +2,11 @@
 
 // On the binary: start-up refusals are its exit code and its one line on stderr.
 
-use crate::support;
-
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command;
 
+use crate::support;
 use crate::support::{binary, default_certs, now_unix, write_cert};
 
 /// Runs the binary with `args` (after the default certificate flags) and returns its one error

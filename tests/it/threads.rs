@@ -5,14 +5,13 @@
 // On the binary: it runs as nobody under its own RLIMIT_NPROC, which only a separate process can
 // have.
 
-use crate::support;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
+use crate::support;
 use crate::support::{PATIENCE, Server, connector_trusting, now_unix, write_cert};
 
 /// The user the server runs as: `nobody`, which runs nothing else, so every task it has is the

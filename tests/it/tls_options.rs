@@ -3,11 +3,10 @@
 // The tests that read the `conn` line or send SIGHUP stay on the binary; the others run in this
 // process.
 
-use crate::support;
-
 use std::net::SocketAddr;
 use std::path::Path;
 
+use crate::support;
 use crate::support::{
     InProcess, Server, brief_field, mtls, s_client, s_client_full, write_cert_for,
 };

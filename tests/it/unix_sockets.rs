@@ -5,18 +5,18 @@
 // On the binary: the tests read the lines on stderr, signal it, and check what a refused start
 // exits with.
 
-use crate::support;
-
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::time::Duration;
 
+use openssl::sha::sha256;
+
+use crate::support;
 use crate::support::{
     PATIENCE, Server, default_certs, exchange, file_mode, mtls, refused_start, start_binary,
     unix_read,
 };
-use openssl::sha::sha256;
 
 const GREETING: &[u8] = b"Hello, secure world!";
 
