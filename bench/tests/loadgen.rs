@@ -5,7 +5,10 @@
 //! Only counts, the protocol and failure reasons are asserted, never a figure: these tests prove the
 //! tool measures what it says, not how fast anything is.
 
-#[path = "../../tests/support/mod.rs"]
+// The server's harness, from its one test binary; these tests use its certificates and the
+// in-process server, and the rest of it serves the server's own tests.
+#[allow(dead_code, unused_imports)]
+#[path = "../../tests/it/support/mod.rs"]
 mod support;
 
 use std::process::{Command, Output, Stdio};

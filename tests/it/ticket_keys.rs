@@ -2,14 +2,16 @@
 //! other's sessions; the file is made by the real `scripts/gen-ticket-key.sh`, checked at start,
 //! and reloaded when it changes.
 
-mod support;
+// Replicas run in this process; the reload test reads lines on stderr and the refused starts are
+// exit codes, so those stay on the binary.
 
 use std::fs;
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::{Server, binary, default_certs, repo_root, s_client_full};
+use crate::support::{InProcess, Server, binary, default_certs, repo_root, s_client_full};
 
 /// Runs the real gen-ticket-key.sh; returns its exit code.
 fn gen_key(file: &Path, force: bool) -> Option<i32> {
@@ -33,10 +35,15 @@ fn server(keys: &Path, extra: &[&str]) -> Server {
     Server::start(&args)
 }
 
+/// A replica in this process sharing the ticket keys in `keys`, for the test that reads no log.
+fn replica(keys: &Path) -> InProcess {
+    InProcess::start(&["--ticket-key-file", keys.to_str().unwrap()])
+}
+
 /// Connects with the session in `session` (saving a new one with `save`); true when resumed.
-fn resumed(server: &Server, session: &Path, save: bool) -> bool {
+fn resumed(addr: SocketAddr, session: &Path, save: bool) -> bool {
     let flag = if save { "-sess_out" } else { "-sess_in" };
-    let out = s_client_full(server.addr, &["-tls1_3", flag, session.to_str().unwrap()]);
+    let out = s_client_full(addr, &["-tls1_3", flag, session.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Hello, secure world!"), "{text}");
     text.contains("Reused, TLSv1.3")
@@ -68,19 +75,19 @@ fn the_script_writes_one_private_key_and_keeps_it() {
 fn replicas_with_the_same_keys_resume_each_others_sessions() {
     let dir = tempfile::tempdir().unwrap();
     let shared = key_file(dir.path(), "shared.key");
-    let (a, b) = (server(&shared, &[]), server(&shared, &[]));
+    let (a, b) = (replica(&shared), replica(&shared));
     let session = dir.path().join("session.pem");
-    assert!(!resumed(&a, &session, true));
+    assert!(!resumed(a.addr, &session, true));
     assert!(
-        resumed(&b, &session, false),
+        resumed(b.addr, &session, false),
         "did not resume on the other replica"
     );
-    assert!(resumed(&a, &session, false));
+    assert!(resumed(a.addr, &session, false));
 
     let other = key_file(dir.path(), "other.key");
-    let c = server(&other, &[]);
+    let c = replica(&other);
     assert!(
-        !resumed(&c, &session, false),
+        !resumed(c.addr, &session, false),
         "resumed under different keys"
     );
 }
@@ -93,7 +100,7 @@ fn a_new_first_key_keeps_old_tickets_resuming_while_the_old_key_is_listed() {
     fs::copy(&old, &file).unwrap();
     let server = server(&file, &["--watch-interval", "0.2"]);
     let session = dir.path().join("session.pem");
-    assert!(!resumed(&server, &session, true));
+    assert!(!resumed(server.addr, &session, true));
 
     // Rotation: a new key in front, the old one still listed.
     let new = key_file(dir.path(), "new.key");
@@ -104,7 +111,7 @@ fn a_new_first_key_keeps_old_tickets_resuming_while_the_old_key_is_listed() {
     fs::rename(&tmp, &file).unwrap();
     server.logs.wait_for(&["reload ok trigger=file_change"]);
     assert!(
-        resumed(&server, &session, false),
+        resumed(server.addr, &session, false),
         "a ticket under the listed old key did not resume"
     );
 
@@ -115,7 +122,7 @@ fn a_new_first_key_keeps_old_tickets_resuming_while_the_old_key_is_listed() {
         .logs
         .wait_for_n(&["reload ok trigger=file_change"], 2);
     assert!(
-        !resumed(&server, &session, false),
+        !resumed(server.addr, &session, false),
         "a ticket outlived its key's removal"
     );
 }

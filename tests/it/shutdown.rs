@@ -3,7 +3,8 @@
 //! still open then is closed in order (close_notify to the client, a FIN upstream) with its own
 //! `result=shutdown` line, before the process exits 0.
 
-mod support;
+// The SIGTERM tests need the binary (its signal handling, exit code and lines); the drain itself is
+// also tested in this process.
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
@@ -13,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use openssl::ssl::{ErrorCode, HandshakeError, ShutdownState, SslConnector};
 use securesock::server::Drained;
-use support::{InProcess, PATIENCE, Server, default_certs};
+
+use crate::support;
+use crate::support::{InProcess, PATIENCE, Server, default_certs};
 
 const GREETING: &[u8] = b"Hello, secure world!";
 

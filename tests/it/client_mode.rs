@@ -2,14 +2,18 @@
 //! client mode in front of a securesock server (or a TLS-only redis-server), with the test PKI
 //! from the real `scripts/gen-ca.sh`, and plaintext clients (Rust sockets and `redis-cli`).
 
-mod support;
+// On the binary: the tests read the `conn` and reload lines on stderr, send SIGHUP, and check the
+// exit code of refused configurations.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use support::{PATIENCE, Server, client_mode, mtls, plain_read, refused_start, upstream_once};
+use crate::support;
+use crate::support::{
+    PATIENCE, Server, client_mode, mtls, plain_read, refused_start, upstream_once,
+};
 
 const GREETING: &[u8] = b"Hello, secure world!";
 
@@ -377,6 +381,10 @@ fn redis_cli(port: u16, args: &[&str], stdin: &[u8]) -> String {
 
 #[test]
 fn plaintext_redis_cli_reaches_a_tls_only_redis() {
+    let why = "client mode in front of a TLS-only redis, for plaintext redis-cli";
+    if !support::require_tool("redis-server", why) || !support::require_tool("redis-cli", why) {
+        return;
+    }
     let redis = Redis::start();
     let ca = mtls("ca-cert.pem");
     let client = client_mode(

@@ -1,6 +1,6 @@
 //! Running for months: certificate reload under load, graceful drain, per-address caps, metrics.
 
-mod support;
+// On the binary: signals, exit codes, reloads and the lines on stderr are what these test.
 
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::symlink;
@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::{
+use crate::support;
+use crate::support::{
     PATIENCE, Server, http_get, metric, metrics_addr, now_unix, parse_metrics,
     send_raw_until_closed, serial_of, served_serial, write_cert,
 };

@@ -2,12 +2,13 @@
 //! as systemd starts it from securesock.socket), the server serves the socket it is handed
 //! instead of binding `--listen`.
 
-mod support;
+// On the binary: systemd-socket-activate executes it on the socket it passes.
 
 use std::net::TcpListener;
 use std::process::Command;
 
-use support::{Server, binary, default_certs};
+use crate::support;
+use crate::support::{Server, binary, default_certs};
 
 /// A port nothing listens on now. systemd-socket-activate does not take port 0; the port is
 /// free again for the instant until it binds, and a clash fails the start loudly, never silently.
@@ -21,6 +22,12 @@ fn free_port() -> u16 {
 
 #[test]
 fn serves_the_socket_systemd_passes() {
+    if !support::require_tool(
+        "systemd-socket-activate",
+        "to hand the server a listening socket as systemd does",
+    ) {
+        return;
+    }
     let certs = default_certs();
     let port = free_port();
     let mut cmd = Command::new("systemd-socket-activate");

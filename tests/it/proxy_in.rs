@@ -2,14 +2,16 @@
 //! ClientHello names the client, for the log, `--max-per-ip` and the upstream; a missing or bad
 //! header closes the connection with a log line and never reaches OpenSSL.
 
-mod support;
+// On the binary: the announced client and each refusal are checked in the lines on stderr.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 
 use openssl::ssl::SslStream;
 use securesock::proxy_protocol::{self, Inbound, Parse, TlsFacts};
-use support::{PATIENCE, Server, default_certs, send_raw_until_closed, upstream_once};
+
+use crate::support;
+use crate::support::{PATIENCE, Server, default_certs, send_raw_until_closed, upstream_once};
 
 const GREETING: &[u8] = b"Hello, secure world!";
 const CLIENT: &str = "203.0.113.7";

@@ -2,7 +2,8 @@
 //! stale file, a live one, removal at exit, the peer's credentials in the log) and forward mode's
 //! `--upstream unix:/path`. Real binary, real sockets in a temporary directory.
 
-mod support;
+// On the binary: the tests read the lines on stderr, signal it, and check what a refused start
+// exits with.
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -10,7 +11,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use openssl::sha::sha256;
-use support::{
+
+use crate::support;
+use crate::support::{
     PATIENCE, Server, default_certs, exchange, file_mode, mtls, refused_start, start_binary,
     unix_read,
 };

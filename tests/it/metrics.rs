@@ -3,14 +3,15 @@
 //! that is not `GET /metrics`. Whatever happens here, the endpoint stays small (memory, threads,
 //! descriptors) and answers the next honest scrape.
 
-mod support;
+// On the binary: the endpoint's address comes from the start-up line on stderr, and the tests
+// measure the process (its memory, its descriptor limit).
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{PATIENCE, Server, binary, default_certs, http_get, parse_metrics, rss_kib};
+use crate::support::{PATIENCE, Server, binary, default_certs, http_get, parse_metrics, rss_kib};
 
 /// Starts the binary with the endpoint on a free port and returns it with the endpoint's address,
 /// read from the "metrics on http://ADDR/metrics" line.

@@ -1,10 +1,15 @@
 //! Mutual TLS, SNI and ALPN, checked with the real `openssl s_client`.
 
-mod support;
+// The tests that read the `conn` line or send SIGHUP stay on the binary; the others run in this
+// process.
 
+use std::net::SocketAddr;
 use std::path::Path;
 
-use support::{Server, brief_field, mtls, s_client, s_client_full, write_cert_for};
+use crate::support;
+use crate::support::{
+    InProcess, Server, brief_field, mtls, s_client, s_client_full, write_cert_for,
+};
 
 const GREETING: &[u8] = b"Hello, secure world!";
 
@@ -12,6 +17,12 @@ const GREETING: &[u8] = b"Hello, secure world!";
 fn mtls_server(args: &[&str]) -> Server {
     let (cert, key) = (mtls("server-cert.pem"), mtls("server-key.pem"));
     Server::start_with(Path::new(&cert), Path::new(&key), args)
+}
+
+/// [`mtls_server`] in this process, for the tests that read nothing from the log.
+fn mtls_in_process(args: &[&str]) -> InProcess {
+    let (cert, key) = (mtls("server-cert.pem"), mtls("server-key.pem"));
+    InProcess::start_with(Path::new(&cert), Path::new(&key), args)
 }
 
 /// s_client presenting the client certificate `name` (`client`, `revoked`, `other-client`), or
@@ -297,7 +308,7 @@ fn expired_client_certificates_are_refused_and_the_log_says_why() {
 #[test]
 fn sessions_resume_with_client_certificates() {
     let ca = mtls("ca-cert.pem");
-    let server = mtls_server(&["--client-ca", &ca, "--require-client-cert"]);
+    let server = mtls_in_process(&["--client-ca", &ca, "--require-client-cert"]);
     let dir = tempfile::tempdir().unwrap();
     let session = dir.path().join("session.pem");
     let session = session.to_str().unwrap();
@@ -413,8 +424,8 @@ fn client_subjects_that_look_alike_log_differently() {
 }
 
 /// The certificates the server sent, as `s_client -showcerts` prints them, and its verdict.
-fn served_chain(server: &Server, ca: &str) -> (usize, bool) {
-    let out = s_client_full(server.addr, &["-CAfile", ca, "-showcerts"]);
+fn served_chain(addr: SocketAddr, ca: &str) -> (usize, bool) {
+    let out = s_client_full(addr, &["-CAfile", ca, "-showcerts"]);
     let text = String::from_utf8_lossy(&out.stdout);
     let sent = text.matches("-----BEGIN CERTIFICATE-----").count();
     (sent, text.contains("Verify return code: 0 (ok)"))
@@ -426,8 +437,8 @@ fn the_chain_sent_is_the_certificate_files_own() {
     // The server's file holds only its leaf. The CA is in the context's trust store (as the client
     // CA), and still is not sent: OpenSSL would otherwise build a chain from that store on every
     // handshake.
-    let server = mtls_server(&["--client-ca", &ca]);
-    assert_eq!(served_chain(&server, &ca), (1, true));
+    let server = mtls_in_process(&["--client-ca", &ca]);
+    assert_eq!(served_chain(server.addr, &ca), (1, true));
     drop(server);
 
     // A file with the leaf and then its issuer sends both.
@@ -436,8 +447,8 @@ fn the_chain_sent_is_the_certificate_files_own() {
     let leaf = std::fs::read(mtls("server-cert.pem")).unwrap();
     let issuer = std::fs::read(&ca).unwrap();
     std::fs::write(&both, [leaf, issuer].concat()).unwrap();
-    let server = Server::start_with(&both, Path::new(&mtls("server-key.pem")), &[]);
-    assert_eq!(served_chain(&server, &ca), (2, true));
+    let server = InProcess::start_with(&both, Path::new(&mtls("server-key.pem")), &[]);
+    assert_eq!(served_chain(server.addr, &ca), (2, true));
 }
 
 /// The `--sni NAME=CERT,KEY` value for a certificate pair.

@@ -16,11 +16,10 @@ use securesock::relay::{self, BUF_SIZE, RelayEnd, RelayResult};
 use securesock::shutdown::Shutdown as ServerShutdown;
 use securesock::{proxy_protocol, tls};
 use socket2::SockRef;
-use support::{
+
+use crate::support::{
     connector_trusting, default_certs, exchange, pseudo_random as pattern, upstream_once,
 };
-
-mod support;
 
 /// Far beyond what any test here needs; only a hung test reaches it.
 const TEST_DEADLINE: Duration = Duration::from_secs(60);

@@ -1,7 +1,8 @@
 //! The shell scripts users run: gen-certs.sh makes what the tutorial makes (plus SANs, safely),
 //! check.sh passes against the server and fails against anything that is not TLS.
 
-mod support;
+// check.sh runs against the server in this process; the README example starts the binary as it is
+// written.
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -11,7 +12,9 @@ use std::process::{Command, Output};
 use std::thread;
 
 use openssl::x509::X509;
-use support::{Server, repo_root};
+
+use crate::support;
+use crate::support::{InProcess, Server, repo_root};
 
 fn script(name: &str, args: &[&str]) -> Output {
     Command::new(repo_root().join("scripts").join(name))
@@ -109,7 +112,7 @@ fn gen_certs_refuses_bad_arguments() {
 
 #[test]
 fn check_passes_against_the_server() {
-    let server = Server::start(&[]);
+    let server = InProcess::start(&[]);
     let out = script(
         "check.sh",
         &[
@@ -154,7 +157,7 @@ fn check_failure(args: &[&str]) -> String {
 
 #[test]
 fn check_fails_on_wrong_greeting_and_wrong_ca() {
-    let server = Server::start(&[]);
+    let server = InProcess::start(&[]);
     let addr = server.addr.to_string();
     let ca = server.certs.to_str().unwrap();
     let line = check_failure(&[&addr, "--ca", ca, "--expect", "something else"]);
@@ -180,7 +183,7 @@ fn check_fails_on_wrong_greeting_and_wrong_ca() {
 /// `$(cat)` drops trailing newlines: a greeting with one must still fail the check.
 #[test]
 fn check_is_byte_exact() {
-    let server = Server::start(&["--greeting", "Hello, secure world!\n"]);
+    let server = InProcess::start(&["--greeting", "Hello, secure world!\n"]);
     let ca = server.certs.to_str().unwrap();
     let line = check_failure(&[&server.addr.to_string(), "--ca", ca]);
     assert_eq!(
@@ -188,7 +191,7 @@ fn check_is_byte_exact() {
         "FAIL: expected 'Hello, secure world!' (20 bytes), received 21 bytes that differ"
     );
     // And the same text the other way round: --expect with the newline, a server without.
-    let server = Server::start(&[]);
+    let server = InProcess::start(&[]);
     let line = check_failure(&[
         &server.addr.to_string(),
         "--ca",

@@ -1,12 +1,13 @@
 //! Access rules on client certificates (`--allow-cn/-ou/-dns/-uri`), checked with the real
 //! `openssl s_client` and the certificates of the real `scripts/gen-ca.sh`.
 
-mod support;
+// On the binary: every rule is checked against the `conn` line the server writes to stderr.
 
 use std::path::Path;
 use std::process::Output;
 
-use support::{Server, mtls, s_client, s_client_full};
+use crate::support;
+use crate::support::{Server, mtls, s_client, s_client_full};
 
 const GREETING: &[u8] = b"Hello, secure world!";
 

@@ -1,12 +1,13 @@
 //! Start-up checks: every configuration problem is one line on stderr naming it, and exit code 2.
 
-mod support;
+// On the binary: start-up refusals are its exit code and its one line on stderr.
 
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command;
 
-use support::{binary, default_certs, now_unix, write_cert};
+use crate::support;
+use crate::support::{binary, default_certs, now_unix, write_cert};
 
 /// Runs the binary with `args` (after the default certificate flags) and returns its one error
 /// line, asserting exit code 2 and that nothing else was printed.

@@ -2,7 +2,8 @@
 //! lowered `RLIMIT_NPROC`, as a user with no other process, so the limit is reached after a known
 //! handful of threads and every connection thread beyond it fails to start.
 
-mod support;
+// On the binary: it runs as nobody under its own RLIMIT_NPROC, which only a separate process can
+// have.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -10,7 +11,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-use support::{PATIENCE, Server, connector_trusting, now_unix, write_cert};
+use crate::support;
+use crate::support::{PATIENCE, Server, connector_trusting, now_unix, write_cert};
 
 /// The user the server runs as: `nobody`, which runs nothing else, so every task it has is the
 /// server's own.

@@ -9,7 +9,7 @@
 //! A client that could not build a ClientHello at all (a suite or group it cannot use on its own,
 //! such as SRP without a login) is reported as not offered rather than counted as a refusal.
 
-mod support;
+// On the binary: each verdict is read from the server's `conn` line on stderr.
 
 use std::collections::BTreeSet;
 use std::net::TcpStream;
@@ -19,7 +19,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 
 use openssl::ssl::{Ssl, SslContext, SslMethod, SslVerifyMode, SslVersion};
-use support::{PATIENCE, Server, default_certs, now_unix, write_cert};
+
+use crate::support;
+use crate::support::{PATIENCE, Server, default_certs, now_unix, write_cert};
 
 /// Every refusal's verdict is read from its own log line, so none may be left out of the log.
 const EVERY_LINE: [&str; 2] = ["--log-failed-handshakes", "0"];

@@ -1,8 +1,9 @@
-//! Echo and forward modes through the real binary: byte-exact payloads, half-closes both ways,
+//! Echo and forward modes: byte-exact payloads, half-closes both ways,
 //! an unreachable upstream, bounded memory with a client that does not read, PROXY headers, and
 //! the idle timeout.
 
-mod support;
+// The tests that read the `conn` line or the process's memory stay on the binary; the others run in
+// this process.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -10,7 +11,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use openssl::sha::sha256;
-use support::{Server, exchange, pseudo_random, rss_kib, upstream_once};
+
+use crate::support;
+use crate::support::{InProcess, Server, exchange, pseudo_random, rss_kib, upstream_once};
 
 const MIB: usize = 1024 * 1024;
 
@@ -23,6 +26,14 @@ fn forward_server(upstream: SocketAddr, extra: &[&str]) -> Server {
     let mut args = vec!["--mode", "forward", "--upstream", &up];
     args.extend_from_slice(extra);
     Server::start(&args)
+}
+
+/// [`forward_server`] in this process, for the tests that read nothing from the log.
+fn forward_in_process(upstream: SocketAddr, extra: &[&str]) -> InProcess {
+    let up = upstream.to_string();
+    let mut args = vec!["--mode", "forward", "--upstream", &up];
+    args.extend_from_slice(extra);
+    InProcess::start(&args)
 }
 
 #[test]
@@ -81,7 +92,7 @@ fn client_half_close_then_upstream_still_answers() {
         s.write_all(b"answer to: ").unwrap();
         s.write_all(&request).unwrap();
     });
-    let server = forward_server(up, &[]);
+    let server = forward_in_process(up, &[]);
     let mut tls = server.tls();
     let got = exchange(&mut tls, b"question", true);
     assert_eq!(got.data, b"answer to: question");
@@ -211,7 +222,7 @@ fn proxy_v1_announces_the_client_address() {
         s.write_all(b"ok").unwrap();
         String::from_utf8(header).unwrap()
     });
-    let server = forward_server(up, &["--proxy-protocol", "v1"]);
+    let server = forward_in_process(up, &["--proxy-protocol", "v1"]);
     let mut tls = server.tls();
     let client = tls.get_ref().local_addr().unwrap();
     let got = exchange(&mut tls, b"", true);
@@ -268,7 +279,7 @@ fn proxy_v2_carries_addresses_and_tls_facts() {
         support::mtls("server-key.pem"),
     );
     let up = up.to_string();
-    let server = Server::start_with(
+    let server = InProcess::start_with(
         std::path::Path::new(&cert),
         std::path::Path::new(&key),
         &[
@@ -336,7 +347,7 @@ fn proxy_v2_without_a_client_certificate_claims_none() {
         s.write_all(b"ok").unwrap();
         header
     });
-    let server = forward_server(up, &["--proxy-protocol", "v2"]);
+    let server = forward_in_process(up, &["--proxy-protocol", "v2"]);
     let mut tls = server.tls();
     let got = exchange(&mut tls, b"", true);
     assert_eq!(got.data, b"ok");

@@ -1,14 +1,17 @@
 //! The tutorial's behaviour: greeting byte-exact, orderly close, and the TLS profile as seen by real
 //! clients (Rust's SslConnector and `openssl s_client`).
 
-mod support;
+// The tests that read the `conn` line stay on the binary, which writes it to stderr; the others run
+// in this process.
 
 use std::io::{Read, Write};
 
 use std::thread;
 
 use openssl::ssl::ShutdownState;
-use support::{Server, brief_field, s_client};
+
+use crate::support;
+use crate::support::{InProcess, Server, brief_field, s_client};
 
 const GREETING: &[u8] = b"Hello, secure world!";
 
@@ -38,7 +41,7 @@ fn greeting_is_byte_exact_and_ends_with_close_notify() {
 
 #[test]
 fn custom_greeting_is_sent() {
-    let server = Server::start(&["--greeting", "hi there"]);
+    let server = InProcess::start(&["--greeting", "hi there"]);
     assert_eq!(server.greeting(), b"hi there");
 }
 
@@ -46,7 +49,7 @@ fn custom_greeting_is_sent() {
 /// server lingers to drain their bytes instead of closing with unread data (which sends a reset).
 #[test]
 fn write_first_clients_get_the_whole_greeting() {
-    let server = Server::start(&[]);
+    let server = InProcess::start(&[]);
     let handles: Vec<_> = (0..100)
         .map(|i| {
             let connector = server.connector();
@@ -84,7 +87,7 @@ fn write_first_clients_get_the_whole_greeting() {
 
 #[test]
 fn s_client_gets_tls13_by_default_and_verifies() {
-    let server = Server::start(&[]);
+    let server = InProcess::start(&[]);
     let ca = server.certs.to_str().unwrap().to_string();
     let out = s_client(server.addr, &["-CAfile", &ca, "-verify_return_error"]);
     assert!(
@@ -102,7 +105,7 @@ fn s_client_gets_tls13_by_default_and_verifies() {
 
 #[test]
 fn tls12_gets_an_ecdhe_aead_cipher() {
-    let server = Server::start(&[]);
+    let server = InProcess::start(&[]);
     let out = s_client(server.addr, &["-tls1_2"]);
     assert!(
         out.status.success(),
@@ -167,13 +170,7 @@ fn modern_profile_refuses_tls12() {
 
 #[test]
 fn ipv6_listen_address_serves() {
-    let certs = support::default_certs();
-    let mut cmd = std::process::Command::new(support::binary());
-    cmd.args(["--listen", "[::1]:0", "--cert"])
-        .arg(&certs.cert)
-        .arg("--key")
-        .arg(&certs.key);
-    let server = Server::spawn(cmd, &certs.cert);
+    let server = InProcess::start(&["--listen", "[::1]:0"]);
     assert!(server.addr.is_ipv6());
     assert_eq!(server.greeting(), GREETING);
 }

@@ -1,14 +1,16 @@
 //! What clients must not be able to do: crash, hang or monopolise the server. Garbage, slow and
 //! silent clients, and the connection caps.
 
-mod support;
+// On the binary: every case is checked against its `conn` or refusal line on stderr.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use openssl::ssl::SslStream;
-use support::{
+
+use crate::support;
+use crate::support::{
     PATIENCE, Server, connect_from, exchange, http_get, metric, parse_metrics, pseudo_random,
     send_raw_until_closed,
 };

@@ -1,0 +1,35 @@
+//! securesock's integration tests, one binary: each module is one concern as seen from outside
+//! (the greeting, the modes, TLS options, operations, ...), and `support` is the harness they share
+//! (certificates, the server in this process or as the real binary, clients, log lines).
+//!
+//! One binary links the library and the harness once instead of once per suite. Run one suite with
+//! `cargo test --test it greet::`, one test with its full name (`cargo test --test it
+//! greet::custom_greeting_is_sent`).
+//!
+//! A suite starts the server in this process ([`support::InProcess`]) unless what it tests is the
+//! binary itself: arguments and exit codes, start-up, signals, or the log lines written to stderr;
+//! each module that keeps the binary says which of those it needs.
+
+mod support;
+
+mod access;
+mod cipher_policy;
+mod client_mode;
+mod docs_reference;
+mod gen_ca;
+mod greet;
+mod hostile;
+mod metrics;
+mod modes;
+mod ocsp;
+mod operations;
+mod proxy_in;
+mod relay;
+mod scripts;
+mod shutdown;
+mod socket_activation;
+mod startup;
+mod threads;
+mod ticket_keys;
+mod tls_options;
+mod unix_sockets;
