@@ -7,8 +7,8 @@
 #
 #   scripts/mutants.sh [MODULE...]    MODULE: limits, proxy_protocol, tls, config (default: all)
 #
-# Each module is mutated with only the tests that guard it (the unit tests plus the integration
-# test crates named below), so one module's run stays around half an hour on 2 cores. Results go
+# Each module is mutated with only the tests that guard it (its unit tests plus the integration
+# test modules of tests/it named below), so one module's run stays around half an hour on 2 cores. Results go
 # to target/mutants/MODULE/mutants.out/ (missed.txt, caught.txt, timeout.txt, outcomes.json).
 # Installs cargo-mutants with `cargo install --locked` when it is missing. Exits 1 when any mutant
 # was missed or timed out, 2 on bad arguments.
@@ -22,18 +22,28 @@ if ! cargo mutants --version >/dev/null 2>&1; then
     cargo install --locked cargo-mutants
 fi
 
-# tests_for MODULE: the `cargo test` arguments that guard MODULE: the unit tests (all of them take
-# half a second) and the integration test crates about it. Name filters (after the second --)
-# apply to every target: limits keeps its unit tests, the cap tests and the drain tests (which
-# wait on Tracker::wait_idle), modes.rs is cut down to its PROXY tests.
+# tests_for MODULE: the `cargo test` arguments that guard MODULE: its unit tests and the modules of
+# the one integration-test binary (tests/it) about it. Name filters (after the second --) are
+# substrings matched against every test's path in both targets: `limits::` keeps the unit tests,
+# `hostile::`-style prefixes whole suites, and limits adds the cap and drain tests (which wait on
+# Tracker::wait_idle) wherever they live.
 tests_for() {
     case "$1" in
-        limits) echo "--lib --test hostile --test operations -- limits:: max_ per_ip refusal sigterm drain" ;;
-        proxy_protocol) echo "--lib --test modes -- proxy" ;;
-        tls) echo "--lib --test cipher_policy --test tls_options --test startup" ;;
-        config) echo "--lib --test startup" ;;
+        limits) echo "--lib --test it -- limits:: max_ per_ip refusal sigterm drain" ;;
+        proxy_protocol) echo "--lib --test it -- proxy" ;;
+        tls) echo "--lib --test it -- tls:: cipher_policy:: tls_options:: startup:: access:: ocsp::" ;;
+        config) echo "--lib --test it -- config:: startup::" ;;
         *) return 1 ;;
     esac
+}
+
+# files_for MODULE: what cargo mutants mutates: the module's file, or every file of its folder.
+files_for() {
+    if [ -d "src/$1" ]; then
+        echo "src/$1/*.rs"
+    else
+        echo "src/$1.rs"
+    fi
 }
 
 [ $# -gt 0 ] || set -- limits proxy_protocol tls config
@@ -48,12 +58,12 @@ status=0
 for module in "$@"; do
     out="target/mutants/$module"
     mkdir -p "$out"
-    echo "== cargo mutants on src/$module.rs: cargo test $(tests_for "$module")"
+    echo "== cargo mutants on $(files_for "$module"): cargo test $(tests_for "$module")"
     # --timeout: a mutant that deadlocks (a gate that never releases) is cut after 2 minutes of
     # tests, whose unmutated run takes seconds; builds get longer on a machine shared with other
     # compiles. The shell splits the test arguments on purpose.
     # shellcheck disable=SC2046
-    if ! cargo mutants --file "src/$module.rs" --timeout 120 --build-timeout 900 \
+    if ! cargo mutants --file "$(files_for "$module")" --timeout 120 --build-timeout 900 \
         --output "$out" -- $(tests_for "$module"); then
         status=1
     fi
