@@ -42,7 +42,7 @@ RUN apt-get update \
 COPY --from=builder /out/securesock /usr/local/bin/securesock
 COPY scripts/docker-entrypoint.sh scripts/healthcheck.sh scripts/gen-certs.sh scripts/check.sh /usr/local/bin/
 # No per-thread malloc cache: with a thread per connection each idle thread's cache holds freed
-# memory nothing else can use (README, Limits).
+# memory nothing else can use (docs/operations.md, Limits).
 ENV GLIBC_TUNABLES=glibc.malloc.tcache_count=0
 # The drain must end before docker's stop grace (10 s unless `docker run --stop-timeout N`) runs out
 # and SIGKILL arrives: raise both together, e.g. --stop-timeout 40 -e SECURESOCK_DRAIN_TIMEOUT=30.

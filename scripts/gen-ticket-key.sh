@@ -6,7 +6,7 @@
 #
 # An existing FILE is kept unless --force is given, so running it twice is harmless and never
 # throws away a key that replicas are using. To rotate, put a new key in front and drop the oldest
-# (see the README, "Scaling out").
+# (see docs/tls.md, "Sharing ticket keys between replicas").
 set -eu
 
 usage() {
