@@ -15,15 +15,15 @@
 //! same functions in-process.
 
 pub mod config;
-pub mod connection;
-pub mod limits;
-pub mod metrics;
+pub(crate) mod connection;
+pub(crate) mod limits;
+pub(crate) mod metrics;
 pub mod proxy_protocol;
-pub mod rate_limit;
+pub(crate) mod rate_limit;
 pub mod reason;
 pub mod relay;
 pub mod server;
 pub mod shutdown;
 pub mod sys;
 pub mod tls;
-pub mod upstream;
+pub(crate) mod upstream;

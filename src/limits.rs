@@ -17,7 +17,7 @@ pub(crate) const LINGER_BYTES: usize = 64 * 1024;
 
 /// Why a connection was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// `--max-connections` reached.
     GlobalCap,
     /// `--max-per-ip` reached for this source address.
@@ -25,7 +25,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Refusal::GlobalCap => "max_connections",
             Refusal::PerIpCap => "max_per_ip",
@@ -44,7 +44,7 @@ struct Counts {
 }
 
 /// Counts open connections and wakes whoever waits for them to reach zero.
-pub struct Tracker {
+pub(crate) struct Tracker {
     counts: Mutex<Counts>,
     /// Signalled whenever a slot is released, for the drain.
     released: Condvar,
@@ -55,7 +55,7 @@ pub struct Tracker {
 /// One admitted connection's place. [`Slot::release_cap`] gives its place under the caps back
 /// (before its log line, so a client that reads the line can connect again); dropping it ends the
 /// connection for the drain too.
-pub struct Slot {
+pub(crate) struct Slot {
     tracker: Arc<Tracker>,
     /// The address counted against `--max-per-ip`, once known.
     ip: Option<IpAddr>,
@@ -69,7 +69,7 @@ fn canonical(ip: IpAddr) -> IpAddr {
 }
 
 impl Tracker {
-    pub fn new(max_total: usize, max_per_ip: usize) -> Arc<Tracker> {
+    pub(crate) fn new(max_total: usize, max_per_ip: usize) -> Arc<Tracker> {
         Arc::new(Tracker {
             counts: Mutex::new(Counts::default()),
             released: Condvar::new(),
@@ -87,7 +87,7 @@ impl Tracker {
     /// Takes a slot for a connection from `ip`, or says which cap refuses it. A client without an
     /// address (`None`: a UNIX socket peer, or one whose address a PROXY header will give, see
     /// [`Slot::claim_address`]) is held to the global cap only.
-    pub fn admit(self: &Arc<Self>, ip: impl Into<Option<IpAddr>>) -> Result<Slot, Refusal> {
+    pub(crate) fn admit(self: &Arc<Self>, ip: impl Into<Option<IpAddr>>) -> Result<Slot, Refusal> {
         let ip = ip.into().map(canonical);
         let mut c = self.lock();
         if c.active >= self.max_total {
@@ -110,7 +110,7 @@ impl Tracker {
     }
 
     /// The cap behind a refusal.
-    pub fn limit(&self, why: Refusal) -> usize {
+    pub(crate) fn limit(&self, why: Refusal) -> usize {
         match why {
             Refusal::GlobalCap => self.max_total,
             Refusal::PerIpCap => self.max_per_ip,
@@ -118,12 +118,12 @@ impl Tracker {
     }
 
     /// Connections open now, as the caps count them.
-    pub fn active(&self) -> usize {
+    pub(crate) fn active(&self) -> usize {
         self.lock().active
     }
 
     /// Waits until every slot is dropped or the deadline passes; returns how many are still held.
-    pub fn wait_idle(&self, deadline: Instant) -> usize {
+    pub(crate) fn wait_idle(&self, deadline: Instant) -> usize {
         let mut c = self.lock();
         while c.open > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -144,7 +144,7 @@ impl Slot {
     /// Counts the connection under its client's address, once that is known; refused (and
     /// nothing counted) when the address is at `--max-per-ip`. A slot that already has an
     /// address, or has given its place back, keeps what it has.
-    pub fn claim_address(&mut self, ip: IpAddr) -> Result<(), Refusal> {
+    pub(crate) fn claim_address(&mut self, ip: IpAddr) -> Result<(), Refusal> {
         if self.ip.is_some() || !self.counted {
             return Ok(());
         }
@@ -160,7 +160,7 @@ impl Slot {
     }
 
     /// Gives the connection's place under the caps back; the drain still waits for the drop.
-    pub fn release_cap(&mut self) {
+    pub(crate) fn release_cap(&mut self) {
         if !std::mem::replace(&mut self.counted, false) {
             return;
         }

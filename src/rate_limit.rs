@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 /// Lets `burst` messages through per interval and counts the ones held back, so that an attack
 /// that triggers a log line per connection costs a few lines per second.
-pub struct RateLimit {
+pub(crate) struct RateLimit {
     /// Start of the current window, lines let through in it, lines held back since the last one
     /// let through.
     state: Mutex<(Option<Instant>, u32, u64)>,
@@ -19,12 +19,12 @@ pub struct RateLimit {
 
 impl RateLimit {
     /// One message per interval.
-    pub const fn new(interval: Duration) -> RateLimit {
+    pub(crate) const fn new(interval: Duration) -> RateLimit {
         RateLimit::with_burst(interval, 1)
     }
 
     /// Up to `burst` messages per interval.
-    pub const fn with_burst(interval: Duration, burst: u32) -> RateLimit {
+    pub(crate) const fn with_burst(interval: Duration, burst: u32) -> RateLimit {
         RateLimit {
             state: Mutex::new((None, 0, 0)),
             interval,
@@ -34,7 +34,7 @@ impl RateLimit {
 
     /// `Some(n)` when a line may be written now, `n` being how many were suppressed since the last
     /// one; `None` when this one is suppressed.
-    pub fn allow(&self) -> Option<u64> {
+    pub(crate) fn allow(&self) -> Option<u64> {
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         match s.0 {

@@ -20,7 +20,7 @@ use crate::config::UNIX_PREFIX;
 use crate::sys::{Interest, Stream, wait};
 
 /// The upstream's name and its current addresses.
-pub struct Upstream {
+pub(crate) struct Upstream {
     /// As given: `HOST:PORT` or `unix:/path`.
     pub spec: String,
     /// Empty for a UNIX socket.
@@ -42,7 +42,7 @@ fn lookup(spec: &str) -> Result<Vec<SocketAddr>> {
 
 impl Upstream {
     /// Resolves `spec`; failing here is a start-up error.
-    pub fn resolve(spec: &str) -> Result<Arc<Upstream>> {
+    pub(crate) fn resolve(spec: &str) -> Result<Arc<Upstream>> {
         // A socket path is looked at only when connecting: the service behind it may start later
         // or be restarted, and each connection finds out then.
         if let Some(path) = spec.strip_prefix(UNIX_PREFIX) {
@@ -61,7 +61,7 @@ impl Upstream {
     }
 
     /// Resolves again (on reload); keeps the old addresses when the name no longer resolves.
-    pub fn refresh(&self) {
+    pub(crate) fn refresh(&self) {
         if self.path.is_some() {
             return;
         }
@@ -76,13 +76,13 @@ impl Upstream {
         }
     }
 
-    pub fn addrs(&self) -> Arc<Vec<SocketAddr>> {
+    pub(crate) fn addrs(&self) -> Arc<Vec<SocketAddr>> {
         self.addrs.load_full()
     }
 
     /// Connects to the first address that accepts by `deadline`; the stream returned is
     /// non-blocking, with Nagle off over TCP.
-    pub fn connect(&self, deadline: Instant) -> io::Result<Stream> {
+    pub(crate) fn connect(&self, deadline: Instant) -> io::Result<Stream> {
         if let Some(path) = &self.path {
             return connect_unix(path, deadline).map(Stream::Unix);
         }

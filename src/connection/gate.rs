@@ -13,7 +13,7 @@ use std::thread::{self, Thread};
 /// (BENCHMARKS.md): one or two per CPU cut p99 most but cost a quarter of the
 /// throughput (a permit holder preempted by other work stalls the queue); four keeps the
 /// throughput and still cuts p99 about in half.
-pub const GATE_PERMITS_PER_CPU: usize = 4;
+pub(crate) const GATE_PERMITS_PER_CPU: usize = 4;
 
 /// A first-come, first-served bound on how many threads run a CPU-heavy step at once (a TLS
 /// handshake step: key exchange, signature). With one thread per connection, 64 handshakes on
@@ -21,7 +21,7 @@ pub const GATE_PERMITS_PER_CPU: usize = 4;
 /// arrival order, each finishes about as soon as its turn's CPU time allows, and the accept loop is
 /// not crowded out. A step never waits on the network (the sockets are non-blocking), so a permit
 /// is held for microseconds to a few milliseconds, never for a client's pace.
-pub struct Gate {
+pub(crate) struct Gate {
     state: Mutex<GateState>,
 }
 
@@ -33,7 +33,7 @@ struct GateState {
 
 impl Gate {
     /// A gate letting `permits` threads through at once (at least one).
-    pub fn new(permits: usize) -> Gate {
+    pub(crate) fn new(permits: usize) -> Gate {
         Gate {
             state: Mutex::new(GateState {
                 free: permits.max(1),
@@ -43,7 +43,7 @@ impl Gate {
     }
 
     /// A gate with [`GATE_PERMITS_PER_CPU`] permits per CPU this process may use.
-    pub fn per_cpu() -> Gate {
+    pub(crate) fn per_cpu() -> Gate {
         let cpus = thread::available_parallelism().map_or(2, usize::from);
         Gate::new(cpus * GATE_PERMITS_PER_CPU)
     }
@@ -55,7 +55,7 @@ impl Gate {
     }
 
     /// Runs `step` once a permit is free, after every thread that asked earlier.
-    pub fn run<T>(&self, step: impl FnOnce() -> T) -> T {
+    pub(crate) fn run<T>(&self, step: impl FnOnce() -> T) -> T {
         self.acquire();
         // Released on unwind too, so a panicking step cannot leak the permit.
         let _permit = Permit(self);

@@ -28,12 +28,12 @@ const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset
 
 /// Connections the endpoint holds at once. Prometheus scrapes a target over one connection at a
 /// time; the rest is room for a second scraper and a person with curl.
-pub const MAX_CLIENTS: usize = 4;
+pub(crate) const MAX_CLIENTS: usize = 4;
 /// Longest request head (request line and headers) read; a longer one is answered 431.
-pub const MAX_HEAD: usize = 8 * 1024;
+pub(crate) const MAX_HEAD: usize = 8 * 1024;
 /// Time from accept for the whole request head to arrive: a total, so a client sending a byte at
 /// a time is cut like one sending nothing.
-pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time for the client to take the response.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// After the response, what the client still sends (a body, pipelined requests) is read and
@@ -63,7 +63,7 @@ static EVICTION_LOG: RateLimit = RateLimit::new(Duration::from_secs(10));
 /// When every slot is taken and another client connects, the oldest connection still sending its
 /// request is closed to make room: an honest scraper sends its request as soon as it connects, so
 /// only slow senders are ever evicted, and a handful of them cannot lock scrapes out.
-pub fn serve(
+pub(crate) fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     active: impl Fn() -> usize + Send + 'static,

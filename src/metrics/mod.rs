@@ -15,9 +15,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-pub mod http;
+pub(crate) mod http;
 
-pub use http::{HEAD_TIMEOUT, MAX_CLIENTS, MAX_HEAD, serve};
+pub(crate) use http::serve;
 
 /// One label, `name="value"`, with values from a fixed set known at compile time.
 type Label = Vec<(&'static str, &'static str)>;
@@ -27,7 +27,7 @@ fn label(name: &'static str, value: &'static str) -> Label {
 }
 
 /// Every counter the server keeps.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     accepted: Counter,
     /// Set from the connection tracker when scraped, so it can never drift from the truth.
@@ -48,7 +48,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Metrics {
+    pub(crate) fn new() -> Metrics {
         let mut registry = Registry::with_prefix("securesock");
         let accepted = Counter::default();
         let active = Gauge::default();
@@ -115,16 +115,16 @@ impl Metrics {
         }
     }
 
-    pub fn accepted(&self) {
+    pub(crate) fn accepted(&self) {
         self.accepted.inc();
     }
 
-    pub fn refused(&self, reason: &'static str) {
+    pub(crate) fn refused(&self, reason: &'static str) {
         self.refused.get_or_create(&label("reason", reason)).inc();
     }
 
     /// Records how a handshake ended; `duration` only for completed ones.
-    pub fn handshake(&self, result: &'static str, duration: Option<Duration>) {
+    pub(crate) fn handshake(&self, result: &'static str, duration: Option<Duration>) {
         self.handshakes
             .get_or_create(&label("result", result))
             .inc();
@@ -133,23 +133,23 @@ impl Metrics {
         }
     }
 
-    pub fn bytes(&self, received: u64, sent: u64) {
+    pub(crate) fn bytes(&self, received: u64, sent: u64) {
         self.bytes_in.inc_by(received);
         self.bytes_out.inc_by(sent);
     }
 
-    pub fn reload(&self, ok: bool) {
+    pub(crate) fn reload(&self, ok: bool) {
         self.reloads
             .get_or_create(&label("result", if ok { "ok" } else { "failed" }))
             .inc();
     }
 
-    pub fn certificate_expiry(&self, not_after_unix: i64) {
+    pub(crate) fn certificate_expiry(&self, not_after_unix: i64) {
         self.cert_not_after.set(not_after_unix);
     }
 
     /// The exposition text, with the active gauge set to `active` first.
-    pub fn render(&self, active: usize) -> String {
+    pub(crate) fn render(&self, active: usize) -> String {
         self.active.set(i64::try_from(active).unwrap_or(i64::MAX));
         let mut out = String::new();
         // Writing into a String cannot fail; an error would only come from a broken encoder.

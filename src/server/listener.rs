@@ -20,13 +20,13 @@ use crate::connection::Peer;
 use crate::sys::{self, Stream};
 
 /// A bound listener of either family.
-pub enum Listener {
+pub(crate) enum Listener {
     Tcp(TcpListener),
     Unix(UnixSocket),
 }
 
 /// A UNIX listening socket and the file it is bound to; dropping it removes the file.
-pub struct UnixSocket {
+pub(crate) struct UnixSocket {
     listener: UnixListener,
     path: PathBuf,
     /// Device and inode of the file this process bound, so that only that file is ever removed,
@@ -36,7 +36,7 @@ pub struct UnixSocket {
 
 impl Listener {
     /// Binds where the configuration says, with the listen queue asked for.
-    pub fn bind(listen: &Listen, backlog: u32) -> Result<Listener> {
+    pub(crate) fn bind(listen: &Listen, backlog: u32) -> Result<Listener> {
         match listen {
             Listen::Tcp(addr) => sys::bind(*addr, backlog)
                 .map(Listener::Tcp)
@@ -46,7 +46,7 @@ impl Listener {
     }
 
     /// The TCP address bound (the real port when the configuration said 0).
-    pub fn local_addr(&self) -> Option<SocketAddr> {
+    pub(crate) fn local_addr(&self) -> Option<SocketAddr> {
         match self {
             Listener::Tcp(l) => l.local_addr().ok(),
             Listener::Unix(_) => None,
@@ -54,7 +54,7 @@ impl Listener {
     }
 
     /// What the ready line names: the TCP address, or `unix:/path`.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             Listener::Tcp(l) => l
                 .local_addr()
@@ -63,7 +63,7 @@ impl Listener {
         }
     }
 
-    pub fn set_nonblocking(&self) -> io::Result<()> {
+    pub(crate) fn set_nonblocking(&self) -> io::Result<()> {
         match self {
             Listener::Tcp(l) => l.set_nonblocking(true),
             Listener::Unix(u) => u.listener.set_nonblocking(true),
@@ -71,7 +71,7 @@ impl Listener {
     }
 
     /// The next queued connection and who it is from.
-    pub fn accept(&self) -> io::Result<(Stream, Peer)> {
+    pub(crate) fn accept(&self) -> io::Result<(Stream, Peer)> {
         match self {
             Listener::Tcp(l) => l
                 .accept()
@@ -87,7 +87,7 @@ impl Listener {
     /// Stops new connections from reaching the queue without resetting those already in it: a
     /// TCP listener stops answering SYNs; a UNIX socket's file is removed, so no new client can
     /// find it. The caller then accepts what is queued and closes.
-    pub fn refuse_new_connections(&mut self) -> io::Result<()> {
+    pub(crate) fn refuse_new_connections(&mut self) -> io::Result<()> {
         match self {
             Listener::Tcp(l) => sys::refuse_new_connections(l),
             Listener::Unix(u) => {

@@ -46,7 +46,7 @@ fn fingerprint(settings: &TlsSettings) -> [u8; 32] {
 
 /// Why a reload runs.
 #[derive(Debug, Clone, Copy)]
-pub enum Trigger {
+pub(crate) enum Trigger {
     Signal,
     FileChange,
     TicketKeyRotation,
@@ -121,7 +121,7 @@ fn trigger_name(why: Trigger) -> &'static str {
 
 /// When the reload thread acts on its own.
 #[derive(Debug, Clone, Copy)]
-pub struct Schedule {
+pub(crate) struct Schedule {
     /// How often to look at the files; `None` when only SIGHUP reloads.
     pub watch: Option<Duration>,
     /// How long one context's session-ticket keys may live; `None` when they change only on reload.

@@ -8,7 +8,6 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 use crate::support;
@@ -24,8 +23,7 @@ const TASKS: libc::rlim_t = 8;
 
 #[test]
 fn a_connection_whose_thread_cannot_start_is_closed_and_logged_and_the_others_go_on() {
-    // SAFETY: geteuid has no side effects.
-    if unsafe { libc::geteuid() } != 0 {
+    if support::sys::euid() != 0 {
         // The kernel does not apply RLIMIT_NPROC to root, so the server must run as another
         // user with nothing else running, which only root can arrange.
         eprintln!("skipped: needs root, to run the server as nobody under RLIMIT_NPROC");
@@ -48,24 +46,7 @@ fn a_connection_whose_thread_cannot_start_is_closed_and_logged_and_the_others_go
         .arg(&certs.cert)
         .arg("--key")
         .arg(&certs.key);
-    // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe
-    // system calls (setrlimit, setgroups, setgid, setuid), reporting failure as an io::Error.
-    unsafe {
-        cmd.pre_exec(|| {
-            let limit = libc::rlimit {
-                rlim_cur: TASKS,
-                rlim_max: TASKS,
-            };
-            if libc::setrlimit(libc::RLIMIT_NPROC, &limit) != 0
-                || libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setgid(NOBODY) != 0
-                || libc::setuid(NOBODY) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    support::sys::run_as_with_task_limit(&mut cmd, NOBODY, NOBODY, TASKS);
     let server = Server::spawn(cmd, &certs.cert);
     // The start-up check saw the limit coming.
     server

@@ -57,8 +57,7 @@ fn client_mode_on_a_unix_socket_with_its_mode_and_the_peers_credentials() {
     let line = client.logs.wait_for(&["conn ", "mode=client"]);
     let me = format!(
         "peer=unix:uid={},pid={} ",
-        // SAFETY: geteuid cannot fail.
-        unsafe { libc::geteuid() },
+        support::sys::euid(),
         std::process::id()
     );
     assert!(line.contains(&me), "{me} missing: {line}");
@@ -77,8 +76,7 @@ fn client_mode_on_a_unix_socket_with_its_mode_and_the_peers_credentials() {
             "--listen-mode",
             "0600",
             "--listen-group",
-            // SAFETY: getegid cannot fail.
-            &unsafe { libc::getegid() }.to_string(),
+            &support::sys::egid().to_string(),
         ],
     );
     assert_eq!(file_mode(&tight), 0o600);

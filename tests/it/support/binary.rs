@@ -120,9 +120,8 @@ impl Server {
             self.exited().is_none(),
             "signalling a server that already exited"
         );
-        // SAFETY: kill(2) on the PID of a child this harness started and has not reaped yet.
-        let rc = unsafe { libc::kill(self.pid(), signal) };
-        assert_eq!(rc, 0, "kill failed");
+        // A child this harness started and has not reaped yet.
+        super::sys::kill(self.pid(), signal).expect("kill failed");
     }
 
     /// Waits for the process to exit, failing the test after `limit`.
@@ -157,8 +156,8 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         if self.exited().is_none() {
-            // SAFETY: kill(2) on our own child, which the waiter thread has not reaped yet.
-            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+            // Our own child, which the waiter thread has not reaped yet.
+            let _ = super::sys::kill(self.pid, libc::SIGKILL);
             let (slot, cv) = &*self.exit;
             let guard = slot.lock().unwrap();
             let _ = cv.wait_timeout_while(guard, PATIENCE, |s| s.is_none());

@@ -8,6 +8,7 @@
 //! - [`logs`]: the binary's log lines, and waiting for one;
 //! - [`clients`]: TLS, `openssl s_client`, plaintext and HTTP clients;
 //! - [`peers`]: upstreams and deliberately broken servers on the other side;
+//! - [`sys`]: the harness's only unsafe code, the raw system calls the tests make;
 //!
 //! and here what they share: the patience of a test, the repository, optional tools.
 //!
@@ -23,6 +24,7 @@ pub mod clients;
 pub mod in_process;
 pub mod logs;
 pub mod peers;
+pub mod sys;
 
 pub use binary::*;
 pub use certs::*;
