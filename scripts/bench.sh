@@ -380,7 +380,8 @@ throughput() {
                 # Alternate the peers within each cell so drift (thermal, noisy neighbours) hits all.
                 for s in $peers; do
                     "$bench" measure --section throughput --pid "${pids[$s]}" --set "server=$s" \
-                        --set "round=$round" --out "$work/throughput.jsonl" -- "$bench" "127.0.0.1:${ports[$s]}" --insecure -c "$c" -d "$duration" ${flag:+"$flag"} --json
+                        --set "round=$round" --out "$work/throughput.jsonl" -- \
+                        "$bench" "127.0.0.1:${ports[$s]}" --insecure -c "$c" -d "$duration" ${flag:+"$flag"} --json
                 done
             done
         done
