@@ -20,7 +20,16 @@
 //! (getrusage), as a table or as one JSON object (`--json`). Figures are for reading, never for
 //! asserting: the test suite checks only counts and the protocol.
 //!
-//! This module never changes a server and never interprets a figure: the bench script does that.
+//! This module never changes a server and never interprets a figure: the report modules beside
+//! it (`procfs`, `record`, `stats`, `report`, behind the `tools` subcommands) and the bench
+//! script do that.
+
+pub mod machine;
+pub mod procfs;
+pub mod record;
+pub mod report;
+pub mod stats;
+pub mod tools;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -1,8 +1,12 @@
-//! The `securesock-bench` binary: parse, run the load (or hold the idle or established burst), report.
-//! Everything it does lives in the `securesock_bench` library, where the tests can reach it.
+//! The `securesock-bench` binary: parse, run the load (or hold the idle or established burst), report;
+//! or, when the first argument names one (`sample`, `record`, `report`, `publish`), run one of the
+//! bench script's bookkeeping subcommands. Everything it does lives in the `securesock_bench`
+//! library, where the tests can reach it.
 
 use std::io::Write as _;
 use std::process::ExitCode;
+
+use clap::Parser as _;
 
 use securesock_bench as loadgen;
 
@@ -12,6 +16,26 @@ const EXIT_SETUP: u8 = 2;
 const EXIT_ALL_FAILED: u8 = 1;
 
 fn main() -> ExitCode {
+    // A load run's first argument is a HOST:PORT, which no subcommand name can be.
+    if std::env::args()
+        .nth(1)
+        .is_some_and(|a| loadgen::tools::NAMES.contains(&a.as_str()))
+    {
+        return match loadgen::tools::Tools::try_parse_from(std::env::args_os()) {
+            Ok(tools) => match loadgen::tools::run(tools) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&format!("{e:#}")),
+            },
+            Err(e) => {
+                let _ = e.print();
+                if e.use_stderr() {
+                    ExitCode::from(EXIT_SETUP)
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }
+        };
+    }
     let plan = match loadgen::parse_args(std::env::args_os()) {
         Ok(plan) => plan,
         Err(e) => {
