@@ -211,7 +211,7 @@ scripts/gen-certs.sh --out "$work/certs" >/dev/null
 cert=$work/certs/server-cert.pem
 key=$work/certs/server-key.pem
 
-# Mozilla intermediate v6.0, as securesock applies it (src/tls.rs), for the peers' configurations.
+# Mozilla intermediate v6.0, as securesock applies it (src/tls/profile.rs), for the peers' configurations.
 tls12_ciphers="ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
 tls13_suites="TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
 # securesock puts the post-quantum hybrid first when libssl has it (3.5+); the peers get the same.

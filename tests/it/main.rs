@@ -17,6 +17,7 @@
 mod support;
 
 mod access;
+mod architecture;
 mod cipher_policy;
 mod client_mode;
 mod docs_reference;
