@@ -46,8 +46,9 @@ impl Connector {
         // subjectAltNames only, as the README says: without NEVER_CHECK_SUBJECT OpenSSL falls back
         // to the subject's CN when the certificate has no DNS SAN (an IP is never checked
         // against the CN, so the flag only matters for DNS names, and is set for both).
-        ssl.param_mut()
-            .set_hostflags(X509CheckFlags::NO_PARTIAL_WILDCARDS | X509CheckFlags::NEVER_CHECK_SUBJECT);
+        ssl.param_mut().set_hostflags(
+            X509CheckFlags::NO_PARTIAL_WILDCARDS | X509CheckFlags::NEVER_CHECK_SUBJECT,
+        );
         self.last_session.offer(&mut ssl)?;
         Ok(ssl)
     }

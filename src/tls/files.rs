@@ -123,15 +123,13 @@ pub(crate) fn read_bounded(path: &Path, kind: FileKind) -> Result<Vec<u8>> {
         } else if ft.is_socket() {
             "a socket"
         } else {
-            "not a regular file"
+            "something else"
         };
-        bail!("{what} {shown} is {is}: it must be a regular file");
+        bail!("cannot read {what} {shown}: it is {is}, not a regular file");
     }
     let mode = meta.mode() & 0o7777;
     if mode & kind.forbidden_mode() != 0 {
-        bail!(
-            "{what} {shown} has mode {mode:04o}: other users may read or change it (chmod 600)"
-        );
+        bail!("{what} {shown} has mode {mode:04o}: other users may read or change it (chmod 600)");
     }
     let max = kind.max_len();
     if meta.size() > max {
@@ -471,15 +469,15 @@ mod tests {
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         // No writer: a blocking open would wait for ever.
         let err = refusal(&fifo, FileKind::TicketKeys);
-        assert!(err.contains("is a FIFO"), "{err}");
+        assert!(err.contains("it is a FIFO, not a regular file"), "{err}");
         assert!(err.contains(fifo.to_str().unwrap()), "{err}");
         let err = refusal(Path::new("/dev/zero"), FileKind::Certificate);
         assert_eq!(
             err,
-            "certificate /dev/zero is a device: it must be a regular file"
+            "cannot read certificate /dev/zero: it is a device, not a regular file"
         );
         let err = refusal(dir.path(), FileKind::Crl);
-        assert!(err.contains("is a directory"), "{err}");
+        assert!(err.contains("it is a directory"), "{err}");
         // A symlink to a regular file is followed: its target is what is checked and read.
         let target = dir.path().join("target.pem");
         std::fs::write(&target, b"x").unwrap();
@@ -488,7 +486,7 @@ mod tests {
         assert_eq!(read_bounded(&link, FileKind::Certificate).unwrap(), b"x");
         std::os::unix::fs::symlink(&fifo, dir.path().join("to-fifo")).unwrap();
         let err = refusal(&dir.path().join("to-fifo"), FileKind::Ocsp);
-        assert!(err.contains("is a FIFO"), "{err}");
+        assert!(err.contains("it is a FIFO, not a regular file"), "{err}");
     }
 
     #[test]

@@ -129,8 +129,10 @@ type GenerateTicketCallback =
     unsafe extern "C" fn(*mut openssl_sys::SSL, *mut libc::c_void) -> libc::c_int;
 
 unsafe extern "C" {
-    fn X509_STORE_add_crl(store: *mut openssl_sys::X509_STORE, crl: *mut openssl_sys::X509_CRL)
-    -> libc::c_int;
+    fn X509_STORE_add_crl(
+        store: *mut openssl_sys::X509_STORE,
+        crl: *mut openssl_sys::X509_CRL,
+    ) -> libc::c_int;
     fn SSL_CTX_set_session_ticket_cb(
         ctx: *mut openssl_sys::SSL_CTX,
         gen_cb: Option<GenerateTicketCallback>,

@@ -64,7 +64,13 @@ pub(super) fn verification_digest(
     ] {
         let mut list: Vec<String> = list
             .iter()
-            .map(|r| if fold { r.to_ascii_lowercase() } else { r.clone() })
+            .map(|r| {
+                if fold {
+                    r.to_ascii_lowercase()
+                } else {
+                    r.clone()
+                }
+            })
             .collect();
         list.sort();
         list.dedup();

@@ -124,48 +124,48 @@ struct Build<'a> {
 /// (the default one and each SNI one) starts from this, since OpenSSL reads some of these settings
 /// from whichever context the connection ends up on.
 impl Build<'_> {
-/// (The caller applies the profile, which also says which groups were configured.)
-fn profile_builder(&self) -> Result<SslAcceptorBuilder> {
-    let settings = self.settings;
-    // The modern v5 builder is the cleanest base: it sets only TLS 1.3 and its suites (the
-    // intermediate v5 one also loads DHE parameters that v6.0 dropped). The profile is applied on top.
-    let mut b = SslAcceptor::mozilla_modern_v5(SslMethod::tls_server())?;
-    // v6.0: the client's cipher order wins (every suite offered is strong).
-    b.clear_options(SslOptions::CIPHER_SERVER_PREFERENCE);
-    // Sessions are only resumed in the context that made them; with client certificates OpenSSL
-    // refuses resumption without one. The context is a digest of the client-verification
-    // settings, so a session made under another client CA set, CRL or rules never resumes (the
-    // SNI choice binds each name's sessions the same way, digest included).
-    b.set_session_id_context(&default_session_id_context(&self.digest))?;
-    // One TLS 1.3 session ticket per full handshake instead of OpenSSL's two: a client resumes with
-    // one, and each ticket costs an encryption, a MAC and bytes on the wire. Resumed handshakes
-    // still get a fresh ticket each, so a client can keep resuming.
-    b.set_num_tickets(1)?;
-    if let Some(keys) = self.ticket_keys {
-        net::set_ticket_keys(&mut b, Arc::clone(keys)).context("installing the ticket keys")?;
+    /// (The caller applies the profile, which also says which groups were configured.)
+    fn profile_builder(&self) -> Result<SslAcceptorBuilder> {
+        let settings = self.settings;
+        // The modern v5 builder is the cleanest base: it sets only TLS 1.3 and its suites (the
+        // intermediate v5 one also loads DHE parameters that v6.0 dropped). The profile is applied on top.
+        let mut b = SslAcceptor::mozilla_modern_v5(SslMethod::tls_server())?;
+        // v6.0: the client's cipher order wins (every suite offered is strong).
+        b.clear_options(SslOptions::CIPHER_SERVER_PREFERENCE);
+        // Sessions are only resumed in the context that made them; with client certificates OpenSSL
+        // refuses resumption without one. The context is a digest of the client-verification
+        // settings, so a session made under another client CA set, CRL or rules never resumes (the
+        // SNI choice binds each name's sessions the same way, digest included).
+        b.set_session_id_context(&default_session_id_context(&self.digest))?;
+        // One TLS 1.3 session ticket per full handshake instead of OpenSSL's two: a client resumes with
+        // one, and each ticket costs an encryption, a MAC and bytes on the wire. Resumed handshakes
+        // still get a fresh ticket each, so a client can keep resuming.
+        b.set_num_tickets(1)?;
+        if let Some(keys) = self.ticket_keys {
+            net::set_ticket_keys(&mut b, Arc::clone(keys)).context("installing the ticket keys")?;
+        }
+        // The chain sent is the certificate file's, as nginx does. Without this OpenSSL builds a chain
+        // from the context's trust store on every handshake: an X509_verify_cert per connection.
+        b.set_mode(SslMode::NO_AUTO_CHAIN);
+        // An idle connection gives its record buffers (about 34 KiB with read-ahead) back to the heap
+        // whenever they are empty: held, silent echo and forward connections otherwise keep them for
+        // their whole life. A busy connection takes them again from the allocator's cache.
+        b.set_mode(SslMode::RELEASE_BUFFERS);
+        if let Some(verify) = self.verify {
+            client_auth(&mut b, settings, verify)?;
+        }
+        if !settings.alpn.is_empty() {
+            let server = interned_wire(&settings.alpn);
+            let optional = settings.alpn_optional;
+            // The server's order wins: the first of its protocols that the client offers.
+            b.set_alpn_select_callback(move |_, client| match select_next_proto(server, client) {
+                Some(chosen) => Ok(chosen),
+                None if optional => Err(AlpnError::NOACK),
+                None => Err(AlpnError::ALERT_FATAL),
+            });
+        }
+        Ok(b)
     }
-    // The chain sent is the certificate file's, as nginx does. Without this OpenSSL builds a chain
-    // from the context's trust store on every handshake: an X509_verify_cert per connection.
-    b.set_mode(SslMode::NO_AUTO_CHAIN);
-    // An idle connection gives its record buffers (about 34 KiB with read-ahead) back to the heap
-    // whenever they are empty: held, silent echo and forward connections otherwise keep them for
-    // their whole life. A busy connection takes them again from the allocator's cache.
-    b.set_mode(SslMode::RELEASE_BUFFERS);
-    if let Some(verify) = self.verify {
-        client_auth(&mut b, settings, verify)?;
-    }
-    if !settings.alpn.is_empty() {
-        let server = interned_wire(&settings.alpn);
-        let optional = settings.alpn_optional;
-        // The server's order wins: the first of its protocols that the client offers.
-        b.set_alpn_select_callback(move |_, client| match select_next_proto(server, client) {
-            Some(chosen) => Ok(chosen),
-            None if optional => Err(AlpnError::NOACK),
-            None => Err(AlpnError::ALERT_FATAL),
-        });
-    }
-    Ok(b)
-}
 }
 
 /// Client certificates, when `--client-ca` asks for them: the CA file as trust store and as the

@@ -78,8 +78,7 @@ impl Stapler {
             }
             return false;
         }
-        if stale_after - now <= WARN_AHEAD_SECS && !self.warned_soon.swap(true, Ordering::Relaxed)
-        {
+        if stale_after - now <= WARN_AHEAD_SECS && !self.warned_soon.swap(true, Ordering::Relaxed) {
             warn!(
                 "OCSP response {} expires within a day (nextUpdate {} Unix time): fetch a fresh one and reload, or it stops being stapled",
                 self.path.display(),

@@ -111,9 +111,7 @@ pub fn common_name(cert: &X509) -> Option<String> {
 
 /// How many CNs a certificate's subject holds.
 pub(super) fn common_name_count(cert: &X509Ref) -> usize {
-    cert.subject_name()
-        .entries_by_nid(Nid::COMMONNAME)
-        .count()
+    cert.subject_name().entries_by_nid(Nid::COMMONNAME).count()
 }
 
 /// A certificate's subject alternative names as `DNS:name`, `IP:addr`, `URI:uri`, `email:addr`.
