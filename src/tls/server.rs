@@ -55,8 +55,7 @@ pub(super) fn build_acceptor(settings: &TlsSettings) -> Result<Tls> {
         verify: verify.as_ref(),
         digest,
     };
-    let mut b = build.profile_builder()?;
-    let groups = apply_profile(&mut b, settings.profile)?;
+    let (mut b, groups) = build.profile_builder()?;
     identity.install(&mut b)?;
     // Every ticket that decrypts has its certificate verified again before it resumes. OpenSSL
     // asks the context a connection started on, which is this one whatever SNI picks.
@@ -78,8 +77,7 @@ pub(super) fn build_acceptor(settings: &TlsSettings) -> Result<Tls> {
     let mut by_name: Vec<(String, SslContext)> = Vec::new();
     for spec in &settings.sni {
         let identity = Identity::load(&spec.cert, &spec.key)?;
-        let mut sb = build.profile_builder()?;
-        apply_profile(&mut sb, settings.profile)?;
+        let (mut sb, _) = build.profile_builder()?;
         identity.install(&mut sb)?;
         by_name.push((spec.name.clone(), sb.build().into_context()));
     }
@@ -120,16 +118,16 @@ struct Build<'a> {
     digest: [u8; 32],
 }
 
-/// A context builder with the profile, client authentication and ALPN applied; every context
-/// (the default one and each SNI one) starts from this, since OpenSSL reads some of these settings
-/// from whichever context the connection ends up on.
 impl Build<'_> {
-    /// (The caller applies the profile, which also says which groups were configured.)
-    fn profile_builder(&self) -> Result<SslAcceptorBuilder> {
+    /// A context builder with the profile, client authentication and ALPN applied; every context
+    /// (the default one and each SNI one) starts from this, since OpenSSL reads some of these
+    /// settings from whichever context the connection ends up on.
+    fn profile_builder(&self) -> Result<(SslAcceptorBuilder, &'static str)> {
         let settings = self.settings;
         // The modern v5 builder is the cleanest base: it sets only TLS 1.3 and its suites (the
         // intermediate v5 one also loads DHE parameters that v6.0 dropped). The profile is applied on top.
         let mut b = SslAcceptor::mozilla_modern_v5(SslMethod::tls_server())?;
+        let groups = apply_profile(&mut b, settings.profile)?;
         // v6.0: the client's cipher order wins (every suite offered is strong).
         b.clear_options(SslOptions::CIPHER_SERVER_PREFERENCE);
         // Sessions are only resumed in the context that made them; with client certificates OpenSSL
@@ -164,7 +162,7 @@ impl Build<'_> {
                 None => Err(AlpnError::ALERT_FATAL),
             });
         }
-        Ok(b)
+        Ok((b, groups))
     }
 }
 
