@@ -27,6 +27,7 @@ pub use ossl_ext::{
     LastSession, TicketKey, client_hello_ext, negotiated_group, set_session_id_context,
     set_ticket_keys,
 };
+pub(crate) use ossl_ext::{add_crl, as_time, on_ticket_decrypted};
 pub use poll::{Interest, poll, pollfd, wait};
 pub use socket::{
     AcceptStep, PeerCred, Socket, Stream, accept_backoff, bind, bind_unix, group_id, nproc_limit,

@@ -15,11 +15,13 @@ use openssl::ssl::{
 };
 use openssl::x509::{X509Ref, X509StoreContext, X509VerifyResult};
 
-use super::x509_text::{alt_names, subject};
+use super::x509_text::{alt_names, common_name_count, subject};
 use crate::config::AccessRules;
 
 /// Whether a verified client certificate matches any of the rules (every certificate does when
-/// there is none).
+/// there is none). A certificate with more than one CN never matches a `--allow-cn` rule: which
+/// of its CNs names it is a matter of reading, and the PROXY header and logs must not read it
+/// another way than the rules do (see `x509_text::common_name`); its other fields still count.
 pub fn allowed(rules: &AccessRules, cert: &X509Ref) -> bool {
     if rules.is_empty() {
         return true;
@@ -31,6 +33,7 @@ pub fn allowed(rules: &AccessRules, cert: &X509Ref) -> bool {
             .collect()
     };
     if !rules.cn.is_empty()
+        && common_name_count(cert) == 1
         && entries(Nid::COMMONNAME)
             .iter()
             .any(|v| rules.cn.contains(v))
@@ -81,13 +84,19 @@ pub fn access_refusal(ssl: &SslRef) -> Option<String> {
 /// What the log says about a refused certificate: its subject and SANs.
 fn refusal_text(cert: &X509Ref) -> String {
     let sans = alt_names(cert);
+    let cns = common_name_count(cert);
     format!(
-        "certificate subject=\"{}\" sans={} matches no --allow rule",
+        "certificate subject=\"{}\" sans={} matches no --allow rule{}",
         subject(cert),
         if sans.is_empty() {
             "-".into()
         } else {
             sans.join(",")
+        },
+        if cns > 1 {
+            format!(" ({cns} CNs: --allow-cn matches only a certificate with one)")
+        } else {
+            String::new()
         }
     )
 }

@@ -7,8 +7,9 @@
 
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use openssl::ssl::{Ssl, SslConnector, SslMethod, SslSessionCacheMode, SslVerifyMode};
+use openssl::x509::verify::X509CheckFlags;
 
 use super::files::load_upstream_ca;
 use super::identity::{Identity, describe};
@@ -41,6 +42,13 @@ impl Connector {
         // configure() turns on SNI (left out for IP literals, as RFC 6066 requires) and the
         // certificate name check: X509_VERIFY_PARAM host, or IP for an address.
         let mut ssl = self.ssl.configure()?.into_ssl(&self.name)?;
+        // into_ssl set the name and NO_PARTIAL_WILDCARDS; the name is checked against the
+        // subjectAltNames only, as the README says: without NEVER_CHECK_SUBJECT OpenSSL falls back
+        // to the subject's CN when the certificate has no DNS SAN (an IP is never checked
+        // against the CN, so the flag only matters for DNS names, and is set for both).
+        ssl.param_mut().set_hostflags(
+            X509CheckFlags::NO_PARTIAL_WILDCARDS | X509CheckFlags::NEVER_CHECK_SUBJECT,
+        );
         self.last_session.offer(&mut ssl)?;
         Ok(ssl)
     }
@@ -56,6 +64,15 @@ impl Connector {
 /// the client certificate checked as the server's is (readable, key matches, valid now), ALPN,
 /// and a one-session cache for resumption.
 pub(super) fn build_connector(settings: &TlsSettings, up: &UpstreamTls) -> Result<Tls> {
+    // A pattern is not a name: OpenSSL would take `*.example.com` as a literal to look for in the
+    // certificate, where it matches a wildcard SAN, so any holder of a wildcard certificate for
+    // the domain would pass. (Config validation is the natural home of this check.)
+    if up.name.contains('*') {
+        bail!(
+            "--upstream-name {}: a wildcard is not a name to verify; give the upstream's own name",
+            up.name
+        );
+    }
     let mut b = SslConnector::builder(SslMethod::tls_client())?;
     let groups = apply_profile(&mut b, settings.profile)?;
     // The builder verifies the peer and loads the system trust store (OpenSSL's default paths,
@@ -92,5 +109,6 @@ pub(super) fn build_connector(settings: &TlsSettings, up: &UpstreamTls) -> Resul
         }),
         info,
         groups,
+        ocsp: None,
     })
 }

@@ -2,9 +2,17 @@
 //! client CA list), CRLs, OCSP responses and session-ticket keys, each read and checked with an
 //! error that names the file (and, for a missing certificate or key, the script that makes one).
 //!
+//! Every byte securesock reads from a file comes through [`read_bounded`]: a regular file (never
+//! a FIFO, device or directory, which would hang start-up or read until memory runs out), opened
+//! without blocking, its type, mode and size checked on the open descriptor before a byte is read,
+//! and read with a bound. The configuration file (issue 19) should come through it too; it belongs
+//! in `sys/` (beside the other system calls) once that room exists, with `FileKind` beside it.
+//!
 //! They read files and nothing else: no socket, no context beyond the store a CRL is added to,
 //! and never the configuration's arguments, only the paths they are handed.
 
+use std::collections::HashSet;
+use std::io::Read;
 use std::path::Path;
 
 use anyhow::{Result, anyhow, bail};
@@ -13,33 +21,151 @@ use openssl::asn1::Asn1Time;
 use openssl::hash::MessageDigest;
 use openssl::ocsp::{OcspCertId, OcspCertStatus, OcspResponse, OcspResponseStatus};
 use openssl::pkey::{PKey, Private};
-use openssl::ssl::SslFiletype;
 use openssl::stack::Stack;
-use openssl::x509::store::{X509Lookup, X509Store, X509StoreBuilder, X509StoreBuilderRef};
+use openssl::x509::store::{X509Store, X509StoreBuilder, X509StoreBuilderRef};
 use openssl::x509::{X509, X509Crl, X509Name};
 
 use crate::reason::io_reason;
 use crate::sys::TicketKey;
 
-/// Reads a file whole, with an error that names it and says how to make one.
-fn read_file(kind: &str, path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| {
-        let hint = if e.kind() == std::io::ErrorKind::NotFound {
-            " (scripts/gen-certs.sh makes a self-signed pair)"
+/// What a file is for: its name in messages, the most bytes it may hold, and whether it holds a
+/// secret (and so must not be open to other users).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FileKind {
+    Certificate,
+    Key,
+    ClientCa,
+    UpstreamCa,
+    Crl,
+    Ocsp,
+    TicketKeys,
+}
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+
+impl FileKind {
+    /// The file's name in messages.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            FileKind::Certificate => "certificate",
+            FileKind::Key => "key",
+            FileKind::ClientCa => "client CA",
+            FileKind::UpstreamCa => "upstream CA",
+            FileKind::Crl => "CRL",
+            FileKind::Ocsp => "OCSP response",
+            FileKind::TicketKeys => "ticket key file",
+        }
+    }
+
+    /// The most bytes a file of this kind may hold. A certificate chain or key is a few KiB; a
+    /// CA file may be a whole system bundle (about 220 KiB on Debian); a CRL of a large CA runs
+    /// to megabytes; an OCSP response is one or two KiB; 1 MiB of ticket keys is 13,107 keys,
+    /// where rotation needs two or three.
+    pub(crate) fn max_len(self) -> u64 {
+        match self {
+            FileKind::Certificate | FileKind::Key | FileKind::TicketKeys => MIB,
+            FileKind::ClientCa | FileKind::UpstreamCa => 8 * MIB,
+            FileKind::Crl => 64 * MIB,
+            FileKind::Ocsp => 64 * KIB,
+        }
+    }
+
+    /// The permission bits this kind of file must not have. Ticket keys decrypt every resumed
+    /// session: no one but the owner (and a keys group, which may read) may touch them. A private
+    /// key that others may change could be swapped for the attacker's: group and other write are
+    /// refused. (Refusing other-read on keys too, as for ticket keys, is the stricter rule; the
+    /// test harness writes keys 0644 today, so it waits for the harness to write them 0600.)
+    fn forbidden_mode(self) -> u32 {
+        match self {
+            FileKind::TicketKeys => 0o037,
+            FileKind::Key => 0o022,
+            _ => 0,
+        }
+    }
+}
+
+/// Reads a file of `kind` whole, refusing anything but a regular file within the kind's size and
+/// mode. It opens the path without blocking (a FIFO opens at once instead of waiting for a writer)
+/// and checks the descriptor it opened, not the path, so what is checked is what is read; a
+/// symlink is followed (certbot's `live/` and Kubernetes secret volumes are symlinks), and its
+/// target is what gets checked. Errors name the kind and the file in one line (and, for a missing
+/// certificate or key, the script that makes one).
+pub(crate) fn read_bounded(path: &Path, kind: FileKind) -> Result<Vec<u8>> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+    let what = kind.name();
+    let shown = path.display();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::NotFound
+                && matches!(kind, FileKind::Certificate | FileKind::Key)
+            {
+                " (scripts/gen-certs.sh makes a self-signed pair)"
+            } else {
+                ""
+            };
+            anyhow!("cannot read {what} {shown}: {}{hint}", io_reason(&e))
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| anyhow!("cannot read {what} {shown}: {}", io_reason(&e)))?;
+    let ft = meta.file_type();
+    if !ft.is_file() {
+        let is = if ft.is_dir() {
+            "a directory"
+        } else if ft.is_fifo() {
+            "a FIFO"
+        } else if ft.is_char_device() || ft.is_block_device() {
+            "a device"
+        } else if ft.is_socket() {
+            "a socket"
         } else {
-            ""
+            "something else"
         };
-        anyhow!(
-            "cannot read {kind} {}: {}{hint}",
-            path.display(),
-            io_reason(&e)
-        )
-    })
+        bail!("cannot read {what} {shown}: it is {is}, not a regular file");
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & kind.forbidden_mode() != 0 {
+        bail!("{what} {shown} has mode {mode:04o}: other users may read or change it (chmod 600)");
+    }
+    let max = kind.max_len();
+    if meta.size() > max {
+        bail!(
+            "{what} {shown} holds {} bytes, more than the {} a {what} may hold",
+            meta.size(),
+            shown_size(max)
+        );
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.size()).unwrap_or(0));
+    // One byte past the bound tells a file that grew since fstat from one that fits.
+    (&file)
+        .take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| anyhow!("cannot read {what} {shown}: {}", io_reason(&e)))?;
+    if bytes.len() as u64 > max {
+        bail!(
+            "{what} {shown} holds more than the {} a {what} may hold",
+            shown_size(max)
+        );
+    }
+    Ok(bytes)
+}
+
+/// A size bound as people write it.
+fn shown_size(bytes: u64) -> String {
+    if bytes >= MIB && bytes % MIB == 0 {
+        format!("{} MiB", bytes / MIB)
+    } else {
+        format!("{} KiB", bytes / KIB)
+    }
 }
 
 /// Loads the certificate chain (leaf first) from a PEM file.
 pub fn load_chain(path: &Path) -> Result<Vec<X509>> {
-    let pem = read_file("certificate", path)?;
+    let pem = read_bounded(path, FileKind::Certificate)?;
     let chain = X509::stack_from_pem(&pem)
         .map_err(|_| anyhow!("certificate {} is not valid PEM", path.display()))?;
     if chain.is_empty() {
@@ -50,7 +176,7 @@ pub fn load_chain(path: &Path) -> Result<Vec<X509>> {
 
 /// Loads a PEM private key (PKCS#8, PKCS#1 or SEC1).
 pub fn load_key(path: &Path) -> Result<PKey<Private>> {
-    let pem = read_file("key", path)?;
+    let pem = read_bounded(path, FileKind::Key)?;
     PKey::private_key_from_pem(&pem).map_err(|_| {
         anyhow!(
             "key {} is not a valid unencrypted PEM private key",
@@ -64,20 +190,8 @@ pub fn load_key(path: &Path) -> Result<PKey<Private>> {
 /// resumed session, so the file must not be open to other users (group read is allowed, for a
 /// keys group as the Debian package uses for the private key).
 pub fn load_ticket_keys(path: &Path) -> Result<Vec<TicketKey>> {
-    use std::os::unix::fs::PermissionsExt;
     let shown = path.display();
-    let bytes = std::fs::read(path)
-        .map_err(|e| anyhow!("cannot read ticket key file {shown}: {}", io_reason(&e)))?;
-    let mode = std::fs::metadata(path)
-        .map_err(|e| anyhow!("cannot read ticket key file {shown}: {}", io_reason(&e)))?
-        .permissions()
-        .mode();
-    if mode & 0o037 != 0 {
-        bail!(
-            "ticket key file {shown} has mode {:04o}: other users may read or change it (chmod 600)",
-            mode & 0o7777
-        );
-    }
+    let bytes = read_bounded(path, FileKind::TicketKeys)?;
     if bytes.is_empty() || bytes.len() % TicketKey::LEN != 0 {
         bail!(
             "ticket key file {shown} holds {} bytes: expected one or more {}-byte keys (scripts/gen-ticket-key.sh makes one)",
@@ -90,16 +204,35 @@ pub fn load_ticket_keys(path: &Path) -> Result<Vec<TicketKey>> {
         .filter_map(|chunk| <&[u8; TicketKey::LEN]>::try_from(chunk).ok())
         .map(TicketKey::from_bytes)
         .collect();
-    for (i, key) in keys.iter().enumerate() {
-        if let Some(j) = keys[..i].iter().position(|k| k.name == key.name) {
-            bail!(
-                "ticket key file {shown}: keys {} and {} have the same name",
-                j + 1,
-                i + 1
-            );
-        }
+    if let Some((first, second)) = duplicate_names(&keys) {
+        bail!("ticket key file {shown}: keys {first} and {second} have the same name");
     }
     Ok(keys)
+}
+
+/// The first two keys (1-based) that share a name, found in one pass: a ticket names the key
+/// that decrypts it, so two keys of one name would make the second unreachable.
+fn duplicate_names(keys: &[TicketKey]) -> Option<(usize, usize)> {
+    let mut first_of: std::collections::HashMap<&[u8; 16], usize> =
+        std::collections::HashMap::with_capacity(keys.len());
+    for (i, key) in keys.iter().enumerate() {
+        if let Some(&j) = first_of.get(&key.name) {
+            return Some((j + 1, i + 1));
+        }
+        first_of.insert(&key.name, i);
+    }
+    None
+}
+
+/// A checked OCSP response: the DER to staple and when it stops being current.
+pub(super) struct Ocsp {
+    /// The response as stapled.
+    pub der: Vec<u8>,
+    /// The response's nextUpdate as seconds since the Unix epoch; `None` when it has none (then
+    /// the responder promises nothing about freshness and it is stapled until replaced).
+    pub next_update_unix: Option<i64>,
+    /// Its thisUpdate as seconds since the Unix epoch, for its age.
+    pub this_update_unix: i64,
 }
 
 /// Reads a DER OCSP response for the leaf of `chain` (its issuer must follow it in the file, to
@@ -107,9 +240,13 @@ pub fn load_ticket_keys(path: &Path) -> Result<Vec<TicketKey>> {
 /// certificate, not revoked, and current (thisUpdate passed, nextUpdate not, with five minutes'
 /// leeway for clocks). Stapling anything else would make careful clients fail the handshake.
 pub fn load_ocsp_response(path: &Path, chain: &[X509]) -> Result<Vec<u8>> {
+    load_ocsp(path, chain).map(|ocsp| ocsp.der)
+}
+
+/// [`load_ocsp_response`] with the response's validity, which the stapling callback checks.
+pub(super) fn load_ocsp(path: &Path, chain: &[X509]) -> Result<Ocsp> {
     let shown = path.display();
-    let der = std::fs::read(path)
-        .map_err(|e| anyhow!("cannot read OCSP response {shown}: {}", io_reason(&e)))?;
+    let der = read_bounded(path, FileKind::Ocsp)?;
     let response = OcspResponse::from_der(&der)
         .map_err(|_| anyhow!("OCSP response {shown} is not a DER OCSP response"))?;
     if response.status() != OcspResponseStatus::SUCCESSFUL {
@@ -129,60 +266,83 @@ pub fn load_ocsp_response(path: &Path, chain: &[X509]) -> Result<Vec<u8>> {
     };
     let serial = leaf.serial_number().to_bn()?.to_hex_str()?.to_string();
     // Responders name the certificate with a SHA-1 hash of the issuer (the usual) or SHA-256.
-    let mut found = None;
     for digest in [MessageDigest::sha1(), MessageDigest::sha256()] {
         let id = OcspCertId::from_cert(digest, leaf, issuer)?;
-        if let Some(status) = basic.find_status(&id) {
-            if status.check_validity(300, None).is_err() {
-                bail!(
-                    "OCSP response {shown} is out of date (this update {}, next update {}): fetch a fresh one",
-                    status.this_update,
-                    status
-                        .next_update()
-                        .map_or_else(|| "-".to_string(), ToString::to_string)
-                );
-            }
-            found = Some(status.status);
-            break;
+        let Some(status) = basic.find_status(&id) else {
+            continue;
+        };
+        if status.check_validity(OCSP_LEEWAY_SECS, None).is_err() {
+            bail!(
+                "OCSP response {shown} is out of date (this update {}, next update {}): fetch a fresh one",
+                status.this_update,
+                status
+                    .next_update()
+                    .map_or_else(|| "-".to_string(), ToString::to_string)
+            );
         }
-    }
-    match found {
-        None => bail!("OCSP response {shown} is not about certificate serial {serial}"),
-        Some(status) if status == OcspCertStatus::REVOKED => {
-            bail!("OCSP response {shown} says certificate serial {serial} is revoked")
+        if status.status == OcspCertStatus::REVOKED {
+            bail!("OCSP response {shown} says certificate serial {serial} is revoked");
         }
-        Some(_) => Ok(der),
+        let next_update_unix = status
+            .next_update()
+            .map(|t| unix_time(crate::sys::as_time(t)))
+            .transpose()?;
+        let this_update_unix = unix_time(crate::sys::as_time(status.this_update))?;
+        return Ok(Ocsp {
+            der,
+            next_update_unix,
+            this_update_unix,
+        });
     }
+    bail!("OCSP response {shown} is not about certificate serial {serial}")
+}
+
+/// The clock leeway OpenSSL's `OCSP_check_validity` is given here, as `openssl ocsp` uses by
+/// default: a response is current from five minutes before its thisUpdate to five minutes after
+/// its nextUpdate, so that a server's clock a little ahead of the responder's does not refuse it.
+pub const OCSP_LEEWAY_SECS: u32 = 300;
+
+/// Seconds from the Unix epoch to an ASN.1 time.
+fn unix_time(t: &openssl::asn1::Asn1TimeRef) -> Result<i64> {
+    let d = Asn1Time::from_unix(0)?.diff(t)?;
+    Ok(i64::from(d.days) * 86_400 + i64::from(d.secs))
 }
 
 /// Warns when a CRL is past its nextUpdate: OpenSSL then refuses every client certificate with
 /// "CRL has expired", and without this line nothing would say why.
-pub(super) fn warn_if_stale_crl(path: &Path) -> Result<()> {
-    let crl = X509Crl::from_pem(&read_file("CRL", path)?)
-        .map_err(|_| anyhow!("CRL {} is not a readable PEM CRL", path.display()))?;
+fn warn_if_stale(path: &Path, crls: &[X509Crl]) -> Result<()> {
     let now = Asn1Time::days_from_now(0)?;
-    if let Some(next) = crl.next_update().filter(|next| *next < now) {
-        warn!(
-            "CRL {} expired on {next} (nextUpdate): every client certificate is refused with \"CRL has expired\" until the CA issues a new one",
-            path.display()
-        );
+    for crl in crls {
+        if let Some(next) = crl.next_update().filter(|next| *next < now) {
+            warn!(
+                "CRL {} expired on {next} (nextUpdate): every client certificate is refused with \"CRL has expired\" until the CA issues a new one",
+                path.display()
+            );
+        }
     }
     Ok(())
+}
+
+/// The PEM certificates of a CA file, refused when it holds none.
+fn ca_certificates(path: &Path, kind: FileKind) -> Result<(Vec<u8>, Vec<X509>)> {
+    let what = kind.name();
+    let pem = read_bounded(path, kind)?;
+    let certs = X509::stack_from_pem(&pem).map_err(|_| {
+        anyhow!(
+            "{what} {} is not a readable PEM certificate file",
+            path.display()
+        )
+    })?;
+    if certs.is_empty() {
+        bail!("{what} {} holds no certificate", path.display());
+    }
+    Ok((pem, certs))
 }
 
 /// Reads `--upstream-ca` into a store of its own: it replaces the system trust store, so only its
 /// CAs are trusted.
 pub(super) fn load_upstream_ca(ca: &Path) -> Result<X509Store> {
-    let pem = read_file("upstream CA", ca)?;
-    let certs = X509::stack_from_pem(&pem).map_err(|_| {
-        anyhow!(
-            "upstream CA {} is not a readable PEM certificate file",
-            ca.display()
-        )
-    })?;
-    if certs.is_empty() {
-        bail!("upstream CA {} holds no certificate", ca.display());
-    }
+    let (_, certs) = ca_certificates(ca, FileKind::UpstreamCa)?;
     let mut store = X509StoreBuilder::new()?;
     for cert in certs {
         store.add_cert(cert)?;
@@ -190,29 +350,87 @@ pub(super) fn load_upstream_ca(ca: &Path) -> Result<X509Store> {
     Ok(store.build())
 }
 
-/// The subject names of the client CA file, which the server sends to clients as the CAs it
-/// accepts (the certificates themselves go into the trust store through `set_ca_file`).
-pub(super) fn load_client_ca_names(ca: &Path) -> Result<Stack<X509Name>> {
-    let shown = ca.display();
-    let names = X509Name::load_client_ca_file(ca)
-        .map_err(|_| anyhow!("client CA {shown} is not a readable PEM certificate file"))?;
-    if names.is_empty() {
-        bail!("client CA {shown} holds no certificate");
-    }
-    Ok(names)
+/// The client CA file, read once: its certificates go into the trust store, their subjects
+/// (without repeats) are the list of CAs sent to clients, and their DER goes into the session ID
+/// context (see `server::verification_digest`).
+pub(super) struct ClientCa {
+    pub(super) certs: Vec<X509>,
 }
 
-/// Adds a PEM CRL to a context's trust store (the caller turns on the CRL check).
-pub(super) fn load_crl_into(store: &mut X509StoreBuilderRef, crl: &Path) -> Result<()> {
-    let lookup = store.add_lookup(X509Lookup::file())?;
-    lookup
-        .load_crl_file(crl, SslFiletype::PEM)
-        .map_err(|_| anyhow!("CRL {} is not a readable PEM CRL", crl.display()))?;
-    Ok(())
+impl ClientCa {
+    pub(super) fn load(ca: &Path) -> Result<ClientCa> {
+        let (_, certs) = ca_certificates(ca, FileKind::ClientCa)?;
+        Ok(ClientCa { certs })
+    }
+
+    /// The CA names sent to clients, in file order, each once (as `SSL_load_client_CA_file`).
+    pub(super) fn names(&self) -> Result<Stack<X509Name>> {
+        let mut seen = HashSet::new();
+        let mut names = Stack::new()?;
+        for cert in &self.certs {
+            if seen.insert(cert.subject_name().to_der()?) {
+                names.push(cert.subject_name().to_owned()?)?;
+            }
+        }
+        Ok(names)
+    }
+
+    /// Adds the certificates to a context's trust store.
+    pub(super) fn add_to(&self, store: &mut X509StoreBuilderRef) -> Result<()> {
+        for cert in &self.certs {
+            store.add_cert(cert.clone())?;
+        }
+        Ok(())
+    }
+}
+
+/// A CRL file read once: its bytes (for the session ID context) and its CRLs (one or more PEM
+/// blocks, for the trust store).
+pub(super) struct Crls {
+    pub(super) bytes: Vec<u8>,
+    crls: Vec<X509Crl>,
+}
+
+impl Crls {
+    /// Reads and parses a PEM CRL file, warning when a CRL in it is past its nextUpdate.
+    pub(super) fn load(path: &Path) -> Result<Crls> {
+        let bytes = read_bounded(path, FileKind::Crl)?;
+        let refuse = || anyhow!("CRL {} is not a readable PEM CRL", path.display());
+        let mut crls = Vec::new();
+        let (begin, end) = (
+            b"-----BEGIN X509 CRL-----".as_slice(),
+            b"-----END X509 CRL-----".as_slice(),
+        );
+        let mut rest = bytes.as_slice();
+        while let Some(start) = find(rest, begin) {
+            let stop = find(&rest[start..], end).ok_or_else(refuse)? + start + end.len();
+            crls.push(X509Crl::from_pem(&rest[start..stop]).map_err(|_| refuse())?);
+            rest = &rest[stop..];
+        }
+        if crls.is_empty() {
+            return Err(refuse());
+        }
+        warn_if_stale(path, &crls)?;
+        Ok(Crls { bytes, crls })
+    }
+
+    /// Adds the CRLs to a context's trust store (the caller turns on the CRL check).
+    pub(super) fn add_to(&self, store: &mut X509StoreBuilderRef) -> Result<()> {
+        for crl in &self.crls {
+            crate::sys::add_crl(store, crl)?;
+        }
+        Ok(())
+    }
+}
+
+/// Where `needle` first occurs in `haystack`.
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     use crate::config::{AccessRules, TlsProfile, TlsSettings};
     use crate::tls::build;
 
@@ -237,5 +455,96 @@ mod tests {
         .unwrap_or_default();
         assert!(err.contains("/nonexistent/cert.pem"), "{err}");
         assert!(err.contains("scripts/gen-certs.sh"), "{err}");
+    }
+
+    fn refusal(path: &Path, kind: FileKind) -> String {
+        format!("{:#}", read_bounded(path, kind).unwrap_err())
+    }
+
+    #[test]
+    fn only_regular_files_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        // mkfifo(1): the crate allows no unsafe outside sys/, tests included.
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        // No writer: a blocking open would wait for ever.
+        let err = refusal(&fifo, FileKind::TicketKeys);
+        assert!(err.contains("it is a FIFO, not a regular file"), "{err}");
+        assert!(err.contains(fifo.to_str().unwrap()), "{err}");
+        let err = refusal(Path::new("/dev/zero"), FileKind::Certificate);
+        assert_eq!(
+            err,
+            "cannot read certificate /dev/zero: it is a device, not a regular file"
+        );
+        let err = refusal(dir.path(), FileKind::Crl);
+        assert!(err.contains("it is a directory"), "{err}");
+        // A symlink to a regular file is followed: its target is what is checked and read.
+        let target = dir.path().join("target.pem");
+        std::fs::write(&target, b"x").unwrap();
+        let link = dir.path().join("link.pem");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert_eq!(read_bounded(&link, FileKind::Certificate).unwrap(), b"x");
+        std::os::unix::fs::symlink(&fifo, dir.path().join("to-fifo")).unwrap();
+        let err = refusal(&dir.path().join("to-fifo"), FileKind::Ocsp);
+        assert!(err.contains("it is a FIFO, not a regular file"), "{err}");
+    }
+
+    #[test]
+    fn each_kind_has_a_size_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big");
+        std::fs::write(&path, b"").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        for kind in [FileKind::Ocsp, FileKind::Certificate, FileKind::TicketKeys] {
+            let max = usize::try_from(kind.max_len()).unwrap();
+            std::fs::write(&path, vec![b'a'; max]).unwrap();
+            assert_eq!(read_bounded(&path, kind).unwrap().len(), max, "{kind:?}");
+            std::fs::write(&path, vec![b'a'; max + 1]).unwrap();
+            let err = refusal(&path, kind);
+            assert!(err.contains("more than the"), "{kind:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn secrets_must_not_be_open_to_others() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, b"k").unwrap();
+        let set = |mode| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode));
+        for (mode, kind, ok) in [
+            (0o600, FileKind::TicketKeys, true),
+            (0o640, FileKind::TicketKeys, true),
+            (0o604, FileKind::TicketKeys, false),
+            (0o660, FileKind::TicketKeys, false),
+            (0o644, FileKind::Key, true),
+            (0o620, FileKind::Key, false),
+            (0o602, FileKind::Key, false),
+            (0o666, FileKind::Certificate, true),
+        ] {
+            set(mode).unwrap();
+            assert_eq!(read_bounded(&path, kind).is_ok(), ok, "{mode:o} {kind:?}");
+        }
+    }
+
+    #[test]
+    fn duplicate_key_names_are_found_in_one_pass() {
+        let key = |n: u32| {
+            let mut bytes = [7u8; TicketKey::LEN];
+            bytes[..4].copy_from_slice(&n.to_be_bytes());
+            TicketKey::from_bytes(&bytes)
+        };
+        let mut keys: Vec<TicketKey> = (0..40_000).map(key).collect();
+        assert_eq!(duplicate_names(&keys), None);
+        keys.push(key(39_998));
+        assert_eq!(duplicate_names(&keys), Some((39_999, 40_001)));
+        assert_eq!(duplicate_names(&[key(1), key(1)]), Some((1, 2)));
+        assert_eq!(duplicate_names(&[key(1), key(2), key(1)]), Some((1, 3)));
+        assert_eq!(duplicate_names(&[]), None);
     }
 }

@@ -13,7 +13,11 @@
 //! - `identity`: a certificate chain and key loaded, checked and installed, for both sides;
 //! - `sni`: the certificate chosen by server name in the ClientHello callback;
 //! - `access`: the `--allow-*` rules and the handshake hooks that refuse a client;
-//! - `files`: the certificate, key, CA, CRL, OCSP and ticket-key loaders;
+//! - `files`: the one bounded file reader and the certificate, key, CA, CRL, OCSP and ticket-key
+//!   loaders on it;
+//! - `resume`: what a resumed session must still pass (the verification digest in every session
+//!   ID context, the certificate re-checked on resumption);
+//! - `stapling`: the OCSP response stapled while current;
 //! - `x509_text`: RFC 4514 subjects, SANs and common names as text;
 //! - `openssl_support`: which OpenSSL series upstream still supports.
 
@@ -23,8 +27,10 @@ mod files;
 mod identity;
 mod openssl_support;
 mod profile;
+mod resume;
 mod server;
 mod sni;
+mod stapling;
 mod x509_text;
 
 use anyhow::Result;
@@ -33,14 +39,20 @@ use openssl::ssl::SslAcceptor;
 
 pub use access::{access_refusal, allowed, take_refusal};
 pub use client::Connector;
-pub use files::{load_chain, load_key, load_ocsp_response, load_ticket_keys};
+// For the rest of the crate's file reads (the reload watcher's fingerprint, issue 19's
+// configuration file), which switch to it at merge.
+#[allow(unused_imports)]
+pub(crate) use files::{FileKind, read_bounded};
+pub use files::{OCSP_LEEWAY_SECS, load_chain, load_key, load_ocsp_response, load_ticket_keys};
 pub use identity::{CertInfo, describe};
 pub use openssl_support::{
     Date, OPENSSL_SUPPORT, OPENSSL_SUPPORT_CHECKED, Series, Support, linked_openssl,
     openssl_support,
 };
 pub use profile::{INTERMEDIATE_TLS12_CIPHERS, TLS13_CIPHERSUITES};
+pub use resume::recheck_resumed;
 pub use sni::{name_matches, requested_name};
+pub use stapling::Stapler;
 pub use x509_text::{alt_names, common_name, subject};
 
 use crate::config::TlsSettings;
@@ -54,6 +66,8 @@ pub struct Tls {
     pub info: Option<CertInfo>,
     /// The key exchange groups actually configured (depends on the linked libssl).
     pub groups: &'static str,
+    /// The OCSP response the default certificate staples, for its metrics (nextUpdate, age).
+    pub ocsp: Option<std::sync::Arc<Stapler>>,
 }
 
 /// The two ends of TLS securesock can be.

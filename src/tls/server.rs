@@ -15,12 +15,12 @@ use openssl::ssl::{
 use openssl::x509::verify::X509VerifyFlags;
 
 use super::access::restrict_clients;
-use super::files::{
-    load_client_ca_names, load_crl_into, load_ocsp_response, load_ticket_keys, warn_if_stale_crl,
-};
+use super::files::{ClientCa, Crls, load_ocsp, load_ticket_keys};
 use super::identity::{Identity, describe};
 use super::profile::{apply_profile, interned_wire};
-use super::sni::{Names, SESSION_ID_CONTEXT, select_by_name};
+use super::resume::{recheck_tickets, verification_digest};
+use super::sni::{Names, default_session_id_context, select_by_name};
+use super::stapling::Stapler;
 use super::{Side, Tls};
 use crate::config::TlsSettings;
 use crate::sys::{self, TicketKey};
@@ -28,9 +28,20 @@ use crate::sys::{self, TicketKey};
 /// Builds and validates the server's context: Mozilla profile, certificate chain, matching key,
 /// and the client authentication, SNI certificates and ALPN asked for.
 pub(super) fn build_acceptor(settings: &TlsSettings) -> Result<Tls> {
-    if let Some(crl) = settings.client_auth.as_ref().and_then(|a| a.crl.as_ref()) {
-        warn_if_stale_crl(crl)?;
-    }
+    // The client CA and CRL files are read once, for every context's trust store and for the
+    // digest that binds sessions to the verification settings they were made under.
+    let verify = match &settings.client_auth {
+        Some(auth) => Some(Verify {
+            ca: ClientCa::load(&auth.ca)?,
+            crls: auth.crl.as_deref().map(Crls::load).transpose()?,
+        }),
+        None => None,
+    };
+    let digest = verification_digest(
+        settings,
+        verify.as_ref().map(|v| &v.ca),
+        verify.as_ref().and_then(|v| v.crls.as_ref()),
+    )?;
     let identity = Identity::load(&settings.cert, &settings.key)?;
     let ticket_keys = settings
         .ticket_keys
@@ -38,24 +49,35 @@ pub(super) fn build_acceptor(settings: &TlsSettings) -> Result<Tls> {
         .map(load_ticket_keys)
         .transpose()?
         .map(Arc::new);
-    let (mut b, groups) = profile_builder(settings, ticket_keys.as_ref())?;
+    let build = Build {
+        settings,
+        ticket_keys: ticket_keys.as_ref(),
+        verify: verify.as_ref(),
+        digest,
+    };
+    let (mut b, groups) = build.profile_builder()?;
     identity.install(&mut b)?;
+    // Every ticket that decrypts has its certificate verified again before it resumes. OpenSSL
+    // asks the context a connection started on, which is this one whatever SNI picks.
+    if verify.is_some() {
+        recheck_tickets(&mut b).context("installing the session ticket check")?;
+    }
     let info = describe(&identity.chain)?;
+    let mut ocsp = None;
     if let Some(path) = &settings.ocsp_response {
-        let response = load_ocsp_response(path, &identity.chain)?;
+        let stapler = Arc::new(Stapler::new(load_ocsp(path, &identity.chain)?, path));
+        let stapling = Arc::clone(&stapler);
         // Called only for clients that ask (status_request), and only on this, the default
         // certificate's context: an SNI certificate is not the one the response is about.
-        b.set_status_callback(move |ssl| {
-            ssl.set_ocsp_status(&response)?;
-            Ok(true)
-        })
-        .context("installing the OCSP response")?;
+        b.set_status_callback(move |ssl| stapling.staple(ssl))
+            .context("installing the OCSP response")?;
+        ocsp = Some(stapler);
     }
 
     let mut by_name: Vec<(String, SslContext)> = Vec::new();
     for spec in &settings.sni {
         let identity = Identity::load(&spec.cert, &spec.key)?;
-        let (mut sb, _) = profile_builder(settings, ticket_keys.as_ref())?;
+        let (mut sb, _) = build.profile_builder()?;
         identity.install(&mut sb)?;
         by_name.push((spec.name.clone(), sb.build().into_context()));
     }
@@ -70,69 +92,91 @@ pub(super) fn build_acceptor(settings: &TlsSettings) -> Result<Tls> {
             .map(str::to_ascii_lowercase)
             .collect(),
         strict: settings.strict_sni,
+        verification: digest,
     };
     select_by_name(&mut b, names);
     Ok(Tls {
         side: Side::Server(b.build()),
         info: Some(info),
         groups,
+        ocsp,
     })
 }
 
-/// A context builder with the profile, client authentication and ALPN applied; every context
-/// (the default one and each SNI one) starts from this, since OpenSSL reads some of these settings
-/// from whichever context the connection ends up on.
-fn profile_builder(
-    settings: &TlsSettings,
-    ticket_keys: Option<&Arc<Vec<TicketKey>>>,
-) -> Result<(SslAcceptorBuilder, &'static str)> {
-    // The modern v5 builder is the cleanest base: it sets only TLS 1.3 and its suites (the
-    // intermediate v5 one also loads DHE parameters that v6.0 dropped). The profile is applied on top.
-    let mut b = SslAcceptor::mozilla_modern_v5(SslMethod::tls_server())?;
-    let groups = apply_profile(&mut b, settings.profile)?;
-    // v6.0: the client's cipher order wins (every suite offered is strong).
-    b.clear_options(SslOptions::CIPHER_SERVER_PREFERENCE);
-    // Sessions are only resumed in the context that made them; with client certificates OpenSSL
-    // refuses resumption without one.
-    b.set_session_id_context(SESSION_ID_CONTEXT)?;
-    // One TLS 1.3 session ticket per full handshake instead of OpenSSL's two: a client resumes with
-    // one, and each ticket costs an encryption, a MAC and bytes on the wire. Resumed handshakes
-    // still get a fresh ticket each, so a client can keep resuming.
-    b.set_num_tickets(1)?;
-    if let Some(keys) = ticket_keys {
-        sys::set_ticket_keys(&mut b, Arc::clone(keys)).context("installing the ticket keys")?;
+/// The client CA and CRL, read once for every context of one build.
+struct Verify {
+    ca: ClientCa,
+    crls: Option<Crls>,
+}
+
+/// What every context of one build starts from.
+struct Build<'a> {
+    settings: &'a TlsSettings,
+    ticket_keys: Option<&'a Arc<Vec<TicketKey>>>,
+    verify: Option<&'a Verify>,
+    /// The digest of the client-verification settings, in every session ID context.
+    digest: [u8; 32],
+}
+
+impl Build<'_> {
+    /// A context builder with the profile, client authentication and ALPN applied; every context
+    /// (the default one and each SNI one) starts from this, since OpenSSL reads some of these
+    /// settings from whichever context the connection ends up on.
+    fn profile_builder(&self) -> Result<(SslAcceptorBuilder, &'static str)> {
+        let settings = self.settings;
+        // The modern v5 builder is the cleanest base: it sets only TLS 1.3 and its suites (the
+        // intermediate v5 one also loads DHE parameters that v6.0 dropped). The profile is applied on top.
+        let mut b = SslAcceptor::mozilla_modern_v5(SslMethod::tls_server())?;
+        let groups = apply_profile(&mut b, settings.profile)?;
+        // v6.0: the client's cipher order wins (every suite offered is strong).
+        b.clear_options(SslOptions::CIPHER_SERVER_PREFERENCE);
+        // Sessions are only resumed in the context that made them; with client certificates OpenSSL
+        // refuses resumption without one. The context is a digest of the client-verification
+        // settings, so a session made under another client CA set, CRL or rules never resumes (the
+        // SNI choice binds each name's sessions the same way, digest included).
+        b.set_session_id_context(&default_session_id_context(&self.digest))?;
+        // One TLS 1.3 session ticket per full handshake instead of OpenSSL's two: a client resumes with
+        // one, and each ticket costs an encryption, a MAC and bytes on the wire. Resumed handshakes
+        // still get a fresh ticket each, so a client can keep resuming.
+        b.set_num_tickets(1)?;
+        if let Some(keys) = self.ticket_keys {
+            sys::set_ticket_keys(&mut b, Arc::clone(keys)).context("installing the ticket keys")?;
+        }
+        // The chain sent is the certificate file's, as nginx does. Without this OpenSSL builds a chain
+        // from the context's trust store on every handshake: an X509_verify_cert per connection.
+        b.set_mode(SslMode::NO_AUTO_CHAIN);
+        // An idle connection gives its record buffers (about 34 KiB with read-ahead) back to the heap
+        // whenever they are empty: held, silent echo and forward connections otherwise keep them for
+        // their whole life. A busy connection takes them again from the allocator's cache.
+        b.set_mode(SslMode::RELEASE_BUFFERS);
+        if let Some(verify) = self.verify {
+            client_auth(&mut b, settings, verify)?;
+        }
+        if !settings.alpn.is_empty() {
+            let server = interned_wire(&settings.alpn);
+            let optional = settings.alpn_optional;
+            // The server's order wins: the first of its protocols that the client offers.
+            b.set_alpn_select_callback(move |_, client| match select_next_proto(server, client) {
+                Some(chosen) => Ok(chosen),
+                None if optional => Err(AlpnError::NOACK),
+                None => Err(AlpnError::ALERT_FATAL),
+            });
+        }
+        Ok((b, groups))
     }
-    // The chain sent is the certificate file's, as nginx does. Without this OpenSSL builds a chain
-    // from the context's trust store on every handshake: an X509_verify_cert per connection.
-    b.set_mode(SslMode::NO_AUTO_CHAIN);
-    // An idle connection gives its record buffers (about 34 KiB with read-ahead) back to the heap
-    // whenever they are empty: held, silent echo and forward connections otherwise keep them for
-    // their whole life. A busy connection takes them again from the allocator's cache.
-    b.set_mode(SslMode::RELEASE_BUFFERS);
-    client_auth(&mut b, settings)?;
-    if !settings.alpn.is_empty() {
-        let server = interned_wire(&settings.alpn);
-        let optional = settings.alpn_optional;
-        // The server's order wins: the first of its protocols that the client offers.
-        b.set_alpn_select_callback(move |_, client| match select_next_proto(server, client) {
-            Some(chosen) => Ok(chosen),
-            None if optional => Err(AlpnError::NOACK),
-            None => Err(AlpnError::ALERT_FATAL),
-        });
-    }
-    Ok((b, groups))
 }
 
 /// Client certificates, when `--client-ca` asks for them: the CA file as trust store and as the
 /// list of CAs sent to clients, required or optional, the access rules, and the CRL check.
-fn client_auth(b: &mut SslAcceptorBuilder, settings: &TlsSettings) -> Result<()> {
+fn client_auth(b: &mut SslAcceptorBuilder, settings: &TlsSettings, verify: &Verify) -> Result<()> {
     let Some(auth) = &settings.client_auth else {
         return Ok(());
     };
-    let names = load_client_ca_names(&auth.ca)?;
-    b.set_ca_file(&auth.ca)
+    verify
+        .ca
+        .add_to(b.cert_store_mut())
         .map_err(|_| anyhow!("cannot load client CA {}", auth.ca.display()))?;
-    b.set_client_ca_list(names);
+    b.set_client_ca_list(verify.ca.names()?);
     let mut mode = SslVerifyMode::PEER;
     // A client without a certificate matches no access rule, so rules imply requiring one.
     if auth.require || !settings.allow.is_empty() {
@@ -142,9 +186,13 @@ fn client_auth(b: &mut SslAcceptorBuilder, settings: &TlsSettings) -> Result<()>
     if !settings.allow.is_empty() {
         restrict_clients(b, &settings.allow)?;
     }
-    if let Some(crl) = &auth.crl {
-        load_crl_into(b.cert_store_mut(), crl)?;
+    if let (Some(crls), Some(path)) = (&verify.crls, &auth.crl) {
+        crls.add_to(b.cert_store_mut())
+            .map_err(|_| anyhow!("cannot load CRL {}", path.display()))?;
         b.verify_param_mut().set_flags(X509VerifyFlags::CRL_CHECK)?;
+        // The store's own flags too: the re-check of a resumed session verifies against the
+        // store alone, without the handshake's parameters.
+        b.cert_store_mut().set_flags(X509VerifyFlags::CRL_CHECK)?;
     }
     Ok(())
 }

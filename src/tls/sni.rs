@@ -56,10 +56,23 @@ pub(super) struct Names {
     pub(super) default_names: Vec<String>,
     /// `--strict-sni`: refuse names no certificate is for.
     pub(super) strict: bool,
+    /// The digest of the client-verification settings (`resume::verification_digest`), part of
+    /// every session ID context.
+    pub(super) verification: [u8; 32],
 }
 
-/// The session ID context of sessions made without a server name, and the prefix of the others'.
+/// The prefix of every session ID context.
 pub(super) const SESSION_ID_CONTEXT: &[u8] = b"securesock";
+
+/// The session ID context of sessions made without a server name: the prefix and the digest of
+/// the client-verification settings.
+pub(super) fn default_session_id_context(verification: &[u8; 32]) -> [u8; 32] {
+    let mut context = Sha256::new();
+    context.update(SESSION_ID_CONTEXT);
+    context.update(b"\0");
+    context.update(verification);
+    context.finish()
+}
 
 impl Names {
     /// Picks the context for the name the client sent, records the name for the log, and binds
@@ -100,9 +113,12 @@ impl Names {
         // RFC 6066: a session must not resume under another name. Sessions carry the session ID
         // context they were made in, and OpenSSL resumes only within the same one (TLS 1.2
         // session IDs and tickets, TLS 1.3 tickets alike).
+        // The digest has a fixed length, so the name after it cannot be confused with it, and a
+        // name is never empty, so no name's context is the default one.
         let mut context = Sha256::new();
         context.update(SESSION_ID_CONTEXT);
         context.update(b"\0");
+        context.update(&self.verification);
         context.update(raw.to_ascii_lowercase().as_slice());
         if !set_session_id_context(ssl, &context.finish()) {
             return Err(SslAlert::INTERNAL_ERROR);

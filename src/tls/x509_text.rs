@@ -96,12 +96,22 @@ pub fn subject(cert: &X509Ref) -> String {
     name_to_string(cert.subject_name())
 }
 
-/// The common name of a certificate's subject, when it has one.
+/// The common name of a certificate's subject, when it has exactly one. A subject with two CNs
+/// has no common name here: `--allow-cn` never matches it (see `access::allowed`), and the PROXY
+/// v2 `SSL_CN` TLV, which an upstream may authorize by, must not name one of the two when the
+/// access rules would not. The log shows every CN, in the subject (`client="CN=b,CN=a"`).
 pub fn common_name(cert: &X509) -> Option<String> {
-    cert.subject_name()
-        .entries_by_nid(Nid::COMMONNAME)
-        .next()
-        .and_then(|e| e.data().to_string().ok())
+    let mut cns = cert.subject_name().entries_by_nid(Nid::COMMONNAME);
+    let first = cns.next()?;
+    if cns.next().is_some() {
+        return None;
+    }
+    first.data().to_string().ok()
+}
+
+/// How many CNs a certificate's subject holds.
+pub(super) fn common_name_count(cert: &X509Ref) -> usize {
+    cert.subject_name().entries_by_nid(Nid::COMMONNAME).count()
 }
 
 /// A certificate's subject alternative names as `DNS:name`, `IP:addr`, `URI:uri`, `email:addr`.
@@ -145,6 +155,33 @@ mod tests {
             b.append_entry_by_text(field, value).unwrap();
         }
         b.build()
+    }
+
+    fn cert_named(entries: &[(&str, &str)]) -> X509 {
+        use openssl::ec::{EcGroup, EcKey};
+        use openssl::hash::MessageDigest;
+        use openssl::pkey::PKey;
+        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+        let key = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
+        let mut b = X509::builder().unwrap();
+        b.set_subject_name(&name(entries)).unwrap();
+        b.set_issuer_name(&name(entries)).unwrap();
+        b.set_pubkey(&key).unwrap();
+        b.sign(&key, MessageDigest::sha256()).unwrap();
+        b.build()
+    }
+
+    #[test]
+    fn a_common_name_is_one_cn_or_none() {
+        let one = cert_named(&[("O", "x"), ("CN", "api")]);
+        assert_eq!(common_name(&one).as_deref(), Some("api"));
+        assert_eq!(common_name_count(&one), 1);
+        let two = cert_named(&[("CN", "api"), ("CN", "admin")]);
+        assert_eq!(common_name(&two), None);
+        assert_eq!(common_name_count(&two), 2);
+        assert_eq!(subject(&two), "CN=admin,CN=api");
+        let none = cert_named(&[("O", "x")]);
+        assert_eq!(common_name(&none), None);
     }
 
     #[test]
