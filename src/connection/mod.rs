@@ -154,6 +154,13 @@ fn serve<S: Socket + Endpoint>(
         report.client = ssl.peer_certificate().map(|c| crate::tls::subject(&c));
         return Err(Outcome::HandshakeFailed(HandshakeFailure::NotAllowed, why));
     }
+    if let Err(why) = crate::tls::recheck_resumed(ssl) {
+        // A TLS 1.2 session the server's cache resumed by ID (tickets are re-checked while the
+        // handshake runs) whose certificate no longer verifies: expired or revoked since.
+        report.sni = crate::tls::requested_name(ssl);
+        report.client = ssl.peer_certificate().map(|c| crate::tls::subject(&c));
+        return Err(Outcome::HandshakeFailed(HandshakeFailure::ClientCert, why));
+    }
     report.handshake = Some(phase.accepted.elapsed());
     report.record_tls(tls.ssl());
     report.client = tls

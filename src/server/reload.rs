@@ -29,14 +29,16 @@ fn fingerprint(settings: &TlsSettings) -> [u8; 32] {
     let mut h = Sha256::new();
     for path in settings.files() {
         h.update(path.as_os_str().as_encoded_bytes());
-        match std::fs::read(&path) {
+        // Bounded and non-blocking: a file swapped for a FIFO or a device must not hang the
+        // watcher (the largest bound, no mode rule: this only notices a change).
+        match crate::tls::read_bounded(&path, crate::tls::FileKind::Crl) {
             Ok(bytes) => {
                 h.update(b"\0ok\0");
                 h.update(&bytes);
             }
             Err(e) => {
                 h.update(b"\0err\0");
-                h.update(e.to_string().as_bytes());
+                h.update(format!("{e:#}").as_bytes());
             }
         }
         h.update(b"\0\0");

@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use crate::support::{
     PATIENCE, Server, client_mode, mtls, now_unix, plain_read, refused_start, s_client_full,
+    s_client_unchecked,
 };
 
 const GREETING: &str = "Hello, secure world!";
@@ -357,6 +358,69 @@ fn a_session_whose_certificate_expired_since_does_not_resume() {
     }
 }
 
+#[test]
+fn a_tls12_session_resumed_by_id_whose_certificate_expired_since_is_refused() {
+    // No tickets (-no_ticket): the server's own session cache resumes by session ID, where no
+    // ticket hook runs; the re-check after the handshake is what refuses it.
+    let dir = tempfile::tempdir().unwrap();
+    let expires = now_unix() + 6;
+    let (cert, key) = ca_signed(
+        dir.path(),
+        "brief",
+        &[("CN", "brief")],
+        expires,
+        None,
+        false,
+    );
+    let ca = mtls("ca-cert.pem");
+    let server = mtls_server(&["--client-ca", &ca, "--require-client-cert"]);
+    let file = dir.path().join("by-id.pem");
+    let run = |flag: &str, checked: bool| {
+        let client = if checked {
+            s_client_full
+        } else {
+            s_client_unchecked
+        };
+        let out = client(
+            server.addr,
+            &[
+                "-tls1_2",
+                "-no_ticket",
+                "-CAfile",
+                &ca,
+                "-cert",
+                &cert,
+                "-key",
+                &key,
+                flag,
+                file.to_str().unwrap(),
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = run("-sess_out", true);
+    assert!(first.contains(GREETING), "{first}");
+    let again = run("-sess_in", true);
+    assert!(
+        again.contains("Reused,") && again.contains(GREETING),
+        "{again}"
+    );
+    // Waiting on the clock itself, the one thing this test is about.
+    while now_unix() <= expires + 1 {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // Refused after a resumption has completed: no data, and no close_notify either.
+    let after = run("-sess_in", false);
+    assert!(
+        !after.contains(GREETING),
+        "an expired session was served: {after}"
+    );
+    let line = server
+        .logs
+        .wait_for(&["result=handshake_failed", "certificate has expired"]);
+    assert!(line.contains("kind=client_cert"), "{line}");
+}
+
 /// Client mode in front of a greet server serving `cert`/`key`, verifying `upstream.test`.
 fn client_mode_to(cert: &str, key: &str) -> (Server, Server) {
     let upstream = Server::start_with(Path::new(cert), Path::new(key), &[]);
@@ -646,4 +710,28 @@ fn a_response_past_its_next_update_stops_being_stapled_and_a_reload_refuses_it()
     let failed = server.logs.wait_for(&["reload failed"]);
     assert!(failed.contains("is out of date"), "{failed}");
     assert!(!stapled());
+}
+
+#[test]
+fn a_certificate_swapped_for_a_fifo_fails_its_reload_and_the_watcher_goes_on() {
+    // The file watcher reads every watched file to notice a change; a blocking read of a FIFO
+    // with no writer would stop it for good, and with it every later reload.
+    let dir = tempfile::tempdir().unwrap();
+    let now = now_unix();
+    let first = crate::support::write_cert(dir.path(), "first", now - 60, now + 86_400);
+    let server = Server::start_with(&first.cert, &first.key, &["--watch-interval", "0.2"]);
+    let saved = dir.path().join("saved.pem");
+    fs::rename(&first.cert, &saved).unwrap();
+    assert!(
+        Command::new("mkfifo")
+            .arg(&first.cert)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let line = server.logs.wait_for(&["reload failed"]);
+    assert!(line.contains("not a regular file"), "{line}");
+    fs::remove_file(&first.cert).unwrap();
+    fs::rename(&saved, &first.cert).unwrap();
+    server.logs.wait_for(&["reload ok"]);
 }
