@@ -39,6 +39,23 @@ pub(crate) struct Metrics {
     bytes_out: Counter,
     reloads: Family<Label, Counter>,
     cert_not_after: Gauge,
+    /// The stapled OCSP response's age, nextUpdate and whether it is stapled now: read from
+    /// [`Metrics::ocsp`] at each scrape, since the age changes by itself.
+    ocsp_age: Gauge,
+    ocsp_next_update: Gauge,
+    ocsp_stapled: Gauge,
+    /// The response in service, replaced on reload; `None` without `--ocsp-response`.
+    ocsp: std::sync::Mutex<Option<std::sync::Arc<dyn OcspSource>>>,
+}
+
+/// What the OCSP gauges read at each scrape (the tls room's `Stapler`, through the server).
+pub(crate) trait OcspSource: Send + Sync {
+    /// Seconds since the response's thisUpdate.
+    fn age_secs(&self) -> i64;
+    /// Its nextUpdate as a Unix timestamp, `None` when it has none.
+    fn next_update_unix(&self) -> Option<i64>;
+    /// Whether it is stapled now (current, OpenSSL's leeway included).
+    fn is_stapled(&self) -> bool;
 }
 
 impl Default for Metrics {
@@ -60,6 +77,9 @@ impl Metrics {
         let bytes_out = Counter::default();
         let reloads = Family::<Label, Counter>::default();
         let cert_not_after = Gauge::default();
+        let ocsp_age = Gauge::default();
+        let ocsp_next_update = Gauge::default();
+        let ocsp_stapled = Gauge::default();
         registry.register(
             "connections_accepted",
             "TCP connections accepted",
@@ -101,6 +121,21 @@ impl Metrics {
             "Expiry of the certificate being served, as a Unix timestamp",
             cert_not_after.clone(),
         );
+        registry.register(
+            "ocsp_response_age_seconds",
+            "Age of the OCSP response from --ocsp-response (now minus its thisUpdate)",
+            ocsp_age.clone(),
+        );
+        registry.register(
+            "ocsp_response_next_update_timestamp_seconds",
+            "nextUpdate of the OCSP response from --ocsp-response, as a Unix timestamp",
+            ocsp_next_update.clone(),
+        );
+        registry.register(
+            "ocsp_response_stapled",
+            "1 while the OCSP response is current and stapled, 0 once past nextUpdate or without one",
+            ocsp_stapled.clone(),
+        );
         Metrics {
             registry,
             accepted,
@@ -112,6 +147,10 @@ impl Metrics {
             bytes_out,
             reloads,
             cert_not_after,
+            ocsp_age,
+            ocsp_next_update,
+            ocsp_stapled,
+            ocsp: std::sync::Mutex::new(None),
         }
     }
 
@@ -148,9 +187,35 @@ impl Metrics {
         self.cert_not_after.set(not_after_unix);
     }
 
-    /// The exposition text, with the active gauge set to `active` first.
+    /// The OCSP response in service from now on (at start and after each reload).
+    pub(crate) fn ocsp(&self, source: Option<std::sync::Arc<dyn OcspSource>>) {
+        let mut slot = self
+            .ocsp
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *slot = source;
+    }
+
+    /// The exposition text, with the active gauge set to `active` and the OCSP gauges read first.
     pub(crate) fn render(&self, active: usize) -> String {
         self.active.set(i64::try_from(active).unwrap_or(i64::MAX));
+        let ocsp = self
+            .ocsp
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        match ocsp {
+            Some(o) => {
+                self.ocsp_age.set(o.age_secs());
+                self.ocsp_next_update.set(o.next_update_unix().unwrap_or(0));
+                self.ocsp_stapled.set(i64::from(o.is_stapled()));
+            }
+            None => {
+                self.ocsp_age.set(0);
+                self.ocsp_next_update.set(0);
+                self.ocsp_stapled.set(0);
+            }
+        }
         let mut out = String::new();
         // Writing into a String cannot fail; an error would only come from a broken encoder.
         if encode(&mut out, &self.registry).is_err() {

@@ -150,6 +150,7 @@ impl Server {
         if let Some(info) = &tls.info {
             metrics.certificate_expiry(info.not_after_unix);
         }
+        metrics.ocsp(ocsp_source(&tls));
         check_fd_limit(config.limits.max_connections, &mode);
         for warning in thread_limit_warnings(config.limits.max_connections, &ThreadLimits::read()) {
             warn!("{warning}");
@@ -518,4 +519,24 @@ impl Shared {
         // Only now may the drain end the process: the line is written.
         drop(slot);
     }
+}
+
+/// The OCSP gauges read the tls room's stapler; the server, above both rooms, joins them.
+impl metrics::OcspSource for tls::Stapler {
+    fn age_secs(&self) -> i64 {
+        tls::Stapler::age_secs(self)
+    }
+    fn next_update_unix(&self) -> Option<i64> {
+        tls::Stapler::next_update_unix(self)
+    }
+    fn is_stapled(&self) -> bool {
+        tls::Stapler::is_stapled(self)
+    }
+}
+
+/// The stapled response of `tls`, for the metrics, at start and after a reload.
+pub(crate) fn ocsp_source(tls: &tls::Tls) -> Option<Arc<dyn metrics::OcspSource>> {
+    tls.ocsp
+        .clone()
+        .map(|s| -> Arc<dyn metrics::OcspSource> { s })
 }

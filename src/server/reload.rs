@@ -76,7 +76,9 @@ pub(crate) fn reload(
     // In service before the line says so: whoever reads "reload ok" and connects gets the new
     // context.
     let built = tls::build(settings).and_then(|new| {
+        let ocsp = super::ocsp_source(&new);
         current.contexts.install(new.side)?;
+        metrics.ocsp(ocsp);
         Ok(new.info)
     });
     match built {

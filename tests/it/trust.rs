@@ -677,7 +677,35 @@ fn a_response_past_its_next_update_stops_being_stapled_and_a_reload_refuses_it()
     let server = Server::start_with(
         &chain,
         Path::new(&mtls("server-key.pem")),
-        &["--ocsp-response", resp.to_str().unwrap()],
+        &[
+            "--ocsp-response",
+            resp.to_str().unwrap(),
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let metrics_at = crate::support::metrics_addr(&server);
+    let gauges = || {
+        let (_, body) = crate::support::http_get(metrics_at, "/metrics");
+        let samples = crate::support::parse_metrics(&body);
+        let get = |name: &str| crate::support::metric(&samples, name);
+        (
+            get("securesock_ocsp_response_stapled"),
+            get("securesock_ocsp_response_age_seconds"),
+            get("securesock_ocsp_response_next_update_timestamp_seconds"),
+        )
+    };
+    let (on, age, next) = gauges();
+    assert_eq!(on, 1.0, "stapled while current");
+    assert!(
+        age >= 352.0 && age < 352.0 + PATIENCE.as_secs_f64(),
+        "age {age}"
+    );
+    // nextUpdate is thisUpdate + 60 s; thisUpdate is within a few seconds of made - 352.
+    let expected = (made - 352 + 60) as f64;
+    assert!(
+        (next - expected).abs() <= 5.0,
+        "nextUpdate {next}, about {expected}"
     );
     let soon = server.logs.wait_for(&["WARN", "expires within a day"]);
     assert!(soon.contains(resp.to_str().unwrap()), "{soon}");
@@ -700,6 +728,7 @@ fn a_response_past_its_next_update_stops_being_stapled_and_a_reload_refuses_it()
     assert!(gone.contains(resp.to_str().unwrap()), "{gone}");
     assert_eq!(server.logs.matching(&["expires within a day"]).len(), 1);
     assert!(!stapled());
+    assert_eq!(gauges().0, 0.0, "the metric says it is no longer stapled");
     assert_eq!(
         server.logs.matching(&["no longer stapled"]).len(),
         1,
