@@ -20,6 +20,7 @@ mod access;
 mod cipher_policy;
 mod client_mode;
 mod docs_reference;
+mod dual_stack;
 mod gen_ca;
 mod greet;
 mod hostile;
