@@ -305,6 +305,20 @@ mod tests {
     }
 
     #[test]
+    fn a_slot_that_gave_its_place_back_counts_nowhere_when_moved() {
+        let t = Tracker::new(2, 1);
+        let x: IpAddr = "203.0.113.7".parse().unwrap();
+        let mut a = t.admit("10.0.0.1".parse::<IpAddr>().unwrap()).unwrap();
+        a.release_cap();
+        a.move_to(x).unwrap();
+        // Nothing was counted for x, so nothing leaks once a is gone either.
+        drop(t.admit(x).unwrap());
+        drop(a);
+        let _b = t.admit(x).unwrap();
+        assert_eq!(t.active(), 1);
+    }
+
+    #[test]
     fn wait_idle_returns_when_released_or_at_deadline() {
         let t = Tracker::new(10, 10);
         let slot = t.admit("127.0.0.1".parse::<IpAddr>().unwrap()).unwrap();
