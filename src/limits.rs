@@ -85,8 +85,10 @@ impl Tracker {
     }
 
     /// Takes a slot for a connection from `ip`, or says which cap refuses it. A client without an
-    /// address (`None`: a UNIX socket peer, or one whose address a PROXY header will give, see
-    /// [`Slot::claim_address`]) is held to the global cap only.
+    /// address (`None`: a UNIX socket peer) is held to the global cap only. A connection whose
+    /// client a PROXY header will name is admitted under its TCP peer (the balancer) and moved to
+    /// the client's address once the header is read ([`Slot::move_to`]), so a peer that opens
+    /// connections and sends no header is held to the cap like any other.
     pub(crate) fn admit(self: &Arc<Self>, ip: impl Into<Option<IpAddr>>) -> Result<Slot, Refusal> {
         let ip = ip.into().map(canonical);
         let mut c = self.lock();
@@ -141,21 +143,28 @@ impl Tracker {
 }
 
 impl Slot {
-    /// Counts the connection under its client's address, once that is known; refused (and
-    /// nothing counted) when the address is at `--max-per-ip`. A slot that already has an
-    /// address, or has given its place back, keeps what it has.
-    pub(crate) fn claim_address(&mut self, ip: IpAddr) -> Result<(), Refusal> {
-        if self.ip.is_some() || !self.counted {
+    /// Moves the connection's count under `--max-per-ip` to its client's address, once a PROXY
+    /// header has named it: the address counted so far (the balancer's, the TCP peer) gives its
+    /// place back and `ip` takes one, in one step under the lock, so the connection is never
+    /// counted under neither nor under both. Refused when `ip` is at `--max-per-ip`; the count
+    /// then stays where it was (until the slot is dropped). The same address, or a slot that has
+    /// given its place back, keeps what it has.
+    pub(crate) fn move_to(&mut self, ip: IpAddr) -> Result<(), Refusal> {
+        let ip = canonical(ip);
+        if self.ip == Some(ip) || !self.counted {
             return Ok(());
         }
-        let ip = canonical(ip);
         let mut c = self.tracker.lock();
-        let n = c.per_ip.entry(ip).or_insert(0);
-        if *n >= self.tracker.max_per_ip {
+        if c.per_ip
+            .get(&ip)
+            .is_some_and(|n| *n >= self.tracker.max_per_ip)
+        {
             return Err(Refusal::PerIpCap);
         }
-        *n += 1;
-        self.ip = Some(ip);
+        *c.per_ip.entry(ip).or_insert(0) += 1;
+        if let Some(old) = self.ip.replace(ip) {
+            uncount(&mut c, old);
+        }
         Ok(())
     }
 
@@ -166,13 +175,18 @@ impl Slot {
         }
         let mut c = self.tracker.lock();
         c.active -= 1;
-        if let Some(ip) = self.ip
-            && let Some(n) = c.per_ip.get_mut(&ip)
-        {
-            *n -= 1;
-            if *n == 0 {
-                c.per_ip.remove(&ip);
-            }
+        if let Some(ip) = self.ip {
+            uncount(&mut c, ip);
+        }
+    }
+}
+
+/// Takes one connection off `ip`'s count, forgetting the address at zero.
+fn uncount(c: &mut Counts, ip: IpAddr) {
+    if let Some(n) = c.per_ip.get_mut(&ip) {
+        *n -= 1;
+        if *n == 0 {
+            c.per_ip.remove(&ip);
         }
     }
 }
@@ -240,8 +254,8 @@ mod tests {
         let mut a = t.admit(None).unwrap();
         let mut b = t.admit(None).unwrap();
         assert_eq!(t.active(), 2, "counted against the global cap at once");
-        a.claim_address(client).unwrap();
-        assert_eq!(b.claim_address(client), Err(Refusal::PerIpCap));
+        a.move_to(client).unwrap();
+        assert_eq!(b.move_to(client), Err(Refusal::PerIpCap));
         drop(b);
         assert_eq!(t.active(), 1);
         let _c = t.admit(None).unwrap();
@@ -253,6 +267,55 @@ mod tests {
             Ok(()),
             "the address was given back"
         );
+    }
+
+    #[test]
+    fn a_proxied_connection_moves_from_the_balancer_to_its_client() {
+        let t = Tracker::new(10, 2);
+        let balancer: IpAddr = "10.0.0.1".parse().unwrap();
+        let x: IpAddr = "203.0.113.7".parse().unwrap();
+        let y: IpAddr = "198.51.100.9".parse().unwrap();
+        // Before their headers, connections count under the balancer's address.
+        let mut a = t.admit(balancer).unwrap();
+        let mut b = t.admit(balancer).unwrap();
+        assert_eq!(t.admit(balancer).err(), Some(Refusal::PerIpCap));
+        // Once read, the count moves: the balancer's place is free again.
+        a.move_to(x).unwrap();
+        let mut c = t.admit(balancer).unwrap();
+        b.move_to(x).unwrap();
+        assert_eq!(c.move_to(x), Err(Refusal::PerIpCap), "x is at its cap");
+        // Refused, c still counts under the balancer until it is dropped.
+        let _d = t.admit(balancer).unwrap();
+        assert_eq!(t.admit(balancer).err(), Some(Refusal::PerIpCap));
+        drop(c);
+        let mut e = t.admit(balancer).unwrap();
+        e.move_to(y).unwrap();
+        // Announcing the balancer itself (or its mapped form) changes nothing.
+        let mut f = t.admit(balancer).unwrap();
+        f.move_to("::ffff:10.0.0.1".parse().unwrap()).unwrap();
+        assert_eq!(t.admit(balancer).err(), Some(Refusal::PerIpCap));
+        // Dropping a moved slot gives back its client's place, not the balancer's.
+        drop(a);
+        let _g = t.admit(x).unwrap();
+        assert_eq!(t.admit(x).err(), Some(Refusal::PerIpCap));
+        assert_eq!(t.admit(balancer).err(), Some(Refusal::PerIpCap));
+        drop(e);
+        assert!(t.admit(y).is_ok());
+        assert_eq!(t.active(), 4);
+    }
+
+    #[test]
+    fn a_slot_that_gave_its_place_back_counts_nowhere_when_moved() {
+        let t = Tracker::new(2, 1);
+        let x: IpAddr = "203.0.113.7".parse().unwrap();
+        let mut a = t.admit("10.0.0.1".parse::<IpAddr>().unwrap()).unwrap();
+        a.release_cap();
+        a.move_to(x).unwrap();
+        // Nothing was counted for x, so nothing leaks once a is gone either.
+        drop(t.admit(x).unwrap());
+        drop(a);
+        let _b = t.admit(x).unwrap();
+        assert_eq!(t.active(), 1);
     }
 
     #[test]

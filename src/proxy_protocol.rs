@@ -289,8 +289,11 @@ fn parse_v1(buf: &[u8]) -> Result<Parse, ParseError> {
         }
     };
     let port = |text: &str| -> Result<u16, ParseError> {
-        // The spec: decimal, no leading zero.
-        if text.is_empty() || (text.len() > 1 && text.starts_with('0')) {
+        // The spec: a decimal integer in [0..65535], digits only (no sign, no space: Rust's own
+        // parser would take `+5`), and no leading zero, as the spec asks of the addresses'
+        // numbers.
+        let digits = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+        if !digits || (text.len() > 1 && text.starts_with('0')) {
             return Err(ParseError("v1 port is not a plain decimal number"));
         }
         text.parse()
@@ -735,9 +738,43 @@ mod tests {
             err(b"PROXY TCP4 1.2.3.4 ::1 1 2\r\n"),
             "v1 address does not match its protocol"
         );
+        for port in [
+            "01", "00", "+5", "-1", "65536", "99999", "1_0", "0x10", "\u{0661}", "5\t",
+        ] {
+            for header in [
+                format!("PROXY TCP4 1.2.3.4 5.6.7.8 {port} 2\r\n"),
+                format!("PROXY TCP4 1.2.3.4 5.6.7.8 2 {port}\r\n"),
+            ] {
+                assert!(
+                    parse(header.as_bytes()).is_err(),
+                    "{header:?} should be refused"
+                );
+            }
+        }
         assert_eq!(
             err(b"PROXY TCP4 1.2.3.4 5.6.7.8 01 2\r\n"),
             "v1 port is not a plain decimal number"
+        );
+        assert_eq!(
+            err(b"PROXY TCP4 1.2.3.4 5.6.7.8 +5 2\r\n"),
+            "v1 port is not a plain decimal number"
+        );
+        assert_eq!(
+            err(b"PROXY TCP4 1.2.3.4 5.6.7.8 5 +2\r\n"),
+            "v1 port is not a plain decimal number"
+        );
+        // Two spaces make an empty field: not six fields any more.
+        assert_eq!(
+            err(b"PROXY TCP4 1.2.3.4 5.6.7.8  5 2\r\n"),
+            "v1 header does not have six fields"
+        );
+        // The bounds themselves are ports.
+        assert_eq!(
+            complete(b"PROXY TCP4 1.2.3.4 5.6.7.8 0 65535\r\n").0,
+            Inbound::Proxied {
+                src: sa("1.2.3.4:0"),
+                dst: sa("5.6.7.8:65535")
+            }
         );
         let mut big = V2_SIGNATURE.to_vec();
         big.extend_from_slice(&[0x21, 0x11, 0x04, 0x01]);
@@ -745,6 +782,91 @@ mod tests {
         let mut short = V2_SIGNATURE.to_vec();
         short.extend_from_slice(&[0x21, 0x11, 0, 4, 1, 2, 3, 4]);
         assert_eq!(err(&short), "v2 TCP4 addresses cut short");
+    }
+
+    /// A TCP6 header of 107 bytes plus `extra` (`ffff` groups) in its destination: the source
+    /// written with an embedded IPv4 part, the longest form IPv6 text has (45 characters).
+    fn v1_tcp6_of(extra: &str) -> Vec<u8> {
+        format!(
+            "PROXY TCP6 ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255 ffff:ffff:ffff:ffff:ffff:ffff:ffff:f{extra} 65535 65535\r\n"
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn a_v1_header_of_107_bytes_is_taken_and_one_of_108_refused() {
+        // The spec's worst case: UNKNOWN with two long-hand IPv6 addresses is 107 bytes.
+        let ffff = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff";
+        let unknown = format!("PROXY UNKNOWN {ffff} {ffff} 65535 65535\r\n");
+        assert_eq!(unknown.len(), V1_MAX_LEN);
+        assert_eq!(complete(unknown.as_bytes()), (Inbound::Local, V1_MAX_LEN));
+        let at_limit = v1_tcp6_of("");
+        assert_eq!(at_limit.len(), V1_MAX_LEN);
+        let mut wire = at_limit.clone();
+        wire.extend_from_slice(b"\x16\x03\x01");
+        assert_eq!(
+            complete(&wire),
+            (
+                Inbound::Proxied {
+                    src: sa("[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535"),
+                    dst: sa("[ffff:ffff:ffff:ffff:ffff:ffff:ffff:f]:65535"),
+                },
+                V1_MAX_LEN
+            )
+        );
+        assert_eq!(parse(&at_limit[..V1_MAX_LEN - 1]), Ok(Parse::Incomplete));
+        // One byte over, as a well-formed line or as UNKNOWN: refused, and as soon as 107 bytes
+        // hold no LF, not only once the LF arrives.
+        let unknown_over = format!("PROXY UNKNOWN {ffff} {ffff} 65535 655350\r\n");
+        for over in [v1_tcp6_of("f"), unknown_over.into_bytes()] {
+            assert_eq!(over.len(), V1_MAX_LEN + 1);
+            for seen in [&over[..], &over[..V1_MAX_LEN]] {
+                assert_eq!(
+                    parse(seen),
+                    Err(ParseError("v1 header without CRLF within 107 bytes"))
+                );
+            }
+            assert_eq!(parse(&over[..V1_MAX_LEN - 1]), Ok(Parse::Incomplete));
+        }
+    }
+
+    /// A v2 header written out byte by byte as HAProxy sends one with TLVs (ALPN, AUTHORITY, a
+    /// NOOP for padding, an SSL TLV with sub-TLVs), not with the encoder above.
+    #[test]
+    fn a_hand_written_v2_header_with_tlvs_gives_its_addresses_and_length() {
+        #[rustfmt::skip]
+        let header: &[u8] = &[
+            0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A,
+            0x21, // v2, PROXY
+            0x11, // TCP over IPv4
+            0x00, 0x32, // 50 bytes follow: 12 of addresses, 38 of TLVs
+            198, 51, 100, 23, // source 198.51.100.23
+            192, 0, 2, 10, // destination 192.0.2.10
+            0xC3, 0x50, // source port 50000
+            0x01, 0xBB, // destination port 443
+            0x01, 0x00, 0x02, b'h', b'2', // ALPN "h2"
+            0x02, 0x00, 0x0B, b'e', b'x', b'a', b'm', b'p', b'l', b'e', b'.', b'c', b'o', b'm',
+            0x04, 0x00, 0x01, 0x00, // NOOP, one byte of padding
+            0x20, 0x00, 0x0C, // SSL, 12 bytes
+            0x01, 0x00, 0x00, 0x00, 0x00, // client: SSL; verify 0
+            0x21, 0x00, 0x04, b'T', b'L', b'S', b'1', // SSL_VERSION (4 bytes shown)
+        ];
+        assert_eq!(header.len(), 16 + 0x32);
+        let mut wire = header.to_vec();
+        wire.extend_from_slice(b"\x16\x03\x01\x00\x05");
+        assert_eq!(
+            complete(&wire),
+            (
+                Inbound::Proxied {
+                    src: sa("198.51.100.23:50000"),
+                    dst: sa("192.0.2.10:443"),
+                },
+                header.len()
+            )
+        );
+        for cut in 0..header.len() {
+            assert_eq!(parse(&header[..cut]), Ok(Parse::Incomplete), "{cut}");
+        }
     }
 
     #[test]

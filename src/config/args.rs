@@ -94,12 +94,12 @@ pub struct ListenArgs {
     pub backlog: u32,
 
     /// Every connection starts with a PROXY protocol v1 or v2 header (from a load balancer); the
-    /// address it carries is the client's
+    /// address it carries is the client's (needs --accept-proxy-from)
     #[arg(long, env = "SECURESOCK_ACCEPT_PROXY", value_parser = BoolishValueParser::new(), action = ArgAction::SetTrue)]
     pub accept_proxy: bool,
 
     /// Accept PROXY headers only from TCP peers in these networks, e.g. 10.0.0.0/8,192.168.0.0/16
-    /// (needs --accept-proxy); other peers are refused
+    /// (required with --accept-proxy; 0.0.0.0/0,::/0 for any source); other peers are refused
     #[arg(
         long,
         env = "SECURESOCK_ACCEPT_PROXY_FROM",

@@ -213,7 +213,14 @@ mod tests {
             &["--accept-proxy-from", "10.0.0.0/8"][..],
             &["--accept-proxy", "--accept-proxy-from", "10.0.0.0/33"][..],
             &["--accept-proxy", "--accept-proxy-from", "nonsense"][..],
-            &["--accept-proxy", "--listen", "unix:/run/s.sock"][..],
+            &[
+                "--accept-proxy",
+                "--accept-proxy-from",
+                "10.0.0.0/8",
+                "--listen",
+                "unix:/run/s.sock",
+            ][..],
+            &["--accept-proxy"][..],
         ] {
             let err = parse(args).unwrap_err();
             assert!(!err.trim().contains('\n'), "{args:?}: {err}");

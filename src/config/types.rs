@@ -320,7 +320,8 @@ pub struct Config {
 /// `--accept-proxy`: every connection opens with a PROXY header.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AcceptProxy {
-    /// TCP peers allowed to send one; empty means any.
+    /// TCP peers allowed to send one; empty means any (the command line never leaves it empty:
+    /// `--accept-proxy` needs `--accept-proxy-from`).
     pub from: Vec<Cidr>,
 }
 

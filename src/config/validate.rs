@@ -89,9 +89,17 @@ pub(super) fn listen(raw: ListenArgs) -> Result<ListenPart, String> {
         .map(|c| Cidr::parse(c).map_err(|e| format!("--accept-proxy-from: {e}")))
         .collect::<Result<Vec<_>, _>>()?;
     let accept_proxy = match (raw.accept_proxy, accept_proxy_from.is_empty()) {
-        (true, _) => Some(AcceptProxy {
+        (true, false) => Some(AcceptProxy {
             from: accept_proxy_from,
         }),
+        // Whoever may send a header may claim any address, for the log and the caps alike: the
+        // balancers are named, and "anyone" is a choice written out.
+        (true, true) => {
+            return Err(
+                "--accept-proxy needs --accept-proxy-from CIDR,... naming the load balancers that may send PROXY headers (to accept them from any source, write --accept-proxy-from 0.0.0.0/0,::/0)"
+                    .into(),
+            );
+        }
         (false, true) => None,
         (false, false) => return Err("--accept-proxy-from needs --accept-proxy".into()),
     };
@@ -712,13 +720,19 @@ mod tests {
             "keys from a file do not rotate"
         );
         assert!(c.tls.files().contains(&"ticket.key".into()));
+        let err = parse(&["--accept-proxy"]).unwrap_err();
         assert!(
-            parse(&["--accept-proxy"])
-                .unwrap()
-                .accept_proxy
-                .unwrap()
-                .allows("127.0.0.1".parse().unwrap())
+            err.contains("--accept-proxy needs --accept-proxy-from")
+                && err.contains("--accept-proxy-from 0.0.0.0/0,::/0"),
+            "{err}"
         );
+        let any = parse(&["--accept-proxy", "--accept-proxy-from", "0.0.0.0/0,::/0"])
+            .unwrap()
+            .accept_proxy
+            .unwrap();
+        for peer in ["127.0.0.1", "::1", "::ffff:10.1.2.3", "2001:db8::7"] {
+            assert!(any.allows(peer.parse().unwrap()), "{peer}");
+        }
         assert_eq!(parse(&[]).unwrap().accept_proxy, None);
     }
 
@@ -739,7 +753,13 @@ mod tests {
         use clap::Parser;
 
         let raw = |args: &[&str]| Args::try_parse_from([&["securesock"], args].concat()).unwrap();
-        let args = raw(&["--listen", "unix:/run/s.sock", "--accept-proxy"]);
+        let args = raw(&[
+            "--listen",
+            "unix:/run/s.sock",
+            "--accept-proxy",
+            "--accept-proxy-from",
+            "10.0.0.0/8",
+        ]);
         assert!(
             listen(args.listen)
                 .unwrap_err()

@@ -10,11 +10,13 @@
 //! ends this connection only, with a reason in its report. This room never writes the `conn` line
 //! and never counts metrics: the report says how it went, and the server logs it.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::AcceptProxy;
 use crate::limits::Slot;
+use crate::proxy_protocol::Inbound;
 use crate::relay::Endpoint;
 use crate::shutdown::Shutdown;
 use crate::sys::{Socket, Stream};
@@ -51,7 +53,7 @@ pub(crate) struct Job {
 }
 
 /// Serves one admitted connection to its end and says how it went. `slot` is the connection's
-/// place under the caps: the address a PROXY header names is claimed on it, and the server
+/// place under the caps: the count moves to the address a PROXY header names, and the server
 /// releases it once it has the report.
 pub(crate) fn run(job: Job, slot: &mut Slot, ctx: &Context) -> Report {
     let Job {
@@ -67,11 +69,12 @@ pub(crate) fn run(job: Job, slot: &mut Slot, ctx: &Context) -> Report {
             report.held = Some(stream);
             Err(outcome)
         }
-        Ok(()) => {
+        Ok(announced_dst) => {
             let phase = Phase {
                 settings: &ctx.settings,
                 shutdown: &ctx.shutdown,
                 accepted,
+                announced_dst,
             };
             match stream {
                 Stream::Tcp(s) => serve(s, &started, &phase, &ctx.gate, &mut report),
@@ -88,26 +91,35 @@ pub(crate) fn run(job: Job, slot: &mut Slot, ctx: &Context) -> Report {
 }
 
 /// With `--accept-proxy`, puts the client its PROXY header names in the report in place of the
-/// TCP peer, and counts it under `--max-per-ip`; the outcome to report for a connection whose
-/// header was bad or whose client the cap refuses.
+/// TCP peer (which becomes `via=`), and moves the connection's count under `--max-per-ip` from
+/// the TCP peer to that client. Returns the destination the header announced (`None` without a
+/// header, or for a LOCAL one): the address a PROXY header towards the upstream names. The
+/// outcome to report for a connection whose header was bad or whose client the cap refuses.
 fn client_address(
     stream: &Stream,
     accepted: Instant,
     slot: &mut Slot,
     ctx: &Context,
     report: &mut Report,
-) -> Result<(), Outcome> {
+) -> Result<Option<SocketAddr>, Outcome> {
     // --accept-proxy is refused with a unix: listener at start, so a UNIX peer never has one.
-    let (Some(_), Stream::Tcp(tcp), Peer::Tcp(addr)) = (&ctx.accept_proxy, stream, report.peer)
+    let (Some(_), Stream::Tcp(tcp), Peer::Tcp(balancer)) = (&ctx.accept_proxy, stream, report.peer)
     else {
-        return Ok(());
+        return Ok(None);
     };
     // Counted from accept, so the header's time is the handshake's.
     let deadline = accepted + ctx.settings.handshake_timeout;
-    let client = proxy_header::proxied_peer(tcp, addr, deadline, &ctx.shutdown)?;
-    // A refusal is reported under the client's address, as the cap counts it.
-    report.peer = Peer::Tcp(client);
-    slot.claim_address(client.ip()).map_err(Outcome::Refused)
+    match proxy_header::read_announced(tcp, deadline, &ctx.shutdown)? {
+        // The balancer's own connection: it stays counted under its address.
+        Inbound::Local => Ok(None),
+        Inbound::Proxied { src, dst } => {
+            // A refusal is reported under the client's address, as the cap counts it.
+            report.peer = Peer::Tcp(src);
+            report.via = Some(balancer);
+            slot.move_to(src.ip()).map_err(Outcome::Refused)?;
+            Ok(Some(dst))
+        }
+    }
 }
 
 /// The handshake and the data phase, on a socket of either family.

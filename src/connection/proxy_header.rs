@@ -17,22 +17,31 @@ use crate::sys::Interest;
 
 /// `--accept-proxy`: reads the PROXY header that opens the connection, exactly to its last byte so
 /// that the ClientHello behind it is left for OpenSSL, within the handshake deadline (counted from
-/// accept, so the header's time is the handshake's). Returns the client's address: the header's
-/// source, or the TCP peer for a LOCAL header (a balancer's health check); a missing or bad header
-/// ends the connection with the outcome to log.
-pub(crate) fn proxied_peer(
+/// accept, so the header's time is the handshake's). Returns what the header announced: the
+/// client's address and the one it connected to (an IPv4 one written as `::ffff:a.b.c.d` is
+/// given as plain IPv4), or [`Inbound::Local`] for a LOCAL header (a balancer's health check,
+/// whose client is the TCP peer); a missing or bad header ends the connection with the outcome
+/// to log.
+pub(crate) fn read_announced(
     stream: &TcpStream,
-    peer: SocketAddr,
     deadline: Instant,
     shutdown: &Shutdown,
-) -> Result<SocketAddr, Outcome> {
+) -> Result<Inbound, Outcome> {
     stream
         .set_nonblocking(true)
         .map_err(|e| Outcome::Io(format!("setting non-blocking mode: {e}")))?;
-    match read_proxy_header(stream, deadline, shutdown)? {
-        Inbound::Proxied { src, .. } => Ok(src),
-        Inbound::Local => Ok(peer),
-    }
+    Ok(match read_proxy_header(stream, deadline, shutdown)? {
+        Inbound::Proxied { src, dst } => Inbound::Proxied {
+            src: canonical(src),
+            dst: canonical(dst),
+        },
+        Inbound::Local => Inbound::Local,
+    })
+}
+
+/// An address as the log and the caps show it: IPv4 when it is IPv4-mapped IPv6.
+pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 /// Peeks at what the client sent, lets the parser judge it, and consumes only bytes the parser

@@ -147,6 +147,9 @@ pub(crate) fn quoted(value: &str) -> String {
 #[derive(Debug)]
 pub(crate) struct Report {
     pub(crate) peer: Peer,
+    /// `--accept-proxy`: the balancer's own address (the TCP peer) when a PROXY header named the
+    /// client as `peer`; on the line as `via=`, right after `peer=`, and only then.
+    pub(crate) via: Option<std::net::SocketAddr>,
     pub(crate) sni: Option<String>,
     pub(crate) protocol: Option<&'static str>,
     pub(crate) cipher: Option<&'static str>,
@@ -179,6 +182,7 @@ impl Report {
     pub(crate) fn new(peer: Peer, mode: &'static str) -> Report {
         Report {
             peer,
+            via: None,
             sni: None,
             protocol: None,
             cipher: None,
@@ -243,10 +247,13 @@ impl fmt::Display for Report {
             return write!(f, "conn peer={} {}", self.peer, self.outcome);
         }
         let text = |v: &Option<String>| v.as_deref().map(quoted).unwrap_or_else(|| "-".into());
+        write!(f, "conn peer={}", self.peer)?;
+        if let Some(via) = self.via {
+            write!(f, " via={via}")?;
+        }
         write!(
             f,
-            "conn peer={} sni={} proto={} cipher={} group={} alpn={} client={} server={} resumed={} mode={} in={} out={} ms={} {}",
-            self.peer,
+            " sni={} proto={} cipher={} group={} alpn={} client={} server={} resumed={} mode={} in={} out={} ms={} {}",
             text(&self.sni),
             self.protocol.unwrap_or("-"),
             self.cipher.unwrap_or("-"),
@@ -291,6 +298,28 @@ mod tests {
         assert_eq!(
             Peer::Tcp("127.0.0.1:5".parse().unwrap()).to_string(),
             "127.0.0.1:5"
+        );
+    }
+
+    #[test]
+    fn via_shows_only_for_a_client_a_proxy_header_named() {
+        let peer = Peer::Tcp("203.0.113.7:40000".parse().unwrap());
+        let plain = Report::new(peer, "greet").to_string();
+        assert!(
+            plain.starts_with("conn peer=203.0.113.7:40000 sni=- proto=- "),
+            "{plain}"
+        );
+        assert!(!plain.contains("via="), "{plain}");
+        let proxied = Report {
+            via: Some("10.0.0.1:5555".parse().unwrap()),
+            ..Report::new(peer, "greet")
+        };
+        assert_eq!(
+            proxied.to_string(),
+            plain.replace(
+                "conn peer=203.0.113.7:40000 ",
+                "conn peer=203.0.113.7:40000 via=10.0.0.1:5555 "
+            )
         );
     }
 

@@ -73,9 +73,13 @@ impl Listener {
     /// The next queued connection and who it is from.
     pub(crate) fn accept(&self) -> io::Result<(Stream, Peer)> {
         match self {
-            Listener::Tcp(l) => l
-                .accept()
-                .map(|(s, addr)| (Stream::Tcp(s), Peer::Tcp(addr))),
+            // An IPv4 client of a dual-stack `[::]` socket (one systemd passed) arrives as
+            // `::ffff:a.b.c.d`: it is the IPv4 client, for the log, the caps, the access rules
+            // and the PROXY header alike.
+            Listener::Tcp(l) => l.accept().map(|(s, addr)| {
+                let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
+                (Stream::Tcp(s), Peer::Tcp(addr))
+            }),
             Listener::Unix(u) => {
                 let (s, _) = u.listener.accept()?;
                 let cred = sys::peer_cred(&s).ok();

@@ -400,15 +400,18 @@ impl FailureLog {
     }
 }
 
-fn log_refusal(peer: Peer, why: Refusal, limit: usize, metrics: &Metrics) {
+/// The `refused` line for a client a cap turned away; `via` is the balancer whose PROXY header
+/// named `peer`, shown as in the `conn` line (and only then).
+fn log_refusal(peer: Peer, via: Option<SocketAddr>, why: Refusal, limit: usize, metrics: &Metrics) {
     metrics.refused(why.label());
     let gate = match why {
         Refusal::GlobalCap => &REFUSAL_LOG[0],
         Refusal::PerIpCap => &REFUSAL_LOG[1],
     };
     if let Some(suppressed) = gate.allow() {
+        let via = via.map_or_else(String::new, |v| format!(" via={v}"));
         warn!(
-            "refused peer={peer} reason={} limit={limit} suppressed_since_last={suppressed}",
+            "refused peer={peer}{via} reason={} limit={limit} suppressed_since_last={suppressed}",
             why.label()
         );
     }
@@ -448,24 +451,24 @@ fn admit(stream: Stream, peer: Peer, shared: &Shared, workers: &Arc<Workers>) {
     let accepted = Instant::now();
     shared.metrics.accepted();
     // With --accept-proxy the client's address is only known once its header is read (on the
-    // connection's thread), so the per-address cap waits until then.
-    let admitted = match &shared.connections.accept_proxy {
-        Some(proxy) if !peer.ip().is_some_and(|ip| proxy.allows(ip)) => {
-            shared.metrics.refused("proxy_peer");
-            if let Some(suppressed) = PROXY_PEER_LOG.allow() {
-                warn!(
-                    "refused peer={peer} reason=proxy_peer (not in --accept-proxy-from) suppressed_since_last={suppressed}"
-                );
-            }
-            return;
+    // connection's thread): until then the connection counts under its TCP peer, the balancer,
+    // and the connection room moves the count to the client the header names.
+    if let Some(proxy) = &shared.connections.accept_proxy
+        && !peer.ip().is_some_and(|ip| proxy.allows(ip))
+    {
+        shared.metrics.refused("proxy_peer");
+        if let Some(suppressed) = PROXY_PEER_LOG.allow() {
+            warn!(
+                "refused peer={peer} reason=proxy_peer (not in --accept-proxy-from) suppressed_since_last={suppressed}"
+            );
         }
-        Some(_) => shared.tracker.admit(None),
-        None => shared.tracker.admit(peer.ip()),
-    };
+        return;
+    }
+    let admitted = shared.tracker.admit(peer.ip());
     let slot = match admitted {
         Ok(slot) => slot,
         Err(why) => {
-            log_refusal(peer, why, shared.tracker.limit(why), &shared.metrics);
+            log_refusal(peer, None, why, shared.tracker.limit(why), &shared.metrics);
             return; // dropping the stream closes it at once
         }
     };
@@ -496,7 +499,13 @@ impl Shared {
     fn finish(&self, report: &Report, mut slot: Slot) {
         if let Outcome::Refused(why) = report.outcome {
             // The line first, as for a refusal at accept; then dropping the report closes it.
-            log_refusal(report.peer, why, self.tracker.limit(why), &self.metrics);
+            log_refusal(
+                report.peer,
+                report.via,
+                why,
+                self.tracker.limit(why),
+                &self.metrics,
+            );
             return;
         }
         if report.outcome == Outcome::Shutdown {

@@ -21,6 +21,7 @@ mod architecture;
 mod cipher_policy;
 mod client_mode;
 mod docs_reference;
+mod dual_stack;
 mod gen_ca;
 mod greet;
 mod hostile;

@@ -1,5 +1,6 @@
 //! Forward mode's data phase (TLS termination): connect to the plaintext upstream, announce the
-//! client with a PROXY header if asked, and relay both ways until both sides are done.
+//! client with a PROXY header if asked (behind `--accept-proxy`, the client and destination its
+//! own inbound header announced), and relay both ways until both sides are done.
 //!
 //! The client learns nothing about an upstream that cannot be reached but an orderly close.
 
@@ -32,9 +33,12 @@ pub(crate) fn run<S: Socket>(
     let header = match proxy {
         None => Vec::new(),
         Some(version) => {
-            // The configuration refuses a PROXY header with a UNIX listener.
-            let (Peer::Tcp(peer), Some(local)) = (report.peer, tls.get_ref().tcp_local_addr())
-            else {
+            // The configuration refuses a PROXY header with a UNIX listener. Behind a balancer
+            // the client connected to the address its header announced, not to this socket.
+            let local = phase
+                .announced_dst
+                .or_else(|| tls.get_ref().tcp_local_addr());
+            let (Peer::Tcp(peer), Some(local)) = (report.peer, local) else {
                 return Err(Outcome::Io("no TCP addresses for the PROXY header".into()));
             };
             match version {

@@ -10,6 +10,7 @@
 //! A data phase owns its connection until it ends: every wait has a deadline that the end of the
 //! drain shortens, and every failure is an [`Outcome`] for the log line, never a panic.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -225,6 +226,10 @@ pub(crate) struct Phase<'a> {
     pub(crate) settings: &'a Settings,
     pub(crate) shutdown: &'a Shutdown,
     pub(crate) accepted: Instant,
+    /// `--accept-proxy`: the address the client connected to, as its PROXY header announced it
+    /// (`None` without one, or for a LOCAL header): what a PROXY header towards the upstream
+    /// names as the destination, in place of this socket's own address.
+    pub(crate) announced_dst: Option<SocketAddr>,
 }
 
 impl Phase<'_> {
