@@ -30,8 +30,9 @@ pub(crate) struct UnixSocket {
     listener: UnixListener,
     path: PathBuf,
     /// Device and inode of the file this process bound, so that only that file is ever removed,
-    /// never one another process put in its place.
-    file: (u64, u64),
+    /// never one another process put in its place; `None` once removed, or for a socket systemd
+    /// passed (its file is systemd's).
+    file: Option<(u64, u64)>,
 }
 
 impl Listener {
@@ -119,38 +120,39 @@ impl UnixSocket {
                     .map_err(|e| anyhow!("--listen-group {g}: {}", crate::reason::io_reason(&e)))
             })
             .transpose()?;
-        let listener = sys::bind_unix(path, unix.mode, gid, backlog).map_err(|e| {
+        let bound = sys::bind_unix(path, unix.mode, gid, backlog).map_err(|e| {
             anyhow!(
                 "cannot listen on unix:{}: {}",
                 path.display(),
                 crate::reason::io_reason(&e)
             )
         })?;
-        let meta = std::fs::symlink_metadata(path)
-            .with_context(|| format!("reading unix:{}", path.display()))?;
+        // What was bound, not what the path shows now: someone who can write to the directory
+        // may already have put something else there.
         info!(
             "unix socket {} mode {:04o} uid {} gid {}",
             path.display(),
-            meta.mode() & 0o7777,
-            meta.uid(),
-            meta.gid()
+            bound.mode,
+            bound.uid,
+            bound.gid
         );
         Ok(UnixSocket {
-            listener,
+            listener: bound.listener,
             path: path.clone(),
-            file: (meta.dev(), meta.ino()),
+            file: Some((bound.dev, bound.ino)),
         })
     }
 
     /// Removes the socket file, if it is still the one this process bound.
     fn remove_file(&mut self) {
-        let ours =
-            std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.file);
+        // Never again: a file at the path from now on belongs to someone else.
+        let Some(file) = self.file.take() else {
+            return;
+        };
+        let ours = std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == file);
         if ours && let Err(e) = std::fs::remove_file(&self.path) {
             warn!("cannot remove {}: {e}", self.path.display());
         }
-        // Never again: a file at the path from now on belongs to someone else.
-        self.file = (u64::MAX, u64::MAX);
     }
 }
 
