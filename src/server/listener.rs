@@ -3,7 +3,8 @@
 //! A UNIX socket is a file, and its life is managed here: a stale file left by a process that died
 //! is removed at start, a socket another live process listens on (or a path that is not a socket)
 //! refuses the start, the file gets the configured mode and group before anyone can connect, and it
-//! is removed again when the server stops. Nothing here reads from a connection or knows a mode.
+//! is removed again when the server stops. A UNIX socket systemd passed is served the same way, but
+//! its file is systemd's and stays. Nothing here reads from a connection or knows a mode.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -44,6 +45,30 @@ impl Listener {
                 .with_context(|| format!("cannot listen on {addr}")),
             Listen::Unix(unix) => UnixSocket::bind(unix, backlog).map(Listener::Unix),
         }
+    }
+
+    /// A socket systemd passed (socket activation). A UNIX one is served as one bound here, but
+    /// its file stays: it is systemd's, and keeps taking connections for the next instance.
+    pub(crate) fn inherited(inherited: sys::Inherited) -> Result<Listener> {
+        Ok(match inherited {
+            sys::Inherited::Tcp(l) => Listener::Tcp(l),
+            sys::Inherited::Unix(listener) => {
+                let name = sys::unix_name(&listener)
+                    .context("reading the name of the UNIX socket systemd passed")?;
+                let path = match name {
+                    sys::UnixName::Path(path) => path,
+                    // Shown as systemd writes it; never a file to remove.
+                    sys::UnixName::Abstract(name) => {
+                        PathBuf::from(format!("@{}", String::from_utf8_lossy(&name)))
+                    }
+                };
+                Listener::Unix(UnixSocket {
+                    listener,
+                    path,
+                    file: None,
+                })
+            }
+        })
     }
 
     /// The TCP address bound (the real port when the configuration said 0).

@@ -29,7 +29,7 @@ pub use ossl_ext::{
 };
 pub use poll::{Interest, poll, pollfd, wait};
 pub use socket::{
-    AcceptStep, PeerCred, Socket, Stream, accept_backoff, bind, bind_unix, group_id, nproc_limit,
-    peer_cred, raise_fd_limit, refuse_new_connections, somaxconn,
+    AcceptStep, BoundUnix, PeerCred, Socket, Stream, accept_backoff, bind, bind_unix, group_id,
+    nproc_limit, peer_cred, raise_fd_limit, refuse_new_connections, somaxconn,
 };
-pub use systemd::inherited_listener;
+pub use systemd::{Inherited, InheritedAddr, UnixName, inherited_listener, unix_name};

@@ -431,8 +431,11 @@ impl PrivateDir {
 
     /// Where to bind: through this process's descriptor of the directory (`/proc/self/fd/N`), so
     /// the socket lands in this very directory whatever happens to names meanwhile, and the path
-    /// stays short; without /proc, by its name in `parent` (a directory swapped in then would not
-    /// hold the socket, and [`PrivateDir::set_permissions`] would fail on the empty one).
+    /// stays short. Binding by the directory's name would let someone who can write the parent
+    /// rename it away and put a link there, and so make a stray socket file appear in any
+    /// directory they name. The cost: the socket's own address (what `ss -xl` and a client's
+    /// getpeername show) is `/proc/self/fd/N/s`. Without /proc, by the name after all: the start
+    /// is then refused, as [`PrivateDir::set_permissions`] finds the directory empty.
     fn bind_path(&self, parent: &Path) -> std::path::PathBuf {
         let by_fd = Path::new("/proc/self/fd").join(self.fd.as_raw_fd().to_string());
         let dir = if by_fd.is_dir() {
