@@ -251,7 +251,15 @@ fn a_symlink_swapped_in_while_the_server_binds_never_gets_the_sockets_mode() {
     // A group other than the file's own, so a chown that follows the link shows.
     let other_gid = if owner_gid == 65534 { 65533 } else { 65534 };
 
+    /// Stops the attacker however the test ends, so it never spins on through later tests.
+    struct Stop(Arc<AtomicBool>);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
     let stop = Arc::new(AtomicBool::new(false));
+    let _stop_on_exit = Stop(Arc::clone(&stop));
     let swaps = Arc::new(AtomicUsize::new(0));
     let attacker = {
         let (stop, swaps) = (Arc::clone(&stop), Arc::clone(&swaps));
