@@ -5,7 +5,7 @@
 //! - [`poll`]: waiting for readiness with a deadline (poll(2));
 //! - [`socket`]: binding with a backlog, socket options, closing a listener without resets, the
 //!   accept-error backoff, the open-file and thread limits, UNIX peer credentials and groups;
-//! - [`systemd`]: taking over a listening socket systemd passed (socket activation);
+//! - [`systemd`]: taking over a listening TCP or UNIX socket systemd passed (socket activation);
 //! - [`memory`]: giving a quiet connection's stack pages, OpenSSL thread state and heap back;
 //! - [`ossl_ext`]: every raw libssl/libcrypto call the openssl crate lacks (as pingora's `ext.rs`).
 //!
