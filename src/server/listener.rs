@@ -3,7 +3,8 @@
 //! A UNIX socket is a file, and its life is managed here: a stale file left by a process that died
 //! is removed at start, a socket another live process listens on (or a path that is not a socket)
 //! refuses the start, the file gets the configured mode and group before anyone can connect, and it
-//! is removed again when the server stops. Nothing here reads from a connection or knows a mode.
+//! is removed again when the server stops. A UNIX socket systemd passed is served the same way, but
+//! its file is systemd's and stays. Nothing here reads from a connection or knows a mode.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -30,8 +31,9 @@ pub(crate) struct UnixSocket {
     listener: UnixListener,
     path: PathBuf,
     /// Device and inode of the file this process bound, so that only that file is ever removed,
-    /// never one another process put in its place.
-    file: (u64, u64),
+    /// never one another process put in its place; `None` once removed, or for a socket systemd
+    /// passed (its file is systemd's).
+    file: Option<(u64, u64)>,
 }
 
 impl Listener {
@@ -43,6 +45,30 @@ impl Listener {
                 .with_context(|| format!("cannot listen on {addr}")),
             Listen::Unix(unix) => UnixSocket::bind(unix, backlog).map(Listener::Unix),
         }
+    }
+
+    /// A socket systemd passed (socket activation). A UNIX one is served as one bound here, but
+    /// its file stays: it is systemd's, and keeps taking connections for the next instance.
+    pub(crate) fn inherited(inherited: sys::Inherited) -> Result<Listener> {
+        Ok(match inherited {
+            sys::Inherited::Tcp(l) => Listener::Tcp(l),
+            sys::Inherited::Unix(listener) => {
+                let name = sys::unix_name(&listener)
+                    .context("reading the name of the UNIX socket systemd passed")?;
+                let path = match name {
+                    sys::UnixName::Path(path) => path,
+                    // Shown as systemd writes it; never a file to remove.
+                    sys::UnixName::Abstract(name) => {
+                        PathBuf::from(format!("@{}", String::from_utf8_lossy(&name)))
+                    }
+                };
+                Listener::Unix(UnixSocket {
+                    listener,
+                    path,
+                    file: None,
+                })
+            }
+        })
     }
 
     /// The TCP address bound (the real port when the configuration said 0).
@@ -123,38 +149,39 @@ impl UnixSocket {
                     .map_err(|e| anyhow!("--listen-group {g}: {}", crate::reason::io_reason(&e)))
             })
             .transpose()?;
-        let listener = sys::bind_unix(path, unix.mode, gid, backlog).map_err(|e| {
+        let bound = sys::bind_unix(path, unix.mode, gid, backlog).map_err(|e| {
             anyhow!(
                 "cannot listen on unix:{}: {}",
                 path.display(),
                 crate::reason::io_reason(&e)
             )
         })?;
-        let meta = std::fs::symlink_metadata(path)
-            .with_context(|| format!("reading unix:{}", path.display()))?;
+        // What was bound, not what the path shows now: someone who can write to the directory
+        // may already have put something else there.
         info!(
             "unix socket {} mode {:04o} uid {} gid {}",
             path.display(),
-            meta.mode() & 0o7777,
-            meta.uid(),
-            meta.gid()
+            bound.mode,
+            bound.uid,
+            bound.gid
         );
         Ok(UnixSocket {
-            listener,
+            listener: bound.listener,
             path: path.clone(),
-            file: (meta.dev(), meta.ino()),
+            file: Some((bound.dev, bound.ino)),
         })
     }
 
     /// Removes the socket file, if it is still the one this process bound.
     fn remove_file(&mut self) {
-        let ours =
-            std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.file);
+        // Never again: a file at the path from now on belongs to someone else.
+        let Some(file) = self.file.take() else {
+            return;
+        };
+        let ours = std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == file);
         if ours && let Err(e) = std::fs::remove_file(&self.path) {
             warn!("cannot remove {}: {e}", self.path.display());
         }
-        // Never again: a file at the path from now on belongs to someone else.
-        self.file = (u64::MAX, u64::MAX);
     }
 }
 

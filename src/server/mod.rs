@@ -132,16 +132,19 @@ impl Server {
             .clone()
             .try_map_upstream(|spec| Upstream::resolve(&spec))?;
         let (listener, inherited) = match inherited {
-            Some(listener) => (Listener::Tcp(listener), true),
+            Some(inherited) => (Listener::inherited(inherited)?, true),
             None => (Listener::bind(&config.listen, config.backlog)?, false),
         };
         let local_addr = listener.local_addr();
         if inherited {
             info!(
                 "socket activation: serving the socket systemd passed ({}); --listen {} is not used",
-                local_addr.map_or_else(|| "-".to_string(), |a| a.to_string()),
+                listener.describe(),
                 config.listen
             );
+            if listener.local_addr().is_none() {
+                needs_no_tcp_listener(config)?;
+            }
         }
         let shutdown = Arc::new(
             Shutdown::new(config.limits.drain_timeout).context("creating the shutdown signal")?,
@@ -295,6 +298,26 @@ impl Server {
         }
         Ok(drain(&shared))
     }
+}
+
+/// What the configuration refuses with `--listen unix:` it refuses with a UNIX socket systemd
+/// passed too: PROXY headers in or out need a TCP client address.
+fn needs_no_tcp_listener(config: &Config) -> Result<()> {
+    if config.accept_proxy.is_some() {
+        anyhow::bail!(
+            "--accept-proxy needs a TCP listening socket: systemd passed a UNIX one (ListenStream=/path)"
+        );
+    }
+    if let Mode::Forward {
+        proxy_protocol: Some(_),
+        ..
+    } = config.mode
+    {
+        anyhow::bail!(
+            "--proxy-protocol needs a TCP listening socket: systemd passed a UNIX one, whose clients have no address to pass on"
+        );
+    }
+    Ok(())
 }
 
 /// Stops new connections without resetting those the kernel already completed: new SYNs go

@@ -5,7 +5,7 @@
 //! - [`poll`]: waiting for readiness with a deadline (poll(2));
 //! - [`socket`]: binding with a backlog, socket options, closing a listener without resets, the
 //!   accept-error backoff, the open-file and thread limits, UNIX peer credentials and groups;
-//! - [`systemd`]: taking over a listening socket systemd passed (socket activation);
+//! - [`systemd`]: taking over a listening TCP or UNIX socket systemd passed (socket activation);
 //! - [`memory`]: giving a quiet connection's stack pages, OpenSSL thread state and heap back;
 //! - [`ossl_ext`]: every raw libssl/libcrypto call the openssl crate lacks (as pingora's `ext.rs`).
 //!
@@ -30,7 +30,7 @@ pub use ossl_ext::{
 pub(crate) use ossl_ext::{add_crl, as_time, on_ticket_decrypted};
 pub use poll::{Interest, poll, pollfd, wait};
 pub use socket::{
-    AcceptStep, PeerCred, Socket, Stream, accept_backoff, bind, bind_unix, group_id, nproc_limit,
-    peer_cred, raise_fd_limit, refuse_new_connections, somaxconn,
+    AcceptStep, BoundUnix, PeerCred, Socket, Stream, accept_backoff, bind, bind_unix, group_id,
+    nproc_limit, peer_cred, raise_fd_limit, refuse_new_connections, somaxconn,
 };
-pub use systemd::inherited_listener;
+pub use systemd::{Inherited, InheritedAddr, UnixName, inherited_listener, unix_name};

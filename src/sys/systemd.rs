@@ -1,22 +1,73 @@
-//! Taking over a listening socket from systemd (socket activation, the sd_listen_fds protocol).
+//! Taking over a listening socket from systemd (socket activation, the sd_listen_fds protocol),
+//! TCP or UNIX.
 //!
 //! Owns reading and clearing `LISTEN_PID`/`LISTEN_FDS`; it must never decide whether the server
 //! uses the socket it finds (the server does).
 
 use std::io;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{FromRawFd, RawFd};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
 
-use socket2::{Socket as Socket2, Type};
+use socket2::{Domain, Socket as Socket2, Type};
 
 /// The first descriptor systemd passes (`SD_LISTEN_FDS_START`).
 const LISTEN_FDS_START: RawFd = 3;
 
-/// The listening TCP socket systemd passed to this process (the sd_listen_fds protocol:
-/// `LISTEN_PID` names this process and `LISTEN_FDS` counts descriptors from 3 up), when it did.
+/// A listening socket systemd passed: TCP (`ListenStream=ADDR:PORT`) or UNIX
+/// (`ListenStream=/path`).
+#[derive(Debug)]
+pub enum Inherited {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+/// Where an [`Inherited`] socket listens, for matching it to what the configuration asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InheritedAddr {
+    Tcp(SocketAddr),
+    Unix(UnixName),
+}
+
+/// The name a UNIX socket is bound to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnixName {
+    /// A file (`ListenStream=/path`).
+    Path(PathBuf),
+    /// The abstract namespace (`ListenStream=@name`): the name without the `@`.
+    Abstract(Vec<u8>),
+}
+
+impl Inherited {
+    /// The address the socket is bound to.
+    pub fn address(&self) -> io::Result<InheritedAddr> {
+        match self {
+            Inherited::Tcp(l) => l.local_addr().map(InheritedAddr::Tcp),
+            Inherited::Unix(l) => unix_name(l).map(InheritedAddr::Unix),
+        }
+    }
+}
+
+/// The name a UNIX listening socket is bound to; an error for one bound to none.
+pub fn unix_name(listener: &UnixListener) -> io::Result<UnixName> {
+    let addr = listener.local_addr()?;
+    if let Some(path) = addr.as_pathname() {
+        return Ok(UnixName::Path(path.to_path_buf()));
+    }
+    match addr.as_abstract_name() {
+        Some(name) => Ok(UnixName::Abstract(name.to_vec())),
+        None => Err(io::Error::other("the UNIX socket is bound to no name")),
+    }
+}
+
+/// The listening socket systemd passed to this process (the sd_listen_fds protocol:
+/// `LISTEN_PID` names this process and `LISTEN_FDS` counts descriptors from 3 up), when it did:
+/// a TCP or UNIX stream socket, already listening.
 /// The variables are removed once taken, so that nothing this process starts takes them for its
 /// own. Must run before the process starts threads (it edits the environment).
-pub fn inherited_listener() -> io::Result<Option<TcpListener>> {
+pub fn inherited_listener() -> io::Result<Option<Inherited>> {
     let var = |name: &str| std::env::var(name).ok();
     let ours = var("LISTEN_PID").and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id());
     if !ours {
@@ -45,13 +96,53 @@ pub fn inherited_listener() -> io::Result<Option<TcpListener>> {
     // descriptor 3 by that number, and it is wrapped exactly once.
     let socket = unsafe { Socket2::from_raw_fd(LISTEN_FDS_START) };
     socket.set_cloexec(true)?;
-    let is_tcp = socket.r#type()? == Type::STREAM
-        && socket.local_addr()?.as_socket().is_some()
-        && socket.is_listener()?;
-    if !is_tcp {
-        return Err(io::Error::other(
-            "the socket systemd passed is not a listening TCP socket (ListenStream=ADDR:PORT)",
-        ));
+    let refused = || {
+        io::Error::other(
+            "the socket systemd passed is not a listening TCP or UNIX stream socket \
+             (ListenStream=ADDR:PORT or ListenStream=/path)",
+        )
+    };
+    if socket.r#type()? != Type::STREAM || !socket.is_listener()? {
+        return Err(refused());
     }
-    Ok(Some(socket.into()))
+    let domain = socket.domain()?;
+    if domain == Domain::IPV4 || domain == Domain::IPV6 {
+        Ok(Some(Inherited::Tcp(socket.into())))
+    } else if domain == Domain::UNIX {
+        let unix: UnixListener = socket.into();
+        // One that is bound to no name could not have been found by any client.
+        unix_name(&unix)?;
+        Ok(Some(Inherited::Unix(unix)))
+    } else {
+        Err(refused())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_unix_listeners_name_is_its_path_or_its_abstract_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let by_path = UnixListener::bind(&path).unwrap();
+        assert_eq!(
+            Inherited::Unix(by_path).address().unwrap(),
+            InheritedAddr::Unix(UnixName::Path(path))
+        );
+        let name = format!("securesock-test-{}", std::process::id());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let by_name = UnixListener::bind_addr(&addr).unwrap();
+        assert_eq!(
+            unix_name(&by_name).unwrap(),
+            UnixName::Abstract(name.into_bytes())
+        );
+        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = tcp.local_addr().unwrap();
+        assert_eq!(
+            Inherited::Tcp(tcp).address().unwrap(),
+            InheritedAddr::Tcp(addr)
+        );
+    }
 }

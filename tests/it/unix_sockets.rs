@@ -227,3 +227,107 @@ fn a_drain_serves_what_was_queued_and_refuses_newcomers() {
     open.shutdown().unwrap();
     assert!(server.wait_exit(Duration::from_secs(30)).success());
 }
+
+/// Issue 20, item 4: someone who can write to the socket's directory watches for the socket to
+/// appear and atomically renames a symlink over it, pointing at a 0600 file, hoping the server then
+/// changes mode and group by the path and so on that file. The server binds (in this process,
+/// `Server::bind` as `main` calls it) up to 150 times, bounded in time too, while the attacker
+/// runs; the file's mode and group must never change. With chmod/chown by path after `bind` the file
+/// became 0666 in about a third of the starts.
+#[test]
+fn a_symlink_swapped_in_while_the_server_binds_never_gets_the_sockets_mode() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::Instant;
+
+    const STARTS: usize = 150;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    let precious = dir.path().join("precious");
+    std::fs::write(&precious, b"secret").unwrap();
+    std::fs::set_permissions(&precious, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let owner_gid = std::fs::metadata(&precious).unwrap().gid();
+    // A group other than the file's own, so a chown that follows the link shows.
+    let other_gid = if owner_gid == 65534 { 65533 } else { 65534 };
+
+    /// Stops the attacker however the test ends, so it never spins on through later tests.
+    struct Stop(Arc<AtomicBool>);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let _stop_on_exit = Stop(Arc::clone(&stop));
+    let swaps = Arc::new(AtomicUsize::new(0));
+    let attacker = {
+        let (stop, swaps) = (Arc::clone(&stop), Arc::clone(&swaps));
+        let (path, precious) = (path.clone(), precious.clone());
+        let staging = dir.path().join("staging");
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if std::fs::symlink_metadata(&staging).is_err() {
+                    std::os::unix::fs::symlink(&precious, &staging).unwrap();
+                }
+                let socket_there =
+                    std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket());
+                if socket_there && std::fs::rename(&staging, &path).is_ok() {
+                    swaps.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+
+    let certs = default_certs();
+    let listen = format!("unix:{}", path.display());
+    let group = other_gid.to_string();
+    let argv = [
+        "securesock",
+        "--listen",
+        &listen,
+        "--listen-mode",
+        "0666",
+        "--listen-group",
+        &group,
+        "--cert",
+        s(&certs.cert),
+        "--key",
+        s(&certs.key),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut starts, mut changed) = (0, 0);
+    while starts < STARTS && Instant::now() < deadline {
+        starts += 1;
+        let config =
+            securesock::config::parse_args(argv).unwrap_or_else(|_| panic!("bad arguments"));
+        // Either outcome is fine: bound (the attacker swapped too late, or not at all) or refused
+        // (the attacker's link sits where the socket goes).
+        drop(securesock::server::Server::bind(&config));
+        let meta = std::fs::metadata(&precious).unwrap();
+        if meta.mode() & 0o7777 != 0o600 || meta.gid() != owner_gid {
+            changed += 1;
+            std::fs::set_permissions(&precious, std::fs::Permissions::from_mode(0o600)).unwrap();
+            std::os::unix::fs::chown(&precious, None, Some(owner_gid)).unwrap();
+        }
+        // Whatever the attacker left at the path goes before the next start.
+        let _ = std::fs::remove_file(&path);
+    }
+    stop.store(true, Ordering::Relaxed);
+    attacker.join().unwrap();
+    let swaps = swaps.load(Ordering::Relaxed);
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(".securesock-"))
+        .collect();
+    assert!(left.is_empty(), "private directories left behind: {left:?}");
+    assert!(
+        swaps > 0,
+        "the attacker never swapped a link in: the race did not run"
+    );
+    assert_eq!(
+        changed, 0,
+        "the file behind the link changed mode or group in {changed} of {starts} starts ({swaps} swaps)"
+    );
+}

@@ -98,8 +98,9 @@ impl Server {
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
             .unwrap_or_else(|| panic!("no address in {line:?}"));
-        // A UNIX socket server keeps the unspecified address; its tests know the path.
-        if !listening.starts_with("unix:") {
+        // A UNIX socket server keeps the unspecified address; its tests know the path
+        // (systemd-socket-activate writes a bare path).
+        if !listening.starts_with("unix:") && !listening.starts_with('/') {
             server.addr = listening
                 .parse()
                 .unwrap_or_else(|_| panic!("no address in {line:?}"));
