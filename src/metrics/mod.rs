@@ -38,6 +38,8 @@ pub(crate) struct Metrics {
     bytes_in: Counter,
     bytes_out: Counter,
     reloads: Family<Label, Counter>,
+    /// Connections a reload ended because their client certificate was no longer accepted.
+    revoked: Counter,
     cert_not_after: Gauge,
 }
 
@@ -59,6 +61,7 @@ impl Metrics {
         let bytes_in = Counter::default();
         let bytes_out = Counter::default();
         let reloads = Family::<Label, Counter>::default();
+        let revoked = Counter::default();
         let cert_not_after = Gauge::default();
         registry.register(
             "connections_accepted",
@@ -97,6 +100,11 @@ impl Metrics {
             reloads.clone(),
         );
         registry.register(
+            "revoked_connections",
+            "Open connections a reload ended because their client certificate was no longer accepted (revoked, untrusted, not allowed)",
+            revoked.clone(),
+        );
+        registry.register(
             "certificate_not_after_timestamp_seconds",
             "Expiry of the certificate being served, as a Unix timestamp",
             cert_not_after.clone(),
@@ -111,6 +119,7 @@ impl Metrics {
             bytes_in,
             bytes_out,
             reloads,
+            revoked,
             cert_not_after,
         }
     }
@@ -144,6 +153,12 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts connections a reload ended for their client certificate.
+    pub(crate) fn revoked(&self, connections: usize) {
+        self.revoked
+            .inc_by(u64::try_from(connections).unwrap_or(u64::MAX));
+    }
+
     pub(crate) fn certificate_expiry(&self, not_after_unix: i64) {
         self.cert_not_after.set(not_after_unix);
     }
@@ -172,6 +187,7 @@ mod tests {
         m.handshake("ok", Some(Duration::from_millis(3)));
         m.bytes(5, 20);
         m.reload(false);
+        m.revoked(2);
         m.certificate_expiry(1_900_000_000);
         let text = m.render(7);
         for want in [
@@ -183,6 +199,7 @@ mod tests {
             "securesock_received_bytes_total 5",
             "securesock_sent_bytes_total 20",
             "securesock_reloads_total{result=\"failed\"} 1",
+            "securesock_revoked_connections_total 2",
             "securesock_certificate_not_after_timestamp_seconds 1900000000",
             "# EOF",
         ] {

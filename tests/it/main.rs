@@ -30,6 +30,7 @@ mod ocsp;
 mod operations;
 mod proxy_in;
 mod relay;
+mod revoke;
 mod scripts;
 mod shutdown;
 mod socket_activation;
