@@ -215,7 +215,8 @@ pub struct ClientAuthArgs {
     #[arg(long, env = "SECURESOCK_REQUIRE_CLIENT_CERT", value_parser = BoolishValueParser::new(), action = ArgAction::SetTrue)]
     pub require_client_cert: bool,
 
-    /// Refuse client certificates revoked by this PEM CRL (needs --client-ca)
+    /// Refuse client certificates revoked by this PEM CRL (needs --client-ca); a reload with a new
+    /// one also closes the open connections it revokes
     #[arg(long, env = "SECURESOCK_CRL", value_name = "FILE")]
     pub crl: Option<PathBuf>,
 

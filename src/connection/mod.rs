@@ -25,10 +25,12 @@ pub(crate) mod gate;
 pub(crate) mod handshake;
 pub(crate) mod mode;
 mod proxy_header;
+pub(crate) mod registry;
 pub(crate) mod report;
 
 use gate::Gate;
 use mode::{Phase, Plan, Served, Settings, Started};
+use registry::Registry;
 use report::HandshakeFailure;
 pub(crate) use report::{Outcome, Peer, Report};
 
@@ -43,6 +45,8 @@ pub(crate) struct Context {
     pub(crate) shutdown: Arc<Shutdown>,
     /// `--accept-proxy`: connections open with a PROXY header naming the client.
     pub(crate) accept_proxy: Option<AcceptProxy>,
+    /// Every connection past its handshake, so that a reload can end those it no longer accepts.
+    pub(crate) registry: Arc<Registry>,
 }
 
 /// An admitted connection, as the server hands it over.
@@ -75,10 +79,12 @@ pub(crate) fn run(job: Job, slot: &mut Slot, ctx: &Context) -> Report {
                 shutdown: &ctx.shutdown,
                 accepted,
                 announced_dst,
+                stop: None,
             };
+            let (gate, registry) = (&ctx.gate, &*ctx.registry);
             match stream {
-                Stream::Tcp(s) => serve(s, &started, &phase, &ctx.gate, &mut report),
-                Stream::Unix(s) => serve(s, &started, &phase, &ctx.gate, &mut report),
+                Stream::Tcp(s) => serve(s, &started, &phase, gate, registry, &mut report),
+                Stream::Unix(s) => serve(s, &started, &phase, gate, registry, &mut report),
             }
         }
     };
@@ -122,12 +128,14 @@ fn client_address(
     }
 }
 
-/// The handshake and the data phase, on a socket of either family.
+/// The handshake and the data phase, on a socket of either family; the connection is in
+/// `registry` for its data phase.
 fn serve<S: Socket + Endpoint>(
     stream: S,
     started: &Started<'_>,
     phase: &Phase<'_>,
     gate: &Gate,
+    registry: &Registry,
     report: &mut Report,
 ) -> Result<(), Outcome> {
     stream
@@ -179,6 +187,12 @@ fn serve<S: Socket + Endpoint>(
         .ssl()
         .peer_certificate()
         .map(|c| crate::tls::subject(&c));
+    // In the registry for the data phase, out of it when this returns; its stop ends the relay.
+    let registered = registry.register(report.peer, tls.ssl(), phase.accepted, report.sni.clone());
+    let phase = &Phase {
+        stop: Some(registered.stop()),
+        ..*phase
+    };
 
     match served {
         Served::Greet { greeting } => mode::greet::run(tls, greeting, phase, report),

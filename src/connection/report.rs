@@ -56,6 +56,9 @@ pub(crate) enum Outcome {
     Upstream(String),
     /// The server's drain ended before the connection did; it was closed in order.
     Shutdown,
+    /// A reload found the client certificate no longer accepted (revoked, untrusted, not
+    /// allowed): the connection was closed in order, as at the drain's end. The text says why.
+    Revoked(String),
     /// `--accept-proxy`: the PROXY header was missing, malformed, oversized or cut short.
     Proxy(String),
     /// `--accept-proxy`: the client the PROXY header named is at `--max-per-ip`. The server
@@ -123,6 +126,7 @@ impl fmt::Display for Outcome {
                 write!(f, "result=upstream_error reason={}", quoted(reason))
             }
             Outcome::Shutdown => write!(f, "result=shutdown"),
+            Outcome::Revoked(reason) => write!(f, "result=revoked reason={}", quoted(reason)),
             Outcome::Proxy(reason) => write!(f, "result=proxy_error reason={}", quoted(reason)),
             Outcome::Refused(why) => write!(f, "result=refused reason={}", why.label()),
         }
@@ -236,7 +240,7 @@ impl Report {
             Outcome::HandshakeFailed(kind, _) => kind.label(),
             Outcome::Proxy(_) => "proxy_error",
             Outcome::Refused(_) => "refused",
-            Outcome::Ok | Outcome::Io(_) | Outcome::Upstream(_) => "error",
+            Outcome::Ok | Outcome::Io(_) | Outcome::Upstream(_) | Outcome::Revoked(_) => "error",
         }
     }
 }

@@ -38,6 +38,8 @@ pub(crate) struct Metrics {
     bytes_in: Counter,
     bytes_out: Counter,
     reloads: Family<Label, Counter>,
+    /// Connections a reload ended because their client certificate was no longer accepted.
+    revoked: Counter,
     cert_not_after: Gauge,
     /// The stapled OCSP response's age, nextUpdate and whether it is stapled now: read from
     /// [`Metrics::ocsp`] at each scrape, since the age changes by itself.
@@ -76,6 +78,7 @@ impl Metrics {
         let bytes_in = Counter::default();
         let bytes_out = Counter::default();
         let reloads = Family::<Label, Counter>::default();
+        let revoked = Counter::default();
         let cert_not_after = Gauge::default();
         let ocsp_age = Gauge::default();
         let ocsp_next_update = Gauge::default();
@@ -117,6 +120,11 @@ impl Metrics {
             reloads.clone(),
         );
         registry.register(
+            "revoked_connections",
+            "Open connections a reload ended because their client certificate was no longer accepted (revoked, untrusted, not allowed)",
+            revoked.clone(),
+        );
+        registry.register(
             "certificate_not_after_timestamp_seconds",
             "Expiry of the certificate being served, as a Unix timestamp",
             cert_not_after.clone(),
@@ -146,6 +154,7 @@ impl Metrics {
             bytes_in,
             bytes_out,
             reloads,
+            revoked,
             cert_not_after,
             ocsp_age,
             ocsp_next_update,
@@ -181,6 +190,12 @@ impl Metrics {
         self.reloads
             .get_or_create(&label("result", if ok { "ok" } else { "failed" }))
             .inc();
+    }
+
+    /// Counts connections a reload ended for their client certificate.
+    pub(crate) fn revoked(&self, connections: usize) {
+        self.revoked
+            .inc_by(u64::try_from(connections).unwrap_or(u64::MAX));
     }
 
     pub(crate) fn certificate_expiry(&self, not_after_unix: i64) {
@@ -237,6 +252,7 @@ mod tests {
         m.handshake("ok", Some(Duration::from_millis(3)));
         m.bytes(5, 20);
         m.reload(false);
+        m.revoked(2);
         m.certificate_expiry(1_900_000_000);
         let text = m.render(7);
         for want in [
@@ -248,6 +264,7 @@ mod tests {
             "securesock_received_bytes_total 5",
             "securesock_sent_bytes_total 20",
             "securesock_reloads_total{result=\"failed\"} 1",
+            "securesock_revoked_connections_total 2",
             "securesock_certificate_not_after_timestamp_seconds 1900000000",
             "# EOF",
         ] {

@@ -1,6 +1,7 @@
 //! The data phase of one connection, after the handshake: echo the client's bytes back
 //! ([`echo`]), or relay them to an upstream and back ([`forward`]), until both sides are done, the
-//! connection goes idle, or the server's drain is over. The relay is generic over its two
+//! connection goes idle, the server's drain is over, or the connection is stopped on its own (its
+//! client certificate was revoked). The relay is generic over its two
 //! [`Endpoint`]s: TLS or plaintext, over TCP or a UNIX socket (forward mode is TLS client ↔
 //! plaintext upstream, client mode plaintext client ↔ TLS upstream); each pairing is compiled on
 //! its own, so nothing is boxed or dispatched at run time on the data path.
@@ -28,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::reason::io_reason;
-use crate::shutdown::Shutdown;
+use crate::shutdown::{Shutdown, Stop};
 use crate::sys::{Interest, poll, pollfd, wait};
 
 mod buffer;
@@ -81,6 +82,8 @@ pub enum RelayEnd {
     /// The server's drain ended while data could still flow: close_notify went to the client (and
     /// a FIN upstream) for each direction not yet finished.
     Shutdown,
+    /// The connection's own [`Stop`] was asked for, with this reason: closed as at the drain's end.
+    Stopped(String),
 }
 
 /// A pollfd for `end`'s socket waiting on every interest given; ignored by poll (fd -1) when there
@@ -128,8 +131,10 @@ pub struct Bounds<'a> {
     pub idle: Duration,
     /// When the connection must end however busy it is (`--max-lifetime`), if ever.
     pub end_by: Option<Instant>,
-    /// The server's drain: its end closes the relay.
+    /// The server's drain: its end closes the relay. Its bell also brings [`Bounds::stop`].
     pub shutdown: &'a Shutdown,
+    /// This connection's own end signal, when it has one: asking it closes the relay.
+    pub stop: Option<&'a Stop>,
 }
 
 /// Why a relay's wait ended without any socket being ready.
@@ -142,6 +147,8 @@ enum Timer {
     Lifetime,
     /// The server's drain is over.
     Cut,
+    /// The connection's [`Stop`] was asked for, for this reason.
+    Stopped(String),
 }
 
 impl Bounds<'_> {
@@ -161,9 +168,16 @@ impl Bounds<'_> {
         if !settled {
             until = until.min(quiet_at);
         }
+        // Looked at after the caller took the bell in `fds`, so a stop asked later wakes the poll.
+        if let Some(stopped) = self.stopped() {
+            return Ok(Some(stopped));
+        }
         poll(fds, self.shutdown.bound(Some(until))).map_err(|e| RelayEnd::Poll(io_reason(&e)))?;
         if self.shutdown.is_cut() {
             return Ok(Some(Timer::Cut));
+        }
+        if let Some(stopped) = self.stopped() {
+            return Ok(Some(stopped));
         }
         let now = Instant::now();
         if self.end_by.is_some_and(|end| now >= end) {
@@ -177,6 +191,11 @@ impl Bounds<'_> {
             return Ok(Some(Timer::Quiet));
         }
         Ok(None)
+    }
+
+    fn stopped(&self) -> Option<Timer> {
+        let reason = self.stop?.reason()?;
+        Some(Timer::Stopped(reason.to_string()))
     }
 }
 
@@ -219,9 +238,10 @@ fn echo_loop(tls: &mut impl Endpoint, lane: &mut Lane, bounds: &Bounds) -> Relay
         if lane.shut {
             return RelayEnd::Done;
         }
+        let bell = bounds.shutdown.listen();
         let mut fds = [
             entry(tls, &[lane.read_interest(), lane.write_interest()]),
-            bounds.shutdown.pollfd(),
+            bell.pollfd(),
         ];
         match bounds.wait(&mut fds, last, settled) {
             Err(end) => return end,
@@ -248,6 +268,7 @@ impl Timer {
             Timer::Idle | Timer::Quiet => RelayEnd::IdleTimeout,
             Timer::Lifetime => RelayEnd::Lifetime,
             Timer::Cut => RelayEnd::Shutdown,
+            Timer::Stopped(reason) => RelayEnd::Stopped(reason),
         }
     }
 }
@@ -303,7 +324,7 @@ fn client_fault(fault: Fault) -> RelayEnd {
 /// upstream (a FIN, or close_notify) while upstream → client keeps flowing; the upstream's end is
 /// passed on to the client, once everything before it is delivered, while client → upstream keeps
 /// flowing until the client ends too. The idle timeout without a byte moving either way, the end of
-/// the connection's lifetime, or the end of the drain ends the relay with the end of stream sent to
+/// the connection's lifetime, the end of the drain, or the connection's stop ends the relay with the end of stream sent to
 /// the client and, at the lifetime's or the drain's end, to the upstream too. Either side failing
 /// ends it at once.
 pub fn forward(
@@ -346,10 +367,11 @@ fn forward_loop(
         if up.shut && down.shut {
             return RelayEnd::Done;
         }
+        let bell = bounds.shutdown.listen();
         let mut fds = [
             entry(client, &[up.read_interest(), down.write_interest()]),
             entry(upstream, &[up.write_interest(), down.read_interest()]),
-            bounds.shutdown.pollfd(),
+            bell.pollfd(),
         ];
         match bounds.wait(&mut fds, last, settled) {
             Err(end) => return end,

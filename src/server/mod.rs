@@ -25,6 +25,7 @@ use log::{error, info, warn};
 use crate::config::{Config, Mode};
 use crate::connection::gate::Gate;
 use crate::connection::mode::{Plan, Settings};
+use crate::connection::registry::Registry;
 use crate::connection::{self, Context, Job, Outcome, Peer, Report};
 use crate::limits::{Refusal, Slot, Tracker};
 use crate::metrics::{self, Metrics};
@@ -163,6 +164,7 @@ impl Server {
         let serial = tls.info.as_ref().map(|c| c.serial.clone());
 
         let upstream = mode.upstream().cloned();
+        let registry = Arc::new(Registry::new(Arc::clone(&shutdown)));
         let tls::Tls { side, .. } = tls;
         let shared = Arc::new(Shared {
             connections: Context {
@@ -174,6 +176,7 @@ impl Server {
                     connect_timeout: config.connect_timeout,
                 },
                 gate: Gate::per_cpu(),
+                registry: Arc::clone(&registry),
                 shutdown,
                 accept_proxy: config.accept_proxy.clone(),
             },
@@ -196,6 +199,7 @@ impl Server {
             config.tls.clone(),
             reload::Current::new(shared.connections.plan.contexts(), serial),
             Arc::clone(&shared.metrics),
+            registry,
             reload::Schedule {
                 watch: config.watch_interval,
                 // Client mode issues no tickets: rebuilding its context would only drop the
@@ -284,8 +288,13 @@ impl Server {
             thread_budget(&ThreadLimits::read()),
         ));
         let shutdown = &shared.connections.shutdown;
-        while !shutdown.requested() {
-            let mut fds = [pollfd(&listener, Interest::Read), shutdown.pollfd()];
+        loop {
+            // The bell first, then the request: a request after the look wakes the poll.
+            let bell = shutdown.listen();
+            let mut fds = [pollfd(&listener, Interest::Read), bell.pollfd()];
+            if shutdown.requested() {
+                break;
+            }
             poll(&mut fds, None)?;
             accept_ready(&listener, &shared, &workers, || shutdown.requested());
         }
@@ -461,7 +470,8 @@ fn accept_ready(
                     }
                     // Out of descriptors or memory: wait a moment (or for shutdown) instead of
                     // spinning.
-                    let mut fds = [shared.connections.shutdown.pollfd()];
+                    let bell = shared.connections.shutdown.listen();
+                    let mut fds = [bell.pollfd()];
                     let _ = poll(&mut fds, Some(until));
                     return;
                 }

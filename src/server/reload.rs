@@ -7,6 +7,13 @@
 //! failure the current context stays, and one error line names the file. Change detection reads
 //! the files' contents through their paths, so a symlink re-pointed to a new target (certbot's
 //! `live/`, Kubernetes secret volumes) counts as a change even when the link itself is untouched.
+//!
+//! Revocation reaches open connections: when a reload changes what client certificates are
+//! checked against (the client CA's or the CRL's contents, the access rules), every connection in
+//! the [`Registry`] whose client certificate the new context would refuse is asked to end, with
+//! the reason; each closes in order on its own thread (close_notify, a FIN upstream) and logs
+//! `result=revoked`. The reload thread only checks certificates and sets flags: it never waits on
+//! a connection.
 
 use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
@@ -14,11 +21,13 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use log::{error, info};
+use log::{debug, error, info, warn};
 use openssl::sha::Sha256;
+use openssl::ssl::SslAcceptor;
 
-use crate::config::TlsSettings;
+use crate::config::{AccessRules, TlsSettings};
 use crate::connection::mode::Contexts;
+use crate::connection::registry::Registry;
 use crate::metrics::Metrics;
 use crate::tls;
 use crate::upstream::Upstream;
@@ -46,6 +55,68 @@ fn fingerprint(settings: &TlsSettings) -> [u8; 32] {
     h.finish()
 }
 
+/// A digest of what client certificates are checked against: the client CA's and the CRL's
+/// contents and the access rules. `None` without client certificates. A file that cannot be read
+/// contributes its error, as in [`fingerprint`].
+fn client_verification(settings: &TlsSettings) -> Option<[u8; 32]> {
+    let auth = settings.client_auth.as_ref()?;
+    let mut h = Sha256::new();
+    for path in std::iter::once(&auth.ca).chain(auth.crl.as_ref()) {
+        h.update(path.as_os_str().as_encoded_bytes());
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                h.update(b"\0ok\0");
+                h.update(&bytes);
+            }
+            Err(e) => {
+                h.update(b"\0err\0");
+                h.update(e.to_string().as_bytes());
+            }
+        }
+        h.update(b"\0\0");
+    }
+    let AccessRules { cn, ou, dns, uri } = &settings.allow;
+    for (kind, values) in [("cn", cn), ("ou", ou), ("dns", dns), ("uri", uri)] {
+        for value in values {
+            h.update(kind.as_bytes());
+            h.update(b"=");
+            h.update(value.as_bytes());
+            h.update(b"\0");
+        }
+    }
+    Some(h.finish())
+}
+
+/// Asks every registered connection whose client certificate `acceptor` and `rules` no longer
+/// accept to end; returns how many were asked.
+fn end_refused(registry: &Registry, acceptor: &SslAcceptor, rules: &AccessRules) -> usize {
+    let mut ends = Vec::new();
+    for entry in registry.snapshot() {
+        let Some(client) = &entry.client else {
+            continue;
+        };
+        match tls::still_refused(acceptor, rules, &client.leaf, &client.chain) {
+            Ok(None) => {}
+            Ok(Some(why)) => {
+                debug!(
+                    "reload: ending connection id={} peer={} sni={} proto={} age_ms={}: {why}",
+                    entry.id,
+                    entry.peer,
+                    entry.sni.as_deref().unwrap_or("-"),
+                    entry.protocol.unwrap_or("-"),
+                    entry.accepted.elapsed().as_millis()
+                );
+                ends.push((entry, why));
+            }
+            Err(e) => warn!(
+                "reload: cannot check the client certificate of connection peer={}: {e:#}; it stays open",
+                entry.peer
+            ),
+        }
+    }
+    registry.end(ends)
+}
+
 /// Why a reload runs.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Trigger {
@@ -58,21 +129,37 @@ pub(crate) enum Trigger {
 pub(crate) struct Current {
     contexts: Contexts,
     serial: Option<String>,
+    /// What the context in service checks client certificates against ([`client_verification`]).
+    client_verification: Option<[u8; 32]>,
 }
 
 impl Current {
     pub(crate) fn new(contexts: Contexts, serial: Option<String>) -> Current {
-        Current { contexts, serial }
+        Current {
+            contexts,
+            serial,
+            client_verification: None,
+        }
     }
+}
+
+/// What a reload needs besides the settings and the context in service.
+pub(crate) struct Serving {
+    pub(crate) metrics: Arc<Metrics>,
+    /// The open connections, whose client certificates a reload checks again.
+    pub(crate) registry: Arc<Registry>,
 }
 
 /// Builds a new context and swaps it in; on failure keeps the old one. Returns whether it swapped.
 pub(crate) fn reload(
     settings: &TlsSettings,
     current: &mut Current,
-    metrics: &Metrics,
+    serving: &Serving,
     why: Trigger,
 ) -> bool {
+    let metrics = &serving.metrics;
+    // Read before the build: a file that changes after this counts as a change at the next reload.
+    let verification = client_verification(settings);
     // In service before the line says so: whoever reads "reload ok" and connects gets the new
     // context.
     let built = tls::build(settings).and_then(|new| {
@@ -84,10 +171,21 @@ pub(crate) fn reload(
     match built {
         Ok(info) => {
             current.serial = info.as_ref().map(|c| c.serial.clone());
+            let mut closed = String::new();
+            if verification != current.client_verification {
+                current.client_verification = verification;
+                if let Some(acceptor) = current.contexts.acceptor() {
+                    let n = end_refused(&serving.registry, &acceptor, &settings.allow);
+                    metrics.revoked(n);
+                    closed = format!(
+                        "; closed {n} connection(s) whose certificate is no longer accepted"
+                    );
+                }
+            }
             match &info {
                 Some(c) => {
                     info!(
-                        "reload ok trigger={} subject=\"{}\" serial={} not_after={} expires_in_days={}",
+                        "reload ok trigger={} subject=\"{}\" serial={} not_after={} expires_in_days={}{closed}",
                         trigger_name(why),
                         c.subject,
                         c.serial,
@@ -147,6 +245,7 @@ pub(crate) fn spawn(
     settings: TlsSettings,
     mut current: Current,
     metrics: Arc<Metrics>,
+    registry: Arc<Registry>,
     schedule: Schedule,
     upstream: Option<Arc<Upstream>>,
 ) -> Result<Sender<()>> {
@@ -167,6 +266,8 @@ pub(crate) fn spawn(
     info!("reload: on SIGHUP {watching}; session-ticket keys {rotation}");
     let (tx, rx) = mpsc::channel::<()>();
     let mut loaded = fingerprint(&settings);
+    current.client_verification = client_verification(&settings);
+    let serving = Serving { metrics, registry };
     thread::Builder::new()
         .name("reload".into())
         .spawn(move || {
@@ -184,7 +285,7 @@ pub(crate) fn spawn(
                         seen = fingerprint(&settings);
                         refresh();
                         loaded = seen;
-                        reload(&settings, &mut current, &metrics, Trigger::Signal)
+                        reload(&settings, &mut current, &serving, Trigger::Signal)
                     }
                     Err(RecvTimeoutError::Timeout) => {
                         if rotate_at.is_some_and(|t| Instant::now() >= t) {
@@ -195,7 +296,7 @@ pub(crate) fn spawn(
                             reload(
                                 &settings,
                                 &mut current,
-                                &metrics,
+                                &serving,
                                 Trigger::TicketKeyRotation,
                             )
                         } else if schedule.watch.is_some() {
@@ -205,7 +306,7 @@ pub(crate) fn spawn(
                             if changed {
                                 refresh();
                                 loaded = now;
-                                reload(&settings, &mut current, &metrics, Trigger::FileChange)
+                                reload(&settings, &mut current, &serving, Trigger::FileChange)
                             } else {
                                 false
                             }

@@ -18,6 +18,7 @@
 //! - `resume`: what a resumed session must still pass (the verification digest in every session
 //!   ID context, the certificate re-checked on resumption);
 //! - `stapling`: the OCSP response stapled while current;
+//! - `recheck`: whether a client certificate accepted earlier is still accepted by a new context;
 //! - `x509_text`: RFC 4514 subjects, SANs and common names as text;
 //! - `openssl_support`: which OpenSSL series upstream still supports.
 
@@ -27,6 +28,7 @@ mod files;
 mod identity;
 mod openssl_support;
 mod profile;
+mod recheck;
 mod resume;
 mod server;
 mod sni;
@@ -50,6 +52,7 @@ pub use openssl_support::{
     openssl_support,
 };
 pub use profile::{INTERMEDIATE_TLS12_CIPHERS, TLS13_CIPHERSUITES};
+pub use recheck::still_refused;
 pub use resume::recheck_resumed;
 pub use sni::{name_matches, requested_name};
 pub use stapling::Stapler;

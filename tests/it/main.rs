@@ -31,6 +31,7 @@ mod ocsp;
 mod operations;
 mod proxy_in;
 mod relay;
+mod revoke;
 mod scripts;
 mod shutdown;
 mod socket_activation;

@@ -65,6 +65,7 @@ fn bounded(idle: Duration) -> relay::Bounds<'static> {
         idle,
         end_by: None,
         shutdown: never(),
+        stop: None,
     }
 }
 
@@ -517,6 +518,7 @@ fn the_end_of_the_drain_closes_both_ends_in_order() {
             idle: LONG_IDLE,
             end_by: None,
             shutdown: &relay_shutdown,
+            stop: None,
         };
         relay::forward(tls, &mut up, &[], &bounds)
     });

@@ -24,7 +24,7 @@ use super::report::{Outcome, Report};
 use crate::config::{Mode, ProxyProtocol};
 use crate::limits::LINGER_BYTES;
 use crate::relay::{self, Endpoint, Io, RelayEnd, RelayResult};
-use crate::shutdown::{Shutdown, Wake};
+use crate::shutdown::{Shutdown, Stop, Wake};
 use crate::sys::{Socket, Stream};
 use crate::tls::{Connector, Side};
 use crate::upstream::Upstream;
@@ -115,6 +115,14 @@ impl Contexts {
             _ => bail!("TLS context does not match the mode"),
         }
         Ok(())
+    }
+
+    /// The server's context in service now; `None` in client mode.
+    pub(crate) fn acceptor(&self) -> Option<Arc<SslAcceptor>> {
+        match self {
+            Contexts::Server(slot) => Some(slot.load_full()),
+            Contexts::Client(_) => None,
+        }
     }
 }
 
@@ -221,7 +229,9 @@ impl Plan {
     }
 }
 
-/// What a data phase needs besides its sockets: the deadlines and the drain.
+/// What a data phase needs besides its sockets: the deadlines, the drain, and the connection's
+/// own stop once it is registered.
+#[derive(Clone, Copy)]
 pub(crate) struct Phase<'a> {
     pub(crate) settings: &'a Settings,
     pub(crate) shutdown: &'a Shutdown,
@@ -230,6 +240,9 @@ pub(crate) struct Phase<'a> {
     /// (`None` without one, or for a LOCAL header): what a PROXY header towards the upstream
     /// names as the destination, in place of this socket's own address.
     pub(crate) announced_dst: Option<SocketAddr>,
+    /// Ends the relay when asked (a reload revoked the client's certificate); `None` before the
+    /// connection is in the registry.
+    pub(crate) stop: Option<&'a Stop>,
 }
 
 impl Phase<'_> {
@@ -253,6 +266,7 @@ impl Phase<'_> {
             idle: self.settings.idle_timeout,
             end_by: self.settings.max_lifetime.map(|max| self.accepted + max),
             shutdown: self.shutdown,
+            stop: self.stop,
         }
     }
 
@@ -279,6 +293,7 @@ fn relayed(result: RelayResult, report: &mut Report) -> Result<(), Outcome> {
         RelayEnd::IdleTimeout => Err(Outcome::Timeout("idle")),
         RelayEnd::Lifetime => Err(Outcome::Timeout("lifetime")),
         RelayEnd::Shutdown => Err(Outcome::Shutdown),
+        RelayEnd::Stopped(reason) => Err(Outcome::Revoked(reason)),
         RelayEnd::ClientError(reason) | RelayEnd::Poll(reason) => Err(Outcome::Io(reason)),
         RelayEnd::UpstreamError(reason) => Err(Outcome::Upstream(reason)),
     }
