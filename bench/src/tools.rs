@@ -1,27 +1,29 @@
 //! The subcommands scripts/bench.sh calls around the load: `sample` (a server's processes through
-//! /proc), `measure` (a load run between two samples of the server, recorded), `record` (one measured run as a JSON line), `report` (a section's markdown and the
-//! throughput chart's gnuplot data), `publish` (a section into a BENCHMARKS.md) and `machine`
-//! (the machine and versions lines, the kernel TLS sentence).
+//! /proc), `measure` (a load run between two samples of the server, recorded), `hold` (a burst
+//! held against a server, measured meanwhile: the `held` module), `record` (one measured run as a
+//! JSON line), `report` (a section's markdown and the throughput chart's gnuplot data), `publish` (a section into a BENCHMARKS.md), `machine` (the machine and versions lines,
+//! the kernel TLS sentence) and `peer` (start and stop the servers measured: the `peer`
+//! module).
 //!
-//! This module reads and writes the files it is given and nothing else: it never starts or stops
-//! a process (the script does) and never makes a connection (the load generator does).
+//! Apart from `peer`, `hold` and `measure`'s load command, this module reads and writes the files it is
+//! given and nothing else: it never starts or stops a process and never makes a connection (the
+//! load generator does).
 
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 
-use crate::procfs;
 use crate::record::{self, Inputs};
 use crate::report::{self, Facts, markdown};
+use crate::{held, procfs};
 
 /// The first argument that selects a subcommand instead of a load run.
-pub const NAMES: [&str; 6] = [
-    "sample", "measure", "record", "report", "publish", "machine",
+pub const NAMES: [&str; 8] = [
+    "sample", "measure", "hold", "record", "report", "publish", "machine", "peer",
 ];
 
 /// The benchmark's bookkeeping around the load: /proc samples, run records, the report.
@@ -69,6 +71,30 @@ pub enum Command {
         /// The load command; its stdout is the run's result (a JSON line)
         #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<String>,
+    },
+    /// Hold a burst of idle or established connections against a server and record it meanwhile
+    Hold {
+        /// idle or established
+        #[arg(long)]
+        section: String,
+        /// The server to sample, with its children
+        #[arg(long, value_name = "PID")]
+        pid: u32,
+        /// The server's address
+        #[arg(long, value_name = "HOST:PORT")]
+        target: String,
+        /// Connections to hold
+        #[arg(long, value_name = "N")]
+        count: u64,
+        /// The most connections one holder process opens (each is a descriptor)
+        #[arg(long, value_name = "N", default_value_t = 9500)]
+        per_process: u64,
+        /// Label the record: KEY=VALUE (numbers stay numbers)
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// Append the record to this file instead of printing it
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
     },
     /// Make one run's record from its result and the samples around it; print its progress line
     Record {
@@ -140,6 +166,11 @@ pub enum Command {
         /// Print only the kernel TLS offload sentence
         #[arg(long)]
         ktls: bool,
+    },
+    /// Start or stop the peers measured (securesock, nginx, stunnel, the examples)
+    Peer {
+        #[command(subcommand)]
+        action: crate::peer::Action,
     },
     /// Put a section into a BENCHMARKS.md between its markers, appending it when new
     Publish {
@@ -219,13 +250,7 @@ pub fn run(tools: Tools) -> Result<()> {
                 None => 0,
             };
             if let Some(want) = wait_fds.map(|n| n + base) {
-                for _ in 0..3000 {
-                    if snap.fds >= want {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                    snap = procfs::sample(&pid);
-                }
+                snap = held::wait_fds(&pid, want);
             }
             let labels = labels.iter().map(|l| pair(l)).collect::<Result<Vec<_>>>()?;
             let rec = record::merge(Inputs {
@@ -234,6 +259,19 @@ pub fn run(tools: Tools) -> Result<()> {
                 ..Inputs::default()
             });
             emit(out.as_deref(), &format!("{rec}\n"))
+        }
+        Command::Hold {
+            section,
+            pid,
+            target,
+            count,
+            per_process,
+            labels,
+            out,
+        } => {
+            let labels = labels.iter().map(|l| pair(l)).collect::<Result<_>>()?;
+            let inputs = held::hold(&section, pid, &target, count, per_process, labels)?;
+            write_record(&section, inputs, out.as_deref())
         }
         Command::Record {
             section,
@@ -380,6 +418,7 @@ pub fn run(tools: Tools) -> Result<()> {
             };
             emit(None, &text)
         }
+        Command::Peer { action } => crate::peer::run(action),
         Command::Publish {
             into,
             section,
