@@ -12,7 +12,9 @@ use std::path::PathBuf;
 use clap::builder::{BoolishValueParser, PossibleValue, PossibleValuesParser};
 use clap::{ArgAction, Parser};
 
-use super::types::{GREET, MODES, ProxyProtocol, TlsProfile};
+use super::types::{
+    DEFAULT_GREETING, DEFAULT_TICKET_KEY_ROTATION, GREET, MODES, ProxyProtocol, TlsProfile,
+};
 
 fn mode_values() -> PossibleValuesParser {
     PossibleValuesParser::new(MODES.map(|(name, help)| PossibleValue::new(name).help(help)))
@@ -122,7 +124,7 @@ pub struct ModeArgs {
         long,
         env = "SECURESOCK_GREETING",
         value_name = "TEXT",
-        default_value = "Hello, secure world!"
+        default_value = DEFAULT_GREETING
     )]
     pub greeting: String,
 }
@@ -193,7 +195,7 @@ pub struct TlsArgs {
         long,
         env = "SECURESOCK_TICKET_KEY_ROTATION",
         value_name = "SECS",
-        default_value_t = 3600.0
+        default_value_t = DEFAULT_TICKET_KEY_ROTATION
     )]
     pub ticket_key_rotation: f64,
 

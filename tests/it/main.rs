@@ -18,6 +18,7 @@ mod support;
 
 mod access;
 mod cipher_policy;
+mod client_flags;
 mod client_mode;
 mod docs_reference;
 mod gen_ca;
