@@ -56,6 +56,9 @@ pub(crate) enum Outcome {
     Upstream(String),
     /// The server's drain ended before the connection did; it was closed in order.
     Shutdown,
+    /// The TLS side (`client` in forward mode, `upstream` in client mode) closed TCP without
+    /// close_notify, so its stream may be cut short; the plaintext side was reset.
+    Truncated(&'static str),
     /// `--accept-proxy`: the PROXY header was missing, malformed, oversized or cut short.
     Proxy(String),
     /// `--accept-proxy`: the client the PROXY header named is at `--max-per-ip`. The server
@@ -123,6 +126,10 @@ impl fmt::Display for Outcome {
                 write!(f, "result=upstream_error reason={}", quoted(reason))
             }
             Outcome::Shutdown => write!(f, "result=shutdown"),
+            Outcome::Truncated(side) => write!(
+                f,
+                "result=truncated reason=\"{side} closed TLS without close_notify\""
+            ),
             Outcome::Proxy(reason) => write!(f, "result=proxy_error reason={}", quoted(reason)),
             Outcome::Refused(why) => write!(f, "result=refused reason={}", why.label()),
         }
@@ -232,7 +239,7 @@ impl Report {
             Outcome::HandshakeFailed(kind, _) => kind.label(),
             Outcome::Proxy(_) => "proxy_error",
             Outcome::Refused(_) => "refused",
-            Outcome::Ok | Outcome::Io(_) | Outcome::Upstream(_) => "error",
+            Outcome::Ok | Outcome::Io(_) | Outcome::Upstream(_) | Outcome::Truncated(_) => "error",
         }
     }
 }

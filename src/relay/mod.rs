@@ -81,6 +81,14 @@ pub enum RelayEnd {
     /// The server's drain ended while data could still flow: close_notify went to the client (and
     /// a FIN upstream) for each direction not yet finished.
     Shutdown,
+    /// Forward mode: the TLS client closed TCP without close_notify, so what it sent may be cut
+    /// short. Everything it sent was delivered, then the plaintext upstream was reset rather
+    /// than sent a FIN (a UNIX upstream, which has no reset, got its FIN).
+    ClientTruncated,
+    /// Client mode: the TLS upstream closed TCP without close_notify. Everything it sent was
+    /// delivered, then the plaintext client was reset, so it can tell a cut reply from a whole
+    /// one (a UNIX client, which has no reset, got its end of stream).
+    UpstreamTruncated,
 }
 
 /// A pollfd for `end`'s socket waiting on every interest given; ignored by poll (fd -1) when there
@@ -302,7 +310,9 @@ fn client_fault(fault: Fault) -> RelayEnd {
 /// Half-close is carried faithfully: the client's end (close_notify, or EOF) is passed on to the
 /// upstream (a FIN, or close_notify) while upstream → client keeps flowing; the upstream's end is
 /// passed on to the client, once everything before it is delivered, while client → upstream keeps
-/// flowing until the client ends too. The idle timeout without a byte moving either way, the end of
+/// flowing until the client ends too. A TLS side that ends without close_notify (a truncation)
+/// is passed on as a reset of the plaintext side, once everything before it is delivered, and
+/// ends the relay. The idle timeout without a byte moving either way, the end of
 /// the connection's lifetime, or the end of the drain ends the relay with the end of stream sent to
 /// the client and, at the lifetime's or the drain's end, to the upstream too. Either side failing
 /// ends it at once.
@@ -334,7 +344,11 @@ fn forward_loop(
     // Whether the memory of the current quiet spell was already given back.
     let mut settled = false;
     loop {
-        match step(client, upstream, up, down) {
+        let moved = step(client, upstream, up, down);
+        if let Some(end) = cut_short(up, down) {
+            return end;
+        }
+        match moved {
             Err(end) => return end,
             Ok(true) => {
                 last = Instant::now();
@@ -375,6 +389,19 @@ fn forward_loop(
                 wake(&mut down.read_wait, fds[1].revents);
             }
         }
+    }
+}
+
+/// How the relay ends once a lane has passed on its TLS source's truncation: nothing more can
+/// usefully go to a peer that is about to get a reset, and the reset goes out when the caller
+/// closes the sockets.
+fn cut_short(up: &Lane, down: &Lane) -> Option<RelayEnd> {
+    if up.truncated && up.shut {
+        Some(RelayEnd::ClientTruncated)
+    } else if down.truncated && down.shut {
+        Some(RelayEnd::UpstreamTruncated)
+    } else {
+        None
     }
 }
 

@@ -37,4 +37,5 @@ mod startup;
 mod threads;
 mod ticket_keys;
 mod tls_options;
+mod truncation;
 mod unix_sockets;
