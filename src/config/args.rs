@@ -339,7 +339,8 @@ pub struct LimitsArgs {
     )]
     pub handshake_timeout: f64,
 
-    /// Seconds without a byte in either direction after which an echo or forward connection is closed
+    /// Seconds without a byte in either direction after which an echo, forward or client connection
+    /// is closed
     #[arg(
         long,
         env = "SECURESOCK_IDLE_TIMEOUT",
@@ -348,8 +349,8 @@ pub struct LimitsArgs {
     )]
     pub idle_timeout: f64,
 
-    /// Seconds an echo or forward connection may last from accept, however busy, before it is
-    /// closed (close_notify to the client, FIN upstream); 0 means no limit. Bounds a client that
+    /// Seconds an echo, forward or client connection may last from accept, however busy, before it
+    /// is closed (the end of stream to the client, and upstream); 0 means no limit. Bounds a client that
     /// trickles bytes to stay under --idle-timeout forever
     #[arg(
         long,

@@ -412,11 +412,24 @@ fn step(
     up: &mut Lane,
     down: &mut Lane,
 ) -> Result<bool, RelayEnd> {
-    let a = up.fill(client).map_err(|f| blame(f, false))?;
+    let a = fill_answering(up, client, down.shut).map_err(|f| blame(f, false))?;
     let b = up.drain(upstream).map_err(|f| blame(f, false))?;
-    let c = down.fill(upstream).map_err(|f| blame(f, true))?;
+    let c = fill_answering(down, upstream, up.shut).map_err(|f| blame(f, true))?;
     let d = down.drain(client).map_err(|f| blame(f, true))?;
     Ok(a | b | c | d)
+}
+
+/// Fills `lane` from `src`. When `src` was already sent this relay's end (`told`: the other lane
+/// is shut), a TLS peer closing TCP without a close_notify of its own answers that end, as Redis
+/// and many servers do, rather than cutting its stream short: it is taken as an orderly end. A
+/// truncation seen before then stays one.
+fn fill_answering(lane: &mut Lane, src: &mut impl Endpoint, told: bool) -> Result<bool, Fault> {
+    let before = lane.truncated;
+    let moved = lane.fill(src);
+    if told && !before {
+        lane.truncated = false;
+    }
+    moved
 }
 
 /// Names the peer behind a lane's failure: the client is the source going up and the sink coming
