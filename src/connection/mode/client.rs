@@ -49,7 +49,14 @@ fn originate_and_relay<S: Socket + Endpoint, U: Socket>(
     report: &mut Report,
 ) -> Result<(), Outcome> {
     let deadline = phase.accepted + phase.settings.handshake_timeout;
-    let mut tls = originate(connector, up, deadline, gate, phase.shutdown)?;
+    let mut tls = originate(
+        connector,
+        up,
+        deadline,
+        &mut report.sni,
+        gate,
+        phase.shutdown,
+    )?;
     report.handshake = Some(phase.accepted.elapsed());
     report.record_tls(tls.ssl());
     report.server = tls
