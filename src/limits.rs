@@ -22,6 +22,8 @@ pub(crate) enum Refusal {
     GlobalCap,
     /// `--max-per-ip` reached for this source address.
     PerIpCap,
+    /// The process-wide cap over every service (`max-connections` in `[process]`).
+    ProcessWide,
 }
 
 impl Refusal {
@@ -29,6 +31,7 @@ impl Refusal {
         match self {
             Refusal::GlobalCap => "max_connections",
             Refusal::PerIpCap => "max_per_ip",
+            Refusal::ProcessWide => "max_connections_process",
         }
     }
 }
@@ -50,6 +53,8 @@ pub(crate) struct Tracker {
     released: Condvar,
     max_total: usize,
     max_per_ip: usize,
+    /// Why a connection over `max_total` is refused: a service's cap or the process's.
+    total_refusal: Refusal,
 }
 
 /// One admitted connection's place. [`Slot::release_cap`] gives its place under the caps back
@@ -75,6 +80,19 @@ impl Tracker {
             released: Condvar::new(),
             max_total,
             max_per_ip,
+            total_refusal: Refusal::GlobalCap,
+        })
+    }
+
+    /// The process-wide tracker: every connection of every service, under `max_total` when one
+    /// is set (refused as [`Refusal::ProcessWide`]), never per address (the services count those).
+    pub(crate) fn process(max_total: Option<usize>) -> Arc<Tracker> {
+        Arc::new(Tracker {
+            counts: Mutex::new(Counts::default()),
+            released: Condvar::new(),
+            max_total: max_total.unwrap_or(usize::MAX),
+            max_per_ip: usize::MAX,
+            total_refusal: Refusal::ProcessWide,
         })
     }
 
@@ -93,7 +111,7 @@ impl Tracker {
         let ip = ip.into().map(canonical);
         let mut c = self.lock();
         if c.active >= self.max_total {
-            return Err(Refusal::GlobalCap);
+            return Err(self.total_refusal);
         }
         if let Some(ip) = ip {
             let n = c.per_ip.entry(ip).or_insert(0);
@@ -114,7 +132,7 @@ impl Tracker {
     /// The cap behind a refusal.
     pub(crate) fn limit(&self, why: Refusal) -> usize {
         match why {
-            Refusal::GlobalCap => self.max_total,
+            Refusal::GlobalCap | Refusal::ProcessWide => self.max_total,
             Refusal::PerIpCap => self.max_per_ip,
         }
     }

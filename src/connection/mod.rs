@@ -34,8 +34,10 @@ use registry::Registry;
 use report::HandshakeFailure;
 pub(crate) use report::{Outcome, Peer, Report};
 
-/// What every connection shares, set at start-up.
+/// What every connection of one service shares, set at start-up.
 pub(crate) struct Context {
+    /// The service's name, for the `conn` line and the registry.
+    pub(crate) service: Arc<str>,
     /// The mode, with the TLS context it runs on (replaced whole on reload).
     pub(crate) plan: Plan,
     pub(crate) settings: Settings,
@@ -67,7 +69,7 @@ pub(crate) fn run(job: Job, slot: &mut Slot, ctx: &Context) -> Report {
     } = job;
     // The TLS context current now is this connection's to its end, whatever a reload stores.
     let started = ctx.plan.start();
-    let mut report = Report::new(peer, ctx.plan.name());
+    let mut report = Report::new(peer, Arc::clone(&ctx.service), ctx.plan.name());
     let served = match client_address(&stream, accepted, slot, ctx, &mut report) {
         Err(outcome) => {
             report.held = Some(stream);
@@ -188,7 +190,13 @@ fn serve<S: Socket + Endpoint>(
         .peer_certificate()
         .map(|c| crate::tls::subject(&c));
     // In the registry for the data phase, out of it when this returns; its stop ends the relay.
-    let registered = registry.register(report.peer, tls.ssl(), phase.accepted, report.sni.clone());
+    let registered = registry.register(
+        Arc::clone(&report.service),
+        report.peer,
+        tls.ssl(),
+        phase.accepted,
+        report.sni.clone(),
+    );
     let phase = &Phase {
         stop: Some(registered.stop()),
         ..*phase

@@ -1,4 +1,4 @@
-//! The server-wide registry of open connections: a connection enters it once its handshake is
+//! The process-wide registry of open connections, every service's, each entry naming its service: a connection enters it once its handshake is
 //! done ([`Registry::register`]) and leaves it when its [`Registered`] guard drops, at the end of
 //! its data phase. An [`Entry`] says who the connection is (id, peer, SNI, protocol, the client's
 //! certificate chain, since when) and holds the connection's [`Stop`], so that something outside
@@ -35,6 +35,8 @@ pub(crate) struct Registry {
 pub(crate) struct Entry {
     /// The id an operator names it by; unique for the process's life.
     pub(crate) id: u64,
+    /// The service the connection came in on.
+    pub(crate) service: Arc<str>,
     pub(crate) peer: Peer,
     /// The server name the client sent.
     pub(crate) sni: Option<String>,
@@ -104,6 +106,7 @@ impl Registry {
     /// Enters a connection whose TLS handshake (server side) just finished, until the guard drops.
     pub(crate) fn register(
         &self,
+        service: Arc<str>,
         peer: Peer,
         ssl: &SslRef,
         accepted: Instant,
@@ -111,6 +114,7 @@ impl Registry {
     ) -> Registered<'_> {
         let entry = Arc::new(Entry {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            service,
             peer,
             sni,
             protocol: Some(ssl.version_str()),
@@ -125,9 +129,14 @@ impl Registry {
         }
     }
 
-    /// The connections open now, in no order; the lock is held only to copy the list.
-    pub(crate) fn snapshot(&self) -> Vec<Arc<Entry>> {
-        self.lock().values().cloned().collect()
+    /// The connections open now on `service`, in no order; the lock is held only to copy the
+    /// list.
+    pub(crate) fn snapshot(&self, service: &str) -> Vec<Arc<Entry>> {
+        self.lock()
+            .values()
+            .filter(|e| &*e.service == service)
+            .cloned()
+            .collect()
     }
 
     /// Asks each connection to end, with its reason, and wakes them all once; returns how many

@@ -7,6 +7,7 @@
 //! decides how a connection ends.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use openssl::ssl::SslRef;
@@ -167,6 +168,8 @@ pub(crate) struct Report {
     /// Key-exchange group agreed (`x25519`, `X25519MLKEM768`, ...).
     pub(crate) group: Option<String>,
     pub(crate) mode: &'static str,
+    /// The service the connection came in on (its listener), on the line as `service=`.
+    pub(crate) service: Arc<str>,
     /// ALPN protocol agreed, if any.
     pub(crate) alpn: Option<String>,
     /// Subject of the client certificate, when one was presented and verified.
@@ -189,10 +192,11 @@ pub(crate) struct Report {
 }
 
 impl Report {
-    /// A connection from `peer` that has not got anywhere yet.
-    pub(crate) fn new(peer: Peer, mode: &'static str) -> Report {
+    /// A connection from `peer` to `service` that has not got anywhere yet.
+    pub(crate) fn new(peer: Peer, service: Arc<str>, mode: &'static str) -> Report {
         Report {
             peer,
+            service,
             via: None,
             sni: None,
             protocol: None,
@@ -214,12 +218,12 @@ impl Report {
     }
 
     /// A connection closed before any thread served it (no thread could be started for it).
-    pub(crate) fn unserved(peer: Peer, reason: String) -> Report {
+    pub(crate) fn unserved(peer: Peer, service: Arc<str>, reason: String) -> Report {
         Report {
             outcome: Outcome::Io(reason),
             served: false,
             // Not on the short line.
-            ..Report::new(peer, "-")
+            ..Report::new(peer, service, "-")
         }
     }
 
@@ -259,7 +263,13 @@ impl Report {
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if !self.served {
-            return write!(f, "conn peer={} {}", self.peer, self.outcome);
+            return write!(
+                f,
+                "conn peer={} service={} {}",
+                self.peer,
+                quoted(&self.service),
+                self.outcome
+            );
         }
         let text = |v: &Option<String>| v.as_deref().map(quoted).unwrap_or_else(|| "-".into());
         write!(f, "conn peer={}", self.peer)?;
@@ -268,7 +278,7 @@ impl fmt::Display for Report {
         }
         write!(
             f,
-            " sni={} proto={} cipher={} group={} alpn={} client={} server={} resumed={} mode={} in={} out={} ms={} {}",
+            " sni={} proto={} cipher={} group={} alpn={} client={} server={} resumed={} service={} mode={} in={} out={} ms={} {}",
             text(&self.sni),
             self.protocol.unwrap_or("-"),
             self.cipher.unwrap_or("-"),
@@ -281,6 +291,7 @@ impl fmt::Display for Report {
                 Some(false) => "no",
                 None => "-",
             },
+            quoted(&self.service),
             self.mode,
             self.bytes_in,
             self.bytes_out,
@@ -319,7 +330,7 @@ mod tests {
     #[test]
     fn via_shows_only_for_a_client_a_proxy_header_named() {
         let peer = Peer::Tcp("203.0.113.7:40000".parse().unwrap());
-        let plain = Report::new(peer, "greet").to_string();
+        let plain = Report::new(peer, "default".into(), "greet").to_string();
         assert!(
             plain.starts_with("conn peer=203.0.113.7:40000 sni=- proto=- "),
             "{plain}"
@@ -327,7 +338,7 @@ mod tests {
         assert!(!plain.contains("via="), "{plain}");
         let proxied = Report {
             via: Some("10.0.0.1:5555".parse().unwrap()),
-            ..Report::new(peer, "greet")
+            ..Report::new(peer, "default".into(), "greet")
         };
         assert_eq!(
             proxied.to_string(),
@@ -339,15 +350,25 @@ mod tests {
     }
 
     #[test]
+    fn the_service_shows_beside_the_mode() {
+        let peer = Peer::Tcp("127.0.0.1:5".parse().unwrap());
+        let line = Report::new(peer, "imaps".into(), "forward").to_string();
+        assert!(
+            line.contains(" resumed=- service=imaps mode=forward in=0 "),
+            "{line}"
+        );
+    }
+
+    #[test]
     fn a_connection_no_thread_served_gets_the_short_line() {
         let peer = Peer::Tcp("127.0.0.1:5".parse().unwrap());
         let reason = "thread spawn failed: Resource temporarily unavailable (os error 11)";
         assert_eq!(
-            Report::unserved(peer, reason.to_string()).to_string(),
-            format!("conn peer=127.0.0.1:5 result=error reason={reason:?}")
+            Report::unserved(peer, "web".into(), reason.to_string()).to_string(),
+            format!("conn peer=127.0.0.1:5 service=web result=error reason={reason:?}")
         );
         assert!(
-            Report::new(peer, "greet")
+            Report::new(peer, "default".into(), "greet")
                 .to_string()
                 .starts_with("conn peer=127.0.0.1:5 sni=- proto=- ")
         );

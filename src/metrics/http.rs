@@ -1,5 +1,5 @@
 //! The `/metrics` endpoint: a small HTTP/1.x server of its own on one thread, serving the text
-//! [`Metrics::render`] makes.
+//! [`Families::render`] makes.
 //!
 //! At most [`MAX_CLIENTS`] connections, request heads of at most [`MAX_HEAD`] bytes arriving
 //! within [`HEAD_TIMEOUT`], `GET` and `HEAD /metrics` only, one response per connection. It must
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use log::{info, warn};
 
-use super::Metrics;
+use super::Families;
 use crate::limits::LINGER_BYTES;
 use crate::rate_limit::RateLimit;
 use crate::reason::io_reason;
@@ -53,8 +53,8 @@ const ACCEPTS_PER_WAKE: usize = 64;
 static ACCEPT_ERROR_LOG: RateLimit = RateLimit::new(Duration::from_secs(10));
 static EVICTION_LOG: RateLimit = RateLimit::new(Duration::from_secs(10));
 
-/// Serves `GET /metrics` on `addr` from a thread of its own. `active` reports open connections at
-/// scrape time. Returns the bound address (useful with port 0).
+/// Serves `GET /metrics` on `addr` from a thread of its own. `active` reports each service's open
+/// connections at scrape time. Returns the bound address (useful with port 0).
 ///
 /// One thread with non-blocking sockets and poll(2) serves every scrape, rather than a pool of
 /// threads with blocking sockets: a blocking read's timeout restarts with every byte, so only a
@@ -65,8 +65,8 @@ static EVICTION_LOG: RateLimit = RateLimit::new(Duration::from_secs(10));
 /// only slow senders are ever evicted, and a handful of them cannot lock scrapes out.
 pub(crate) fn serve(
     addr: SocketAddr,
-    metrics: Arc<Metrics>,
-    active: impl Fn() -> usize + Send + 'static,
+    metrics: Arc<Families>,
+    active: impl Fn() -> Vec<(String, usize)> + Send + 'static,
 ) -> Result<SocketAddr> {
     let listener =
         sys::bind(addr, BACKLOG).with_context(|| format!("cannot listen for metrics on {addr}"))?;
@@ -79,7 +79,7 @@ pub(crate) fn serve(
     thread::Builder::new()
         .name("metrics".into())
         .spawn(move || {
-            let render = move || metrics.render(active());
+            let render = move || metrics.render(&active());
             run(&listener, &render);
         })
         .context("starting the metrics thread")?;

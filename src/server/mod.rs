@@ -1,14 +1,19 @@
-//! The server: [`Server::bind`] turns a [`Config`] into a bound listener with everything the
-//! connections share (TLS context, resolved upstream, caps, metrics, reload), logging the start-up
-//! facts; [`Server::run`] accepts until shutdown is asked for through a [`Handle`], then drains.
+//! The server: [`Server::bind`] turns a [`Config`] into every service bound ([`service`]: its
+//! listener with everything its connections share: TLS context, resolved upstream, caps, metrics,
+//! reload), logging the start-up facts; [`Server::run`] accepts on every service until shutdown is
+//! asked for through a [`Handle`], then drains them all.
 //!
-//! The accept loop itself never reads from a client and never waits on a handshake: it accepts,
-//! counts, hands the connection to a thread ([`pool`]), and goes back to accepting. The thread hands
+//! One accept loop polls every service's listener (and the shutdown bell) on one thread: accepting
+//! is non-blocking and cheap, so a thread per service would only add stacks and a second place to
+//! coordinate the drain. The loop never reads from a client and never waits on a handshake: it
+//! accepts, counts (under the service's caps, then the process's), hands the connection to a
+//! thread ([`pool`], shared by every service), and goes back to accepting. The thread hands
 //! it to the connection room once ([`connection::run`]) and gets a [`Report`] back, which the server
 //! counts in the metrics and logs as the connection's `conn` line. Shutdown is an input
 //! ([`Handle::shutdown`]), never a `process::exit` from in here.
 //!
-//! Rooms: [`listener`] (the listening socket), [`pool`] (connection threads), [`host_limits`]
+//! Rooms: [`service`] (one service bound), [`listener`] (the listening socket), [`pool`]
+//! (connection threads), [`host_limits`]
 //! (start-up checks of the host's limits), [`reload`] (certificate reload). The server never reads
 //! from a client itself and never formats a `conn` line by hand.
 
@@ -22,28 +27,27 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 use log::{error, info, warn};
 
-use crate::config::{Config, Mode};
-use crate::connection::gate::Gate;
-use crate::connection::mode::{Plan, Settings};
+use crate::config::Config;
 use crate::connection::registry::Registry;
-use crate::connection::{self, Context, Job, Outcome, Peer, Report};
+use crate::connection::{self, Job, Outcome, Peer, Report};
 use crate::limits::{Refusal, Slot, Tracker};
-use crate::metrics::{self, Metrics};
+use crate::metrics::{self, Families, Metrics};
 use crate::rate_limit::RateLimit;
 use crate::relay::CLOSE_TIMEOUT;
 use crate::shutdown::Shutdown;
 use crate::sys::{self, Interest, Stream, poll, pollfd};
 use crate::tls;
-use crate::upstream::Upstream;
 
 mod host_limits;
 pub(crate) mod listener;
 mod pool;
 pub(crate) mod reload;
+mod service;
 
-use host_limits::{ThreadLimits, check_fd_limit, thread_budget, thread_limit_warnings};
+use host_limits::{ThreadLimits, thread_budget, thread_limit_warnings};
 use listener::Listener;
 use pool::{Admitted, Workers};
+use service::{Bound, Process, Shared};
 
 /// How long the accept loop backs off when accept itself fails (out of descriptors, say), so a
 /// persistent failure does not spin a core.
@@ -59,38 +63,19 @@ const QUEUE_DRAIN_LIMIT: Duration = Duration::from_secs(1);
 /// After the drain's end, how long connections get to send their close_notify and log.
 const CUT_GRACE: Duration = Duration::from_secs(CLOSE_TIMEOUT.as_secs() + 1);
 
-/// What the accept loop and every connection thread share.
-struct Shared {
-    /// What the connection room needs for every connection: the mode with its TLS context
-    /// (replaced whole on reload), deadlines, the handshake gate, the shutdown signal.
-    connections: Context,
-    /// Open-connection counts for the caps and the drain.
-    tracker: Arc<Tracker>,
-    metrics: Arc<Metrics>,
-    /// Connections the end of the drain closed, for the drain's summary.
-    cut: AtomicUsize,
-    failure_log: FailureLog,
-}
-
-/// A bound server, ready to [`run`](Server::run).
+/// A bound server, ready to [`run`](Server::run): every service bound, nothing accepted yet.
 pub struct Server {
-    listener: Listener,
-    /// The listener came from systemd (socket activation) and outlives this process.
-    inherited: bool,
-    local_addr: Option<SocketAddr>,
+    services: Vec<Bound>,
+    process: Arc<Process>,
     metrics_addr: Option<SocketAddr>,
-    shared: Arc<Shared>,
-    reload: Sender<()>,
-    /// The "listening on" line, logged when serving starts: tests and supervisors take it as
-    /// "ready".
-    ready_line: String,
 }
 
 /// Controls a running server from other threads: signal handlers, tests.
 #[derive(Clone)]
 pub struct Handle {
     shutdown: Arc<Shutdown>,
-    reload: Sender<()>,
+    /// Every service's reload thread.
+    reload: Vec<Sender<()>>,
 }
 
 impl Handle {
@@ -103,10 +88,12 @@ impl Handle {
         self.shutdown.requested()
     }
 
-    /// Rebuilds the TLS context from the files now (SIGHUP).
+    /// Rebuilds every service's TLS context from its files now (SIGHUP).
     pub fn reload(&self) {
-        // The reload thread lives as long as the server's handles do.
-        let _ = self.reload.send(());
+        for reload in &self.reload {
+            // Each reload thread lives as long as the server's handles do.
+            let _ = reload.send(());
+        }
     }
 }
 
@@ -120,140 +107,94 @@ pub struct Drained {
 }
 
 impl Server {
-    /// Everything that can fail because of the configuration, in the order a user would fix it:
-    /// the TLS context, the upstream's name, the listening address, the metrics address. Then the
-    /// threads that serve beside the accept loop (reload, metrics). Nothing is accepted yet.
+    /// Everything that can fail because of the configuration, in the order a user would fix it,
+    /// service by service: the TLS context, the upstream's name, the listening address; then the
+    /// metrics address. Then the threads that serve beside the accept loop (reload, metrics).
+    /// Nothing is accepted yet.
     pub fn bind(config: &Config) -> Result<Server> {
-        // First, while the process has no other thread: taking the socket edits the environment.
+        // First, while the process has no other thread: taking the sockets edits the environment.
         let inherited =
-            sys::inherited_listener().context("taking the listening socket systemd passed")?;
-        let tls = tls::build(&config.tls)?;
-        let mode: Mode<Arc<Upstream>> = config
-            .mode
-            .clone()
-            .try_map_upstream(|spec| Upstream::resolve(&spec))?;
-        let (listener, inherited) = match inherited {
-            Some(inherited) => (Listener::inherited(inherited)?, true),
-            None => (Listener::bind(&config.listen, config.backlog)?, false),
-        };
-        let local_addr = listener.local_addr();
-        if inherited {
-            info!(
-                "socket activation: serving the socket systemd passed ({}); --listen {} is not used",
-                listener.describe(),
-                config.listen
-            );
-            if listener.local_addr().is_none() {
-                needs_no_tcp_listener(config)?;
-            }
+            sys::inherited_listeners().context("taking the listening sockets systemd passed")?;
+        if config.services.is_empty() {
+            anyhow::bail!("no service to serve");
         }
-        let shutdown = Arc::new(
-            Shutdown::new(config.limits.drain_timeout).context("creating the shutdown signal")?,
-        );
-        let metrics = Arc::new(Metrics::new());
-        if let Some(info) = &tls.info {
-            metrics.certificate_expiry(info.not_after_unix);
-        }
-        metrics.ocsp(ocsp_source(&tls));
-        check_fd_limit(config.limits.max_connections, &mode);
-        for warning in thread_limit_warnings(config.limits.max_connections, &ThreadLimits::read()) {
-            warn!("{warning}");
-        }
-        tls.log_startup(&config.tls);
-        // For the reload's failure line: the certificate still in service.
-        let serial = tls.info.as_ref().map(|c| c.serial.clone());
-
-        let upstream = mode.upstream().cloned();
-        let registry = Arc::new(Registry::new(Arc::clone(&shutdown)));
-        let tls::Tls { side, .. } = tls;
-        let shared = Arc::new(Shared {
-            connections: Context {
-                plan: Plan::new(mode, side)?,
-                settings: Settings {
-                    handshake_timeout: config.limits.handshake_timeout,
-                    idle_timeout: config.limits.idle_timeout,
-                    max_lifetime: config.limits.max_lifetime,
-                    connect_timeout: config.connect_timeout,
-                },
-                gate: Gate::per_cpu(),
-                registry: Arc::clone(&registry),
-                shutdown,
-                accept_proxy: config.accept_proxy.clone(),
-            },
-            tracker: Tracker::new(config.limits.max_connections, config.limits.max_per_ip),
-            metrics: Arc::clone(&metrics),
+        let inherited = service::match_inherited(&config.services, inherited)?;
+        let drain_timeout = config
+            .services
+            .iter()
+            .map(|s| s.limits.drain_timeout)
+            .max()
+            .unwrap_or_default();
+        let shutdown =
+            Arc::new(Shutdown::new(drain_timeout).context("creating the shutdown signal")?);
+        let process = Arc::new(Process {
+            tracker: Tracker::process(config.process.max_connections),
             cut: AtomicUsize::new(0),
             failure_log: FailureLog {
-                per_second: config.log_failed_handshakes,
+                per_second: config.process.log_failed_handshakes,
                 by_cause: Mutex::new(Vec::new()),
             },
+            registry: Arc::new(Registry::new(Arc::clone(&shutdown))),
+            shutdown,
+            families: Families::new(),
         });
-        let metrics_addr = match config.metrics_listen {
+        let services = config
+            .services
+            .iter()
+            .zip(inherited)
+            .map(|(s, inherited)| service::bind(s, inherited, &process))
+            .collect::<Result<Vec<_>>>()?;
+        // Threads every service may need at once: the sum of their caps, bounded by the process's.
+        let mut open: usize = config
+            .services
+            .iter()
+            .map(|s| s.limits.max_connections)
+            .fold(0, usize::saturating_add);
+        if let Some(cap) = config.process.max_connections {
+            open = open.min(cap);
+            info!(
+                "process: max_connections={cap} over {} service(s)",
+                services.len()
+            );
+        }
+        for warning in thread_limit_warnings(open, &ThreadLimits::read()) {
+            warn!("{warning}");
+        }
+        let metrics_addr = match config.process.metrics_listen {
             Some(addr) => {
-                let tracker = Arc::clone(&shared.tracker);
-                Some(metrics::serve(addr, metrics, move || tracker.active())?)
+                let trackers: Vec<(String, Arc<Tracker>)> = services
+                    .iter()
+                    .map(|s| (s.name().to_string(), Arc::clone(&s.shared.tracker)))
+                    .collect();
+                let active = move || {
+                    trackers
+                        .iter()
+                        .map(|(name, t)| (name.clone(), t.active()))
+                        .collect()
+                };
+                Some(metrics::serve(addr, Arc::clone(&process.families), active)?)
             }
             None => None,
         };
-        let reload = reload::spawn(
-            config.tls.clone(),
-            reload::Current::new(shared.connections.plan.contexts(), serial),
-            Arc::clone(&shared.metrics),
-            registry,
-            reload::Schedule {
-                watch: config.watch_interval,
-                // Client mode issues no tickets: rebuilding its context would only drop the
-                // upstream's session.
-                ticket_key_rotation: match config.mode {
-                    Mode::Client { .. } => None,
-                    _ => config.ticket_key_rotation,
-                },
-            },
-            upstream,
-        )?;
-        shared
-            .connections
-            .plan
-            .log_startup(&shared.connections.settings);
-        if let Some(proxy) = &config.accept_proxy {
-            let from = if proxy.from.is_empty() {
-                "any peer".to_string()
-            } else {
-                proxy
-                    .from
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(",")
-            };
-            info!("accept-proxy: every connection opens with a PROXY v1/v2 header, from {from}");
-        }
-        let ready_line = format!(
-            "securesock {} listening on {} profile={} mode={} backlog={} max_connections={} max_per_ip={} handshake_timeout={:?}",
-            env!("CARGO_PKG_VERSION"),
-            listener.describe(),
-            config.tls.profile.name(),
-            config.mode.name(),
-            sys::somaxconn().map_or(config.backlog, |max| config.backlog.min(max)),
-            config.limits.max_connections,
-            config.limits.max_per_ip,
-            config.limits.handshake_timeout,
-        );
         Ok(Server {
-            listener,
-            inherited,
-            local_addr,
+            services,
+            process,
             metrics_addr,
-            shared,
-            reload,
-            ready_line,
         })
     }
 
-    /// The TCP address the listener is bound to (the real port when the configuration said 0);
-    /// `None` for a UNIX socket.
+    /// The TCP address the first service's listener is bound to (the real port when the
+    /// configuration said 0); `None` for a UNIX socket.
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.local_addr
+        self.services.first().and_then(Bound::local_addr)
+    }
+
+    /// Every service's name and TCP address (`None` for a UNIX socket), in the configured order.
+    pub fn local_addrs(&self) -> Vec<(String, Option<SocketAddr>)> {
+        self.services
+            .iter()
+            .map(|s| (s.name().to_string(), s.local_addr()))
+            .collect()
     }
 
     /// Where `/metrics` is served, when it is.
@@ -263,123 +204,132 @@ impl Server {
 
     pub fn handle(&self) -> Handle {
         Handle {
-            shutdown: Arc::clone(&self.shared.connections.shutdown),
-            reload: self.reload.clone(),
+            shutdown: Arc::clone(&self.process.shutdown),
+            reload: self.services.iter().map(|s| s.reload.clone()).collect(),
         }
     }
 
-    /// Accepts until shutdown is asked for, then stops taking new connections, serves those
-    /// already queued, and waits for open connections up to the drain timeout; connections still
-    /// open then are closed by their own threads, each with its log line, before this returns.
+    /// Accepts on every service until shutdown is asked for, then stops taking new connections,
+    /// serves those already queued, and waits for open connections (every service's) up to the
+    /// drain timeout; connections still open then are closed by their own threads, each with its
+    /// log line, before this returns.
     pub fn run(self) -> io::Result<Drained> {
-        info!("{}", self.ready_line);
+        for s in &self.services {
+            info!("{}", s.ready_line);
+        }
         let Server {
-            listener,
-            inherited,
-            shared,
-            ..
+            services, process, ..
         } = self;
-        listener.set_nonblocking()?;
+        let mut listeners = Vec::with_capacity(services.len());
+        let mut inherited = Vec::new();
+        for s in services {
+            s.listener.set_nonblocking()?;
+            let entry = (s.listener, s.shared);
+            if s.inherited {
+                inherited.push(entry);
+            } else {
+                listeners.push(entry);
+            }
+        }
+        // Inherited sockets are polled too; they are only closed differently at the end.
+        let split = listeners.len();
+        let services = listeners.len() + inherited.len();
+        listeners.extend(inherited);
         let workers = Arc::new(Workers::new(
-            {
-                let shared = Arc::clone(&shared);
-                move |admitted| shared.serve(admitted)
+            |admitted: Admitted| {
+                let shared = Arc::clone(&admitted.service);
+                shared.serve(admitted);
             },
             thread_budget(&ThreadLimits::read()),
         ));
-        let shutdown = &shared.connections.shutdown;
+        let shutdown = &process.shutdown;
+        let mut fds = Vec::with_capacity(listeners.len() + 1);
         loop {
             // The bell first, then the request: a request after the look wakes the poll.
             let bell = shutdown.listen();
-            let mut fds = [pollfd(&listener, Interest::Read), bell.pollfd()];
+            fds.clear();
+            fds.extend(listeners.iter().map(|(l, _)| pollfd(l, Interest::Read)));
+            fds.push(bell.pollfd());
             if shutdown.requested() {
                 break;
             }
             poll(&mut fds, None)?;
-            accept_ready(&listener, &shared, &workers, || shutdown.requested());
-        }
-        if inherited {
-            // systemd holds the same socket and keeps it listening: connections still queued wait
-            // there for the next instance it starts, and a SYN filter would outlive this process.
-            drop(listener);
-        } else {
-            close_listener(listener, &shared, &workers);
-        }
-        Ok(drain(&shared))
-    }
-}
-
-/// What the configuration refuses with `--listen unix:` it refuses with a UNIX socket systemd
-/// passed too: PROXY headers in or out need a TCP client address.
-fn needs_no_tcp_listener(config: &Config) -> Result<()> {
-    if config.accept_proxy.is_some() {
-        anyhow::bail!(
-            "--accept-proxy needs a TCP listening socket: systemd passed a UNIX one (ListenStream=/path)"
-        );
-    }
-    if let Mode::Forward {
-        proxy_protocol: Some(_),
-        ..
-    } = config.mode
-    {
-        anyhow::bail!(
-            "--proxy-protocol needs a TCP listening socket: systemd passed a UNIX one, whose clients have no address to pass on"
-        );
-    }
-    Ok(())
-}
-
-/// Stops new connections without resetting those the kernel already completed: new SYNs go
-/// unanswered, the queue is accepted (and served) until it stays empty, then the listener closes.
-/// A client that arrives later sees a refused connection on its retry, as after a plain close.
-fn close_listener(mut listener: Listener, shared: &Shared, workers: &Arc<Workers>) {
-    match listener.refuse_new_connections() {
-        Ok(()) => {
-            let limit = Instant::now() + QUEUE_DRAIN_LIMIT;
-            loop {
-                accept_ready(&listener, shared, workers, || false);
-                let mut fds = [pollfd(&listener, Interest::Read)];
-                let settle = (Instant::now() + QUEUE_SETTLE).min(limit);
-                match poll(&mut fds, Some(settle)) {
-                    Ok(n) if n > 0 && Instant::now() < limit => {}
-                    _ => break,
+            for (i, (listener, shared)) in listeners.iter().enumerate() {
+                if fds[i].revents != 0 {
+                    accept_ready(listener, shared, &workers, || shutdown.requested());
                 }
             }
         }
-        Err(e) => warn!(
-            "cannot hold new connections off the listener ({e}): connections still queued are reset"
-        ),
+        // systemd holds the inherited sockets and keeps them listening: connections still queued
+        // wait there for the next instance it starts, and a SYN filter would outlive this process.
+        drop(listeners.split_off(split));
+        close_listeners(listeners, &workers);
+        Ok(drain(&process, services))
     }
 }
 
-/// Waits for the open connections up to the drain timeout, then for those the end of the drain
-/// cut to close and log.
-fn drain(shared: &Shared) -> Drained {
-    let open = shared.tracker.active();
-    let cut_at = shared
-        .connections
-        .shutdown
-        .cut_at()
-        .unwrap_or_else(Instant::now);
+/// Stops new connections on every listener without resetting those the kernel already
+/// completed: new SYNs go unanswered, the queues are accepted (and served) until they stay empty,
+/// then the listeners close. A client that arrives later sees a refused connection on its retry,
+/// as after a plain close.
+fn close_listeners(mut listeners: Vec<(Listener, Arc<Shared>)>, workers: &Arc<Workers>) {
+    listeners.retain_mut(|(listener, _)| match listener.refuse_new_connections() {
+        Ok(()) => true,
+        Err(e) => {
+            warn!(
+                "cannot hold new connections off the listener {} ({e}): connections still queued are reset",
+                listener.describe()
+            );
+            false
+        }
+    });
+    if listeners.is_empty() {
+        return;
+    }
+    let limit = Instant::now() + QUEUE_DRAIN_LIMIT;
+    let mut fds = Vec::with_capacity(listeners.len());
+    loop {
+        for (listener, shared) in &listeners {
+            accept_ready(listener, shared, workers, || false);
+        }
+        fds.clear();
+        fds.extend(listeners.iter().map(|(l, _)| pollfd(l, Interest::Read)));
+        let settle = (Instant::now() + QUEUE_SETTLE).min(limit);
+        match poll(&mut fds, Some(settle)) {
+            Ok(n) if n > 0 && Instant::now() < limit => {}
+            _ => break,
+        }
+    }
+}
+
+/// Waits for the open connections of every service up to the drain timeout, then for those the
+/// end of the drain cut to close and log.
+fn drain(process: &Process, services: usize) -> Drained {
+    let open = process.tracker.active();
+    let cut_at = process.shutdown.cut_at().unwrap_or_else(Instant::now);
+    let closed = match services {
+        1 => "listener closed".to_string(),
+        n => format!("{n} services' listeners closed"),
+    };
     info!(
-        "draining: listener closed, waiting for {open} open connection(s) up to {:?}",
+        "draining: {closed}, waiting for {open} open connection(s) up to {:?}",
         cut_at.saturating_duration_since(Instant::now())
     );
-    let left = shared.tracker.wait_idle(cut_at);
+    let left = process.tracker.wait_idle(cut_at);
     // Those the cut already closed are counted before their slots are released.
-    let closing = left + shared.cut.load(Ordering::SeqCst);
+    let closing = left + process.cut.load(Ordering::SeqCst);
     let mut stuck = 0;
     if closing > 0 {
         warn!(
             "drain timeout: closing {closing} connection(s) still open ({} finished)",
             open.saturating_sub(closing)
         );
-        stuck = shared.tracker.wait_idle(Instant::now() + CUT_GRACE);
+        stuck = process.tracker.wait_idle(Instant::now() + CUT_GRACE);
         if stuck > 0 {
             warn!("{stuck} connection(s) did not close within {CUT_GRACE:?}; exiting anyway");
         }
     }
-    let cut = shared.cut.load(Ordering::SeqCst);
+    let cut = process.cut.load(Ordering::SeqCst);
     let finished = open.saturating_sub(cut + stuck);
     if cut + stuck == 0 {
         info!("drained: all connections finished ({finished})");
@@ -393,7 +343,8 @@ fn drain(shared: &Shared) -> Drained {
 }
 
 /// Log lines for refused connections, at most one a second per cause.
-static REFUSAL_LOG: [RateLimit; 2] = [
+static REFUSAL_LOG: [RateLimit; 3] = [
+    RateLimit::new(Duration::from_secs(1)),
     RateLimit::new(Duration::from_secs(1)),
     RateLimit::new(Duration::from_secs(1)),
 ];
@@ -404,7 +355,7 @@ static ACCEPT_ERROR_LOG: RateLimit = RateLimit::new(Duration::from_secs(1));
 /// normal traffic, while a flood of garbage connections costs a few lines a second per cause
 /// (`not_tls`, `timeout`, ...), each later line saying how many were left out. The metrics still
 /// count every one.
-struct FailureLog {
+pub(super) struct FailureLog {
     /// Lines a second for each cause; `None` logs every one.
     per_second: Option<u32>,
     by_cause: Mutex<Vec<(&'static str, Arc<RateLimit>)>>,
@@ -439,11 +390,13 @@ fn log_refusal(peer: Peer, via: Option<SocketAddr>, why: Refusal, limit: usize, 
     let gate = match why {
         Refusal::GlobalCap => &REFUSAL_LOG[0],
         Refusal::PerIpCap => &REFUSAL_LOG[1],
+        Refusal::ProcessWide => &REFUSAL_LOG[2],
     };
     if let Some(suppressed) = gate.allow() {
         let via = via.map_or_else(String::new, |v| format!(" via={v}"));
         warn!(
-            "refused peer={peer}{via} reason={} limit={limit} suppressed_since_last={suppressed}",
+            "refused peer={peer}{via} service={} reason={} limit={limit} suppressed_since_last={suppressed}",
+            metrics.service(),
             why.label()
         );
     }
@@ -453,7 +406,7 @@ fn log_refusal(peer: Peer, via: Option<SocketAddr>, why: Refusal, limit: usize, 
 /// empty or `stop` says so.
 fn accept_ready(
     listener: &Listener,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     workers: &Arc<Workers>,
     stop: impl Fn() -> bool,
 ) {
@@ -470,7 +423,7 @@ fn accept_ready(
                     }
                     // Out of descriptors or memory: wait a moment (or for shutdown) instead of
                     // spinning.
-                    let bell = shared.connections.shutdown.listen();
+                    let bell = shared.process.shutdown.listen();
                     let mut fds = [bell.pollfd()];
                     let _ = poll(&mut fds, Some(until));
                     return;
@@ -480,7 +433,7 @@ fn accept_ready(
     }
 }
 
-fn admit(stream: Stream, peer: Peer, shared: &Shared, workers: &Arc<Workers>) {
+fn admit(stream: Stream, peer: Peer, shared: &Arc<Shared>, workers: &Arc<Workers>) {
     let accepted = Instant::now();
     shared.metrics.accepted();
     // With --accept-proxy the client's address is only known once its header is read (on the
@@ -492,16 +445,27 @@ fn admit(stream: Stream, peer: Peer, shared: &Shared, workers: &Arc<Workers>) {
         shared.metrics.refused("proxy_peer");
         if let Some(suppressed) = PROXY_PEER_LOG.allow() {
             warn!(
-                "refused peer={peer} reason=proxy_peer (not in --accept-proxy-from) suppressed_since_last={suppressed}"
+                "refused peer={peer} service={} reason=proxy_peer (not in --accept-proxy-from) suppressed_since_last={suppressed}",
+                shared.metrics.service()
             );
         }
         return;
     }
-    let admitted = shared.tracker.admit(peer.ip());
-    let slot = match admitted {
-        Ok(slot) => slot,
+    // The service's own caps first, then the process's over every service; a refusal by the
+    // second gives the first's place back as its slot drops.
+    let process = &shared.process.tracker;
+    let admitted = shared
+        .tracker
+        .admit(peer.ip())
+        .and_then(|slot| process.admit(None).map(|process_slot| (slot, process_slot)));
+    let (slot, process_slot) = match admitted {
+        Ok(slots) => slots,
         Err(why) => {
-            log_refusal(peer, None, why, shared.tracker.limit(why), &shared.metrics);
+            let limit = match why {
+                Refusal::ProcessWide => process.limit(why),
+                _ => shared.tracker.limit(why),
+            };
+            log_refusal(peer, None, why, limit, &shared.metrics);
             return; // dropping the stream closes it at once
         }
     };
@@ -512,6 +476,8 @@ fn admit(stream: Stream, peer: Peer, shared: &Shared, workers: &Arc<Workers>) {
             accepted,
         },
         slot,
+        process_slot,
+        service: Arc::clone(shared),
     });
 }
 
@@ -519,9 +485,14 @@ impl Shared {
     /// One connection, on its thread: handed to the connection room once, then its report
     /// counted and logged.
     fn serve(&self, admitted: Admitted) {
-        let Admitted { job, mut slot } = admitted;
+        let Admitted {
+            job,
+            mut slot,
+            process_slot,
+            ..
+        } = admitted;
         let report = connection::run(job, &mut slot, &self.connections);
-        self.finish(&report, slot);
+        self.finish(&report, slot, process_slot);
         // A connection the report still holds (a bad PROXY header, a refusal) closes now.
         drop(report);
     }
@@ -529,7 +500,7 @@ impl Shared {
     /// Counts the report in the metrics and writes its line: the `conn` line (rate-limited per
     /// cause for failed handshakes under `--log-failed-handshakes`), or the `refused` line for a
     /// client the per-address cap turned away once its PROXY header named it.
-    fn finish(&self, report: &Report, mut slot: Slot) {
+    fn finish(&self, report: &Report, mut slot: Slot, mut process_slot: Slot) {
         if let Outcome::Refused(why) = report.outcome {
             // The line first, as for a refusal at accept; then dropping the report closes it.
             log_refusal(
@@ -542,17 +513,18 @@ impl Shared {
             return;
         }
         if report.outcome == Outcome::Shutdown {
-            self.cut.fetch_add(1, Ordering::SeqCst);
+            self.process.cut.fetch_add(1, Ordering::SeqCst);
         }
-        // The cap goes first: once the line is logged, the connection no longer counts against one.
+        // The caps go first: once the line is logged, the connection no longer counts against one.
         slot.release_cap();
+        process_slot.release_cap();
         self.metrics
             .handshake(report.handshake_result(), report.handshake);
         self.metrics.bytes(report.bytes_in, report.bytes_out);
         if report.handshake.is_some() || report.outcome == Outcome::Shutdown {
             info!("{report}");
         } else {
-            match self.failure_log.allow(report.handshake_result()) {
+            match self.process.failure_log.allow(report.handshake_result()) {
                 Some(0) => info!("{report}"),
                 Some(left_out) => info!("{report} suppressed_since_last={left_out}"),
                 None => {}
@@ -560,6 +532,7 @@ impl Shared {
         }
         // Only now may the drain end the process: the line is written.
         drop(slot);
+        drop(process_slot);
     }
 }
 

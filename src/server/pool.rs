@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use log::error;
 
+use super::service::Shared;
 use crate::connection::{Job, Peer, Report};
 use crate::limits::Slot;
 
@@ -31,10 +32,13 @@ pub(crate) const MAX_PARKED: usize = 64;
 /// How long a parked thread waits for a connection before it exits and gives its memory back.
 pub(crate) const PARK_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// An admitted connection on its way to a thread, with its place under the caps.
+/// An admitted connection on its way to a thread, with its places under its service's caps and
+/// the process's, and the service it came in on.
 pub(crate) struct Admitted {
     pub(crate) job: Job,
     pub(crate) slot: Slot,
+    pub(crate) process_slot: Slot,
+    pub(crate) service: Arc<Shared>,
 }
 
 /// Serves one connection to its end, on the thread that took it.
@@ -62,8 +66,8 @@ struct Pool {
 }
 
 /// The line for a connection closed before any thread served it.
-fn unserved(peer: Peer, reason: String) {
-    error!("{}", Report::unserved(peer, reason));
+fn unserved(peer: Peer, service: Arc<str>, reason: String) {
+    error!("{}", Report::unserved(peer, service, reason));
 }
 
 impl Workers {
@@ -94,12 +98,14 @@ impl Workers {
             return;
         }
         let peer = admitted.job.peer;
+        let service = Arc::clone(&admitted.service.connections.service);
         if pool.threads >= self.thread_budget {
             drop(pool);
             // Dropping the job closes the connection and frees its slot.
             drop(admitted);
             unserved(
                 peer,
+                service,
                 format!(
                     "thread spawn refused: vm.max_map_count leaves room for {} connection threads",
                     self.thread_budget
@@ -118,7 +124,7 @@ impl Workers {
             self.lock().threads -= 1;
             // The closure, and with it the stream and the slot, was dropped: the connection is
             // closed and no longer counted.
-            unserved(peer, format!("thread spawn failed: {e}"));
+            unserved(peer, service, format!("thread spawn failed: {e}"));
         }
     }
 

@@ -89,9 +89,14 @@ fn client_verification(settings: &TlsSettings) -> Option<[u8; 32]> {
 
 /// Asks every registered connection whose client certificate `acceptor` and `rules` no longer
 /// accept to end; returns how many were asked.
-fn end_refused(registry: &Registry, acceptor: &SslAcceptor, rules: &AccessRules) -> usize {
+fn end_refused(
+    registry: &Registry,
+    service: &str,
+    acceptor: &SslAcceptor,
+    rules: &AccessRules,
+) -> usize {
     let mut ends = Vec::new();
-    for entry in registry.snapshot() {
+    for entry in registry.snapshot(service) {
         let Some(client) = &entry.client else {
             continue;
         };
@@ -175,7 +180,12 @@ pub(crate) fn reload(
             if verification != current.client_verification {
                 current.client_verification = verification;
                 if let Some(acceptor) = current.contexts.acceptor() {
-                    let n = end_refused(&serving.registry, &acceptor, &settings.allow);
+                    let n = end_refused(
+                        &serving.registry,
+                        serving.metrics.service(),
+                        &acceptor,
+                        &settings.allow,
+                    );
                     metrics.revoked(n);
                     closed = format!(
                         "; closed {n} connection(s) whose certificate is no longer accepted"
@@ -185,8 +195,9 @@ pub(crate) fn reload(
             match &info {
                 Some(c) => {
                     info!(
-                        "reload ok trigger={} subject=\"{}\" serial={} not_after={} expires_in_days={}{closed}",
+                        "reload ok trigger={} service={} subject=\"{}\" serial={} not_after={} expires_in_days={}{closed}",
                         trigger_name(why),
+                        metrics.service(),
                         c.subject,
                         c.serial,
                         c.not_after_unix,
@@ -196,15 +207,20 @@ pub(crate) fn reload(
                     metrics.certificate_expiry(c.not_after_unix);
                 }
                 // Client mode without a client certificate: the trust anchors were reloaded.
-                None => info!("reload ok trigger={} (no certificate)", trigger_name(why)),
+                None => info!(
+                    "reload ok trigger={} service={} (no certificate)",
+                    trigger_name(why),
+                    metrics.service()
+                ),
             }
             metrics.reload(true);
             true
         }
         Err(e) => {
             error!(
-                "reload failed trigger={}: {e:#}; still serving serial={}",
+                "reload failed trigger={} service={}: {e:#}; still serving serial={}",
                 trigger_name(why),
+                metrics.service(),
                 current.serial.as_deref().unwrap_or("-")
             );
             metrics.reload(false);
@@ -263,7 +279,10 @@ pub(crate) fn spawn(
         (None, Some(every)) => format!("rotate every {every:?} and on each reload"),
         (None, None) => "rotate on each reload only".to_string(),
     };
-    info!("reload: on SIGHUP {watching}; session-ticket keys {rotation}");
+    info!(
+        "reload: service={}: on SIGHUP {watching}; session-ticket keys {rotation}",
+        metrics.service()
+    );
     let (tx, rx) = mpsc::channel::<()>();
     let mut loaded = fingerprint(&settings);
     current.client_verification = client_verification(&settings);

@@ -33,4 +33,4 @@ pub use socket::{
     AcceptStep, BoundUnix, PeerCred, Socket, Stream, accept_backoff, bind, bind_unix, group_id,
     nproc_limit, peer_cred, raise_fd_limit, refuse_new_connections, somaxconn,
 };
-pub use systemd::{Inherited, InheritedAddr, UnixName, inherited_listener, unix_name};
+pub use systemd::{Inherited, InheritedAddr, UnixName, inherited_listeners, unix_name};

@@ -1,8 +1,8 @@
-//! Taking over a listening socket from systemd (socket activation, the sd_listen_fds protocol),
-//! TCP or UNIX.
+//! Taking over the listening sockets systemd passed (socket activation, the sd_listen_fds
+//! protocol), TCP or UNIX, one or many.
 //!
 //! Owns reading and clearing `LISTEN_PID`/`LISTEN_FDS`; it must never decide whether the server
-//! uses the socket it finds (the server does).
+//! uses the sockets it finds, or for which service (the server does).
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -62,19 +62,19 @@ pub fn unix_name(listener: &UnixListener) -> io::Result<UnixName> {
     }
 }
 
-/// The listening socket systemd passed to this process (the sd_listen_fds protocol:
-/// `LISTEN_PID` names this process and `LISTEN_FDS` counts descriptors from 3 up), when it did:
-/// a TCP or UNIX stream socket, already listening.
+/// The listening sockets systemd passed to this process (the sd_listen_fds protocol:
+/// `LISTEN_PID` names this process and `LISTEN_FDS` counts descriptors from 3 up), in order, when
+/// it did: TCP or UNIX stream sockets, already listening; empty otherwise.
 /// The variables are removed once taken, so that nothing this process starts takes them for its
 /// own. Must run before the process starts threads (it edits the environment).
-pub fn inherited_listener() -> io::Result<Option<Inherited>> {
+pub fn inherited_listeners() -> io::Result<Vec<Inherited>> {
     let var = |name: &str| std::env::var(name).ok();
     let ours = var("LISTEN_PID").and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id());
     if !ours {
-        return Ok(None);
+        return Ok(Vec::new());
     }
     let count = var("LISTEN_FDS")
-        .and_then(|n| n.parse::<u32>().ok())
+        .and_then(|n| n.parse::<i32>().ok())
         .unwrap_or(0);
     // SAFETY: only reached in a process systemd (or systemd-socket-activate) started for itself,
     // at start-up before any thread exists, so nothing reads the environment concurrently.
@@ -83,22 +83,20 @@ pub fn inherited_listener() -> io::Result<Option<Inherited>> {
             std::env::remove_var(name);
         }
     }
-    match count {
-        0 => return Ok(None),
-        1 => {}
-        n => {
-            return Err(io::Error::other(format!(
-                "systemd passed {n} sockets; securesock serves one (one ListenStream= in the .socket unit)"
-            )));
-        }
-    }
-    // SAFETY: the protocol hands descriptor 3 to this process to own; nothing else in it uses
-    // descriptor 3 by that number, and it is wrapped exactly once.
-    let socket = unsafe { Socket2::from_raw_fd(LISTEN_FDS_START) };
+    // SAFETY: the protocol hands descriptors 3 to 3+LISTEN_FDS-1 to this process to own; nothing
+    // else in it uses them by number, and each is wrapped exactly once, here.
+    let sockets: Vec<Socket2> = (0..count.max(0))
+        .map(|i| unsafe { Socket2::from_raw_fd(LISTEN_FDS_START + i) })
+        .collect();
+    sockets.into_iter().map(take).collect()
+}
+
+/// One descriptor systemd passed, checked to be a listening TCP or UNIX stream socket.
+fn take(socket: Socket2) -> io::Result<Inherited> {
     socket.set_cloexec(true)?;
     let refused = || {
         io::Error::other(
-            "the socket systemd passed is not a listening TCP or UNIX stream socket \
+            "a socket systemd passed is not a listening TCP or UNIX stream socket \
              (ListenStream=ADDR:PORT or ListenStream=/path)",
         )
     };
@@ -107,12 +105,12 @@ pub fn inherited_listener() -> io::Result<Option<Inherited>> {
     }
     let domain = socket.domain()?;
     if domain == Domain::IPV4 || domain == Domain::IPV6 {
-        Ok(Some(Inherited::Tcp(socket.into())))
+        Ok(Inherited::Tcp(socket.into()))
     } else if domain == Domain::UNIX {
         let unix: UnixListener = socket.into();
         // One that is bound to no name could not have been found by any client.
         unix_name(&unix)?;
-        Ok(Some(Inherited::Unix(unix)))
+        Ok(Inherited::Unix(unix))
     } else {
         Err(refused())
     }

@@ -211,9 +211,12 @@ fn refused_and_active(server: &Server) -> (f64, f64) {
     (
         metric(
             &samples,
-            "securesock_connections_refused_total{reason=\"max_per_ip\"}",
+            "securesock_connections_refused_total{service=\"default\",reason=\"max_per_ip\"}",
         ),
-        metric(&samples, "securesock_connections_active"),
+        metric(
+            &samples,
+            "securesock_connections_active{service=\"default\"}",
+        ),
     )
 }
 
@@ -316,7 +319,10 @@ fn a_flood_of_garbage_costs_a_few_lines_a_second_but_every_one_is_counted() {
     let counted = loop {
         let (_, body) = support::http_get(metrics, "/metrics");
         let samples = support::parse_metrics(&body);
-        let n = support::metric(&samples, "securesock_handshakes_total{result=\"not_tls\"}");
+        let n = support::metric(
+            &samples,
+            "securesock_handshakes_total{service=\"default\",result=\"not_tls\"}",
+        );
         if n as usize >= FLOOD || Instant::now() > deadline {
             break n as usize;
         }

@@ -34,6 +34,7 @@ mod proxy_in;
 mod relay;
 mod revoke;
 mod scripts;
+mod services;
 mod shutdown;
 mod socket_activation;
 mod startup;

@@ -322,11 +322,17 @@ fn per_ip_cap_with_300_idle_connections() {
     assert_eq!(
         metric(
             &samples,
-            "securesock_connections_refused_total{reason=\"max_per_ip\"}"
+            "securesock_connections_refused_total{service=\"default\",reason=\"max_per_ip\"}"
         ),
         44.0
     );
-    assert_eq!(metric(&samples, "securesock_connections_active"), 256.0);
+    assert_eq!(
+        metric(
+            &samples,
+            "securesock_connections_active{service=\"default\"}"
+        ),
+        256.0
+    );
     // Refusals are logged, but not one line each.
     let lines = server.logs.matching(&["refused", "reason=max_per_ip"]);
     assert!(
@@ -365,16 +371,31 @@ fn metrics_parse_and_move_with_traffic() {
     assert!(status.contains("200"), "{status}");
     let after = parse_metrics(&body);
     let delta = |series: &str| metric(&after, series) - metric(&before, series);
-    assert_eq!(delta("securesock_connections_accepted_total"), 4.0);
-    assert_eq!(delta("securesock_handshakes_total{result=\"ok\"}"), 3.0);
     assert_eq!(
-        delta("securesock_handshakes_total{result=\"not_tls\"}"),
+        delta("securesock_connections_accepted_total{service=\"default\"}"),
+        4.0
+    );
+    assert_eq!(
+        delta("securesock_handshakes_total{service=\"default\",result=\"ok\"}"),
+        3.0
+    );
+    assert_eq!(
+        delta("securesock_handshakes_total{service=\"default\",result=\"not_tls\"}"),
         1.0
     );
-    assert_eq!(delta("securesock_handshake_duration_seconds_count"), 3.0);
-    assert_eq!(delta("securesock_sent_bytes_total"), 60.0);
+    assert_eq!(
+        delta("securesock_handshake_duration_seconds_count{service=\"default\"}"),
+        3.0
+    );
+    assert_eq!(
+        delta("securesock_sent_bytes_total{service=\"default\"}"),
+        60.0
+    );
     assert!(
-        metric(&after, "securesock_certificate_not_after_timestamp_seconds") > now_unix() as f64
+        metric(
+            &after,
+            "securesock_certificate_not_after_timestamp_seconds{service=\"default\"}"
+        ) > now_unix() as f64
     );
     let (status, _) = http_get(addr, "/other");
     assert!(status.contains("404"), "{status}");

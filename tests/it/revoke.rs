@@ -123,7 +123,10 @@ fn a_new_crl_ends_the_revoked_connection_and_keeps_the_other() {
     assert_eq!(server.logs.matching(&["result=revoked"]).len(), 1);
     let samples = parse_metrics(&http_get(metrics_addr(&server), "/metrics").1);
     assert_eq!(
-        metric(&samples, "securesock_revoked_connections_total"),
+        metric(
+            &samples,
+            "securesock_revoked_connections_total{service=\"default\"}"
+        ),
         1.0
     );
 }

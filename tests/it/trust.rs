@@ -690,9 +690,9 @@ fn a_response_past_its_next_update_stops_being_stapled_and_a_reload_refuses_it()
         let samples = crate::support::parse_metrics(&body);
         let get = |name: &str| crate::support::metric(&samples, name);
         (
-            get("securesock_ocsp_response_stapled"),
-            get("securesock_ocsp_response_age_seconds"),
-            get("securesock_ocsp_response_next_update_timestamp_seconds"),
+            get("securesock_ocsp_response_stapled{service=\"default\"}"),
+            get("securesock_ocsp_response_age_seconds{service=\"default\"}"),
+            get("securesock_ocsp_response_next_update_timestamp_seconds{service=\"default\"}"),
         )
     };
     let (on, age, next) = gauges();

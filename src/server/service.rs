@@ -1,0 +1,326 @@
+//! One service, bound: its listener (bound here or taken from systemd), its TLS context, resolved
+//! upstream, caps, counters and reload thread, and the start-up lines that describe it. The server
+//! ([`super::Server::bind`]) binds every configured service with [`bind`] and accepts on all of
+//! them in one loop.
+//!
+//! Owns what is one service's alone. Never accepts a connection itself and never decides what the
+//! process shares (the shutdown signal, the registry, the process-wide cap, the thread pool): the
+//! server hands those in as [`Process`].
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::mpsc::Sender;
+
+use anyhow::{Result, bail};
+use log::info;
+
+use super::listener::Listener;
+use super::{FailureLog, reload};
+use crate::config::{Listen, Mode, Service};
+use crate::connection::Context;
+use crate::connection::gate::Gate;
+use crate::connection::mode::{Plan, Settings};
+use crate::connection::registry::Registry;
+use crate::limits::Tracker;
+use crate::metrics::{Families, Metrics};
+use crate::shutdown::Shutdown;
+use crate::sys::{self, InheritedAddr, UnixName};
+use crate::tls;
+use crate::upstream::Upstream;
+
+/// What every service shares with the others: one per process.
+pub(super) struct Process {
+    /// Every connection of every service, under `[process] max-connections` when set; the
+    /// drain waits on it.
+    pub(super) tracker: Arc<Tracker>,
+    /// Connections the end of the drain closed, for the drain's summary.
+    pub(super) cut: AtomicUsize,
+    pub(super) failure_log: FailureLog,
+    pub(super) shutdown: Arc<Shutdown>,
+    /// Every open connection past its handshake, each naming its service.
+    pub(super) registry: Arc<Registry>,
+    pub(super) families: Arc<Families>,
+}
+
+/// What the accept loop and every connection thread of one service share.
+pub(super) struct Shared {
+    /// What the connection room needs for every connection: the mode with its TLS context
+    /// (replaced whole on reload), deadlines, the handshake gate, the shutdown signal.
+    pub(super) connections: Context,
+    /// This service's open-connection counts, for its own caps.
+    pub(super) tracker: Arc<Tracker>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) process: Arc<Process>,
+}
+
+/// A bound service, ready to accept.
+pub(super) struct Bound {
+    pub(super) listener: Listener,
+    /// The listener came from systemd (socket activation) and outlives this process.
+    pub(super) inherited: bool,
+    pub(super) shared: Arc<Shared>,
+    /// Asks this service's reload thread to reload now.
+    pub(super) reload: Sender<()>,
+    /// The "listening on" line, logged when serving starts.
+    pub(super) ready_line: String,
+}
+
+impl Bound {
+    pub(super) fn name(&self) -> &str {
+        &self.shared.connections.service
+    }
+
+    pub(super) fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// Binds one service: its TLS context, its upstream's name, its listener (`inherited` when
+/// systemd passed the socket for it), its reload thread. Nothing is accepted yet.
+pub(super) fn bind(
+    service: &Service,
+    inherited: Option<sys::Inherited>,
+    process: &Arc<Process>,
+) -> Result<Bound> {
+    let tls = tls::build(&service.tls)?;
+    let mode: Mode<Arc<Upstream>> = service
+        .mode
+        .clone()
+        .try_map_upstream(|spec| Upstream::resolve(&spec))?;
+    let (listener, inherited) = match inherited {
+        Some(inherited) => (Listener::inherited(inherited)?, true),
+        None => (Listener::bind(&service.listen, service.backlog)?, false),
+    };
+    if inherited {
+        info!(
+            "socket activation: serving the socket systemd passed ({}); --listen {} is not used",
+            listener.describe(),
+            service.listen
+        );
+        if listener.local_addr().is_none() {
+            needs_no_tcp_listener(service)?;
+        }
+    }
+    let metrics = Arc::new(process.families.service(&service.name));
+    if let Some(info) = &tls.info {
+        metrics.certificate_expiry(info.not_after_unix);
+    }
+    metrics.ocsp(super::ocsp_source(&tls));
+    super::host_limits::check_fd_limit(service.limits.max_connections, &mode);
+    tls.log_startup(&service.tls);
+    // For the reload's failure line: the certificate still in service.
+    let serial = tls.info.as_ref().map(|c| c.serial.clone());
+    let upstream = mode.upstream().cloned();
+    let tls::Tls { side, .. } = tls;
+    let shared = Arc::new(Shared {
+        connections: Context {
+            service: Arc::from(service.name.as_str()),
+            plan: Plan::new(mode, side)?,
+            settings: Settings {
+                handshake_timeout: service.limits.handshake_timeout,
+                idle_timeout: service.limits.idle_timeout,
+                max_lifetime: service.limits.max_lifetime,
+                connect_timeout: service.connect_timeout,
+            },
+            gate: Gate::per_cpu(),
+            registry: Arc::clone(&process.registry),
+            shutdown: Arc::clone(&process.shutdown),
+            accept_proxy: service.accept_proxy.clone(),
+        },
+        tracker: Tracker::new(service.limits.max_connections, service.limits.max_per_ip),
+        metrics: Arc::clone(&metrics),
+        process: Arc::clone(process),
+    });
+    let reload = reload::spawn(
+        service.tls.clone(),
+        reload::Current::new(shared.connections.plan.contexts(), serial),
+        metrics,
+        Arc::clone(&process.registry),
+        reload::Schedule {
+            watch: service.watch_interval,
+            // Client mode issues no tickets: rebuilding its context would only drop the
+            // upstream's session.
+            ticket_key_rotation: match service.mode {
+                Mode::Client { .. } => None,
+                _ => service.ticket_key_rotation,
+            },
+        },
+        upstream,
+    )?;
+    shared
+        .connections
+        .plan
+        .log_startup(&shared.connections.settings);
+    if let Some(proxy) = &service.accept_proxy {
+        let from = if proxy.from.is_empty() {
+            "any peer".to_string()
+        } else {
+            proxy
+                .from
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        info!("accept-proxy: every connection opens with a PROXY v1/v2 header, from {from}");
+    }
+    let ready_line = format!(
+        "securesock {} listening on {} service={} profile={} mode={} backlog={} max_connections={} max_per_ip={} handshake_timeout={:?}",
+        env!("CARGO_PKG_VERSION"),
+        listener.describe(),
+        service.name,
+        service.tls.profile.name(),
+        service.mode.name(),
+        sys::somaxconn().map_or(service.backlog, |max| service.backlog.min(max)),
+        service.limits.max_connections,
+        service.limits.max_per_ip,
+        service.limits.handshake_timeout,
+    );
+    Ok(Bound {
+        listener,
+        inherited,
+        shared,
+        reload,
+        ready_line,
+    })
+}
+
+/// Which service each socket systemd passed is for: the one whose listen address is the socket's
+/// (a wildcard address matches the other family's wildcard on the same port, since systemd's
+/// `ListenStream=PORT` is `[::]:PORT`). One socket and one service keep the single-service rule:
+/// the socket is served whatever `--listen` says. Returns one entry per service, in order; a
+/// socket no service listens on is refused.
+pub(super) fn match_inherited(
+    services: &[Service],
+    inherited: Vec<sys::Inherited>,
+) -> Result<Vec<Option<sys::Inherited>>> {
+    let mut matched: Vec<Option<sys::Inherited>> = services.iter().map(|_| None).collect();
+    if services.len() == 1 && inherited.len() == 1 {
+        matched[0] = inherited.into_iter().next();
+        return Ok(matched);
+    }
+    for socket in inherited {
+        let addr = socket.address()?;
+        let found = services
+            .iter()
+            .position(|s| listens_on(&s.listen, &addr))
+            .filter(|&i| matched[i].is_none());
+        match found {
+            Some(i) => matched[i] = Some(socket),
+            None => bail!(
+                "systemd passed a socket for {} that no service listens on (each ListenStream= needs a service whose listen is that address)",
+                describe(&addr)
+            ),
+        }
+    }
+    Ok(matched)
+}
+
+fn listens_on(listen: &Listen, addr: &InheritedAddr) -> bool {
+    match (listen, addr) {
+        (Listen::Tcp(want), InheritedAddr::Tcp(got)) => {
+            want == got
+                || (want.port() == got.port()
+                    && want.ip().is_unspecified()
+                    && got.ip().is_unspecified())
+        }
+        (Listen::Unix(want), InheritedAddr::Unix(UnixName::Path(got))) => {
+            Path::new(&want.path) == got.as_path()
+        }
+        _ => false,
+    }
+}
+
+fn describe(addr: &InheritedAddr) -> String {
+    match addr {
+        InheritedAddr::Tcp(a) => a.to_string(),
+        InheritedAddr::Unix(UnixName::Path(p)) => format!("unix:{}", p.display()),
+        InheritedAddr::Unix(UnixName::Abstract(n)) => {
+            format!("unix:@{}", String::from_utf8_lossy(n))
+        }
+    }
+}
+
+/// What the configuration refuses with `--listen unix:` it refuses with a UNIX socket systemd
+/// passed too: PROXY headers in or out need a TCP client address.
+fn needs_no_tcp_listener(service: &Service) -> Result<()> {
+    if service.accept_proxy.is_some() {
+        bail!(
+            "--accept-proxy needs a TCP listening socket: systemd passed a UNIX one (ListenStream=/path)"
+        );
+    }
+    if let Mode::Forward {
+        proxy_protocol: Some(_),
+        ..
+    } = service.mode
+    {
+        bail!(
+            "--proxy-protocol needs a TCP listening socket: systemd passed a UNIX one, whose clients have no address to pass on"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    fn services(listens: &[&str]) -> Vec<Service> {
+        listens
+            .iter()
+            .map(|l| {
+                let mut c = crate::config::parse_args(["securesock", "--listen", l]).unwrap();
+                c.services.remove(0)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn inherited_sockets_go_to_the_service_listening_on_their_address() {
+        let a = TcpListener::bind("127.0.0.1:0").unwrap();
+        let b = TcpListener::bind("127.0.0.1:0").unwrap();
+        let (pa, pb) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+        let svcs = services(&["127.0.0.1:1", &pb.to_string(), &pa.to_string()]);
+        let m =
+            match_inherited(&svcs, vec![sys::Inherited::Tcp(a), sys::Inherited::Tcp(b)]).unwrap();
+        let port = |i: usize| match &m[i] {
+            Some(sys::Inherited::Tcp(l)) => Some(l.local_addr().unwrap()),
+            _ => None,
+        };
+        assert_eq!((port(0), port(1), port(2)), (None, Some(pb), Some(pa)));
+
+        let stray = TcpListener::bind("127.0.0.1:0").unwrap();
+        let err = match_inherited(&svcs[..2], vec![sys::Inherited::Tcp(stray)])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("no service listens on"), "{err}");
+    }
+
+    #[test]
+    fn one_socket_and_one_service_is_served_whatever_the_address() {
+        let a = TcpListener::bind("127.0.0.1:0").unwrap();
+        let m = match_inherited(&services(&["127.0.0.1:1"]), vec![sys::Inherited::Tcp(a)]);
+        assert!(m.unwrap()[0].is_some());
+    }
+
+    #[test]
+    fn a_wildcard_matches_the_other_familys_wildcard() {
+        let want = Listen::Tcp("0.0.0.0:443".parse().unwrap());
+        assert!(listens_on(
+            &want,
+            &InheritedAddr::Tcp("[::]:443".parse().unwrap())
+        ));
+        assert!(!listens_on(
+            &want,
+            &InheritedAddr::Tcp("[::]:444".parse().unwrap())
+        ));
+        assert!(!listens_on(
+            &Listen::Tcp("127.0.0.1:443".parse().unwrap()),
+            &InheritedAddr::Tcp("[::]:443".parse().unwrap())
+        ));
+    }
+}
