@@ -32,8 +32,9 @@ pub use args::{
 pub use cidr::Cidr;
 pub use errors::ArgsError;
 pub use types::{
-    AcceptProxy, AccessRules, ClientAuth, Config, DEFAULT_LISTEN_MODE, Identity, Limits, Listen,
-    Mode, ProxyProtocol, SniSpec, TlsProfile, TlsSettings, UNIX_PREFIX, UnixListen, UpstreamTls,
+    AcceptProxy, AccessRules, Balance, ClientAuth, Config, DEFAULT_LISTEN_MODE, Identity, Limits,
+    Listen, Mode, ProxyProtocol, SniSpec, TlsProfile, TlsSettings, UNIX_PREFIX, UnixListen,
+    UpstreamTls, Upstreams,
 };
 pub use validate::{is_dns_name, seconds};
 

@@ -157,18 +157,19 @@ pub(crate) fn accept<S: Socket>(
     Err(Outcome::HandshakeFailed(kind, reason))
 }
 
-/// Client mode's handshake with the upstream, bounded by `deadline` and the end of the drain,
-/// offering the upstream's last session. A verification failure is reported with X509's own words
+/// Client mode's handshake with the upstream at `addr`, bounded by `deadline` and the end of the
+/// drain, offering the last session with that address. A verification failure is reported with X509's own words
 /// (`hostname mismatch`, `unable to get local issuer certificate`), not TLS's generic one.
 pub(crate) fn originate<U: Socket>(
     connector: &Connector,
+    addr: &str,
     stream: U,
     deadline: Instant,
     gate: &Gate,
     shutdown: &Shutdown,
 ) -> Result<SslStream<U>, Outcome> {
     let ssl = connector
-        .ssl()
+        .ssl(addr)
         .map_err(|e| Outcome::Io(format!("TLS setup failed: {e:#}")))?;
     let mid = match complete(|| ssl.connect(stream), deadline, gate, false, shutdown) {
         Ok(s) => return Ok(s),
@@ -176,7 +177,7 @@ pub(crate) fn originate<U: Socket>(
         Err(Stopped::Failed(mid)) => mid,
     };
     // A session the upstream no longer takes must not fail the next connection too.
-    connector.forget_session();
+    connector.forget_session(addr);
     let verify = mid.ssl().verify_result();
     Err(if verify == X509VerifyResult::OK {
         Outcome::HandshakeFailed(classify(mid.error()), ssl_reason(mid.error()))

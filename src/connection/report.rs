@@ -166,6 +166,9 @@ pub(crate) struct Report {
     pub(crate) client: Option<String>,
     /// Client mode: subject of the upstream's verified certificate.
     pub(crate) server: Option<String>,
+    /// Forward and client modes: the upstream address connected to (one of the set's); on the
+    /// line as `upstream=`, right after `mode=`, and only then.
+    pub(crate) upstream: Option<String>,
     /// Whether the handshake resumed an earlier session.
     pub(crate) resumed: Option<bool>,
     pub(crate) bytes_in: u64,
@@ -195,6 +198,7 @@ impl Report {
             alpn: None,
             client: None,
             server: None,
+            upstream: None,
             resumed: None,
             bytes_in: 0,
             bytes_out: 0,
@@ -257,7 +261,7 @@ impl fmt::Display for Report {
         }
         write!(
             f,
-            " sni={} proto={} cipher={} group={} alpn={} client={} server={} resumed={} mode={} in={} out={} ms={} {}",
+            " sni={} proto={} cipher={} group={} alpn={} client={} server={} resumed={} mode={}",
             text(&self.sni),
             self.protocol.unwrap_or("-"),
             self.cipher.unwrap_or("-"),
@@ -271,6 +275,13 @@ impl fmt::Display for Report {
                 None => "-",
             },
             self.mode,
+        )?;
+        if let Some(upstream) = &self.upstream {
+            write!(f, " upstream={}", quoted(upstream))?;
+        }
+        write!(
+            f,
+            " in={} out={} ms={} {}",
             self.bytes_in,
             self.bytes_out,
             self.elapsed.as_millis(),

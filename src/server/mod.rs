@@ -131,7 +131,7 @@ impl Server {
         let mode: Mode<Arc<Upstream>> = config
             .mode
             .clone()
-            .try_map_upstream(|spec| Upstream::resolve(&spec))?;
+            .try_map_upstream(|set| Upstream::resolve(&set))?;
         let (listener, inherited) = match inherited {
             Some(inherited) => (Listener::inherited(inherited)?, true),
             None => (Listener::bind(&config.listen, config.backlog)?, false),

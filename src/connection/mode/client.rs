@@ -23,7 +23,7 @@ pub(crate) fn run<S: Socket + Endpoint>(
     phase: &Phase<'_>,
     report: &mut Report,
 ) -> Result<(), Outcome> {
-    let up = match phase.connect(upstream) {
+    let up = match phase.connect(upstream, report) {
         Ok(up) => up,
         Err(outcome) => {
             close_plain(&mut plain, phase.shutdown);
@@ -49,7 +49,9 @@ fn originate_and_relay<S: Socket + Endpoint, U: Socket>(
     report: &mut Report,
 ) -> Result<(), Outcome> {
     let deadline = phase.accepted + phase.settings.handshake_timeout;
-    let mut tls = originate(connector, up, deadline, gate, phase.shutdown)?;
+    // The address connected to: its last session is the one to offer.
+    let addr = report.upstream.clone().unwrap_or_default();
+    let mut tls = originate(connector, &addr, up, deadline, gate, phase.shutdown)?;
     report.handshake = Some(phase.accepted.elapsed());
     report.record_tls(tls.ssl());
     report.server = tls
