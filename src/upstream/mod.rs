@@ -66,7 +66,7 @@ pub(crate) struct Upstream {
     /// Round-robin: where the next connection starts.
     turn: AtomicUsize,
     health: Health,
-    /// Failed connects are warned about a few a second; the rest go to debug.
+    /// Each failed connect is a warning, a few a second; the rest go to debug.
     warnings: RateLimit,
 }
 
@@ -163,18 +163,22 @@ impl Upstream {
                 }
                 Err(e) => {
                     let newly_down = self.health.failed(addr, Instant::now());
+                    let skipped = if newly_down {
+                        format!("; skipped for {:?}", self.health.retry())
+                    } else {
+                        String::new()
+                    };
                     let next = if i + 1 < order.len() {
-                        "trying the next"
+                        "trying the next address"
                     } else {
                         "no address left"
                     };
-                    let skipped = self.health.retry();
-                    match newly_down.then(|| self.warnings.allow()).flatten() {
-                        Some(0) => warn!("upstream {e}; skipped for {skipped:?}; {next}"),
-                        Some(n) => warn!(
-                            "upstream {e}; skipped for {skipped:?}; {next} ({n} similar lines left out)"
-                        ),
-                        None => debug!("upstream {e}; {next}"),
+                    match self.warnings.allow() {
+                        Some(0) => warn!("upstream {e}{skipped}; {next}"),
+                        Some(n) => {
+                            warn!("upstream {e}{skipped}; {next} ({n} similar lines left out)")
+                        }
+                        None => debug!("upstream {e}{skipped}; {next}"),
                     }
                     last = e;
                 }

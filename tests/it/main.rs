@@ -41,3 +41,4 @@ mod ticket_keys;
 mod tls_options;
 mod trust;
 mod unix_sockets;
+mod upstream_sets;
