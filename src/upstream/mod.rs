@@ -66,7 +66,8 @@ pub(crate) struct Upstream {
     /// Round-robin: where the next connection starts.
     turn: AtomicUsize,
     health: Health,
-    /// Each failed connect is a warning, a few a second; the rest go to debug.
+    /// Each failed connect in a set of several is a warning, a few a second; the rest go to
+    /// debug.
     warnings: RateLimit,
 }
 
@@ -163,6 +164,12 @@ impl Upstream {
                 }
                 Err(e) => {
                     let newly_down = self.health.failed(addr, Instant::now());
+                    // One address alone is never skipped, and its connection's line says why.
+                    if addrs.len() == 1 {
+                        debug!("upstream {e}");
+                        last = e;
+                        continue;
+                    }
                     let skipped = if newly_down {
                         format!("; skipped for {:?}", self.health.retry())
                     } else {
