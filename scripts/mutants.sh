@@ -5,7 +5,8 @@
 # make some test fail; the ones that do not ("missed") are listed, and docs/testing.md says which
 # are known and why each is harmless. Not part of CI or scripts/test.sh: a full run takes hours.
 #
-#   scripts/mutants.sh [MODULE...]    MODULE: limits, proxy_protocol, tls, config (default: all)
+#   scripts/mutants.sh [MODULE...]    MODULE: limits, proxy_protocol, tls, config, trust,
+#                                     registry (default: all)
 #
 # Each module is mutated with only the tests that guard it (its unit tests plus the integration
 # test modules of tests/it named below), so one module's run stays around half an hour on 2 cores. Results go
@@ -33,37 +34,44 @@ tests_for() {
         proxy_protocol) echo "--lib --test it -- proxy" ;;
         tls) echo "--lib --test it -- tls:: cipher_policy:: tls_options:: startup:: access:: ocsp::" ;;
         config) echo "--lib --test it -- config:: startup::" ;;
+        trust) echo "--lib --test it -- tls:: trust:: revoke:: ticket_keys:: ocsp::" ;;
+        registry) echo "--lib --test it -- revoke:: shutdown:: relay::" ;;
         *) return 1 ;;
     esac
 }
 
-# files_for MODULE: what cargo mutants mutates: the module's file, or every file of its folder.
+# files_for MODULE: the --file arguments of what cargo mutants mutates: the module's file, every
+# file of its folder, or for the groups named after an issue's concern, the files that hold it
+# (trust: how sessions, stapled responses and open connections are judged again over time;
+# registry: the open connections and the stop a reload sends them).
 files_for() {
-    if [ -d "src/$1" ]; then
-        echo "src/$1/*.rs"
-    else
-        echo "src/$1.rs"
-    fi
+    case "$1" in
+        trust) echo "--file src/tls/resume.rs --file src/tls/recheck.rs --file src/tls/stapling.rs" ;;
+        registry) echo "--file src/connection/registry.rs --file src/shutdown.rs" ;;
+        *) if [ -d "src/$1" ]; then echo "--file src/$1/*.rs"; else echo "--file src/$1.rs"; fi ;;
+    esac
 }
 
-[ $# -gt 0 ] || set -- limits proxy_protocol tls config
+[ $# -gt 0 ] || set -- limits proxy_protocol tls config trust registry
 for module in "$@"; do
     tests_for "$module" >/dev/null || {
-        echo "mutants.sh: unknown module '$module' (limits, proxy_protocol, tls, config)" >&2
+        echo "mutants.sh: unknown module '$module' (limits, proxy_protocol, tls, config, trust, registry)" >&2
         exit 2
     }
 done
 
+set -f
 status=0
 for module in "$@"; do
     out="target/mutants/$module"
     mkdir -p "$out"
-    echo "== cargo mutants on $(files_for "$module"): cargo test $(tests_for "$module")"
+    echo "== cargo mutants $(files_for "$module"): cargo test $(tests_for "$module")"
     # --timeout: a mutant that deadlocks (a gate that never releases) is cut after 2 minutes of
     # tests, whose unmutated run takes seconds; builds get longer on a machine shared with other
-    # compiles. The shell splits the test arguments on purpose.
+    # compiles. The shell splits the file and test arguments on purpose; globbing is off (set -f)
+    # so cargo mutants, not the shell, expands a folder's *.rs.
     # shellcheck disable=SC2046
-    if ! cargo mutants --file "$(files_for "$module")" --timeout 120 --build-timeout 900 \
+    if ! cargo mutants $(files_for "$module") --timeout 120 --build-timeout 900 \
         --output "$out" -- $(tests_for "$module"); then
         status=1
     fi

@@ -12,7 +12,9 @@ use std::path::PathBuf;
 use clap::builder::{BoolishValueParser, PossibleValue, PossibleValuesParser};
 use clap::{ArgAction, Parser};
 
-use super::types::{Balance, GREET, MODES, ProxyProtocol, TlsProfile};
+use super::types::{
+    Balance, DEFAULT_GREETING, DEFAULT_TICKET_KEY_ROTATION, GREET, MODES, ProxyProtocol, TlsProfile,
+};
 
 fn mode_values() -> PossibleValuesParser {
     PossibleValuesParser::new(MODES.map(|(name, help)| PossibleValue::new(name).help(help)))
@@ -122,7 +124,7 @@ pub struct ModeArgs {
         long,
         env = "SECURESOCK_GREETING",
         value_name = "TEXT",
-        default_value = "Hello, secure world!"
+        default_value = DEFAULT_GREETING
     )]
     pub greeting: String,
 }
@@ -193,7 +195,7 @@ pub struct TlsArgs {
         long,
         env = "SECURESOCK_TICKET_KEY_ROTATION",
         value_name = "SECS",
-        default_value_t = 3600.0
+        default_value_t = DEFAULT_TICKET_KEY_ROTATION
     )]
     pub ticket_key_rotation: f64,
 
@@ -376,7 +378,8 @@ pub struct LimitsArgs {
     )]
     pub handshake_timeout: f64,
 
-    /// Seconds without a byte in either direction after which an echo or forward connection is closed
+    /// Seconds without a byte in either direction after which an echo, forward or client connection
+    /// is closed
     #[arg(
         long,
         env = "SECURESOCK_IDLE_TIMEOUT",
@@ -385,8 +388,8 @@ pub struct LimitsArgs {
     )]
     pub idle_timeout: f64,
 
-    /// Seconds an echo or forward connection may last from accept, however busy, before it is
-    /// closed (close_notify to the client, FIN upstream); 0 means no limit. Bounds a client that
+    /// Seconds an echo, forward or client connection may last from accept, however busy, before it
+    /// is closed (the end of stream to the client, and upstream); 0 means no limit. Bounds a client that
     /// trickles bytes to stay under --idle-timeout forever
     #[arg(
         long,

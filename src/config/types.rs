@@ -332,6 +332,12 @@ pub const UNIX_PREFIX: &str = "unix:";
 /// The socket file mode when `--listen-mode` is not given: owner and group may connect.
 pub const DEFAULT_LISTEN_MODE: u32 = 0o660;
 
+/// What greet mode sends when `--greeting` is not given.
+pub(super) const DEFAULT_GREETING: &str = "Hello, secure world!";
+
+/// `--ticket-key-rotation`'s default, in seconds.
+pub(super) const DEFAULT_TICKET_KEY_ROTATION: f64 = 3600.0;
+
 /// Validated settings: everything the server needs, in the types it needs: the process-wide
 /// settings and every service the process runs (flags alone give exactly one, named
 /// [`DEFAULT_SERVICE`]).

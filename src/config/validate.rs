@@ -18,9 +18,9 @@ use super::args::{
 };
 use super::cidr::Cidr;
 use super::types::{
-    AcceptProxy, AccessRules, CLIENT, ClientAuth, Config, DEFAULT_LISTEN_MODE, DEFAULT_SERVICE,
-    ECHO, FORWARD, GREET, Identity, Limits, Listen, Mode, Process, Service, SniSpec, TlsSettings,
-    UNIX_PREFIX, UnixListen, UpstreamTls, Upstreams,
+    AcceptProxy, AccessRules, CLIENT, ClientAuth, Config, DEFAULT_GREETING, DEFAULT_LISTEN_MODE,
+    DEFAULT_SERVICE, DEFAULT_TICKET_KEY_ROTATION, ECHO, FORWARD, GREET, Identity, Limits, Listen,
+    Mode, Process, Service, SniSpec, TlsSettings, UNIX_PREFIX, UnixListen, UpstreamTls, Upstreams,
 };
 
 /// The longest path a UNIX socket address holds (`sun_path` is 108 bytes with its NUL).
@@ -125,6 +125,8 @@ pub(super) fn listen(raw: ListenArgs) -> Result<ListenPart, String> {
 /// `--mode` and `--greeting`, with the `--upstream` and `--proxy-protocol` the relaying modes
 /// carry; `listen` is where the clients a PROXY header would announce come from.
 pub(super) fn mode(raw: ModeArgs, up: &UpstreamArgs, listen: &Listen) -> Result<Mode, String> {
+    // The default is what an absent flag reads as, so only a greeting of the user's is refused.
+    let greeting_given = raw.greeting != DEFAULT_GREETING;
     let given = !up.upstream.is_empty();
     let mode = match (raw.mode.as_str(), given) {
         (FORWARD, true) => Mode::Forward {
@@ -150,6 +152,7 @@ pub(super) fn mode(raw: ModeArgs, up: &UpstreamArgs, listen: &Listen) -> Result<
         // clap admits only the names in MODES.
         (other, false) => return Err(format!("unknown mode '{other}'")),
     };
+    refuse_in_client_mode(&mode, &[("--greeting", greeting_given)])?;
     if up.proxy_protocol.is_some() && !matches!(mode, Mode::Forward { .. }) {
         return Err("--proxy-protocol only applies to --mode forward".into());
     }
@@ -297,6 +300,16 @@ pub(super) fn client_auth(raw: ClientAuthArgs, mode: &Mode) -> Result<ClientAuth
             ("--client-ca", raw.client_ca.is_some()),
             ("--require-client-cert", raw.require_client_cert),
             ("--crl", raw.crl.is_some()),
+            ("--allow-cn", !raw.allow_cn.is_empty()),
+            ("--allow-ou", !raw.allow_ou.is_empty()),
+            (
+                "--allow-dns",
+                raw.allow_dns.iter().any(|v| !v.trim().is_empty()),
+            ),
+            (
+                "--allow-uri",
+                raw.allow_uri.iter().any(|v| !v.trim().is_empty()),
+            ),
         ],
     )?;
     let client_auth = match raw.client_ca {
@@ -353,6 +366,12 @@ pub(super) fn tls(
             ("--strict-sni", raw.strict_sni),
             ("--alpn", raw.alpn.iter().any(|p| !p.is_empty())),
             ("--alpn-optional", raw.alpn_optional),
+            ("--ticket-key-file", raw.ticket_key_file.is_some()),
+            (
+                "--ticket-key-rotation",
+                raw.ticket_key_rotation != DEFAULT_TICKET_KEY_ROTATION,
+            ),
+            ("--ocsp-response", raw.ocsp_response.is_some()),
         ],
     )?;
     // Keys from a file change when the file does; rebuilding the context on a timer would only
@@ -435,8 +454,9 @@ pub(super) fn operations(raw: OperationsArgs) -> Result<OperationsPart, String> 
     })
 }
 
-/// Client mode's listener speaks plaintext: a server-side TLS flag given there would be silently
-/// ignored, so the first one given is refused.
+/// Client mode's listener speaks plaintext: a server-side flag given there (TLS, client
+/// certificates, tickets, OCSP, the greeting) would be silently ignored, so the first one given is
+/// refused.
 fn refuse_in_client_mode(mode: &Mode, given: &[(&str, bool)]) -> Result<(), String> {
     if !matches!(mode, Mode::Client { .. }) {
         return Ok(());

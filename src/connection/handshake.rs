@@ -158,19 +158,23 @@ pub(crate) fn accept<S: Socket>(
 }
 
 /// Client mode's handshake with the upstream at `addr`, bounded by `deadline` and the end of the
-/// drain, offering the last session with that address. A verification failure is reported with X509's own words
-/// (`hostname mismatch`, `unable to get local issuer certificate`), not TLS's generic one.
+/// drain, offering the last session with that address. A verification failure is reported with
+/// X509's own words (`hostname mismatch`, `unable to get local issuer certificate`), not TLS's
+/// generic one. `sni` gets the server name sent (none for an IP literal) before the handshake
+/// starts, so a failed one reports it too.
 pub(crate) fn originate<U: Socket>(
     connector: &Connector,
     addr: &str,
     stream: U,
     deadline: Instant,
+    sni: &mut Option<String>,
     gate: &Gate,
     shutdown: &Shutdown,
 ) -> Result<SslStream<U>, Outcome> {
     let ssl = connector
         .ssl(addr)
         .map_err(|e| Outcome::Io(format!("TLS setup failed: {e:#}")))?;
+    *sni = crate::tls::requested_name(&ssl);
     let mid = match complete(|| ssl.connect(stream), deadline, gate, false, shutdown) {
         Ok(s) => return Ok(s),
         Err(Stopped::Waiting(outcome, _) | Stopped::Setup(outcome)) => return Err(outcome),

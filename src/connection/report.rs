@@ -59,6 +59,9 @@ pub(crate) enum Outcome {
     /// A reload found the client certificate no longer accepted (revoked, untrusted, not
     /// allowed): the connection was closed in order, as at the drain's end. The text says why.
     Revoked(String),
+    /// The TLS side (`client` in forward mode, `upstream` in client mode) closed TCP without
+    /// close_notify, so its stream may be cut short; the plaintext side was reset.
+    Truncated(&'static str),
     /// `--accept-proxy`: the PROXY header was missing, malformed, oversized or cut short.
     Proxy(String),
     /// `--accept-proxy`: the client the PROXY header named is at `--max-per-ip`. The server
@@ -127,6 +130,10 @@ impl fmt::Display for Outcome {
             }
             Outcome::Shutdown => write!(f, "result=shutdown"),
             Outcome::Revoked(reason) => write!(f, "result=revoked reason={}", quoted(reason)),
+            Outcome::Truncated(side) => write!(
+                f,
+                "result=truncated reason=\"{side} closed TLS without close_notify\""
+            ),
             Outcome::Proxy(reason) => write!(f, "result=proxy_error reason={}", quoted(reason)),
             Outcome::Refused(why) => write!(f, "result=refused reason={}", why.label()),
         }
@@ -244,7 +251,11 @@ impl Report {
             Outcome::HandshakeFailed(kind, _) => kind.label(),
             Outcome::Proxy(_) => "proxy_error",
             Outcome::Refused(_) => "refused",
-            Outcome::Ok | Outcome::Io(_) | Outcome::Upstream(_) | Outcome::Revoked(_) => "error",
+            Outcome::Ok
+            | Outcome::Io(_)
+            | Outcome::Upstream(_)
+            | Outcome::Revoked(_)
+            | Outcome::Truncated(_) => "error",
         }
     }
 }

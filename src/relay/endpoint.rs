@@ -27,8 +27,11 @@ pub enum Io {
     Moved(usize),
     /// Nothing moved; retry once the socket is ready for this.
     Blocked(Interest),
-    /// The source ended (EOF or close_notify).
+    /// The source ended: a FIN on a plaintext socket, close_notify on TLS.
     Ended,
+    /// A TLS source ended without close_notify: TCP closed under it, so what it sent may have
+    /// been cut short (a truncation).
+    Truncated,
     Failed(String),
 }
 
@@ -45,6 +48,13 @@ pub trait Endpoint {
     /// side, whose writes are one record each), or sends what was held. A no-op where one write
     /// already carries the whole buffer.
     fn batch(&mut self, _on: bool) {}
+    /// Arranges for the peer to see a reset, not an end of stream, when the socket is closed, and
+    /// says whether it will: how a plaintext peer learns that the TLS stream it was relayed was
+    /// cut short. False for a TLS end (which tells a cut by withholding close_notify) and a UNIX
+    /// socket (which has no reset); those get their ordinary end instead.
+    fn reset(&mut self) -> bool {
+        false
+    }
 }
 
 /// A failed TLS operation: blocked, or failed for the reason OpenSSL gives.
@@ -67,7 +77,8 @@ impl<S: Socket> Endpoint for SslStream<S> {
     fn read_into(&mut self, buf: &mut [u8]) -> Io {
         match self.ssl_read(buf) {
             Ok(n) => Io::Moved(n),
-            Err(e) if e.code() == ErrorCode::ZERO_RETURN || is_eof(&e) => Io::Ended,
+            Err(e) if e.code() == ErrorCode::ZERO_RETURN => Io::Ended,
+            Err(e) if is_eof(&e) => Io::Truncated,
             Err(e) => tls_failure(&e),
         }
     }
@@ -144,6 +155,10 @@ macro_rules! plain_endpoint {
             fn close_write(&mut self) -> Io {
                 plain_close(self)
             }
+
+            fn reset(&mut self) -> bool {
+                Socket::reset_on_close(self)
+            }
         }
     };
 }
@@ -152,8 +167,9 @@ plain_endpoint!(TcpStream);
 plain_endpoint!(UnixStream);
 
 /// Whether a failed `SSL_read` means the peer closed TCP without close_notify. That ends the
-/// client's input like a close_notify does (as nginx and ghostunnel treat it); whether the reply
-/// can still reach a peer that did so is for the write side to find out.
+/// peer's input as a close_notify does (as nginx and ghostunnel treat it), but as a truncation:
+/// the lane passes it on as a reset where the other end can carry one. Whether a reply can still
+/// reach a peer that did so is for the write side to find out.
 fn is_eof(e: &openssl::ssl::Error) -> bool {
     match e.code() {
         // OpenSSL 1.1: SYSCALL with neither a queued error nor an errno.

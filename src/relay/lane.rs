@@ -1,6 +1,7 @@
 //! One direction of a relay ([`Lane`]): the buffer, the read that fills it and the write that
 //! drains it, and the half-close: once the source has ended and everything buffered is out, the
-//! end is passed on (close_notify or a FIN) while the other direction keeps flowing.
+//! end is passed on (close_notify or a FIN) while the other direction keeps flowing; a TLS source
+//! that ended without close_notify is passed on as a reset instead.
 //!
 //! Owns one direction's state; it must never wait (it tries until an operation would block and
 //! records what it blocked on) or know the other direction.
@@ -19,6 +20,9 @@ pub(super) struct Lane {
     pub(super) write_wait: Option<Interest>,
     /// The source ended; what is buffered still goes out, then the end is passed on.
     pub(super) eof: bool,
+    /// The source was TLS and ended without close_notify: its end is passed on as a reset where
+    /// the destination can carry one, and the relay stops once it is.
+    pub(super) truncated: bool,
     /// The end was passed on to the destination: this direction is finished.
     pub(super) shut: bool,
     pub(super) read: u64,
@@ -43,6 +47,7 @@ impl Lane {
             read_wait: None,
             write_wait: None,
             eof: false,
+            truncated: false,
             shut: false,
             read: 0,
             written: 0,
@@ -77,6 +82,10 @@ impl Lane {
                 }
                 Io::Blocked(interest) => self.read_wait = Some(interest),
                 Io::Ended => self.eof = true,
+                Io::Truncated => {
+                    self.eof = true;
+                    self.truncated = true;
+                }
                 Io::Failed(reason) => return Err(Fault::Source(reason)),
             }
         }
@@ -95,7 +104,7 @@ impl Lane {
                     moved = true;
                 }
                 Io::Blocked(interest) => self.write_wait = Some(interest),
-                Io::Ended => return Err(Fault::Sink("closed".into())),
+                Io::Ended | Io::Truncated => return Err(Fault::Sink("closed".into())),
                 Io::Failed(reason) => return Err(Fault::Sink(reason)),
             }
         }
@@ -118,10 +127,16 @@ impl Lane {
         }
         let moved = written?;
         if self.eof && !self.shut && self.buf.is_empty() && self.write_wait.is_none() {
+            // A cut stream must not reach a plaintext peer as a whole one: the reset goes out
+            // when the relay ends, which it does once this lane is shut.
+            if self.truncated && dst.reset() {
+                self.shut = true;
+                return Ok(moved);
+            }
             match dst.close_write() {
                 Io::Moved(_) => self.shut = true,
                 Io::Blocked(interest) => self.write_wait = Some(interest),
-                Io::Ended | Io::Failed(_) => {
+                Io::Ended | Io::Truncated | Io::Failed(_) => {
                     // The peer is already gone, so it cannot miss the end-of-stream signal, and
                     // everything it was sent got out: nothing was lost.
                     self.shut = true;

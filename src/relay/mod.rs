@@ -84,6 +84,14 @@ pub enum RelayEnd {
     Shutdown,
     /// The connection's own [`Stop`] was asked for, with this reason: closed as at the drain's end.
     Stopped(String),
+    /// Forward mode: the TLS client closed TCP without close_notify, so what it sent may be cut
+    /// short. Everything it sent was delivered, then the plaintext upstream was reset rather
+    /// than sent a FIN (a UNIX upstream, which has no reset, got its FIN).
+    ClientTruncated,
+    /// Client mode: the TLS upstream closed TCP without close_notify. Everything it sent was
+    /// delivered, then the plaintext client was reset, so it can tell a cut reply from a whole
+    /// one (a UNIX client, which has no reset, got its end of stream).
+    UpstreamTruncated,
 }
 
 /// A pollfd for `end`'s socket waiting on every interest given; ignored by poll (fd -1) when there
@@ -323,7 +331,9 @@ fn client_fault(fault: Fault) -> RelayEnd {
 /// Half-close is carried faithfully: the client's end (close_notify, or EOF) is passed on to the
 /// upstream (a FIN, or close_notify) while upstream → client keeps flowing; the upstream's end is
 /// passed on to the client, once everything before it is delivered, while client → upstream keeps
-/// flowing until the client ends too. The idle timeout without a byte moving either way, the end of
+/// flowing until the client ends too. A TLS side that ends without close_notify (a truncation)
+/// is passed on as a reset of the plaintext side, once everything before it is delivered, and
+/// ends the relay. The idle timeout without a byte moving either way, the end of
 /// the connection's lifetime, the end of the drain, or the connection's stop ends the relay with the end of stream sent to
 /// the client and, at the lifetime's or the drain's end, to the upstream too. Either side failing
 /// ends it at once.
@@ -355,7 +365,11 @@ fn forward_loop(
     // Whether the memory of the current quiet spell was already given back.
     let mut settled = false;
     loop {
-        match step(client, upstream, up, down) {
+        let moved = step(client, upstream, up, down);
+        if let Some(end) = cut_short(up, down) {
+            return end;
+        }
+        match moved {
             Err(end) => return end,
             Ok(true) => {
                 last = Instant::now();
@@ -400,6 +414,19 @@ fn forward_loop(
     }
 }
 
+/// How the relay ends once a lane has passed on its TLS source's truncation: nothing more can
+/// usefully go to a peer that is about to get a reset, and the reset goes out when the caller
+/// closes the sockets.
+fn cut_short(up: &Lane, down: &Lane) -> Option<RelayEnd> {
+    if up.truncated && up.shut {
+        Some(RelayEnd::ClientTruncated)
+    } else if down.truncated && down.shut {
+        Some(RelayEnd::UpstreamTruncated)
+    } else {
+        None
+    }
+}
+
 /// Moves what can move without waiting, both ways. True when any byte moved.
 fn step(
     client: &mut impl Endpoint,
@@ -407,11 +434,24 @@ fn step(
     up: &mut Lane,
     down: &mut Lane,
 ) -> Result<bool, RelayEnd> {
-    let a = up.fill(client).map_err(|f| blame(f, false))?;
+    let a = fill_answering(up, client, down.shut).map_err(|f| blame(f, false))?;
     let b = up.drain(upstream).map_err(|f| blame(f, false))?;
-    let c = down.fill(upstream).map_err(|f| blame(f, true))?;
+    let c = fill_answering(down, upstream, up.shut).map_err(|f| blame(f, true))?;
     let d = down.drain(client).map_err(|f| blame(f, true))?;
     Ok(a | b | c | d)
+}
+
+/// Fills `lane` from `src`. When `src` was already sent this relay's end (`told`: the other lane
+/// is shut), a TLS peer closing TCP without a close_notify of its own answers that end, as Redis
+/// and many servers do, rather than cutting its stream short: it is taken as an orderly end. A
+/// truncation seen before then stays one.
+fn fill_answering(lane: &mut Lane, src: &mut impl Endpoint, told: bool) -> Result<bool, Fault> {
+    let before = lane.truncated;
+    let moved = lane.fill(src);
+    if told && !before {
+        lane.truncated = false;
+    }
+    moved
 }
 
 /// Names the peer behind a lane's failure: the client is the source going up and the sink coming

@@ -157,6 +157,11 @@ pub trait Socket: Read + Write + AsRawFd + Send {
     fn tcp_local_addr(&self) -> Option<SocketAddr> {
         None
     }
+    /// Makes the close that follows a reset instead of a FIN (SO_LINGER with a zero timeout, as
+    /// HAProxy aborts a stream) and says whether it will be. UNIX sockets have no reset.
+    fn reset_on_close(&self) -> bool {
+        false
+    }
 }
 
 impl Socket for TcpStream {
@@ -179,6 +184,12 @@ impl Socket for TcpStream {
 
     fn tcp_local_addr(&self) -> Option<SocketAddr> {
         self.local_addr().ok()
+    }
+
+    fn reset_on_close(&self) -> bool {
+        socket2::SockRef::from(self)
+            .set_linger(Some(Duration::ZERO))
+            .is_ok()
     }
 }
 

@@ -69,8 +69,12 @@ fn a_dns_name_is_verified_and_sent_as_sni() {
 }
 
 /// The plaintext client gets an end of stream and no byte; the client-mode log names the X509
-/// verify error; the upstream saw the handshake fail.
+/// verify error and the server name it sent (`-` for none); the upstream saw the handshake fail.
 fn refused_upstream(args: &[&str], reason: &str) {
+    refused_upstream_with(args, reason, "-");
+}
+
+fn refused_upstream_with(args: &[&str], reason: &str, sni: &str) {
     let server = tls_server(&[]);
     let client = client_for(&server, args);
     let got = plain_read(client.addr).expect("an end of stream, not a reset");
@@ -82,7 +86,10 @@ fn refused_upstream(args: &[&str], reason: &str) {
     );
     assert!(line.contains(&format!("reason=\"{reason}\"")), "{line}");
     assert!(line.contains("out=0"), "{line}");
-    server.logs.wait_for(&["conn ", "result=handshake_failed"]);
+    assert!(line.contains(&format!(" sni={sni} ")), "{line}");
+    let upstream = server.logs.wait_for(&["conn ", "result=handshake_failed"]);
+    // What the client-mode line names is what the upstream got.
+    assert!(upstream.contains(&format!(" sni={sni} ")), "{upstream}");
 }
 
 #[test]
@@ -95,6 +102,16 @@ fn an_upstream_from_another_ca_is_refused() {
 }
 
 #[test]
+fn a_failed_handshake_logs_the_server_name_it_sent() {
+    let other = mtls("other-ca-cert.pem");
+    refused_upstream_with(
+        &["--upstream-ca", &other, "--upstream-name", "localhost"],
+        "unable to get local issuer certificate",
+        "localhost",
+    );
+}
+
+#[test]
 fn the_system_trust_store_does_not_know_a_private_ca() {
     refused_upstream(&[], "unable to get local issuer certificate");
 }
@@ -102,9 +119,10 @@ fn the_system_trust_store_does_not_know_a_private_ca() {
 #[test]
 fn a_wrong_name_is_refused() {
     let ca = mtls("ca-cert.pem");
-    refused_upstream(
+    refused_upstream_with(
         &["--upstream-ca", &ca, "--upstream-name", "db.example.com"],
         "hostname mismatch",
+        "db.example.com",
     );
     refused_upstream(
         &["--upstream-ca", &ca, "--upstream-name", "127.0.0.2"],

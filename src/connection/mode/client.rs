@@ -51,7 +51,15 @@ fn originate_and_relay<S: Socket + Endpoint, U: Socket>(
     let deadline = phase.accepted + phase.settings.handshake_timeout;
     // The address connected to: its last session is the one to offer.
     let addr = report.upstream.clone().unwrap_or_default();
-    let mut tls = originate(connector, &addr, up, deadline, gate, phase.shutdown)?;
+    let mut tls = originate(
+        connector,
+        &addr,
+        up,
+        deadline,
+        &mut report.sni,
+        gate,
+        phase.shutdown,
+    )?;
     report.handshake = Some(phase.accepted.elapsed());
     report.record_tls(tls.ssl());
     report.server = tls

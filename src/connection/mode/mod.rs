@@ -304,6 +304,8 @@ fn relayed(result: RelayResult, report: &mut Report) -> Result<(), Outcome> {
         RelayEnd::Stopped(reason) => Err(Outcome::Revoked(reason)),
         RelayEnd::ClientError(reason) | RelayEnd::Poll(reason) => Err(Outcome::Io(reason)),
         RelayEnd::UpstreamError(reason) => Err(Outcome::Upstream(reason)),
+        RelayEnd::ClientTruncated => Err(Outcome::Truncated("client")),
+        RelayEnd::UpstreamTruncated => Err(Outcome::Truncated("upstream")),
     }
 }
 
@@ -370,7 +372,7 @@ fn linger(end: &mut impl Endpoint, deadline: Instant, shutdown: &Shutdown) -> u6
                     break;
                 }
             }
-            Io::Ended | Io::Failed(_) => break,
+            Io::Ended | Io::Truncated | Io::Failed(_) => break,
         }
     }
     total as u64
