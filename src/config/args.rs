@@ -13,7 +13,7 @@ use clap::builder::{BoolishValueParser, PossibleValue, PossibleValuesParser};
 use clap::{ArgAction, Parser};
 
 use super::types::{
-    DEFAULT_GREETING, DEFAULT_TICKET_KEY_ROTATION, GREET, MODES, ProxyProtocol, TlsProfile,
+    Balance, DEFAULT_GREETING, DEFAULT_TICKET_KEY_ROTATION, GREET, MODES, ProxyProtocol, TlsProfile,
 };
 
 fn mode_values() -> PossibleValuesParser {
@@ -258,9 +258,47 @@ pub struct ClientAuthArgs {
 #[command(next_help_heading = "Upstream")]
 pub struct UpstreamArgs {
     /// Service to relay to: plaintext in forward mode, TLS in client mode; HOST:PORT (resolved at
-    /// start and on reload) or unix:/PATH
-    #[arg(long, env = "SECURESOCK_UPSTREAM", value_name = "HOST:PORT")]
-    pub upstream: Option<String>,
+    /// start, on reload and every --upstream-resolve) or unix:/PATH. Several (repeat the flag or
+    /// separate with commas) make a set that --balance picks from; a connect that fails or times
+    /// out moves to the next address at once
+    #[arg(
+        long,
+        env = "SECURESOCK_UPSTREAM",
+        value_name = "HOST:PORT",
+        value_delimiter = ','
+    )]
+    pub upstream: Vec<String>,
+
+    /// How each connection picks from several --upstream addresses: priority (the first healthy
+    /// one in order: failover) or round-robin
+    #[arg(
+        long,
+        env = "SECURESOCK_BALANCE",
+        value_name = "HOW",
+        value_enum,
+        default_value_t = Balance::Priority
+    )]
+    pub balance: Balance,
+
+    /// Seconds an --upstream address that failed to connect is skipped, unless every address is
+    /// down (passive health check)
+    #[arg(
+        long,
+        env = "SECURESOCK_UPSTREAM_RETRY",
+        value_name = "SECS",
+        default_value_t = 10.0
+    )]
+    pub upstream_retry: f64,
+
+    /// Seconds between resolutions of the --upstream names besides start and reload; 0 means
+    /// only then. A name that stops resolving keeps its last addresses
+    #[arg(
+        long,
+        env = "SECURESOCK_UPSTREAM_RESOLVE",
+        value_name = "SECS",
+        default_value_t = 60.0
+    )]
+    pub upstream_resolve: f64,
 
     /// Seconds to wait for the upstream to accept a connection (forward and client modes)
     #[arg(

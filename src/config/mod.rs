@@ -32,9 +32,9 @@ pub use args::{
 pub use cidr::Cidr;
 pub use errors::ArgsError;
 pub use types::{
-    AcceptProxy, AccessRules, ClientAuth, Config, DEFAULT_LISTEN_MODE, DEFAULT_SERVICE, Identity,
-    Limits, Listen, Mode, Process, ProxyProtocol, Service, SniSpec, TlsProfile, TlsSettings,
-    UNIX_PREFIX, UnixListen, UpstreamTls,
+    AcceptProxy, AccessRules, Balance, ClientAuth, Config, DEFAULT_LISTEN_MODE, DEFAULT_SERVICE,
+    Identity, Limits, Listen, Mode, Process, ProxyProtocol, Service, SniSpec, TlsProfile,
+    TlsSettings, UNIX_PREFIX, UnixListen, UpstreamTls, Upstreams,
 };
 pub use validate::{is_dns_name, seconds};
 

@@ -35,13 +35,13 @@ impl TlsProfile {
 
 /// What each connection does after the handshake, from the command line to the connection thread.
 ///
-/// `U` is how forward and client modes know their upstream: the `HOST:PORT` or `unix:/path` text as
-/// configured, and once the server has resolved it at start, the resolved upstream
-/// ([`Mode::try_map_upstream`]). Adding a
+/// `U` is how forward and client modes know their upstream: the [`Upstreams`] as configured (each
+/// `HOST:PORT` or `unix:/path` text and how to choose among them), and once the server has
+/// resolved them at start, the resolved set ([`Mode::try_map_upstream`]). Adding a
 /// mode is one variant here, its entry in [`MODES`] and [`Mode::name`], its parsing in
 /// `validate.rs`'s `mode`, and its data phase in the connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Mode<U = String> {
+pub enum Mode<U = Upstreams> {
     /// Send the greeting, close_notify, close: the tutorial's server.
     Greet { greeting: Vec<u8> },
     /// Send back what the client sends until it closes or goes idle.
@@ -122,6 +122,46 @@ impl<U> Mode<U> {
     /// one.
     pub fn descriptors_per_connection(&self) -> u64 {
         if self.upstream().is_some() { 2 } else { 1 }
+    }
+}
+
+/// `--upstream` (one address or several), `--balance`, `--upstream-retry` and
+/// `--upstream-resolve`: the set forward and client modes relay to and how each connection picks
+/// from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstreams {
+    /// Each `HOST:PORT` or `unix:/path` as given, in order (at least one). A name contributes
+    /// every address it resolves to.
+    pub addrs: Vec<String>,
+    pub balance: Balance,
+    /// How long an address that failed to connect is skipped (unless every address is down).
+    pub retry: Duration,
+    /// How often names are resolved again besides start and reload; `None`: only then.
+    pub resolve: Option<Duration>,
+}
+
+impl Upstreams {
+    /// The addresses as one text, for the logs: `a:1,b:2`.
+    pub fn spec(&self) -> String {
+        self.addrs.join(",")
+    }
+}
+
+/// How a connection picks an upstream address from the set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Balance {
+    /// The first healthy address, in the order given: failover (stunnel's default).
+    Priority,
+    /// Each connection starts one address further along the list, skipping the unhealthy ones.
+    RoundRobin,
+}
+
+impl Balance {
+    pub fn name(self) -> &'static str {
+        match self {
+            Balance::Priority => "priority",
+            Balance::RoundRobin => "round-robin",
+        }
     }
 }
 

@@ -20,7 +20,7 @@ use super::cidr::Cidr;
 use super::types::{
     AcceptProxy, AccessRules, CLIENT, ClientAuth, Config, DEFAULT_GREETING, DEFAULT_LISTEN_MODE,
     DEFAULT_SERVICE, DEFAULT_TICKET_KEY_ROTATION, ECHO, FORWARD, GREET, Identity, Limits, Listen,
-    Mode, Process, Service, SniSpec, TlsSettings, UNIX_PREFIX, UnixListen, UpstreamTls,
+    Mode, Process, Service, SniSpec, TlsSettings, UNIX_PREFIX, UnixListen, UpstreamTls, Upstreams,
 };
 
 /// The longest path a UNIX socket address holds (`sun_path` is 108 bytes with its NUL).
@@ -127,29 +127,30 @@ pub(super) fn listen(raw: ListenArgs) -> Result<ListenPart, String> {
 pub(super) fn mode(raw: ModeArgs, up: &UpstreamArgs, listen: &Listen) -> Result<Mode, String> {
     // The default is what an absent flag reads as, so only a greeting of the user's is refused.
     let greeting_given = raw.greeting != DEFAULT_GREETING;
-    let mode = match (raw.mode.as_str(), &up.upstream) {
-        (FORWARD, Some(upstream)) => Mode::Forward {
-            upstream: upstream_spec(upstream)?,
+    let given = !up.upstream.is_empty();
+    let mode = match (raw.mode.as_str(), given) {
+        (FORWARD, true) => Mode::Forward {
+            upstream: upstream_set(up)?,
             proxy_protocol: up.proxy_protocol,
         },
-        (CLIENT, Some(upstream)) => Mode::Client {
-            upstream: upstream_spec(upstream)?,
+        (CLIENT, true) => Mode::Client {
+            upstream: upstream_set(up)?,
         },
-        (FORWARD | CLIENT, None) => {
+        (FORWARD | CLIENT, false) => {
             return Err(format!(
                 "--mode {} needs --upstream HOST:PORT or unix:/PATH",
                 raw.mode
             ));
         }
-        (_, Some(_)) => {
+        (_, true) => {
             return Err("--upstream only applies to --mode forward and --mode client".into());
         }
-        (GREET, None) => Mode::Greet {
+        (GREET, false) => Mode::Greet {
             greeting: raw.greeting.into_bytes(),
         },
-        (ECHO, None) => Mode::Echo,
+        (ECHO, false) => Mode::Echo,
         // clap admits only the names in MODES.
-        (other, None) => return Err(format!("unknown mode '{other}'")),
+        (other, false) => return Err(format!("unknown mode '{other}'")),
     };
     refuse_in_client_mode(&mode, &[("--greeting", greeting_given)])?;
     if up.proxy_protocol.is_some() && !matches!(mode, Mode::Forward { .. }) {
@@ -173,19 +174,72 @@ pub(super) struct UpstreamPart {
     pub(super) connect_timeout: Duration,
 }
 
-/// `--upstream-ca/-name/-cert/-key/-alpn` (client mode only) and `--connect-timeout`.
+/// The upstream set of the relaying modes: each `--upstream` address checked (empty items of a
+/// comma list are left out), with `--balance`, `--upstream-retry` and `--upstream-resolve`.
+fn upstream_set(raw: &UpstreamArgs) -> Result<Upstreams, String> {
+    let addrs = raw
+        .upstream
+        .iter()
+        .map(|a| a.trim())
+        .filter(|a| !a.is_empty())
+        .map(upstream_spec)
+        .collect::<Result<Vec<_>, _>>()?;
+    if addrs.is_empty() {
+        return Err("--upstream needs at least one HOST:PORT or unix:/PATH".into());
+    }
+    if let Some(twice) = addrs
+        .iter()
+        .enumerate()
+        .find_map(|(i, a)| addrs[..i].contains(a).then_some(a))
+    {
+        return Err(format!("--upstream {twice} is given twice"));
+    }
+    Ok(Upstreams {
+        addrs,
+        balance: raw.balance,
+        retry: seconds("upstream-retry", raw.upstream_retry)?,
+        resolve: optional_seconds("upstream-resolve", raw.upstream_resolve)?,
+    })
+}
+
+/// Client mode's default name to verify: the one host every `--upstream` names; `None` when
+/// they name several, or a UNIX socket (which has no name).
+fn common_host(upstream: &Upstreams) -> Result<String, String> {
+    let mut hosts = upstream.addrs.iter().map(|a| {
+        if a.starts_with(UNIX_PREFIX) {
+            None
+        } else {
+            Some(host_of(a))
+        }
+    });
+    let first = hosts.next().flatten();
+    match first {
+        None => {
+            Err("--upstream unix:/PATH in client mode needs --upstream-name NAME to verify".into())
+        }
+        Some(host) => match hosts.find(|h| *h != Some(host)) {
+            Some(None) => Err(
+                "--upstream unix:/PATH in client mode needs --upstream-name NAME to verify".into(),
+            ),
+            Some(Some(_)) => Err(
+                "several --upstream hosts in client mode need --upstream-name NAME: the one name \
+                 their certificates are for"
+                    .into(),
+            ),
+            None => Ok(host.to_string()),
+        },
+    }
+}
+
+/// `--upstream-ca/-name/-cert/-key/-alpn` (client mode only), `--connect-timeout`, and the
+/// set's `--balance`, `--upstream-retry` and `--upstream-resolve` (checked by [`upstream_set`]
+/// for the relaying modes, refused by clap's value parser when malformed in any mode).
 pub(super) fn upstream(raw: UpstreamArgs, mode: &Mode) -> Result<UpstreamPart, String> {
     let tls = match mode {
         Mode::Client { upstream } => {
             let name = match raw.upstream_name.filter(|n| !n.is_empty()) {
                 Some(name) => name,
-                None if upstream.starts_with(UNIX_PREFIX) => {
-                    return Err(
-                        "--upstream unix:/PATH in client mode needs --upstream-name NAME to verify"
-                            .into(),
-                    );
-                }
-                None => host_of(upstream).to_string(),
+                None => common_host(upstream)?,
             };
             let identity = match (raw.upstream_cert, raw.upstream_key) {
                 (Some(cert), Some(key)) => Some(Identity { cert, key }),
@@ -559,7 +613,7 @@ mod tests {
 
     use super::*;
     use crate::config::types::MODES;
-    use crate::config::{ProxyProtocol, parse};
+    use crate::config::{Balance, ProxyProtocol, parse};
 
     #[test]
     fn modes_and_tls_options_parse() {
@@ -587,7 +641,7 @@ mod tests {
         assert_eq!(
             c.mode,
             Mode::Forward {
-                upstream: "[::1]:6379".into(),
+                upstream: one("[::1]:6379"),
                 proxy_protocol: Some(ProxyProtocol::V2)
             }
         );
@@ -646,7 +700,7 @@ mod tests {
         assert_eq!(
             c.mode,
             Mode::Client {
-                upstream: "[::1]:6379".into()
+                upstream: one("[::1]:6379")
             }
         );
         let up = c.tls.upstream.unwrap();
@@ -708,7 +762,60 @@ mod tests {
         };
         assert_eq!((u.mode, u.group.as_deref()), (0o600, Some("redis")));
         let c = parse(&["--mode", "forward", "--upstream", "unix:/run/app.sock"]).unwrap();
-        assert_eq!(c.mode.upstream().unwrap(), "unix:/run/app.sock");
+        assert_eq!(c.mode.upstream().unwrap(), &one("unix:/run/app.sock"));
+    }
+
+    /// One upstream with the defaults.
+    fn one(addr: &str) -> Upstreams {
+        Upstreams {
+            addrs: vec![addr.to_string()],
+            balance: Balance::Priority,
+            retry: Duration::from_secs(10),
+            resolve: Some(Duration::from_secs(60)),
+        }
+    }
+
+    #[test]
+    fn upstream_sets_take_a_list_a_balance_a_retry_and_a_resolve_interval() {
+        let c = parse(&[
+            "--mode",
+            "forward",
+            "--upstream",
+            "a:1,b:2",
+            "--upstream",
+            "unix:/run/c.sock",
+            "--balance",
+            "round-robin",
+            "--upstream-retry",
+            "2.5",
+            "--upstream-resolve",
+            "0",
+        ])
+        .unwrap();
+        let up = c.mode.upstream().unwrap();
+        assert_eq!(up.addrs, ["a:1", "b:2", "unix:/run/c.sock"]);
+        assert_eq!(up.balance, Balance::RoundRobin);
+        assert_eq!(up.retry, Duration::from_millis(2500));
+        assert_eq!(up.resolve, None);
+        assert_eq!(up.spec(), "a:1,b:2,unix:/run/c.sock");
+        let fwd = ["--mode", "forward", "--upstream"];
+        let err = |extra: &[&str]| parse(&[&fwd[..], extra].concat()).unwrap_err();
+        assert!(err(&["a:1,a:1"]).contains("a:1 is given twice"));
+        assert!(err(&["a:1,nope"]).contains("'nope': expected HOST:PORT"));
+        assert!(err(&[","]).contains("at least one"));
+        assert!(err(&["a:1", "--upstream-retry", "0"]).contains("--upstream-retry"));
+        assert!(err(&["a:1", "--upstream-resolve", "-1"]).contains("--upstream-resolve"));
+        assert!(parse(&["--balance", "random"]).is_err());
+        // Client mode verifies the one host the set names, or needs --upstream-name.
+        let client = ["--mode", "client", "--upstream"];
+        let c = parse(&[&client[..], &["db:1,db:2"]].concat()).unwrap();
+        assert_eq!(c.tls.upstream.unwrap().name, "db");
+        let e = parse(&[&client[..], &["db1:1,db2:1"]].concat()).unwrap_err();
+        assert!(e.contains("--upstream-name"), "{e}");
+        let e = parse(&[&client[..], &["db:1,unix:/x.sock"]].concat()).unwrap_err();
+        assert!(e.contains("unix:/PATH in client mode"), "{e}");
+        let named = ["db1:1,db2:1", "--upstream-name", "db"];
+        assert!(parse(&[&client[..], &named[..]].concat()).is_ok());
     }
 
     #[test]

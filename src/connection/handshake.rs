@@ -157,13 +157,14 @@ pub(crate) fn accept<S: Socket>(
     Err(Outcome::HandshakeFailed(kind, reason))
 }
 
-/// Client mode's handshake with the upstream, bounded by `deadline` and the end of the drain,
-/// offering the upstream's last session. A verification failure is reported with X509's own words
-/// (`hostname mismatch`, `unable to get local issuer certificate`), not TLS's generic one. `sni`
-/// gets the server name sent (none for an IP literal) before the handshake starts, so a failed one
-/// reports it too.
+/// Client mode's handshake with the upstream at `addr`, bounded by `deadline` and the end of the
+/// drain, offering the last session with that address. A verification failure is reported with
+/// X509's own words (`hostname mismatch`, `unable to get local issuer certificate`), not TLS's
+/// generic one. `sni` gets the server name sent (none for an IP literal) before the handshake
+/// starts, so a failed one reports it too.
 pub(crate) fn originate<U: Socket>(
     connector: &Connector,
+    addr: &str,
     stream: U,
     deadline: Instant,
     sni: &mut Option<String>,
@@ -171,7 +172,7 @@ pub(crate) fn originate<U: Socket>(
     shutdown: &Shutdown,
 ) -> Result<SslStream<U>, Outcome> {
     let ssl = connector
-        .ssl()
+        .ssl(addr)
         .map_err(|e| Outcome::Io(format!("TLS setup failed: {e:#}")))?;
     *sni = crate::tls::requested_name(&ssl);
     let mid = match complete(|| ssl.connect(stream), deadline, gate, false, shutdown) {
@@ -180,7 +181,7 @@ pub(crate) fn originate<U: Socket>(
         Err(Stopped::Failed(mid)) => mid,
     };
     // A session the upstream no longer takes must not fail the next connection too.
-    connector.forget_session();
+    connector.forget_session(addr);
     let verify = mid.ssl().verify_result();
     Err(if verify == X509VerifyResult::OK {
         Outcome::HandshakeFailed(classify(mid.error()), ssl_reason(mid.error()))

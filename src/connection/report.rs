@@ -176,6 +176,9 @@ pub(crate) struct Report {
     pub(crate) client: Option<String>,
     /// Client mode: subject of the upstream's verified certificate.
     pub(crate) server: Option<String>,
+    /// Forward and client modes: the upstream address connected to (one of the set's); on the
+    /// line as `upstream=`, right after `mode=`, and only then.
+    pub(crate) upstream: Option<String>,
     /// Whether the handshake resumed an earlier session.
     pub(crate) resumed: Option<bool>,
     pub(crate) bytes_in: u64,
@@ -206,6 +209,7 @@ impl Report {
             alpn: None,
             client: None,
             server: None,
+            upstream: None,
             resumed: None,
             bytes_in: 0,
             bytes_out: 0,
@@ -278,7 +282,7 @@ impl fmt::Display for Report {
         }
         write!(
             f,
-            " sni={} proto={} cipher={} group={} alpn={} client={} server={} resumed={} service={} mode={} in={} out={} ms={} {}",
+            " sni={} proto={} cipher={} group={} alpn={} client={} server={} resumed={} service={} mode={}",
             text(&self.sni),
             self.protocol.unwrap_or("-"),
             self.cipher.unwrap_or("-"),
@@ -293,6 +297,13 @@ impl fmt::Display for Report {
             },
             quoted(&self.service),
             self.mode,
+        )?;
+        if let Some(upstream) = &self.upstream {
+            write!(f, " upstream={}", quoted(upstream))?;
+        }
+        write!(
+            f,
+            " in={} out={} ms={} {}",
             self.bytes_in,
             self.bytes_out,
             self.elapsed.as_millis(),

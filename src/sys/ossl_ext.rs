@@ -9,13 +9,14 @@
 //! Owns the FFI declarations and the safe wrappers around them; it must never hold TLS policy
 //! (which groups, keys or contexts to use is the tls room's).
 
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use foreign_types::{ForeignType, ForeignTypeRef};
 use openssl::asn1::{Asn1GeneralizedTimeRef, Asn1TimeRef};
 use openssl::error::ErrorStack;
 use openssl::ex_data::Index;
-use openssl::ssl::{SslContext, SslContextBuilder, SslRef};
+use openssl::ssl::{Ssl, SslContext, SslContextBuilder, SslRef};
 use openssl::x509::store::X509StoreBuilderRef;
 use openssl::x509::{X509Crl, X509Ref};
 
@@ -63,37 +64,62 @@ pub fn set_session_id_context(ssl: &mut openssl::ssl::SslRef, sid_ctx: &[u8]) ->
     unsafe { SSL_set_session_id_context(ssl.as_ptr(), sid_ctx.as_ptr(), len) == 1 }
 }
 
-/// A client context's last session, to offer on its next connection (resumption). OpenSSL requires
-/// a session offered on a connection to come from that connection's context, which the openssl
-/// crate leaves to the caller (`set_session` is unsafe); this slot records the context each
-/// session came from and offers it only to connections of that context.
+/// A client context's last session with each upstream address, to offer on the next connection
+/// to that address (resumption). OpenSSL requires a session offered on a connection to come from
+/// that connection's context, which the openssl crate leaves to the caller (`set_session` is
+/// unsafe); each slot records the context its session came from and offers it only to connections
+/// of that context. A session is for one server: offered to another address of an upstream set it
+/// would only cost a failed resumption, so the slots are keyed by the address a connection goes to.
 #[derive(Default)]
 pub struct LastSession {
-    /// The session and the address of the SSL_CTX that made it.
-    slot: std::sync::Mutex<Option<(openssl::ssl::SslSession, usize)>>,
+    /// Per address: the session and the address of the SSL_CTX that made it.
+    slots: std::sync::Mutex<HashMap<String, (openssl::ssl::SslSession, usize)>>,
+}
+
+/// The most addresses kept: names that resolve anew could otherwise grow the map without end.
+const SESSION_SLOTS: usize = 256;
+
+/// Where a connection's SSL object carries the upstream address its session is kept under.
+fn session_key_index() -> Option<Index<Ssl, String>> {
+    static INDEX: OnceLock<Option<Index<Ssl, String>>> = OnceLock::new();
+    *INDEX.get_or_init(|| Ssl::new_ex_index().ok())
 }
 
 impl LastSession {
-    /// Keeps every new session the context made with `builder` gets, the last one winning.
+    /// Keeps every new session the context made with `builder` gets, under the address its
+    /// connection was offered for ([`LastSession::offer`]), the last one winning.
     pub fn install(builder: &mut SslContextBuilder) -> Arc<LastSession> {
         let last = Arc::new(LastSession::default());
         let slot = Arc::clone(&last);
         builder.set_new_session_callback(move |ssl, session| {
             let ctx = context_address(ssl);
-            *slot.lock() = Some((session, ctx));
+            let key = session_key_index().and_then(|i| ssl.ex_data(i)).cloned();
+            if let Some(key) = key {
+                let mut slots = slot.lock();
+                if slots.len() >= SESSION_SLOTS && !slots.contains_key(&key) {
+                    slots.clear();
+                }
+                slots.insert(key, (session, ctx));
+            }
         });
         last
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(openssl::ssl::SslSession, usize)>> {
-        self.slot
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, (openssl::ssl::SslSession, usize)>> {
+        self.slots
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Offers the last session on `ssl` when it came from `ssl`'s own context.
-    pub fn offer(&self, ssl: &mut SslRef) -> Result<(), ErrorStack> {
-        let last = self.lock().clone();
+    /// Marks `ssl` as a connection to `key` and offers that address's last session when it came
+    /// from `ssl`'s own context.
+    pub fn offer(&self, ssl: &mut SslRef, key: &str) -> Result<(), ErrorStack> {
+        if let Some(index) = session_key_index() {
+            ssl.set_ex_data(index, key.to_string());
+        }
+        let last = self.lock().get(key).cloned();
         match last {
             Some((session, ctx)) if ctx == context_address(ssl) => {
                 // SAFETY: SSL_set_session needs the session to come from the connection's own
@@ -104,9 +130,9 @@ impl LastSession {
         }
     }
 
-    /// Forgets the last session (after a failed handshake, which it must not fail again).
-    pub fn forget(&self) {
-        *self.lock() = None;
+    /// Forgets `key`'s last session (after a failed handshake, which it must not fail again).
+    pub fn forget(&self, key: &str) {
+        self.lock().remove(key);
     }
 }
 

@@ -29,16 +29,16 @@ pub struct Connector {
     pub name: String,
     /// Where the trust anchors come from, for the logs.
     pub trust: String,
-    /// The upstream's last session, filled by the new-session callback: a TLS 1.3 ticket arrives
-    /// after the handshake, so it is caught when the relay reads it, not taken when the handshake
-    /// ends.
+    /// The last session with each upstream address, filled by the new-session callback: a TLS 1.3
+    /// ticket arrives after the handshake, so it is caught when the relay reads it, not taken when
+    /// the handshake ends.
     last_session: Arc<sys::LastSession>,
 }
 
 impl Connector {
     /// A connection's SSL object: host (or IP) verification and SNI for the configured name, and
-    /// the upstream's last session offered for resumption.
-    pub fn ssl(&self) -> Result<Ssl> {
+    /// the last session with `addr` (the upstream address connected to) offered for resumption.
+    pub fn ssl(&self, addr: &str) -> Result<Ssl> {
         // configure() turns on SNI (left out for IP literals, as RFC 6066 requires) and the
         // certificate name check: X509_VERIFY_PARAM host, or IP for an address.
         let mut ssl = self.ssl.configure()?.into_ssl(&self.name)?;
@@ -49,20 +49,20 @@ impl Connector {
         ssl.param_mut().set_hostflags(
             X509CheckFlags::NO_PARTIAL_WILDCARDS | X509CheckFlags::NEVER_CHECK_SUBJECT,
         );
-        self.last_session.offer(&mut ssl)?;
+        self.last_session.offer(&mut ssl, addr)?;
         Ok(ssl)
     }
 
-    /// Forgets the last session, so that a failed handshake is not retried with it.
-    pub fn forget_session(&self) {
-        self.last_session.forget();
+    /// Forgets `addr`'s last session, so that a failed handshake is not retried with it.
+    pub fn forget_session(&self, addr: &str) {
+        self.last_session.forget(addr);
     }
 }
 
 /// Client mode's context: Mozilla's profile from the client's side (TLS 1.2 minimum, the same
 /// suites and groups), the upstream verified against the system trust store or `--upstream-ca`,
 /// the client certificate checked as the server's is (readable, key matches, valid now), ALPN,
-/// and a one-session cache for resumption.
+/// and a one-session cache per upstream address for resumption.
 pub(super) fn build_connector(settings: &TlsSettings, up: &UpstreamTls) -> Result<Tls> {
     // A pattern is not a name: OpenSSL would take `*.example.com` as a literal to look for in the
     // certificate, where it matches a wildcard SAN, so any holder of a wildcard certificate for
@@ -97,7 +97,7 @@ pub(super) fn build_connector(settings: &TlsSettings, up: &UpstreamTls) -> Resul
         b.set_alpn_protos(interned_wire(&up.alpn))?;
     }
     // OpenSSL hands a client its sessions only with client-side caching on; its internal cache
-    // is not used by clients, so this one slot is the whole cache.
+    // is not used by clients, so these slots (one per address) are the whole cache.
     b.set_session_cache_mode(SslSessionCacheMode::CLIENT);
     let last_session = sys::LastSession::install(&mut b);
     Ok(Tls {

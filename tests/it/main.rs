@@ -44,3 +44,4 @@ mod tls_options;
 mod truncation;
 mod trust;
 mod unix_sockets;
+mod upstream_sets;

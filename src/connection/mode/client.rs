@@ -23,7 +23,7 @@ pub(crate) fn run<S: Socket + Endpoint>(
     phase: &Phase<'_>,
     report: &mut Report,
 ) -> Result<(), Outcome> {
-    let up = match phase.connect(upstream) {
+    let up = match phase.connect(upstream, report) {
         Ok(up) => up,
         Err(outcome) => {
             close_plain(&mut plain, phase.shutdown);
@@ -49,8 +49,11 @@ fn originate_and_relay<S: Socket + Endpoint, U: Socket>(
     report: &mut Report,
 ) -> Result<(), Outcome> {
     let deadline = phase.accepted + phase.settings.handshake_timeout;
+    // The address connected to: its last session is the one to offer.
+    let addr = report.upstream.clone().unwrap_or_default();
     let mut tls = originate(
         connector,
+        &addr,
         up,
         deadline,
         &mut report.sni,

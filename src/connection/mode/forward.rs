@@ -22,7 +22,7 @@ pub(crate) fn run<S: Socket>(
     phase: &Phase<'_>,
     report: &mut Report,
 ) -> Result<(), Outcome> {
-    let up = match phase.connect(upstream) {
+    let up = match phase.connect(upstream, report) {
         Ok(up) => up,
         Err(outcome) => {
             let deadline = Instant::now() + phase.settings.handshake_timeout;

@@ -209,17 +209,15 @@ impl Plan {
                     },
                 ..
             } => info!(
-                "forwarding to {} ({:?}) proxy_protocol={} connect_timeout={:?} idle_timeout={:?}",
-                upstream.spec,
-                upstream.addrs(),
+                "forwarding to {} proxy_protocol={} connect_timeout={:?} idle_timeout={:?}",
+                upstream.describe(),
                 proxy_protocol.map_or("off", ProxyProtocol::name),
                 settings.connect_timeout,
                 settings.idle_timeout
             ),
             Route::Originate { upstream, .. } => info!(
-                "client mode: plaintext in, TLS to {} ({:?}) connect_timeout={:?} handshake_timeout={:?} idle_timeout={:?}",
-                upstream.spec,
-                upstream.addrs(),
+                "client mode: plaintext in, TLS to {} connect_timeout={:?} handshake_timeout={:?} idle_timeout={:?}",
+                upstream.describe(),
                 settings.connect_timeout,
                 settings.handshake_timeout,
                 settings.idle_timeout
@@ -246,18 +244,28 @@ pub(crate) struct Phase<'a> {
 }
 
 impl Phase<'_> {
-    /// Connects to the upstream within `--connect-timeout`, or by the drain's end if that comes
-    /// first; the outcome to log when it fails.
-    fn connect(&self, upstream: &Upstream) -> Result<Stream, Outcome> {
-        let connect_by = Instant::now() + self.settings.connect_timeout;
-        let deadline = self.shutdown.bound(Some(connect_by)).unwrap_or(connect_by);
-        upstream.connect(deadline).map_err(|e| {
+    /// Connects to an address of the upstream set, each attempt within `--connect-timeout`, or by
+    /// the drain's end if that comes first, and records the address in the report; the outcome to
+    /// log when every attempt failed.
+    fn connect(&self, upstream: &Upstream, report: &mut Report) -> Result<Stream, Outcome> {
+        let attempt = || {
             if self.shutdown.is_cut() {
-                Outcome::Shutdown
-            } else {
-                Outcome::Upstream(format!("upstream {}: {e}", upstream.spec))
+                return None;
             }
-        })
+            let connect_by = Instant::now() + self.settings.connect_timeout;
+            self.shutdown.bound(Some(connect_by))
+        };
+        match upstream.connect(attempt) {
+            Ok((stream, addr)) => {
+                report.upstream = Some(addr.to_string());
+                Ok(stream)
+            }
+            Err(_) if self.shutdown.is_cut() => Err(Outcome::Shutdown),
+            Err(e) => Err(Outcome::Upstream(format!(
+                "upstream {}: {e}",
+                upstream.spec
+            ))),
+        }
     }
 
     /// What ends a relay besides its two sides.
