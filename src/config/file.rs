@@ -356,20 +356,21 @@ impl Flags {
         Ok(entries)
     }
 
+    /// How a key's flag takes its value, and whether it is repeatable (a list).
+    fn entry_kind(&self, key: &str) -> (Kind, bool) {
+        let Some(arg) = self.arg(key) else {
+            return (Kind::Text, false);
+        };
+        kind(arg)
+    }
+
     /// A key's value as the command-line words of its flag, or why its type is wrong.
     fn entry(&self, key: &Spanned<String>, value: &Spanned<Value>) -> Result<Entry, Located> {
         let name = key.get_ref().as_str();
         let arg = self
             .arg(name)
             .ok_or_else(|| at(key.span(), format!("unknown key '{name}'")))?;
-        let kind = match arg.get_action() {
-            ArgAction::SetTrue => Kind::Switch,
-            _ => match value_name(arg) {
-                "N" | "SECS" | "GROUP" => Kind::Number,
-                _ => Kind::Text,
-            },
-        };
-        let list = matches!(arg.get_action(), ArgAction::Append);
+        let (kind, list) = kind(arg);
         let wrong = |got: &Value| {
             let mut takes = takes(kind, value_name(arg));
             if list {
@@ -562,6 +563,19 @@ fn switch(text: &str) -> Option<bool> {
         .ok()
 }
 
+/// How a flag takes its value (which decides the TOML types its key accepts), and whether it is
+/// repeatable.
+fn kind(arg: &Arg) -> (Kind, bool) {
+    let kind = match arg.get_action() {
+        ArgAction::SetTrue => Kind::Switch,
+        _ => match value_name(arg) {
+            "N" | "SECS" | "GROUP" => Kind::Number,
+            _ => Kind::Text,
+        },
+    };
+    (kind, matches!(arg.get_action(), ArgAction::Append))
+}
+
 fn value_name(arg: &Arg) -> &str {
     arg.get_value_names()
         .and_then(|names| names.first())
@@ -591,5 +605,257 @@ fn type_name(value: &Value) -> &'static str {
         Value::Datetime(_) => "a date-time",
         Value::Array(_) => "an array",
         Value::Table(_) => "a table",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+    use crate::config::Cli;
+
+    /// The file's refusal as `LINE:COLUMN: what`.
+    fn refused(text: &str) -> String {
+        let e = parse(text).unwrap_err();
+        let (line, column) = line_column(text, e.at.start);
+        format!("{line}:{column}: {}", e.what)
+    }
+
+    fn same(a: &Config, b: &Config) {
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+    }
+
+    #[test]
+    fn every_long_flag_is_a_key_except_the_process_wide_and_the_meaningless() {
+        let flags = Flags::new();
+        let service_keys = flags.service_keys();
+        let mut table = toml::Table::new();
+        for arg in Cli::command().get_arguments() {
+            let long = arg.get_long().unwrap();
+            if NOT_KEYS.contains(&long) {
+                assert!(flags.arg(long).is_none(), "{long}");
+                continue;
+            }
+            assert!(flags.arg(long).is_some(), "--{long} is no key");
+            assert_eq!(
+                service_keys.contains(&long),
+                !PROCESS_ONLY.contains(&long),
+                "--{long}"
+            );
+            if !PROCESS_ONLY.contains(&long) {
+                let value = match flags.entry_kind(long) {
+                    (Kind::Switch, _) => Value::Boolean(true),
+                    (Kind::Number, _) => Value::Integer(1),
+                    (Kind::Text, false) => Value::String("x".into()),
+                    (Kind::Text, true) => Value::Array(vec![Value::String("x".into())]),
+                };
+                table.insert(long.to_string(), value);
+            }
+        }
+        // Every service key, with a value of its type, is accepted as a key (the values' meaning
+        // is the flags' checks', not this test's).
+        let text = toml::to_string(&toml::Table::from_iter([(
+            "defaults".to_string(),
+            Value::Table(table),
+        )]))
+        .unwrap();
+        let doc: Document = toml::from_str(&text).unwrap();
+        let entries = flags
+            .entries(doc.defaults.as_ref().unwrap(), Place::Defaults)
+            .unwrap();
+        assert_eq!(entries.len(), service_keys.len() - 1);
+        for key in PROCESS_ONLY.iter().chain(&PROCESS_TOO) {
+            assert!(flags.arg(key).is_some(), "{key}");
+        }
+    }
+
+    #[test]
+    fn one_service_is_what_the_same_flags_give() {
+        let file = parse(
+            r#"
+            [process]
+            metrics-listen = "127.0.0.1:9100"
+            log-failed-handshakes = 0
+            [[service]]
+            name = "web"
+            listen = "127.0.0.1:8443"
+            mode = "forward"
+            upstream = "127.0.0.1:8080"
+            proxy-protocol = "v2"
+            cert = "c.pem"
+            key = "k.pem"
+            sni = "a.test=a.pem,a.key"
+            alpn = ["h2", "http/1.1"]
+            client-ca = "ca.pem"
+            allow-cn = "client"
+            accept-proxy = true
+            accept-proxy-from = ["10.0.0.0/8", "192.168.0.0/16"]
+            backlog = 100
+            idle-timeout = 2.5
+            max-lifetime = "60"
+            strict-sni = "yes"
+            "#,
+        )
+        .unwrap();
+        let flags = crate::config::parse(&[
+            "--metrics-listen=127.0.0.1:9100",
+            "--log-failed-handshakes=0",
+            "--listen=127.0.0.1:8443",
+            "--mode=forward",
+            "--upstream=127.0.0.1:8080",
+            "--proxy-protocol=v2",
+            "--cert=c.pem",
+            "--key=k.pem",
+            "--sni=a.test=a.pem,a.key",
+            "--alpn=h2,http/1.1",
+            "--client-ca=ca.pem",
+            "--allow-cn=client",
+            "--accept-proxy",
+            "--accept-proxy-from=10.0.0.0/8,192.168.0.0/16",
+            "--backlog=100",
+            "--idle-timeout=2.5",
+            "--max-lifetime=60",
+            "--strict-sni",
+        ])
+        .unwrap();
+        same(&file, &flags);
+    }
+
+    #[test]
+    fn defaults_are_inherited_and_a_service_overrides_them() {
+        let file = parse(
+            r#"
+            [defaults]
+            greeting = "from defaults"
+            tls-profile = "modern"
+            strict-sni = true
+            [[service]]
+            name = "a"
+            tls-profile = "intermediate"
+            strict-sni = false
+            "#,
+        )
+        .unwrap();
+        same(
+            &file,
+            &crate::config::parse(&["--greeting", "from defaults"]).unwrap(),
+        );
+    }
+
+    #[test]
+    fn the_process_cap_bounds_the_service_s_own() {
+        let capped = |text: &str| parse(text).unwrap().limits.max_connections;
+        let service = "[[service]]\nname = \"a\"\nmax-connections = 500\n";
+        assert_eq!(capped(service), 500);
+        assert_eq!(
+            capped(&format!("[process]\nmax-connections = 50\n{service}")),
+            50
+        );
+        assert_eq!(
+            capped(&format!("[process]\nmax-connections = 5000\n{service}")),
+            500
+        );
+    }
+
+    #[test]
+    fn each_malformed_file_is_one_line_at_its_line_and_column() {
+        for (text, want) in [
+            ("x = = 1", "1:5: "),
+            ("[servce]", "1:2: unknown field `servce`"),
+            (
+                "[[service]]\nname = \"a\"\nlisen = \"x\"",
+                "3:1: unknown key 'lisen' in [[service]] (did you mean 'listen'?)",
+            ),
+            (
+                "[[service]]\nname = \"a\"\nzzz = 1",
+                "3:1: unknown key 'zzz' in [[service]] (accepted: name, listen,",
+            ),
+            (
+                "[process]\nzzz = 1",
+                "2:1: unknown key 'zzz' in [process] (accepted: metrics-listen,",
+            ),
+            (
+                "[process]\nlisten = \"x\"",
+                "2:1: listen is a service's key",
+            ),
+            (
+                "[defaults]\nmetrics-listen = \"x\"",
+                "2:1: metrics-listen is process-wide",
+            ),
+            (
+                "[defaults]\nname = \"x\"",
+                "2:1: name belongs in each [[service]]",
+            ),
+            (
+                "[[service]]\nname = \"a\"\nbacklog = true",
+                "3:11: backlog takes a whole number (or its string form), not a boolean",
+            ),
+            (
+                "[[service]]\nname = \"a\"\nlisten = 443",
+                "3:10: listen takes a string, not an integer",
+            ),
+            (
+                "[[service]]\nname = \"a\"\nallow-cn = [[1]]",
+                "3:12: allow-cn takes a string, or an array of them, not an array",
+            ),
+            (
+                "[[service]]\nname = \"a\"\naccept-proxy = \"maybe\"",
+                "3:16: invalid value 'maybe' for accept-proxy",
+            ),
+            (
+                "[[service]]\nname = \"a\"\nbacklog = \"many\"",
+                "3:11: invalid value 'many' for '--backlog <N>'",
+            ),
+            (
+                "[[service]]\nname = \"a\"\nmode = \"forward\"",
+                "3:1: --mode forward needs --upstream",
+            ),
+            (
+                "[[service]]\nname = \"a\"\nbacklog = 0",
+                "3:1: --backlog must be at least 1",
+            ),
+            (
+                "[[service]]\nlisten = \"127.0.0.1:1\"",
+                "1:1: a [[service]] without a name",
+            ),
+            (
+                "[[service]]\nname = 7",
+                "2:8: name takes a string, not an integer",
+            ),
+            ("[[service]]\nname = \"a b\"", "2:8: name 'a b' holds ' '"),
+            (
+                "[[service]]\nname = \"a\"\n[[service]]\nname = \"a\"",
+                "4:8: service name 'a' is used twice (first on line 2;",
+            ),
+            (
+                "[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n[[service]]\nname = \"b\"\nlisten = \"127.0.0.1:1\"",
+                "6:10: service 'b' listens on 127.0.0.1:1 as service 'a' does",
+            ),
+            (
+                "[[service]]\nname = \"a\"\n[[service.route]]\nsni = \"a.test\"",
+                "3:11: [[service.route]] (SNI routes",
+            ),
+            (
+                "[process]\nmetrics-listen = \"9100\"\n[[service]]\nname = \"a\"",
+                "2:1: bad metrics-listen address '9100'",
+            ),
+            (
+                "[process]\nmax-connections = 0\n[[service]]\nname = \"a\"",
+                "2:19: --max-connections must be at least 1",
+            ),
+            ("", "1:1: no [[service]] table"),
+        ] {
+            let line = refused(text);
+            assert!(line.starts_with(want), "{text:?}: {line}");
+            assert!(!line.contains('\n'), "{text:?}: {line}");
+        }
+    }
+
+    #[test]
+    fn distance_counts_edits() {
+        assert_eq!(distance("lisen", "listen"), 1);
+        assert_eq!(distance("", "abc"), 3);
+        assert_eq!(distance("kitten", "sitting"), 3);
     }
 }
