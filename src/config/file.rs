@@ -356,14 +356,6 @@ impl Flags {
         Ok(entries)
     }
 
-    /// How a key's flag takes its value, and whether it is repeatable (a list).
-    fn entry_kind(&self, key: &str) -> (Kind, bool) {
-        let Some(arg) = self.arg(key) else {
-            return (Kind::Text, false);
-        };
-        kind(arg)
-    }
-
     /// A key's value as the command-line words of its flag, or why its type is wrong.
     fn entry(&self, key: &Spanned<String>, value: &Spanned<Value>) -> Result<Entry, Located> {
         let name = key.get_ref().as_str();
@@ -644,7 +636,7 @@ mod tests {
                 "--{long}"
             );
             if !PROCESS_ONLY.contains(&long) {
-                let value = match flags.entry_kind(long) {
+                let value = match kind(flags.arg(long).unwrap()) {
                     (Kind::Switch, _) => Value::Boolean(true),
                     (Kind::Number, _) => Value::Integer(1),
                     (Kind::Text, false) => Value::String("x".into()),
