@@ -14,7 +14,8 @@
 //! clap's own parsers (with the environment variables switched off: the file is the whole
 //! configuration) and then [`Args::validate`], so the flags' meaning, defaults, checks and
 //! messages are the file's. Every refusal is one line with the file, line and column of the key or
-//! value at fault. Owns the file's shape and its errors' positions; never checks a value itself
+//! value at fault (`keys.rs` knows the keys and their types). Owns the file's shape, turning
+//! tables into words and its errors' positions; never checks a value itself
 //! (clap and `validate.rs` do), reads no file but the one (through `read.rs`), and imports nothing
 //! from the crate above `config`.
 
@@ -23,13 +24,16 @@ use std::ffi::OsString;
 use std::ops::Range;
 use std::path::Path;
 
-use clap::builder::{BoolishValueParser, TypedValueParser};
-use clap::{Arg, ArgAction, CommandFactory, FromArgMatches};
+use clap::{Arg, CommandFactory, FromArgMatches};
 use serde::Deserialize;
 use toml::{Spanned, Value};
 
 use super::args::Args;
-use super::errors::{ArgsError, accepted};
+use super::errors::ArgsError;
+use super::keys::{
+    Kind, NAME, NOT_KEYS, PROCESS_ONLY, PROCESS_TOO, Place, ROUTE, kind, service_name, switch,
+    takes, type_name, unknown, value_name,
+};
 use super::types::{Config, Process, Service};
 
 /// One table's keys and their values, with where each stands in the file.
@@ -44,17 +48,6 @@ struct Document {
     #[serde(default)]
     service: Vec<Spanned<Table>>,
 }
-
-/// Flags whose settings are the whole process's: keys of `[process]`, never of a service.
-pub(super) const PROCESS_ONLY: [&str; 2] = ["metrics-listen", "log-failed-handshakes"];
-/// Keys of `[process]` that a service has too: there, a cap on top of every service's own.
-pub(super) const PROCESS_TOO: [&str; 1] = ["max-connections"];
-/// Long flags that mean nothing in a file.
-pub(super) const NOT_KEYS: [&str; 3] = ["config", "help", "version"];
-/// The service key that is no flag: the name in its log lines and metrics.
-const NAME: &str = "name";
-/// SNI routes inside a service (issue 19 item 3), not built yet.
-const ROUTE: &str = "route";
 
 /// A refusal and the bytes of the file it is about.
 #[derive(Debug)]
@@ -170,35 +163,6 @@ fn parse(text: &str) -> Result<Config, Located> {
         services.push(service);
     }
     Ok(Config { process, services })
-}
-
-/// Where a table stands in the file, for the messages about its keys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Place {
-    Process,
-    Defaults,
-    Service,
-}
-
-impl Place {
-    fn name(self) -> &'static str {
-        match self {
-            Place::Process => "[process]",
-            Place::Defaults => "[defaults]",
-            Place::Service => "[[service]]",
-        }
-    }
-}
-
-/// How a flag takes its value, which decides the TOML types its key accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    /// A switch: a boolean (or a yes/no string).
-    Switch,
-    /// A number (or its string form).
-    Number,
-    /// Text.
-    Text,
 }
 
 /// The flags, as clap knows them: the key list and the parser every table goes through.
@@ -475,115 +439,6 @@ fn mentioned<'a>(message: &str, entries: &'a [Entry]) -> Option<&'a Entry> {
         entries.iter().find(|e| e.key == flag)
     });
     flagged.or_else(|| words(0).find_map(|w| entries.iter().find(|e| e.key == w)))
-}
-
-/// A service's name appears in every log line and metric of it: letters, digits, `.`, `_`, `-`.
-fn service_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 64 {
-        return Err(format!(
-            "name '{name}' must be 1 to 64 characters (letters, digits, '.', '_', '-')"
-        ));
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        return Err(format!(
-            "name '{name}' holds '{c}' (accepted: letters, digits, '.', '_', '-')"
-        ));
-    }
-    Ok(())
-}
-
-/// An unknown key's message: the closest accepted key, or all of them.
-fn unknown(key: &str, place: Place, accepted: &[&str]) -> String {
-    let closest = accepted
-        .iter()
-        .map(|a| (distance(key, a), *a))
-        .min()
-        .filter(|(d, _)| *d <= 2 || *d <= key.len() / 3);
-    match closest {
-        Some((_, near)) => format!(
-            "unknown key '{key}' in {} (did you mean '{near}'?)",
-            place.name()
-        ),
-        None => format!(
-            "unknown key '{key}' in {} (accepted: {})",
-            place.name(),
-            accepted.join(", ")
-        ),
-    }
-}
-
-/// Levenshtein distance: the edits that turn `a` into `b`.
-fn distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let above = row[j + 1];
-            row[j + 1] = (above + 1)
-                .min(row[j] + 1)
-                .min(diagonal + usize::from(ca != *cb));
-            diagonal = above;
-        }
-    }
-    row[b.len()]
-}
-
-/// A switch's string form, as its variable takes it (clap's BoolishValueParser).
-fn switch(text: &str) -> Option<bool> {
-    let command = clap::Command::new("securesock");
-    BoolishValueParser::new()
-        .parse_ref(&command, None, std::ffi::OsStr::new(text))
-        .ok()
-}
-
-/// How a flag takes its value (which decides the TOML types its key accepts), and whether it is
-/// repeatable.
-fn kind(arg: &Arg) -> (Kind, bool) {
-    let kind = match arg.get_action() {
-        ArgAction::SetTrue => Kind::Switch,
-        _ => match value_name(arg) {
-            "N" | "SECS" | "GROUP" => Kind::Number,
-            _ => Kind::Text,
-        },
-    };
-    (kind, matches!(arg.get_action(), ArgAction::Append))
-}
-
-fn value_name(arg: &Arg) -> &str {
-    arg.get_value_names()
-        .and_then(|names| names.first())
-        .map_or("", |n| n.as_str())
-}
-
-/// What a key of `kind` takes, in words.
-fn takes(kind: Kind, value_name: &str) -> String {
-    match kind {
-        Kind::Switch => "true or false".into(),
-        Kind::Number if value_name == "GROUP" => "a group name or number".into(),
-        Kind::Number => format!(
-            "{} (or its string form)",
-            accepted(value_name).unwrap_or("a number")
-        ),
-        Kind::Text => "a string".into(),
-    }
-}
-
-/// A TOML value's type, in words.
-fn type_name(value: &Value) -> &'static str {
-    match value {
-        Value::String(_) => "a string",
-        Value::Integer(_) => "an integer",
-        Value::Float(_) => "a float",
-        Value::Boolean(_) => "a boolean",
-        Value::Datetime(_) => "a date-time",
-        Value::Array(_) => "an array",
-        Value::Table(_) => "a table",
-    }
 }
 
 #[cfg(test)]
@@ -863,12 +718,5 @@ mod tests {
             assert!(line.starts_with(want), "{text:?}: {line}");
             assert!(!line.contains('\n'), "{text:?}: {line}");
         }
-    }
-
-    #[test]
-    fn distance_counts_edits() {
-        assert_eq!(distance("lisen", "listen"), 1);
-        assert_eq!(distance("", "abc"), 3);
-        assert_eq!(distance("kitten", "sitting"), 3);
     }
 }

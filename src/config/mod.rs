@@ -14,7 +14,8 @@
 //!   flattened struct per `--help` heading (listen, mode, TLS, client authentication, upstream,
 //!   limits, operations): flag names, variables, defaults, help;
 //! - `file.rs`: `--config FILE`, a TOML file whose keys are the long flags' names, through the same
-//!   raw groups and checks; `read.rs`: the bounded read of that file;
+//!   raw groups and checks; `keys.rs`: which flags are its keys and the TOML types each takes;
+//!   `read.rs`: the bounded read of that file;
 //! - `validate.rs`: raw group values to typed settings, one function per group;
 //! - `types.rs`: every settings type the rest of the server reads;
 //! - `cidr.rs`: address blocks;
@@ -27,6 +28,7 @@ mod args;
 mod cidr;
 mod errors;
 mod file;
+mod keys;
 mod read;
 mod types;
 mod validate;
