@@ -34,7 +34,7 @@ use super::keys::{
     Kind, NAME, NOT_KEYS, PROCESS_ONLY, PROCESS_TOO, Place, ROUTE, kind, service_name, switch,
     takes, type_name, unknown, value_name,
 };
-use super::types::{Config, Process, Service};
+use super::types::{Config, Listen, Process, Service};
 
 /// One table's keys and their values, with where each stands in the file.
 type Table = BTreeMap<Spanned<String>, Spanned<Value>>;
@@ -146,7 +146,12 @@ fn parse(text: &str) -> Result<Config, Located> {
         }
         names.insert(table.name.clone(), table.at.clone());
         let service = flags.validate(&table)?;
-        if let Some(other) = services.iter().find(|s| s.listen == service.listen) {
+        // Port 0 is a fresh port for each socket, so services on it never collide.
+        let any_port = matches!(&service.listen, Listen::Tcp(a) if a.port() == 0);
+        if let Some(other) = services
+            .iter()
+            .find(|s| !any_port && s.listen == service.listen)
+        {
             let listen_at = table
                 .entries
                 .iter()
@@ -614,6 +619,13 @@ mod tests {
         .unwrap();
         let names: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["one", "two"]);
+        let on_port_0 = "[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\n";
+        let both = format!("{on_port_0}{}", on_port_0.replace("\"a\"", "\"b\""));
+        assert_eq!(
+            parse(&both).unwrap().services.len(),
+            2,
+            "port 0 is a fresh port each"
+        );
         assert_eq!(
             config.services[0].mode,
             crate::config::Mode::Greet {
