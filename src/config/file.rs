@@ -721,6 +721,14 @@ mod tests {
                 "2:1: bad metrics-listen address '9100'",
             ),
             (
+                "[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nbacklog = 0\nmode = \"echo\"",
+                "4:1: --backlog must be at least 1",
+            ),
+            (
+                "[process]\nmetrics-listen = \"9100\"\nlog-failed-handshakes = 5\n[[service]]\nname = \"a\"",
+                "2:1: bad metrics-listen address",
+            ),
+            (
                 "[process]\nmax-connections = 0\n[[service]]\nname = \"a\"",
                 "2:19: --max-connections must be at least 1",
             ),

@@ -166,6 +166,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_service_name_is_1_to_64_letters_digits_dots_underscores_and_dashes() {
+        for good in ["a", "web-1.example_2", &"x".repeat(64)] {
+            assert_eq!(service_name(good), Ok(()), "{good}");
+        }
+        for bad in ["", &"x".repeat(65), "a b", "a=b", "é"] {
+            assert!(service_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn distance_counts_edits() {
         assert_eq!(distance("lisen", "listen"), 1);
         assert_eq!(distance("", "abc"), 3);
