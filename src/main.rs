@@ -15,7 +15,7 @@ use log::{info, warn};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use securesock::config::{ArgsError, Config, parse_args};
+use securesock::config::{ArgsError, Config, Invocation, parse_invocation};
 use securesock::server::{Handle, Server};
 
 /// A failure before serving starts: configuration, certificates, binding.
@@ -25,8 +25,15 @@ const EXIT_RUNTIME: u8 = 1;
 
 fn main() -> ExitCode {
     init_logging();
-    let config: Config = match parse_args(std::env::args_os()) {
-        Ok(config) => config,
+    let config: Config = match parse_invocation(std::env::args_os()) {
+        Ok(Invocation::Serve(config)) => config,
+        // Their helpers fill these in (issue 19 items 6 and 7).
+        Ok(Invocation::Check(_)) => {
+            return fail(EXIT_CONFIG, "`securesock check` is not built yet");
+        }
+        Ok(Invocation::ImportStunnel(_)) => {
+            return fail(EXIT_CONFIG, "`securesock import-stunnel` is not built yet");
+        }
         Err(ArgsError::Info(help)) => {
             // --help / --version: clap prints it; a closed stdout is not worth an error.
             let _ = help.print();
