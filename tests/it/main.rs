@@ -18,6 +18,7 @@ mod support;
 
 mod access;
 mod architecture;
+mod check;
 mod cipher_policy;
 mod client_mode;
 mod docs_reference;

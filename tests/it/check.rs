@@ -1,0 +1,185 @@
+//! `securesock check`: the dry run, through the real binary. Each problem is one line naming it
+//! (`SERVICE: error: ...`) and exit 1; a configuration that would start exits 0 and says how long
+//! its certificate has left.
+
+// On the binary: `check` is a command line, its stdout and its exit code.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Command;
+
+use crate::support::{CertPair, binary, default_certs, now_unix, write_cert, write_cert_for};
+
+/// What `securesock check ARGS` said: its exit code and its stdout lines.
+struct Checked {
+    code: Option<i32>,
+    lines: Vec<String>,
+}
+
+impl Checked {
+    /// The one line starting with `prefix`, or a panic showing everything said.
+    fn line(&self, prefix: &str, part: &str) -> &str {
+        self.lines
+            .iter()
+            .find(|l| l.starts_with(prefix) && l.contains(part))
+            .unwrap_or_else(|| panic!("no {prefix:?} line with {part:?} in {:#?}", self.lines))
+    }
+
+    fn errors(&self) -> Vec<&String> {
+        self.lines
+            .iter()
+            .filter(|l| l.contains(": error: "))
+            .collect()
+    }
+}
+
+fn check(args: &[&str]) -> Checked {
+    let out = Command::new("timeout")
+        .arg("30")
+        .arg(binary())
+        .arg("check")
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    Checked {
+        code: out.status.code(),
+        lines: stdout.lines().map(str::to_string).collect(),
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// `check --listen 127.0.0.1:0 --cert C --key K` plus `args`.
+fn check_with(pair: &CertPair, args: &[&str]) -> Checked {
+    let mut all = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--cert",
+        s(&pair.cert),
+        "--key",
+        s(&pair.key),
+    ];
+    all.extend_from_slice(args);
+    check(&all)
+}
+
+#[test]
+fn a_good_configuration_exits_0_with_its_expiry() {
+    let certs = default_certs();
+    let out = check_with(certs, &[]);
+    assert_eq!(out.code, Some(0), "{:#?}", out.lines);
+    assert!(out.errors().is_empty(), "{:#?}", out.lines);
+    let expiry = out.line("default: ok: certificate ", "expires in ");
+    assert!(expiry.contains(s(&certs.cert)), "{expiry}");
+    out.line("default: ok: key ", "matches certificate");
+    out.line("default: ok: TLS context builds", "");
+    out.line("default: ok: listen 127.0.0.1:0 is free", "");
+}
+
+#[test]
+fn a_key_of_another_certificate_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = write_cert_for(dir.path(), "a.test");
+    let b = write_cert_for(dir.path(), "b.test");
+    let mixed = CertPair {
+        cert: a.cert.clone(),
+        key: b.key.clone(),
+    };
+    let out = check_with(&mixed, &[]);
+    assert_eq!(out.code, Some(1), "{:#?}", out.lines);
+    // The check's own line, not the context build's ("TLS context: ...") saying the same.
+    out.line(
+        "default: error: key ",
+        &format!(
+            "key {} does not match certificate {}",
+            s(&b.key),
+            s(&a.cert)
+        ),
+    );
+}
+
+#[test]
+fn an_expired_certificate_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = now_unix();
+    let old = write_cert(dir.path(), "old", now - 10 * 86_400, now - 86_400);
+    let out = check_with(&old, &[]);
+    assert_eq!(out.code, Some(1), "{:#?}", out.lines);
+    out.line(
+        "default: error: certificate ",
+        &format!("certificate {} expired on", s(&old.cert)),
+    );
+    // Once: the context build's refusal says the same and is not repeated.
+    assert_eq!(out.errors().len(), 1, "{:#?}", out.lines);
+}
+
+#[test]
+fn a_certificate_expiring_soon_is_a_warning_and_still_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = now_unix();
+    let soon = write_cert(dir.path(), "soon", now - 86_400, now + 5 * 86_400 + 3600);
+    let out = check_with(&soon, &[]);
+    assert_eq!(out.code, Some(0), "{:#?}", out.lines);
+    out.line("default: warning: certificate ", "expires in 5 days");
+}
+
+#[test]
+fn an_sni_name_its_certificate_is_not_for_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = write_cert_for(dir.path(), "a.test");
+    let wild = write_cert_for(dir.path(), "*.example.test");
+    let sni_b = format!("b.test={},{}", s(&a.cert), s(&a.key));
+    let sni_a = format!("a.test={},{}", s(&a.cert), s(&a.key));
+    let sni_w = format!("www.example.test={},{}", s(&wild.cert), s(&wild.key));
+    let out = check_with(
+        default_certs(),
+        &["--sni", &sni_a, "--sni", &sni_b, "--sni", &sni_w],
+    );
+    assert_eq!(out.code, Some(1), "{:#?}", out.lines);
+    out.line(
+        "default: error: ",
+        &format!(
+            "sni name b.test is not covered by certificate {}",
+            s(&a.cert)
+        ),
+    );
+    out.line("default: ok: sni name a.test is covered", "");
+    out.line("default: ok: sni name www.example.test is covered", "");
+    assert_eq!(out.errors().len(), 1, "{:#?}", out.lines);
+}
+
+#[test]
+fn an_upstream_that_does_not_resolve_is_named() {
+    // RFC 2606: .invalid never resolves.
+    let out = check_with(
+        default_certs(),
+        &["--mode", "forward", "--upstream", "nothing.invalid:80"],
+    );
+    assert_eq!(out.code, Some(1), "{:#?}", out.lines);
+    out.line("default: error: ", "upstream nothing.invalid:80");
+}
+
+#[test]
+fn a_port_in_use_names_the_process_holding_it() {
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap().to_string();
+    let certs = default_certs();
+    let out = check(&[
+        "--listen",
+        &addr,
+        "--cert",
+        s(&certs.cert),
+        "--key",
+        s(&certs.key),
+    ]);
+    assert_eq!(out.code, Some(1), "{:#?}", out.lines);
+    let line = out.line("default: error: ", &format!("listen {addr} is in use"));
+    assert!(
+        line.contains(&format!("held by pid {} (", std::process::id())),
+        "{line}"
+    );
+    drop(held);
+}
