@@ -36,7 +36,7 @@ mod listen;
 
 use std::fmt;
 
-use crate::config::{ArgsError, Config, parse_args};
+use crate::config::{ArgsError, Config, Service, parse_args};
 
 /// How much a finding matters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -119,31 +119,32 @@ impl<'a> Report<'a> {
     }
 }
 
-/// The name a command line without a configuration file gives its one service.
-const DEFAULT_SERVICE: &str = "default";
-
 /// The name process-wide findings carry.
 const PROCESS: &str = "process";
 
-/// Checks every service and the process-wide settings.
+/// The listen queue asked for when binding the metrics address for a moment (the queue does not
+/// decide whether the address is free).
+const METRICS_BACKLOG: u32 = 128;
+
+/// Checks every service, then the process-wide settings.
 pub fn check(config: &Config) -> Vec<Finding> {
-    let mut findings = check_service(DEFAULT_SERVICE, config);
-    if let Some(addr) = config.metrics_listen {
+    let mut findings: Vec<Finding> = config.services.iter().flat_map(check_service).collect();
+    if let Some(addr) = config.process.metrics_listen {
         let mut report = Report::new(PROCESS);
-        listen::tcp(&mut report, "metrics-listen", addr, config.backlog);
+        listen::tcp(&mut report, "metrics-listen", addr, METRICS_BACKLOG);
         findings.extend(report.findings);
     }
     findings
 }
 
 /// Checks one service: TLS first (files, then the context), then its upstream, then its listener.
-fn check_service(name: &str, config: &Config) -> Vec<Finding> {
-    let mut report = Report::new(name);
-    certs::check(&mut report, &config.tls);
-    if let Some(upstream) = config.mode.upstream() {
+fn check_service(service: &Service) -> Vec<Finding> {
+    let mut report = Report::new(&service.name);
+    certs::check(&mut report, &service.tls);
+    if let Some(upstream) = service.mode.upstream() {
         listen::upstream(&mut report, upstream);
     }
-    listen::listen(&mut report, &config.listen, config.backlog);
+    listen::listen(&mut report, &service.listen, service.backlog);
     report.findings
 }
 
