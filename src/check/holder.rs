@@ -20,19 +20,52 @@ struct Listening {
     inode: u64,
 }
 
-/// Says who holds `addr`: "held by pid N (comm)", or as much as /proc tells.
-pub(super) fn describe(addr: SocketAddr) -> String {
-    let sockets: Vec<Listening> = ["/proc/net/tcp", "/proc/net/tcp6"]
+/// The command name the server runs under, as /proc/PID/comm shows it.
+const SECURESOCK: &str = "securesock";
+
+/// Who holds a port, as far as /proc tells.
+pub(super) struct Holder {
+    /// "held by pid N (comm)", or as much as /proc tells.
+    pub(super) said: String,
+    /// Every process found holding it is a securesock: the one running now, when this is a
+    /// check before a reload (which keeps its sockets).
+    pub(super) securesock: bool,
+}
+
+/// Who holds `addr`.
+pub(super) fn holder(addr: SocketAddr) -> Holder {
+    let owners = owners_of(addr);
+    Holder {
+        securesock: !owners.is_empty() && owners.iter().all(|(_, comm)| comm == SECURESOCK),
+        said: describe(addr, &owners),
+    }
+}
+
+/// The processes holding a socket that listens on `addr`'s port and address.
+fn owners_of(addr: SocketAddr) -> Vec<(u32, String)> {
+    let inodes: BTreeSet<u64> = listening_on(addr).iter().map(|s| s.inode).collect();
+    if inodes.is_empty() {
+        return Vec::new();
+    }
+    owners(&inodes)
+}
+
+/// The listening sockets that stop a bind to `addr`.
+fn listening_on(addr: SocketAddr) -> Vec<Listening> {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
         .iter()
         .filter_map(|table| std::fs::read_to_string(table).ok())
         .flat_map(|text| text.lines().filter_map(parse_line).collect::<Vec<_>>())
         .filter(|s| conflicts(s.addr, addr))
-        .collect();
+        .collect()
+}
+
+/// Says who holds `addr`: "held by pid N (comm)" from `owners`, or as much as /proc tells.
+fn describe(addr: SocketAddr, owners: &[(u32, String)]) -> String {
+    let sockets = listening_on(addr);
     if sockets.is_empty() {
         return "no listening socket on it in /proc/net/tcp (a socket bound without listening, or one in another network namespace)".to_string();
     }
-    let inodes: BTreeSet<u64> = sockets.iter().map(|s| s.inode).collect();
-    let owners = owners(&inodes);
     if !owners.is_empty() {
         let named: Vec<String> = owners
             .iter()
@@ -184,10 +217,14 @@ mod tests {
     #[test]
     fn this_process_is_named_as_the_holder_of_its_port() {
         let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let said = describe(held.local_addr().unwrap());
+        let found = holder(held.local_addr().unwrap());
         assert!(
-            said.contains(&format!("pid {} (", std::process::id())),
-            "{said}"
+            found
+                .said
+                .contains(&format!("pid {} (", std::process::id())),
+            "{}",
+            found.said
         );
+        assert!(!found.securesock);
     }
 }

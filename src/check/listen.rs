@@ -1,6 +1,6 @@
 //! Where a service listens and what it relays to: a TCP address is bound for a moment, as the
 //! server binds it (`SO_REUSEADDR`, the same backlog), and on "address in use" the holder is
-//! named; a UNIX path is free, a stale socket (start-up removes it), a live socket or not a socket
+//! named (a running securesock is a warning: checking before a reload is the usual use); a UNIX path is free, a stale socket (start-up removes it), a live socket or not a socket
 //! at all; the upstream's name resolves, and its addresses are listed.
 //!
 //! Nothing here keeps a socket or changes a file: the bound socket is closed at once, and a stale
@@ -34,10 +34,17 @@ pub(super) fn tcp(r: &mut Report<'_>, what: &str, addr: SocketAddr, backlog: u32
             r.ok(format!("{what} {addr} is free"));
         }
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
-            r.error(format!(
-                "{what} {addr} is in use: {}",
-                holder::describe(addr)
-            ));
+            let holder = holder::holder(addr);
+            if holder.securesock {
+                // The usual check: the new settings, before `systemctl reload` (which keeps the
+                // running server's sockets). Only a fresh start beside it would fail.
+                r.warning(format!(
+                    "{what} {addr} is in use: {}: a reload of it keeps the socket; a second server would not start",
+                    holder.said
+                ));
+            } else {
+                r.error(format!("{what} {addr} is in use: {}", holder.said));
+            }
         }
         Err(e) if e.kind() == io::ErrorKind::PermissionDenied => r.error(format!(
             "{what} {addr}: {}: a port below 1024 needs root or CAP_NET_BIND_SERVICE",

@@ -8,7 +8,9 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command;
 
-use crate::support::{CertPair, binary, default_certs, now_unix, write_cert, write_cert_for};
+use crate::support::{
+    CertPair, Server, binary, default_certs, now_unix, write_cert, write_cert_for,
+};
 
 /// What `securesock check ARGS` said: its exit code and its stdout lines.
 struct Checked {
@@ -182,4 +184,25 @@ fn a_port_in_use_names_the_process_holding_it() {
         "{line}"
     );
     drop(held);
+}
+
+#[test]
+fn a_port_a_running_securesock_holds_is_a_warning_for_its_reload() {
+    let running = Server::start(&[]);
+    let addr = running.addr.to_string();
+    let certs = default_certs();
+    let out = check(&[
+        "--listen",
+        &addr,
+        "--cert",
+        s(&certs.cert),
+        "--key",
+        s(&certs.key),
+    ]);
+    assert_eq!(out.code, Some(0), "{:#?}", out.lines);
+    let line = out.line("default: warning: ", &format!("listen {addr} is in use"));
+    assert!(
+        line.contains(&format!("held by pid {} (securesock)", running.pid())),
+        "{line}"
+    );
 }
