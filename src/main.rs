@@ -2,8 +2,8 @@
 //! [`Server`], turn signals into calls on its [`Handle`], run it, and map how it ended to an exit
 //! code.
 //!
-//! `securesock check FLAGS` checks instead of serving: see [`securesock::check`] for its output
-//! and exit codes.
+//! `securesock check` checks instead of serving: see [`securesock::check`] for its output and
+//! exit codes.
 //!
 //! Exit codes: 0 after a clean shutdown (connections cut at the drain timeout included), 2 for any
 //! configuration or start-up problem (printed as one line naming it), 1 when the server fails while
@@ -18,7 +18,7 @@ use log::{info, warn};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use securesock::config::{ArgsError, Config, parse_args};
+use securesock::config::{ArgsError, Config, Invocation, parse_invocation};
 use securesock::server::{Handle, Server};
 
 /// A failure before serving starts: configuration, certificates, binding.
@@ -27,18 +27,15 @@ const EXIT_CONFIG: u8 = 2;
 const EXIT_RUNTIME: u8 = 1;
 
 fn main() -> ExitCode {
-    // `securesock check FLAGS`: the dry run, before logging starts (its findings are its output;
-    // the loaders' own log lines would repeat them on stderr).
-    // LEAD: fold into the file helper's optional-subcommand parser (config/args.rs) at merge; this
-    // is the minimal wiring until that shape exists.
-    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if args.get(1).is_some_and(|a| a == "check") {
-        args.remove(1);
-        return ExitCode::from(securesock::check::run(args));
-    }
-    init_logging();
-    let config: Config = match parse_args(args) {
-        Ok(config) => config,
+    let config: Config = match parse_invocation(std::env::args_os()) {
+        Ok(Invocation::Serve(config)) => config,
+        // The dry run's findings are its output, on stdout; it starts no logger, so the loaders'
+        // own warnings do not repeat them on stderr.
+        Ok(Invocation::Check(config)) => return ExitCode::from(securesock::check::run(&config)),
+        // Its helper fills this in (issue 19 item 7).
+        Ok(Invocation::ImportStunnel(_)) => {
+            return fail(EXIT_CONFIG, "`securesock import-stunnel` is not built yet");
+        }
         Err(ArgsError::Info(help)) => {
             // --help / --version: clap prints it; a closed stdout is not worth an error.
             let _ = help.print();
@@ -46,6 +43,7 @@ fn main() -> ExitCode {
         }
         Err(ArgsError::Invalid(line)) => return fail(EXIT_CONFIG, &line),
     };
+    init_logging();
     let server = match Server::bind(&config) {
         Ok(server) => server,
         Err(e) => return fail(EXIT_CONFIG, &format!("{e:#}")),

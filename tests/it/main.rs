@@ -21,6 +21,7 @@ mod architecture;
 mod check;
 mod cipher_policy;
 mod client_mode;
+mod config_file;
 mod docs_reference;
 mod dual_stack;
 mod gen_ca;
