@@ -206,3 +206,77 @@ fn a_port_a_running_securesock_holds_is_a_warning_for_its_reload() {
         "{line}"
     );
 }
+
+#[test]
+fn a_file_is_checked_service_by_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = default_certs();
+    let sock = dir.path().join("plain.sock");
+    let path = dir.path().join("securesock.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[defaults]
+cert = "{cert}"
+key = "{key}"
+
+[[service]]
+name = "web"
+listen = "127.0.0.1:0"
+
+[[service]]
+name = "api"
+listen = "unix:{sock}"
+mode = "forward"
+upstream = "nothing.invalid:80"
+"#,
+            cert = s(&certs.cert),
+            key = s(&certs.key),
+            sock = s(&sock),
+        ),
+    )
+    .unwrap();
+    let out = check(&["--config", s(&path)]);
+    assert_eq!(out.code, Some(1), "{:#?}", out.lines);
+    out.line("web: ok: certificate ", "expires in ");
+    out.line("web: ok: listen 127.0.0.1:0 is free", "");
+    out.line("api: ok: listen unix:", "is free");
+    out.line("api: error: ", "upstream nothing.invalid:80");
+    assert_eq!(out.errors().len(), 1, "{:#?}", out.lines);
+}
+
+#[test]
+fn a_unix_path_is_free_stale_live_or_not_a_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = default_certs();
+    let at = |path: &Path| {
+        let listen = format!("unix:{}", s(path));
+        check(&[
+            "--listen",
+            &listen,
+            "--cert",
+            s(&certs.cert),
+            "--key",
+            s(&certs.key),
+        ])
+    };
+    let stale = dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    let out = at(&stale);
+    assert_eq!(out.code, Some(0), "{:#?}", out.lines);
+    out.line("default: ok: listen unix:", "is a stale socket");
+    assert!(stale.exists(), "the check removes nothing");
+
+    let live = dir.path().join("live.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&live).unwrap();
+    let out = at(&live);
+    assert_eq!(out.code, Some(1), "{:#?}", out.lines);
+    out.line("default: error: listen unix:", "is a live socket");
+
+    let file = dir.path().join("data");
+    std::fs::write(&file, b"precious").unwrap();
+    let out = at(&file);
+    assert_eq!(out.code, Some(1), "{:#?}", out.lines);
+    out.line("default: error: listen unix:", "is not a socket");
+}
