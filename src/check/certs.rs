@@ -49,9 +49,9 @@ pub(super) fn check(r: &mut Report<'_>, settings: &TlsSettings) {
             if let Some(path) = &settings.ticket_keys {
                 match load_ticket_keys(path) {
                     Ok(keys) => r.ok(format!(
-                        "ticket key file {}: {} keys (the first encrypts)",
+                        "ticket key file {}: {} (the first encrypts)",
                         path.display(),
-                        keys.len()
+                        count(keys.len(), "key")
                     )),
                     Err(e) => r.error(format!("{e:#}")),
                 }
@@ -203,9 +203,9 @@ fn sni_covered(r: &mut Report<'_>, spec: &SniSpec, leaf: &X509) {
 fn client_auth(r: &mut Report<'_>, auth: &ClientAuth) {
     match ClientCa::load(&auth.ca) {
         Ok(ca) => r.ok(format!(
-            "client CA {}: {} certificates",
+            "client CA {}: {}",
             auth.ca.display(),
-            ca.certs.len()
+            count(ca.certs.len(), "certificate")
         )),
         Err(e) => r.error(format!("{e:#}")),
     }
@@ -213,8 +213,12 @@ fn client_auth(r: &mut Report<'_>, auth: &ClientAuth) {
         return;
     };
     match Crls::load(path).and_then(|crls| Ok((crls.len(), crls.stale()?))) {
-        Ok((count, stale)) if stale.is_empty() => {
-            r.ok(format!("CRL {}: {count} CRLs, current", path.display()));
+        Ok((n, stale)) if stale.is_empty() => {
+            r.ok(format!(
+                "CRL {}: {}, current",
+                path.display(),
+                count(n, "CRL")
+            ));
         }
         Ok((_, stale)) => {
             for next in stale {
@@ -261,5 +265,14 @@ fn context(r: &mut Report<'_>, settings: &TlsSettings) {
                 r.error(format!("TLS context: {what}"));
             }
         }
+    }
+}
+
+/// `1 key`, `2 keys`.
+fn count(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
     }
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::support::{
-    CertPair, Server, binary, default_certs, now_unix, write_cert, write_cert_for,
+    CertPair, Server, binary, default_certs, mtls, now_unix, write_cert, write_cert_for,
 };
 
 /// What `securesock check ARGS` said: its exit code and its stdout lines.
@@ -279,4 +279,59 @@ fn a_unix_path_is_free_stale_live_or_not_a_socket() {
     let out = at(&file);
     assert_eq!(out.code, Some(1), "{:#?}", out.lines);
     out.line("default: error: listen unix:", "is not a socket");
+}
+
+#[test]
+fn a_chain_out_of_order_is_a_warning_and_the_client_ca_and_crl_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = |name: &str| std::fs::read(mtls(name)).unwrap();
+    let in_order = dir.path().join("in-order.pem");
+    std::fs::write(
+        &in_order,
+        [pem("server-cert.pem"), pem("ca-cert.pem")].concat(),
+    )
+    .unwrap();
+    let out_of_order = dir.path().join("out-of-order.pem");
+    std::fs::write(
+        &out_of_order,
+        [
+            pem("server-cert.pem"),
+            pem("other-ca-cert.pem"),
+            pem("ca-cert.pem"),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let key = mtls("server-key.pem");
+    let (ca, crl) = (mtls("ca-cert.pem"), mtls("crl.pem"));
+    let with = |cert: &Path| {
+        check(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--cert",
+            s(cert),
+            "--key",
+            &key,
+            "--client-ca",
+            &ca,
+            "--crl",
+            &crl,
+        ])
+    };
+    let out = with(&in_order);
+    assert_eq!(out.code, Some(0), "{:#?}", out.lines);
+    out.line(
+        "default: ok: chain ",
+        "2 certificates, each issued by the next",
+    );
+    out.line("default: ok: chain certificate 2 in ", "expires in ");
+    out.line(&format!("default: ok: client CA {ca}: 1 certificate"), "");
+    out.line(&format!("default: ok: CRL {crl}: 1 CRL, current"), "");
+
+    let out = with(&out_of_order);
+    assert_eq!(out.code, Some(0), "{:#?}", out.lines);
+    out.line(
+        "default: warning: chain ",
+        "certificate 2 (CN=unrelated test CA) did not issue certificate 1",
+    );
 }
