@@ -36,9 +36,14 @@ pub(super) struct Holder {
 pub(super) fn holder(addr: SocketAddr) -> Holder {
     let owners = owners_of(addr);
     Holder {
-        securesock: !owners.is_empty() && owners.iter().all(|(_, comm)| comm == SECURESOCK),
+        securesock: all_securesock(&owners),
         said: describe(addr, &owners),
     }
+}
+
+/// Whether processes were found and every one is a securesock (none found is not "all").
+fn all_securesock(owners: &[(u32, String)]) -> bool {
+    !owners.is_empty() && owners.iter().all(|(_, comm)| comm == SECURESOCK)
 }
 
 /// The processes holding a socket that listens on `addr`'s port and address.
@@ -74,6 +79,12 @@ fn describe(addr: SocketAddr, owners: &[(u32, String)]) -> String {
         return format!("held by {}", named.join(", "));
     }
     let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    unseen(&sockets, me)
+}
+
+/// What can be said of sockets whose process /proc does not show: whose they are, when not ours
+/// (`me`: this process's uid).
+fn unseen(sockets: &[Listening], me: Option<u32>) -> String {
     match sockets.iter().find(|s| Some(s.uid) != me) {
         Some(s) => format!("held by another user's process (uid {})", s.uid),
         None => "held by a process whose descriptors /proc does not show".to_string(),
@@ -212,6 +223,28 @@ mod tests {
         assert!(!conflicts(a("127.0.0.1:80"), a("127.0.0.2:80")));
         assert!(!conflicts(a("127.0.0.1:80"), a("127.0.0.1:81")));
         assert!(!conflicts(a("0.0.0.0:80"), a("[::1]:80")));
+    }
+
+    #[test]
+    fn a_hidden_holder_is_another_users_when_the_socket_is_not_ours() {
+        let socket = |uid| Listening {
+            addr: "127.0.0.1:80".parse().unwrap(),
+            uid,
+            inode: 1,
+        };
+        assert_eq!(
+            unseen(&[socket(0)], Some(1000)),
+            "held by another user's process (uid 0)"
+        );
+        assert!(unseen(&[socket(1000)], Some(1000)).contains("/proc does not show"));
+    }
+
+    #[test]
+    fn only_a_port_held_by_securesock_alone_is_its_own() {
+        let p = |comm: &str| (7, comm.to_string());
+        assert!(!all_securesock(&[]), "nobody found is not securesock");
+        assert!(all_securesock(&[p("securesock"), p("securesock")]));
+        assert!(!all_securesock(&[p("securesock"), p("nginx")]));
     }
 
     #[test]
