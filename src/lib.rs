@@ -12,8 +12,10 @@
 //!
 //! `main.rs` parses the command line into a [`config::Config`], binds a [`server::Server`] with it,
 //! turns signals into calls on the server's [`server::Handle`], and runs it; the tests drive the
-//! same functions in-process.
+//! same functions in-process. `securesock check` runs [`check::run`] instead: the same settings,
+//! checked and reported without serving.
 
+pub mod check;
 pub mod config;
 pub(crate) mod connection;
 pub(crate) mod limits;

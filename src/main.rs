@@ -2,6 +2,9 @@
 //! [`Server`], turn signals into calls on its [`Handle`], run it, and map how it ended to an exit
 //! code.
 //!
+//! `securesock check` checks instead of serving: see [`securesock::check`] for its output and
+//! exit codes.
+//!
 //! Exit codes: 0 after a clean shutdown (connections cut at the drain timeout included), 2 for any
 //! configuration or start-up problem (printed as one line naming it), 1 when the server fails while
 //! running, 128+N when a second signal N cuts the drain short.
@@ -24,13 +27,12 @@ const EXIT_CONFIG: u8 = 2;
 const EXIT_RUNTIME: u8 = 1;
 
 fn main() -> ExitCode {
-    init_logging();
     let config: Config = match parse_invocation(std::env::args_os()) {
         Ok(Invocation::Serve(config)) => config,
-        // Their helpers fill these in (issue 19 items 6 and 7).
-        Ok(Invocation::Check(_)) => {
-            return fail(EXIT_CONFIG, "`securesock check` is not built yet");
-        }
+        // The dry run's findings are its output, on stdout; it starts no logger, so the loaders'
+        // own warnings do not repeat them on stderr.
+        Ok(Invocation::Check(config)) => return ExitCode::from(securesock::check::run(&config)),
+        // Its helper fills this in (issue 19 item 7).
         Ok(Invocation::ImportStunnel(_)) => {
             return fail(EXIT_CONFIG, "`securesock import-stunnel` is not built yet");
         }
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
         }
         Err(ArgsError::Invalid(line)) => return fail(EXIT_CONFIG, &line),
     };
+    init_logging();
     let server = match Server::bind(&config) {
         Ok(server) => server,
         Err(e) => return fail(EXIT_CONFIG, &format!("{e:#}")),

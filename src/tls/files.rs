@@ -225,7 +225,7 @@ fn duplicate_names(keys: &[TicketKey]) -> Option<(usize, usize)> {
 }
 
 /// A checked OCSP response: the DER to staple and when it stops being current.
-pub(super) struct Ocsp {
+pub(crate) struct Ocsp {
     /// The response as stapled.
     pub der: Vec<u8>,
     /// The response's nextUpdate as seconds since the Unix epoch; `None` when it has none (then
@@ -244,7 +244,7 @@ pub fn load_ocsp_response(path: &Path, chain: &[X509]) -> Result<Vec<u8>> {
 }
 
 /// [`load_ocsp_response`] with the response's validity, which the stapling callback checks.
-pub(super) fn load_ocsp(path: &Path, chain: &[X509]) -> Result<Ocsp> {
+pub(crate) fn load_ocsp(path: &Path, chain: &[X509]) -> Result<Ocsp> {
     let shown = path.display();
     let der = read_bounded(path, FileKind::Ocsp)?;
     let response = OcspResponse::from_der(&der)
@@ -311,16 +311,23 @@ fn unix_time(t: &openssl::asn1::Asn1TimeRef) -> Result<i64> {
 /// Warns when a CRL is past its nextUpdate: OpenSSL then refuses every client certificate with
 /// "CRL has expired", and without this line nothing would say why.
 fn warn_if_stale(path: &Path, crls: &[X509Crl]) -> Result<()> {
-    let now = Asn1Time::days_from_now(0)?;
-    for crl in crls {
-        if let Some(next) = crl.next_update().filter(|next| *next < now) {
-            warn!(
-                "CRL {} expired on {next} (nextUpdate): every client certificate is refused with \"CRL has expired\" until the CA issues a new one",
-                path.display()
-            );
-        }
+    for next in stale_since(crls)? {
+        warn!(
+            "CRL {} expired on {next} (nextUpdate): every client certificate is refused with \"CRL has expired\" until the CA issues a new one",
+            path.display()
+        );
     }
     Ok(())
+}
+
+/// The nextUpdate of each CRL that is past it, as OpenSSL prints the time.
+fn stale_since(crls: &[X509Crl]) -> Result<Vec<String>> {
+    let now = Asn1Time::days_from_now(0)?;
+    Ok(crls
+        .iter()
+        .filter_map(|crl| crl.next_update().filter(|next| *next < now))
+        .map(ToString::to_string)
+        .collect())
 }
 
 /// The PEM certificates of a CA file, refused when it holds none.
@@ -353,12 +360,12 @@ pub(super) fn load_upstream_ca(ca: &Path) -> Result<X509Store> {
 /// The client CA file, read once: its certificates go into the trust store, their subjects
 /// (without repeats) are the list of CAs sent to clients, and their DER goes into the session ID
 /// context (see `server::verification_digest`).
-pub(super) struct ClientCa {
-    pub(super) certs: Vec<X509>,
+pub(crate) struct ClientCa {
+    pub(crate) certs: Vec<X509>,
 }
 
 impl ClientCa {
-    pub(super) fn load(ca: &Path) -> Result<ClientCa> {
+    pub(crate) fn load(ca: &Path) -> Result<ClientCa> {
         let (_, certs) = ca_certificates(ca, FileKind::ClientCa)?;
         Ok(ClientCa { certs })
     }
@@ -386,14 +393,14 @@ impl ClientCa {
 
 /// A CRL file read once: its bytes (for the session ID context) and its CRLs (one or more PEM
 /// blocks, for the trust store).
-pub(super) struct Crls {
+pub(crate) struct Crls {
     pub(super) bytes: Vec<u8>,
     crls: Vec<X509Crl>,
 }
 
 impl Crls {
     /// Reads and parses a PEM CRL file, warning when a CRL in it is past its nextUpdate.
-    pub(super) fn load(path: &Path) -> Result<Crls> {
+    pub(crate) fn load(path: &Path) -> Result<Crls> {
         let bytes = read_bounded(path, FileKind::Crl)?;
         let refuse = || anyhow!("CRL {} is not a readable PEM CRL", path.display());
         let mut crls = Vec::new();
@@ -412,6 +419,16 @@ impl Crls {
         }
         warn_if_stale(path, &crls)?;
         Ok(Crls { bytes, crls })
+    }
+
+    /// How many CRLs the file holds.
+    pub(crate) fn len(&self) -> usize {
+        self.crls.len()
+    }
+
+    /// The nextUpdate of each CRL in the file that is past it (`securesock check` warns of them).
+    pub(crate) fn stale(&self) -> Result<Vec<String>> {
+        stale_since(&self.crls)
     }
 
     /// Adds the CRLs to a context's trust store (the caller turns on the CRL check).

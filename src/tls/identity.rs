@@ -90,6 +90,27 @@ fn check_validity(path: &Path, leaf: &X509) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a key that is not the one the leaf certificate was issued for. Start-up (through
+/// [`Identity::load`]) and `securesock check` both ask it, so they agree on what a mismatch is.
+pub(crate) fn check_key_matches(
+    cert: &Path,
+    leaf: &X509,
+    key: &Path,
+    pkey: &PKey<Private>,
+) -> Result<()> {
+    let leaf_key = leaf
+        .public_key()
+        .context("reading the certificate's public key")?;
+    if !leaf_key.public_eq(pkey) {
+        bail!(
+            "key {} does not match certificate {}",
+            key.display(),
+            cert.display()
+        );
+    }
+    Ok(())
+}
+
 /// A certificate chain (leaf first) and its private key, read and checked together; what a server
 /// context (default or SNI) serves and what client mode presents to the upstream.
 pub(super) struct Identity {
@@ -108,16 +129,7 @@ impl Identity {
         let pkey = load_key(key)?;
         let leaf = &chain[0];
         check_validity(cert, leaf)?;
-        let leaf_key = leaf
-            .public_key()
-            .context("reading the certificate's public key")?;
-        if !leaf_key.public_eq(&pkey) {
-            bail!(
-                "key {} does not match certificate {}",
-                key.display(),
-                cert.display()
-            );
-        }
+        check_key_matches(cert, leaf, key, &pkey)?;
         Ok(Identity {
             chain,
             key: pkey,

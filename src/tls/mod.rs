@@ -45,7 +45,10 @@ pub use client::Connector;
 // configuration file), which switch to it at merge.
 #[allow(unused_imports)]
 pub(crate) use files::{FileKind, read_bounded};
+// For `securesock check`, which reports what each loader finds instead of stopping at the first.
+pub(crate) use files::{ClientCa, Crls, load_ocsp};
 pub use files::{OCSP_LEEWAY_SECS, load_chain, load_key, load_ocsp_response, load_ticket_keys};
+pub(crate) use identity::check_key_matches;
 pub use identity::{CertInfo, describe};
 pub use openssl_support::{
     Date, OPENSSL_SUPPORT, OPENSSL_SUPPORT_CHECKED, Series, Support, linked_openssl,

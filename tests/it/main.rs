@@ -18,6 +18,7 @@ mod support;
 
 mod access;
 mod architecture;
+mod check;
 mod cipher_policy;
 mod client_flags;
 mod client_mode;
