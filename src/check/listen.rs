@@ -13,7 +13,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 use super::{Report, holder};
-use crate::config::{Listen, UNIX_PREFIX, UnixListen};
+use crate::config::{Listen, UNIX_PREFIX, UnixListen, Upstreams};
 use crate::reason::io_reason;
 use crate::sys;
 use crate::upstream::Upstream;
@@ -108,7 +108,7 @@ fn unix_path(r: &mut Report<'_>, unix: &UnixListen) {
 /// The upstream of forward and client modes: a name resolves (as start-up resolves it, which
 /// refuses to start otherwise), and its addresses are listed; a UNIX socket is looked at only
 /// when connecting, so one that does not answer yet is a warning.
-pub(super) fn upstream(r: &mut Report<'_>, spec: &str) {
+pub(super) fn upstream(r: &mut Report<'_>, spec: &str, set: &Upstreams) {
     if let Some(path) = spec.strip_prefix(UNIX_PREFIX) {
         match UnixStream::connect(path) {
             Ok(_) => r.ok(format!("upstream {spec} accepts connections")),
@@ -119,7 +119,11 @@ pub(super) fn upstream(r: &mut Report<'_>, spec: &str) {
         }
         return;
     }
-    match Upstream::resolve(spec) {
+    let one = Upstreams {
+        addrs: vec![spec.to_string()],
+        ..set.clone()
+    };
+    match Upstream::resolve(&one) {
         Ok(up) => {
             let addrs: Vec<String> = up.addrs().iter().map(ToString::to_string).collect();
             r.ok(format!("upstream {spec} resolves to {}", addrs.join(", ")));

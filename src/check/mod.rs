@@ -141,8 +141,11 @@ pub fn check(config: &Config) -> Vec<Finding> {
 fn check_service(service: &Service) -> Vec<Finding> {
     let mut report = Report::new(&service.name);
     certs::check(&mut report, &service.tls);
-    if let Some(upstream) = service.mode.upstream() {
-        listen::upstream(&mut report, upstream);
+    if let Some(set) = service.mode.upstream() {
+        // Each address of the set on its own line: one that does not resolve is named.
+        for spec in &set.addrs {
+            listen::upstream(&mut report, spec, set);
+        }
     }
     listen::listen(&mut report, &service.listen, service.backlog);
     report.findings
