@@ -21,7 +21,64 @@ fn mode_values() -> PossibleValuesParser {
 /// A TLS server that greets every client, as in the tutorial, done properly.
 ///
 /// Every flag can also be set through the environment variable named in its help
-/// (`SECURESOCK_<FLAG>`); a flag on the command line wins over the variable.
+/// (`SECURESOCK_<FLAG>`); a flag on the command line wins over the variable. `--config FILE`
+/// reads every setting from a TOML file instead, whose keys are the flags' long names.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "securesock",
+    version,
+    about,
+    long_about = None,
+    args_override_self = true,
+    allow_negative_numbers = true,
+    args_conflicts_with_subcommands = true,
+    disable_help_subcommand = true
+)]
+pub struct Cli {
+    /// A subcommand; without one, securesock serves.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Where the configuration comes from: see [`Source`].
+    #[command(flatten)]
+    pub source: Source,
+}
+
+/// What securesock does besides serving.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Check a configuration (--config FILE, or flags) without serving, one line per finding
+    #[command(args_override_self = true, allow_negative_numbers = true)]
+    Check(Box<Source>),
+    /// Print the TOML equivalent of a stunnel.conf on stdout
+    ImportStunnel {
+        /// The stunnel configuration file to convert
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+}
+
+/// A configuration: a file, or the flags (with their variables).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Source {
+    /// Read the whole configuration from this TOML file ([process], [defaults], [[service]]
+    /// tables; keys are the flags' long names). No other flag may be given with it, and the
+    /// SECURESOCK_* variables of the other flags are not read
+    #[arg(
+        long,
+        env = "SECURESOCK_CONFIG",
+        value_name = "FILE",
+        help_heading = "Configuration"
+    )]
+    pub config: Option<PathBuf>,
+
+    /// The flags: see [`Args`].
+    #[command(flatten)]
+    pub args: Args,
+}
+
+/// Every flag but `--config`: the raw values of one service (and, from the command line, of the
+/// process settings too).
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "securesock",

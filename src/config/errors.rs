@@ -36,7 +36,7 @@ impl ArgsError {
 const BOOLEANS: &str = "true, false, 1, 0, yes, no, on, off";
 
 /// What a value of each kind looks like, for errors that would otherwise not say.
-fn accepted(value_name: &str) -> Option<&'static str> {
+pub(super) fn accepted(value_name: &str) -> Option<&'static str> {
     match value_name {
         "N" => Some("a whole number"),
         "SECS" => Some("a number of seconds"),

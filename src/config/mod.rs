@@ -10,8 +10,11 @@
 //! touches anything.
 //!
 //! The rooms:
-//! - `args.rs`: the clap struct, one flattened struct per `--help` heading (listen, mode, TLS,
-//!   client authentication, upstream, limits, operations): flag names, variables, defaults, help;
+//! - `args.rs`: the clap structs: [`Cli`] (the subcommands and `--config`) over [`Args`], one
+//!   flattened struct per `--help` heading (listen, mode, TLS, client authentication, upstream,
+//!   limits, operations): flag names, variables, defaults, help;
+//! - `file.rs`: `--config FILE`, a TOML file whose keys are the long flags' names, through the same
+//!   raw groups and checks; `read.rs`: the bounded read of that file;
 //! - `validate.rs`: raw group values to typed settings, one function per group;
 //! - `types.rs`: every settings type the rest of the server reads;
 //! - `cidr.rs`: address blocks;
@@ -25,12 +28,15 @@
 mod args;
 mod cidr;
 mod errors;
+mod file;
+mod read;
 pub mod stunnel;
 mod types;
 mod validate;
 
 pub use args::{
-    Args, ClientAuthArgs, LimitsArgs, ListenArgs, ModeArgs, OperationsArgs, TlsArgs, UpstreamArgs,
+    Args, Cli, ClientAuthArgs, Command, LimitsArgs, ListenArgs, ModeArgs, OperationsArgs, Source,
+    TlsArgs, UpstreamArgs,
 };
 pub use cidr::Cidr;
 pub use errors::ArgsError;
@@ -40,16 +46,76 @@ pub use types::{
 };
 pub use validate::{is_dns_name, seconds};
 
-use clap::Parser;
+use std::path::PathBuf;
 
-/// Parses and validates a command line (the program name first), environment variables included.
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches};
+
+/// What a command line asks securesock to do.
+#[derive(Debug)]
+pub enum Invocation {
+    /// Serve this configuration (flags, or `--config FILE`).
+    Serve(Config),
+    /// `securesock check`: check this configuration without serving.
+    Check(Config),
+    /// `securesock import-stunnel FILE`: print the TOML equivalent of a stunnel.conf.
+    ImportStunnel(PathBuf),
+}
+
+/// Parses and validates a command line (the program name first), environment variables
+/// included, into what it asks for: serving (flags or `--config FILE`), or a subcommand.
+pub fn parse_invocation<I, T>(args: I) -> Result<Invocation, ArgsError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let matches = Cli::command()
+        .try_get_matches_from(args)
+        .map_err(ArgsError::from_clap)?;
+    let cli = Cli::from_arg_matches(&matches).map_err(ArgsError::from_clap)?;
+    match cli.command {
+        None => source(cli.source, &matches).map(Invocation::Serve),
+        Some(Command::Check(check)) => {
+            let sub = matches.subcommand_matches("check").unwrap_or(&matches);
+            source(*check, sub).map(Invocation::Check)
+        }
+        Some(Command::ImportStunnel { file }) => Ok(Invocation::ImportStunnel(file)),
+    }
+}
+
+/// The configuration a [`Source`] names: its file, or its flags. Flags beside `--config` are
+/// refused: the file is the whole configuration, and a flag that silently won (or lost) over it
+/// would be a second place to look. No flag is excepted, not even an operational one a unit file
+/// might pass: a unit passes `--config FILE` alone, and `[process]` holds the process's settings.
+fn source(source: Source, matches: &clap::ArgMatches) -> Result<Config, ArgsError> {
+    let Some(path) = source.config else {
+        return source.args.validate().map_err(ArgsError::Invalid);
+    };
+    if let Some(flag) = Args::command()
+        .get_arguments()
+        .find(|a| matches.value_source(a.get_id().as_str()) == Some(ValueSource::CommandLine))
+        .and_then(|a| a.get_long())
+    {
+        return Err(ArgsError::Invalid(format!(
+            "--{flag} cannot be given with --config: the file holds the whole configuration (write it there as the key {flag}, or drop --config)"
+        )));
+    }
+    file::load(&path).map_err(ArgsError::Invalid)
+}
+
+/// Parses and validates a command line that serves (the program name first), environment
+/// variables included: [`parse_invocation`] for the callers that only serve.
 pub fn parse_args<I, T>(args: I) -> Result<Config, ArgsError>
 where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let args = Args::try_parse_from(args).map_err(ArgsError::from_clap)?;
-    args.validate().map_err(ArgsError::Invalid)
+    match parse_invocation(args)? {
+        Invocation::Serve(config) => Ok(config),
+        Invocation::Check(_) | Invocation::ImportStunnel(_) => Err(ArgsError::Invalid(
+            "a subcommand where a configuration to serve was expected".into(),
+        )),
+    }
 }
 
 /// [`parse_args`] for the rooms' tests: the flags after the program name, and any refusal as text.
