@@ -177,6 +177,28 @@ fn tls_profile(service: &mut Service) -> Option<&'static str> {
     profile
 }
 
+/// A `cert` or `key` that names a token (`pkcs11:...`) rather than a file: left out, with the
+/// pair, since securesock reads PEM files only.
+fn pem_pair(service: &mut Service) -> Option<(Val, Val)> {
+    let cert = service.cert.clone()?;
+    let key = service.key.clone().unwrap_or_else(|| cert.clone());
+    let uri = |v: &Val| {
+        !v.value.starts_with('/')
+            && v.value.split_once(':').is_some_and(|(scheme, _)| {
+                !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric())
+            })
+    };
+    if uri(&cert) || uri(&key) {
+        for val in [cert, key] {
+            if uri(&val) {
+                service.left_out(val.at, &val.option, "a token URI (an engine's or provider's): securesock loads certificates and keys from PEM files only");
+            }
+        }
+        return None;
+    }
+    Some((cert, key))
+}
+
 fn port(value: &str) -> Result<u16, String> {
     match value.parse::<u16>() {
         Ok(port) if port > 0 => Ok(port),
@@ -333,12 +355,12 @@ fn service_tables(
 
 /// A server-mode service: its certificate, and client verification with its allow rules.
 fn server_side(at: At, service: &mut Service, table: &mut Table) {
-    match service.cert.clone() {
-        Some(cert) => {
-            let key = service.key.clone().unwrap_or_else(|| cert.clone());
+    match pem_pair(service) {
+        Some((cert, key)) => {
             table.push(("cert", s(&cert.value)));
             table.push(("key", s(&key.value)));
         }
+        None if service.cert.is_some() => {}
         None => service.left_out(at, "cert", "stunnel refuses a server-mode service without cert (securesock would use its default certs/server-cert.pem)"),
     }
     if service.verify_peer {
@@ -438,8 +460,7 @@ fn client_side(at: At, service: &mut Service, table: &mut Table) {
     if let Some(name) = name {
         table.push(("upstream-name", Value::Str(name)));
     }
-    if let Some(cert) = service.cert.clone() {
-        let key = service.key.clone().unwrap_or_else(|| cert.clone());
+    if let Some((cert, key)) = pem_pair(service) {
         table.push(("upstream-cert", s(&cert.value)));
         table.push(("upstream-key", s(&key.value)));
     }
@@ -478,8 +499,7 @@ fn route(
     };
     let mut table = Table::new();
     table.push(("sni", s(pattern)));
-    if let Some(cert) = service.cert.clone() {
-        let key = service.key.clone().unwrap_or_else(|| cert.clone());
+    if let Some((cert, key)) = pem_pair(service) {
         table.push(("cert", s(&cert.value)));
         table.push(("key", s(&key.value)));
     }
