@@ -466,5 +466,7 @@ fn an_imported_server_starts_on_the_same_port_and_serves() {
         Err(_) => false,
     };
     assert!(!served, "a client without the allowed name was served");
-    server.logs.wait_for(&["result=handshake_failed kind=not_allowed"]);
+    server
+        .logs
+        .wait_for(&["result=handshake_failed kind=not_allowed"]);
 }

@@ -13,10 +13,11 @@
 //! `config`.
 //!
 //! The rooms: this file reads the lines; `service.rs` replays them as stunnel does into one
-//! service's settings; `render.rs` turns those into securesock's keys and writes the TOML.
+//! service's settings; `render.rs` turns those into securesock's keys; `toml_text.rs` writes them.
 
 mod render;
 mod service;
+mod toml_text;
 
 use std::fmt;
 use std::fs;

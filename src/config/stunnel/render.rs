@@ -1,28 +1,17 @@
-//! stunnel's settings as securesock's keys, and the TOML text: `[defaults]` for what the global
+//! stunnel's settings as securesock's keys: `[defaults]` for what the global
 //! section sets that means the same in every mode (timeouts, protocol versions), one
 //! `[[service]]` per section, a section whose `sni = PRIMARY:PATTERN` makes it a name-based
 //! virtual service as a `[[service.route]]` of its primary. Owns which stunnel setting becomes
 //! which key (the flags' long names, as config/args.rs spells them) and why the others cannot; a
-//! key's own meaning and checks stay the flag's (`validate.rs`, when the file is loaded).
+//! key's own meaning and checks stay the flag's (`validate.rs`, when the file is loaded), and the
+//! text is `toml_text.rs`'s.
 
 use std::collections::HashSet;
-use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use super::service::{Service, Val};
+use super::toml_text::{Table, Value, write_toml};
 use super::{At, Finding, Import, ImportError, Parsed};
-
-/// A TOML value as the import writes it.
-#[derive(Debug, Clone, PartialEq)]
-enum Value {
-    Str(String),
-    Int(u64),
-    Bool(bool),
-    List(Vec<String>),
-}
-
-/// A table's keys in the order they are written.
-type Table = Vec<(&'static str, Value)>;
 
 /// The directories that hold the system's trusted CAs, which securesock's client mode trusts
 /// when no upstream-ca is given (OpenSSL's default path on Debian, Ubuntu, Fedora, Alpine).
@@ -560,67 +549,4 @@ fn route(
         );
     }
     tables[*index].1.push(table);
-}
-
-fn quote(text: &str) -> String {
-    let mut out = String::from("\"");
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => {
-                let _ = write!(out, "\\u{:04X}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-fn write_value(value: &Value) -> String {
-    match value {
-        Value::Str(text) => quote(text),
-        Value::Int(n) => n.to_string(),
-        Value::Bool(b) => b.to_string(),
-        Value::List(items) => {
-            let items: Vec<String> = items.iter().map(|i| quote(i)).collect();
-            format!("[{}]", items.join(", "))
-        }
-    }
-}
-
-fn write_table(out: &mut String, indent: &str, table: &Table) {
-    for (key, value) in table {
-        let _ = writeln!(out, "{indent}{key} = {}", write_value(value));
-    }
-}
-
-fn write_toml(source: &str, shared: &Table, tables: &[(Table, Vec<Table>)]) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# Imported from stunnel's {source} by `securesock import-stunnel`."
-    );
-    out.push_str(
-        "# What could not be carried is named on stderr with its line; `securesock check` checks\n",
-    );
-    out.push_str("# the files and names. stunnel's defaults that differ from securesock's: TIMEOUTidle 43200 s\n");
-    out.push_str(
-        "# (idle-timeout 300 here), TIMEOUTconnect 10 s (connect-timeout 5), sslVersionMin TLSv1\n",
-    );
-    out.push_str("# (TLS 1.2 at least here); set them in [defaults] to keep stunnel's.\n");
-    if !shared.is_empty() {
-        out.push_str("\n[defaults]\n");
-        write_table(&mut out, "", shared);
-    }
-    for (table, routes) in tables {
-        out.push_str("\n[[service]]\n");
-        write_table(&mut out, "", table);
-        for route in routes {
-            out.push_str("\n  [[service.route]]\n");
-            write_table(&mut out, "  ", route);
-        }
-    }
-    out
 }

@@ -264,3 +264,15 @@ fn exec_services_are_left_out_and_several_accepts_are_copies() {
         lines(&out)
     );
 }
+
+#[test]
+fn names_and_paths_are_quoted_so_the_output_parses() {
+    let out = convert("[we\"ird\\name\u{7}]\naccept = 1\nconnect = 2\ncert = /c \"x\".pem\n");
+    let doc: toml::Table = out
+        .toml
+        .parse()
+        .unwrap_or_else(|e| panic!("{e}\n{}", out.toml));
+    let service = &doc["service"].as_array().unwrap()[0];
+    assert_eq!(service["name"].as_str(), Some("we\"ird\\name\u{7}"));
+    assert_eq!(service["cert"].as_str(), Some("/c \"x\".pem"));
+}
