@@ -462,7 +462,7 @@ mod tests {
     use clap::CommandFactory;
 
     use super::*;
-    use crate::config::{Listen, Mode, parse};
+    use crate::config::{Listen, Mode, parse, parse_config};
 
     #[test]
     fn defaults_match_the_tutorial() {
@@ -483,16 +483,19 @@ mod tests {
         assert_eq!(c.backlog, 4096);
         assert_eq!(c.limits.idle_timeout, Duration::from_secs(300));
         assert_eq!(c.limits.max_lifetime, None);
-        assert_eq!(c.log_failed_handshakes, Some(20));
+        let process = parse_config(&[]).unwrap().process;
+        assert_eq!(process.log_failed_handshakes, Some(20));
         assert_eq!(
-            parse(&["--log-failed-handshakes", "0"])
+            parse_config(&["--log-failed-handshakes", "0"])
                 .unwrap()
+                .process
                 .log_failed_handshakes,
             None
         );
         assert_eq!(c.watch_interval, Some(Duration::from_secs(5)));
         assert_eq!(c.ticket_key_rotation, Some(Duration::from_secs(3600)));
-        assert_eq!(c.metrics_listen, None);
+        assert_eq!(process.metrics_listen, None);
+        assert_eq!(process.max_connections, None);
     }
 
     #[test]

@@ -30,7 +30,7 @@ use toml::{Spanned, Value};
 
 use super::args::Args;
 use super::errors::{ArgsError, accepted};
-use super::types::Config;
+use super::types::{Config, Process, Service};
 
 /// One table's keys and their values, with where each stands in the file.
 type Table = BTreeMap<Spanned<String>, Spanned<Value>>;
@@ -125,57 +125,51 @@ fn parse(text: &str) -> Result<Config, Located> {
     let flags = Flags::new();
     let process = match &doc.process {
         Some(table) => flags.process(table)?,
-        None => Process::default(),
+        None => flags.process(&Spanned::new(0..0, Table::new()))?,
     };
     let defaults = match &doc.defaults {
         Some(table) => flags.entries(table, Place::Defaults)?,
         None => Vec::new(),
     };
+    if doc.service.is_empty() {
+        return Err(at(
+            0..0,
+            "no [[service]] table (a configuration file needs at least one, with name and its keys)",
+        ));
+    }
     let mut names: HashMap<String, Range<usize>> = HashMap::new();
-    let mut services: Vec<(ServiceTable, Config)> = Vec::new();
+    let mut services: Vec<Service> = Vec::with_capacity(doc.service.len());
     for table in &doc.service {
-        let service = flags.service(table, &defaults)?;
-        if let Some(first) = names.get(&service.name) {
+        let table = flags.service(table, &defaults)?;
+        if let Some(first) = names.get(&table.name) {
             let (line, _) = line_column(text, first.start);
             return Err(at(
-                service.at,
+                table.at,
                 format!(
                     "service name '{}' is used twice (first on line {line}; each [[service]] needs its own name)",
-                    service.name
+                    table.name
                 ),
             ));
         }
-        names.insert(service.name.clone(), service.at.clone());
-        let config = flags.validate(&service, &process)?;
-        if let Some((other, _)) = services.iter().find(|(_, c)| c.listen == config.listen) {
-            let listen_at = service
+        names.insert(table.name.clone(), table.at.clone());
+        let service = flags.validate(&table)?;
+        if let Some(other) = services.iter().find(|s| s.listen == service.listen) {
+            let listen_at = table
                 .entries
                 .iter()
                 .find(|e| e.key == "listen")
-                .map_or(service.at.clone(), |e| e.value_at.clone());
+                .map_or(table.at.clone(), |e| e.value_at.clone());
             return Err(at(
                 listen_at,
                 format!(
                     "service '{}' listens on {} as service '{}' does (each service needs its own listen address)",
-                    service.name, config.listen, other.name
+                    service.name, service.listen, other.name
                 ),
             ));
         }
-        services.push((service, config));
+        services.push(service);
     }
-    // Until a configuration holds many services (issue 19 item 2), a file describes one.
-    let mut services = services.into_iter();
-    match (services.next(), services.next()) {
-        (Some((_, config)), None) => Ok(config),
-        (None, _) => Err(at(
-            0..0,
-            "no [[service]] table (a configuration file needs at least one, with name and its keys)",
-        )),
-        (Some(_), Some((second, _))) => Err(at(
-            second.at,
-            "a second [[service]]: more than one service in a process is not supported yet",
-        )),
-    }
+    Ok(Config { process, services })
 }
 
 /// Where a table stands in the file, for the messages about its keys.
@@ -194,13 +188,6 @@ impl Place {
             Place::Service => "[[service]]",
         }
     }
-}
-
-/// The `[process]` table's entries, and its cap over every service.
-#[derive(Debug, Default)]
-struct Process {
-    entries: Vec<Entry>,
-    max_connections: Option<usize>,
 }
 
 /// How a flag takes its value, which decides the TOML types its key accepts.
@@ -249,11 +236,12 @@ impl Flags {
         keys
     }
 
-    /// `[process]`: its keys checked and parsed, and the cap.
+    /// `[process]`: its keys checked, and the process-wide settings they give (the flags'
+    /// defaults for the keys not given).
     fn process(&self, table: &Spanned<Table>) -> Result<Process, Located> {
+        let accepted: Vec<&str> = PROCESS_ONLY.iter().chain(&PROCESS_TOO).copied().collect();
         let mut entries = Vec::new();
         for (key, value) in table.get_ref() {
-            let accepted: Vec<&str> = PROCESS_ONLY.iter().chain(&PROCESS_TOO).copied().collect();
             if !accepted.contains(&key.get_ref().as_str()) {
                 let what = if self.arg(key.get_ref()).is_some() || key.get_ref() == NAME {
                     format!(
@@ -277,11 +265,11 @@ impl Flags {
             }
             None => None,
         };
-        super::validate::operations(args.operations).map_err(|e| locate(e, &entries, table))?;
-        // The cap is the process's, not a flag each service would inherit.
-        entries.retain(|e| e.key != "max-connections");
+        let ops =
+            super::validate::operations(args.operations).map_err(|e| locate(e, &entries, table))?;
         Ok(Process {
-            entries,
+            metrics_listen: ops.metrics_listen,
+            log_failed_handshakes: ops.log_failed_handshakes,
             max_connections,
         })
     }
@@ -449,23 +437,21 @@ impl Flags {
         Args::from_arg_matches(&matches).map_err(|e| e.to_string())
     }
 
-    /// A service's entries and the process's through clap and [`Args::validate`].
-    fn validate(&self, service: &ServiceTable, process: &Process) -> Result<Config, Located> {
-        let entries: Vec<Entry> = process
-            .entries
-            .iter()
-            .chain(&service.entries)
-            .cloned()
-            .collect();
-        let args = self.parse(&entries, service.at.clone())?;
-        let mut config = args.validate().map_err(|e| {
-            let entry = mentioned(&e, &entries);
-            at(entry.map_or(service.at.clone(), |e| e.key_at.clone()), e)
+    /// A service's entries through clap and [`Args::validate`]: the one service they describe.
+    fn validate(&self, table: &ServiceTable) -> Result<Service, Located> {
+        let args = self.parse(&table.entries, table.at.clone())?;
+        let config = args.validate().map_err(|e| {
+            let entry = mentioned(&e, &table.entries);
+            at(entry.map_or(table.at.clone(), |e| e.key_at.clone()), e)
         })?;
-        if let Some(cap) = process.max_connections {
-            config.limits.max_connections = config.limits.max_connections.min(cap);
-        }
-        Ok(config)
+        // Flags describe exactly one service; the file names it.
+        let mut service = config
+            .services
+            .into_iter()
+            .next()
+            .ok_or_else(|| at(table.at.clone(), "no service"))?;
+        service.name.clone_from(&table.name);
+        Ok(service)
     }
 }
 
@@ -614,8 +600,16 @@ mod tests {
         format!("{line}:{column}: {}", e.what)
     }
 
-    fn same(a: &Config, b: &Config) {
-        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+    /// A file's one service and its process settings are what the flags give, but for the name.
+    fn same(file: &Config, flags: &Config) {
+        assert_eq!(file.services.len(), 1);
+        let mut service = file.services[0].clone();
+        service.name = crate::config::DEFAULT_SERVICE.into();
+        assert_eq!(format!("{service:?}"), format!("{:?}", flags.services[0]));
+        assert_eq!(
+            format!("{:?}", file.process),
+            format!("{:?}", flags.process)
+        );
     }
 
     #[test]
@@ -690,7 +684,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        let flags = crate::config::parse(&[
+        let flags = crate::config::parse_config(&[
             "--metrics-listen=127.0.0.1:9100",
             "--log-failed-handshakes=0",
             "--listen=127.0.0.1:8443",
@@ -731,23 +725,50 @@ mod tests {
         .unwrap();
         same(
             &file,
-            &crate::config::parse(&["--greeting", "from defaults"]).unwrap(),
+            &crate::config::parse_config(&["--greeting", "from defaults"]).unwrap(),
         );
     }
 
     #[test]
-    fn the_process_cap_bounds_the_service_s_own() {
-        let capped = |text: &str| parse(text).unwrap().limits.max_connections;
+    fn the_process_cap_is_the_process_s_and_each_service_keeps_its_own() {
         let service = "[[service]]\nname = \"a\"\nmax-connections = 500\n";
-        assert_eq!(capped(service), 500);
+        let config = parse(service).unwrap();
+        assert_eq!(config.process.max_connections, None);
+        assert_eq!(config.services[0].limits.max_connections, 500);
+        let config = parse(&format!("[process]\nmax-connections = 50\n{service}")).unwrap();
+        assert_eq!(config.process.max_connections, Some(50));
+        assert_eq!(config.services[0].limits.max_connections, 500);
+    }
+
+    #[test]
+    fn many_services_each_with_its_name_and_the_defaults() {
+        let config = parse(
+            r#"
+            [defaults]
+            greeting = "hello"
+            [[service]]
+            name = "one"
+            listen = "127.0.0.1:1001"
+            [[service]]
+            name = "two"
+            listen = "127.0.0.1:1002"
+            mode = "forward"
+            upstream = "127.0.0.1:80"
+            "#,
+        )
+        .unwrap();
+        let names: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["one", "two"]);
         assert_eq!(
-            capped(&format!("[process]\nmax-connections = 50\n{service}")),
-            50
+            config.services[0].mode,
+            crate::config::Mode::Greet {
+                greeting: b"hello".to_vec()
+            }
         );
-        assert_eq!(
-            capped(&format!("[process]\nmax-connections = 5000\n{service}")),
-            500
-        );
+        assert!(matches!(
+            config.services[1].mode,
+            crate::config::Mode::Forward { .. }
+        ));
     }
 
     #[test]

@@ -41,8 +41,9 @@ pub use args::{
 pub use cidr::Cidr;
 pub use errors::ArgsError;
 pub use types::{
-    AcceptProxy, AccessRules, ClientAuth, Config, DEFAULT_LISTEN_MODE, Identity, Limits, Listen,
-    Mode, ProxyProtocol, SniSpec, TlsProfile, TlsSettings, UNIX_PREFIX, UnixListen, UpstreamTls,
+    AcceptProxy, AccessRules, ClientAuth, Config, DEFAULT_LISTEN_MODE, DEFAULT_SERVICE, Identity,
+    Limits, Listen, Mode, Process, ProxyProtocol, Service, SniSpec, TlsProfile, TlsSettings,
+    UNIX_PREFIX, UnixListen, UpstreamTls,
 };
 pub use validate::{is_dns_name, seconds};
 
@@ -120,11 +121,21 @@ where
 
 /// [`parse_args`] for the rooms' tests: the flags after the program name, and any refusal as text.
 #[cfg(test)]
-fn parse(args: &[&str]) -> Result<Config, String> {
+fn parse_config(args: &[&str]) -> Result<Config, String> {
     let mut full = vec!["securesock"];
     full.extend_from_slice(args);
     parse_args(full).map_err(|e| match e {
         ArgsError::Info(e) => e.to_string(),
         ArgsError::Invalid(line) => line,
     })
+}
+
+/// [`parse_config`]'s one service, the one the flags describe.
+#[cfg(test)]
+fn parse(args: &[&str]) -> Result<Service, String> {
+    let mut config = parse_config(args)?;
+    assert_eq!(config.services.len(), 1, "flags give exactly one service");
+    let service = config.services.remove(0);
+    assert_eq!(service.name, DEFAULT_SERVICE);
+    Ok(service)
 }

@@ -292,9 +292,36 @@ pub const UNIX_PREFIX: &str = "unix:";
 /// The socket file mode when `--listen-mode` is not given: owner and group may connect.
 pub const DEFAULT_LISTEN_MODE: u32 = 0o660;
 
-/// Validated settings: everything the server needs, in the types it needs.
+/// Validated settings: everything the server needs, in the types it needs: the process-wide
+/// settings and every service the process runs (flags alone give exactly one, named
+/// [`DEFAULT_SERVICE`]).
 #[derive(Debug, Clone)]
 pub struct Config {
+    pub process: Process,
+    /// Every service, in the order configured; names and listen addresses are unique.
+    pub services: Vec<Service>,
+}
+
+/// The name of the one service the flags alone describe.
+pub const DEFAULT_SERVICE: &str = "default";
+
+/// What the whole process shares, whatever service a connection is for (the `[process]` table).
+#[derive(Debug, Clone)]
+pub struct Process {
+    /// Where to serve metrics, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Failed-handshake lines a second per cause; `None` logs every one.
+    pub log_failed_handshakes: Option<u32>,
+    /// Connections open at once over every service, on top of each service's own cap; `None`
+    /// when only the services' caps apply (always so with flags alone).
+    pub max_connections: Option<usize>,
+}
+
+/// One service: a listener and what its connections do (a `[[service]]` table, or the flags).
+#[derive(Debug, Clone)]
+pub struct Service {
+    /// Unique within the process; the `conn` line's and the metrics' `service`.
+    pub name: String,
     /// Where to listen.
     pub listen: Listen,
     /// Certificates, keys, profile, client authentication, SNI and ALPN.
@@ -309,10 +336,6 @@ pub struct Config {
     pub watch_interval: Option<Duration>,
     /// How long session-ticket keys live; `None` when they change only on reload.
     pub ticket_key_rotation: Option<Duration>,
-    /// Where to serve metrics, if anywhere.
-    pub metrics_listen: Option<SocketAddr>,
-    /// Failed-handshake lines a second per cause; `None` logs every one.
-    pub log_failed_handshakes: Option<u32>,
     /// Inbound PROXY protocol, when connections come through a load balancer that sends it.
     pub accept_proxy: Option<AcceptProxy>,
 }
@@ -336,7 +359,7 @@ impl AcceptProxy {
 /// The bounds that keep one client (or many) from taking the server down.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Connections open at once, over all clients.
+    /// Connections open at once on this service, over all its clients.
     pub max_connections: usize,
     /// Connections open at once from one source address.
     pub max_per_ip: usize,

@@ -18,9 +18,9 @@ use super::args::{
 };
 use super::cidr::Cidr;
 use super::types::{
-    AcceptProxy, AccessRules, CLIENT, ClientAuth, Config, DEFAULT_LISTEN_MODE, ECHO, FORWARD,
-    GREET, Identity, Limits, Listen, Mode, SniSpec, TlsSettings, UNIX_PREFIX, UnixListen,
-    UpstreamTls,
+    AcceptProxy, AccessRules, CLIENT, ClientAuth, Config, DEFAULT_LISTEN_MODE, DEFAULT_SERVICE,
+    ECHO, FORWARD, GREET, Identity, Limits, Listen, Mode, Process, Service, SniSpec, TlsSettings,
+    UNIX_PREFIX, UnixListen, UpstreamTls,
 };
 
 /// The longest path a UNIX socket address holds (`sun_path` is 108 bytes with its NUL).
@@ -41,17 +41,23 @@ impl Args {
         let tls = tls(self.tls, &mode, client, up.tls)?;
         let limits = limits(self.limits)?;
         Ok(Config {
-            listen: listening.listen,
-            tls: tls.settings,
-            mode,
-            connect_timeout: up.connect_timeout,
-            limits,
-            backlog: listening.backlog,
-            watch_interval: ops.watch_interval,
-            ticket_key_rotation: tls.ticket_key_rotation,
-            metrics_listen: ops.metrics_listen,
-            log_failed_handshakes: ops.log_failed_handshakes,
-            accept_proxy: listening.accept_proxy,
+            process: Process {
+                metrics_listen: ops.metrics_listen,
+                log_failed_handshakes: ops.log_failed_handshakes,
+                max_connections: None,
+            },
+            services: vec![Service {
+                name: DEFAULT_SERVICE.to_string(),
+                listen: listening.listen,
+                tls: tls.settings,
+                mode,
+                connect_timeout: up.connect_timeout,
+                limits,
+                backlog: listening.backlog,
+                watch_interval: ops.watch_interval,
+                ticket_key_rotation: tls.ticket_key_rotation,
+                accept_proxy: listening.accept_proxy,
+            }],
         })
     }
 }

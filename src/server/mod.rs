@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 use log::{error, info, warn};
 
-use crate::config::{Config, Mode};
+use crate::config::{Config, Mode, Service};
 use crate::connection::gate::Gate;
 use crate::connection::mode::{Plan, Settings};
 use crate::connection::registry::Registry;
@@ -127,39 +127,43 @@ impl Server {
         // First, while the process has no other thread: taking the socket edits the environment.
         let inherited =
             sys::inherited_listener().context("taking the listening socket systemd passed")?;
-        let tls = tls::build(&config.tls)?;
-        let mode: Mode<Arc<Upstream>> = config
+        let [service] = &config.services[..] else {
+            anyhow::bail!("exactly one service is served for now");
+        };
+        let tls = tls::build(&service.tls)?;
+        let mode: Mode<Arc<Upstream>> = service
             .mode
             .clone()
             .try_map_upstream(|spec| Upstream::resolve(&spec))?;
         let (listener, inherited) = match inherited {
             Some(inherited) => (Listener::inherited(inherited)?, true),
-            None => (Listener::bind(&config.listen, config.backlog)?, false),
+            None => (Listener::bind(&service.listen, service.backlog)?, false),
         };
         let local_addr = listener.local_addr();
         if inherited {
             info!(
                 "socket activation: serving the socket systemd passed ({}); --listen {} is not used",
                 listener.describe(),
-                config.listen
+                service.listen
             );
             if listener.local_addr().is_none() {
-                needs_no_tcp_listener(config)?;
+                needs_no_tcp_listener(service)?;
             }
         }
         let shutdown = Arc::new(
-            Shutdown::new(config.limits.drain_timeout).context("creating the shutdown signal")?,
+            Shutdown::new(service.limits.drain_timeout).context("creating the shutdown signal")?,
         );
         let metrics = Arc::new(Metrics::new());
         if let Some(info) = &tls.info {
             metrics.certificate_expiry(info.not_after_unix);
         }
         metrics.ocsp(ocsp_source(&tls));
-        check_fd_limit(config.limits.max_connections, &mode);
-        for warning in thread_limit_warnings(config.limits.max_connections, &ThreadLimits::read()) {
+        check_fd_limit(service.limits.max_connections, &mode);
+        for warning in thread_limit_warnings(service.limits.max_connections, &ThreadLimits::read())
+        {
             warn!("{warning}");
         }
-        tls.log_startup(&config.tls);
+        tls.log_startup(&service.tls);
         // For the reload's failure line: the certificate still in service.
         let serial = tls.info.as_ref().map(|c| c.serial.clone());
 
@@ -170,25 +174,25 @@ impl Server {
             connections: Context {
                 plan: Plan::new(mode, side)?,
                 settings: Settings {
-                    handshake_timeout: config.limits.handshake_timeout,
-                    idle_timeout: config.limits.idle_timeout,
-                    max_lifetime: config.limits.max_lifetime,
-                    connect_timeout: config.connect_timeout,
+                    handshake_timeout: service.limits.handshake_timeout,
+                    idle_timeout: service.limits.idle_timeout,
+                    max_lifetime: service.limits.max_lifetime,
+                    connect_timeout: service.connect_timeout,
                 },
                 gate: Gate::per_cpu(),
                 registry: Arc::clone(&registry),
                 shutdown,
-                accept_proxy: config.accept_proxy.clone(),
+                accept_proxy: service.accept_proxy.clone(),
             },
-            tracker: Tracker::new(config.limits.max_connections, config.limits.max_per_ip),
+            tracker: Tracker::new(service.limits.max_connections, service.limits.max_per_ip),
             metrics: Arc::clone(&metrics),
             cut: AtomicUsize::new(0),
             failure_log: FailureLog {
-                per_second: config.log_failed_handshakes,
+                per_second: config.process.log_failed_handshakes,
                 by_cause: Mutex::new(Vec::new()),
             },
         });
-        let metrics_addr = match config.metrics_listen {
+        let metrics_addr = match config.process.metrics_listen {
             Some(addr) => {
                 let tracker = Arc::clone(&shared.tracker);
                 Some(metrics::serve(addr, metrics, move || tracker.active())?)
@@ -196,17 +200,17 @@ impl Server {
             None => None,
         };
         let reload = reload::spawn(
-            config.tls.clone(),
+            service.tls.clone(),
             reload::Current::new(shared.connections.plan.contexts(), serial),
             Arc::clone(&shared.metrics),
             registry,
             reload::Schedule {
-                watch: config.watch_interval,
+                watch: service.watch_interval,
                 // Client mode issues no tickets: rebuilding its context would only drop the
                 // upstream's session.
-                ticket_key_rotation: match config.mode {
+                ticket_key_rotation: match service.mode {
                     Mode::Client { .. } => None,
-                    _ => config.ticket_key_rotation,
+                    _ => service.ticket_key_rotation,
                 },
             },
             upstream,
@@ -215,7 +219,7 @@ impl Server {
             .connections
             .plan
             .log_startup(&shared.connections.settings);
-        if let Some(proxy) = &config.accept_proxy {
+        if let Some(proxy) = &service.accept_proxy {
             let from = if proxy.from.is_empty() {
                 "any peer".to_string()
             } else {
@@ -232,12 +236,12 @@ impl Server {
             "securesock {} listening on {} profile={} mode={} backlog={} max_connections={} max_per_ip={} handshake_timeout={:?}",
             env!("CARGO_PKG_VERSION"),
             listener.describe(),
-            config.tls.profile.name(),
-            config.mode.name(),
-            sys::somaxconn().map_or(config.backlog, |max| config.backlog.min(max)),
-            config.limits.max_connections,
-            config.limits.max_per_ip,
-            config.limits.handshake_timeout,
+            service.tls.profile.name(),
+            service.mode.name(),
+            sys::somaxconn().map_or(service.backlog, |max| service.backlog.min(max)),
+            service.limits.max_connections,
+            service.limits.max_per_ip,
+            service.limits.handshake_timeout,
         );
         Ok(Server {
             listener,
@@ -311,8 +315,8 @@ impl Server {
 
 /// What the configuration refuses with `--listen unix:` it refuses with a UNIX socket systemd
 /// passed too: PROXY headers in or out need a TCP client address.
-fn needs_no_tcp_listener(config: &Config) -> Result<()> {
-    if config.accept_proxy.is_some() {
+fn needs_no_tcp_listener(service: &Service) -> Result<()> {
+    if service.accept_proxy.is_some() {
         anyhow::bail!(
             "--accept-proxy needs a TCP listening socket: systemd passed a UNIX one (ListenStream=/path)"
         );
@@ -320,7 +324,7 @@ fn needs_no_tcp_listener(config: &Config) -> Result<()> {
     if let Mode::Forward {
         proxy_protocol: Some(_),
         ..
-    } = config.mode
+    } = service.mode
     {
         anyhow::bail!(
             "--proxy-protocol needs a TCP listening socket: systemd passed a UNIX one, whose clients have no address to pass on"

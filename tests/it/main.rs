@@ -20,6 +20,7 @@ mod access;
 mod architecture;
 mod cipher_policy;
 mod client_mode;
+mod config_file;
 mod docs_reference;
 mod dual_stack;
 mod gen_ca;

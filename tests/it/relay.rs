@@ -43,7 +43,7 @@ fn acceptor() -> SslAcceptor {
                 certs.key.as_os_str(),
             ])
             .unwrap_or_else(|_| panic!("settings for {:?}", certs.cert));
-            let built = tls::build(&config.tls).unwrap();
+            let built = tls::build(&config.services[0].tls).unwrap();
             built.acceptor().expect("a server context").clone()
         })
         .clone()
