@@ -398,6 +398,38 @@ fn a_file_it_cannot_read_or_stunnel_would_refuse_exits_2_with_one_line() {
     );
 }
 
+/// Loads a TOML file as `securesock --config FILE` does, returning its services' names.
+fn load(toml: &Path) -> Vec<String> {
+    let args = ["securesock".as_ref(), "--config".as_ref(), toml.as_os_str()];
+    match securesock::config::parse_invocation(args) {
+        Ok(securesock::config::Invocation::Serve(config)) => {
+            config.services.iter().map(|s| s.name.clone()).collect()
+        }
+        Ok(_) => panic!("not a configuration to serve"),
+        Err(securesock::config::ArgsError::Invalid(line)) => panic!("refused: {line}"),
+        Err(securesock::config::ArgsError::Info(e)) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn imported_files_load_as_securesock_configurations() {
+    // The file layer's own parser and checks (every key a flag's, each value as the flag takes
+    // it): what import-stunnel writes is accepted as it stands.
+    let dir = tempfile::tempdir().unwrap();
+    let run = import(&sample());
+    let out = write(dir.path(), "sample.toml", &run.toml);
+    assert_eq!(load(&out), ["gmail-pop3", "gmail-imap", "gmail-smtp"]);
+    let conf = write(
+        dir.path(),
+        "server.conf",
+        "sslVersionMin = TLSv1.3\nTIMEOUTidle = 60\n[api]\naccept = 127.0.0.1:8443\nconnect = 8080\ncert = /c.pem\nkey = /k.pem\nCAfile = /ca.pem\nverifyChain = yes\nCRLfile = /crl.pem\ncheckHost = a.example\nprotocol = proxy\nTIMEOUTconnect = 2\n[redis]\nclient = yes\naccept = 127.0.0.1:6379\nconnect = redis.internal:6380\nCAfile = /ca.pem\nverifyChain = yes\ncheckHost = redis.internal\ncert = /client.pem\n",
+    );
+    let run = import(&conf);
+    assert_eq!(run.code, Some(0), "{:?}", run.stderr);
+    let out = write(dir.path(), "server.toml", &run.toml);
+    assert_eq!(load(&out), ["api", "redis"]);
+}
+
 /// A port on 127.0.0.1 that was free a moment ago.
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
