@@ -276,3 +276,41 @@ fn names_and_paths_are_quoted_so_the_output_parses() {
     assert_eq!(service["name"].as_str(), Some("we\"ird\\name\u{7}"));
     assert_eq!(service["cert"].as_str(), Some("/c \"x\".pem"));
 }
+
+#[test]
+fn comments_are_skipped_even_with_an_equals_sign() {
+    let out = convert(
+        "; setuid = nobody\n# pid = /run/x.pid\n  ;[commented]\n[s]\n   ; ciphers = HIGH\naccept = 1\nconnect = 2\ncert = /c\n",
+    );
+    assert!(out.complete(), "{:?}", lines(&out));
+    assert!(!out.toml.contains("commented"), "{}", out.toml);
+}
+
+#[test]
+fn a_service_that_sets_a_default_key_itself_keeps_its_own_value() {
+    let out = convert(
+        "TIMEOUTidle = 600\n[a]\naccept = 1\nconnect = 2\ncert = /c\nTIMEOUTidle = 30\n[b]\naccept = 3\nconnect = 4\ncert = /c\n",
+    );
+    let doc: toml::Table = out.toml.parse().unwrap();
+    let services = doc["service"].as_array().unwrap();
+    assert_eq!(doc["defaults"]["idle-timeout"].as_integer(), Some(600));
+    assert_eq!(services[0]["idle-timeout"].as_integer(), Some(30));
+    assert!(services[1].get("idle-timeout").is_none(), "{}", out.toml);
+}
+
+#[test]
+fn two_sections_of_one_name_are_two_services_and_a_note() {
+    let out = convert(
+        "[s]\naccept = 1\nconnect = 2\ncert = /c\n[s]\naccept = 3\nconnect = 4\ncert = /c\n",
+    );
+    assert!(
+        out.toml.contains("name = \"s\"\n") && out.toml.contains("name = \"s-2\"\n"),
+        "{}",
+        out.toml
+    );
+    assert!(out.complete());
+    assert_eq!(
+        lines(&out),
+        ["/s.conf:5: note: [s]: a second section of that name: its service is named s-2"]
+    );
+}
