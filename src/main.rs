@@ -7,7 +7,9 @@
 //!
 //! Exit codes: 0 after a clean shutdown (connections cut at the drain timeout included), 2 for any
 //! configuration or start-up problem (printed as one line naming it), 1 when the server fails while
-//! running, 128+N when a second signal N cuts the drain short.
+//! running, 128+N when a second signal N cuts the drain short. `import-stunnel FILE`: 0 when every
+//! option was carried, 3 when some were left out (each named on stderr), 2 when the file cannot be
+//! read or stunnel would refuse it.
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -25,6 +27,8 @@ use securesock::server::{Handle, Server};
 const EXIT_CONFIG: u8 = 2;
 /// A failure while serving.
 const EXIT_RUNTIME: u8 = 1;
+/// `import-stunnel`: the TOML was written, but some option could not be carried.
+const EXIT_INCOMPLETE: u8 = 3;
 
 fn main() -> ExitCode {
     let config: Config = match parse_invocation(std::env::args_os()) {
@@ -32,10 +36,7 @@ fn main() -> ExitCode {
         // The dry run's findings are its output, on stdout; it starts no logger, so the loaders'
         // own warnings do not repeat them on stderr.
         Ok(Invocation::Check(config)) => return ExitCode::from(securesock::check::run(&config)),
-        // Its helper fills this in (issue 19 item 7).
-        Ok(Invocation::ImportStunnel(_)) => {
-            return fail(EXIT_CONFIG, "`securesock import-stunnel` is not built yet");
-        }
+        Ok(Invocation::ImportStunnel(file)) => return import_stunnel(&file),
         Err(ArgsError::Info(help)) => {
             // --help / --version: clap prints it; a closed stdout is not worth an error.
             let _ = help.print();
@@ -55,6 +56,28 @@ fn main() -> ExitCode {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => fail(EXIT_RUNTIME, &format!("server failed: {e}")),
     }
+}
+
+/// `securesock import-stunnel FILE`: the TOML on stdout, each finding on stderr; exit 0 when
+/// everything was carried, 3 when something was left out, 2 when the file cannot be read or
+/// stunnel itself would refuse it.
+fn import_stunnel(file: &std::path::Path) -> ExitCode {
+    let import = match securesock::config::stunnel::import_file(file) {
+        Ok(import) => import,
+        Err(e) => return fail(EXIT_CONFIG, &e.to_string()),
+    };
+    let mut stderr = std::io::stderr().lock();
+    for finding in &import.findings {
+        let _ = writeln!(stderr, "{finding}");
+    }
+    if let Err(e) = std::io::stdout().lock().write_all(import.toml.as_bytes()) {
+        return fail(EXIT_RUNTIME, &format!("writing the TOML: {e}"));
+    }
+    ExitCode::from(if import.complete() {
+        0
+    } else {
+        EXIT_INCOMPLETE
+    })
 }
 
 /// Prints one line to stderr and returns the exit code.

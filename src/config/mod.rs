@@ -19,7 +19,9 @@
 //! - `validate.rs`: raw group values to typed settings, one function per group;
 //! - `types.rs`: every settings type the rest of the server reads;
 //! - `cidr.rs`: address blocks;
-//! - `errors.rs`: clap's errors as one line.
+//! - `errors.rs`: clap's errors as one line;
+//! - `stunnel/`: `securesock import-stunnel`, a stunnel.conf read (with its includes) and written
+//!   as this file's TOML, with what could not be carried.
 //!
 //! Every item is re-exported here, so the rest of the crate names `crate::config::NAME` and never
 //! the room it lives in.
@@ -30,6 +32,7 @@ mod errors;
 mod file;
 mod keys;
 mod read;
+pub mod stunnel;
 mod types;
 mod validate;
 

@@ -28,6 +28,7 @@ mod dual_stack;
 mod gen_ca;
 mod greet;
 mod hostile;
+mod import_stunnel;
 mod metrics;
 mod modes;
 mod ocsp;
