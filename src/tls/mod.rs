@@ -107,13 +107,20 @@ pub fn build(settings: &TlsSettings) -> Result<Tls> {
 impl Tls {
     /// The start-up lines about TLS: the linked library, the certificate, and the options in use.
     pub fn log_startup(&self, settings: &TlsSettings) {
-        let (openssl, series, support) = linked_openssl();
-        log::log!(
-            support.level(),
-            "linked {openssl}: {}; key exchange groups {}",
-            support.describe(series),
-            self.groups
-        );
+        // The library and its support status are the process's: said once, with the first
+        // service's groups; each later service names only its own groups.
+        static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            info!("key exchange groups {}", self.groups);
+        } else {
+            let (openssl, series, support) = linked_openssl();
+            log::log!(
+                support.level(),
+                "linked {openssl}: {}; key exchange groups {}",
+                support.describe(series),
+                self.groups
+            );
+        }
         if let Side::Client(connector) = &self.side {
             let alpn = settings
                 .upstream
