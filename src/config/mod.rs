@@ -31,7 +31,7 @@ mod cidr;
 mod errors;
 mod file;
 mod keys;
-mod read;
+pub(crate) mod read;
 pub mod stunnel;
 mod types;
 mod validate;

@@ -1,12 +1,12 @@
 //! Reading the configuration file: the one file this floor ever reads.
 //!
-//! Owns the bounded, regular-file-only read of `--config FILE`, the same rules as `tls`'s
-//! `read_bounded` applies to certificates and keys (opened without blocking, the opened
-//! descriptor's type and size checked before a byte is read, read with a bound): a FIFO, device or
-//! directory named by mistake would otherwise hang start-up or read until memory runs out. It lives
-//! here rather than there because `config` is the bottom floor and may import nothing from the
-//! crate (and `tls`'s reader speaks `anyhow` and `reason`, which this floor does not); it is
-//! twenty lines. Never parses what it reads and never reads any other file.
+//! Owns the bounded, regular-file-only read of every file securesock reads: [`open_regular`] and
+//! [`read_capped`] (opened without blocking, the opened descriptor's type and size checked before
+//! a byte is read, read with a bound: a FIFO, device or directory named by mistake would otherwise
+//! hang start-up or read until memory runs out), used here for `--config FILE` and by `tls`'s
+//! `read_bounded` for certificates, keys, CAs, CRLs, OCSP responses and ticket keys, which adds
+//! its mode rules and words its own errors. It lives on the bottom floor so both can use it.
+//! Never parses what it reads.
 
 use std::io::Read;
 use std::path::Path;
@@ -15,21 +15,35 @@ use std::path::Path;
 /// 400 KiB.
 pub(super) const MAX_CONFIG_LEN: u64 = 4 * 1024 * 1024;
 
-/// Reads the configuration file whole as UTF-8 text, or says in one line why not.
-pub(super) fn read_config(path: &Path) -> Result<String, String> {
+/// Why [`open_regular`] or [`read_capped`] refused a file, for the caller to word.
+#[derive(Debug)]
+pub(crate) enum Refused {
+    /// Opening, fstat or reading failed.
+    Io(std::io::Error),
+    /// The opened descriptor is not a regular file: what it is ("a FIFO", "a directory", ...).
+    NotRegular(&'static str),
+    /// More bytes than the bound (at fstat, or read past it since).
+    TooBig,
+}
+
+/// Opens `path` without blocking (a FIFO opens at once instead of waiting for a writer) and
+/// checks the descriptor it opened, not the path, so what is checked is what is read: it must be
+/// a regular file of at most `max` bytes. A symlink is followed; its target is what gets checked.
+/// The one open of every file securesock reads, configuration and certificates alike.
+pub(crate) fn open_regular(
+    path: &Path,
+    max: u64,
+) -> Result<(std::fs::File, std::fs::Metadata), Refused> {
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-    let shown = path.display();
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)
-        .map_err(|e| format!("cannot read configuration file {shown}: {}", reason(&e)))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| format!("cannot read configuration file {shown}: {}", reason(&e)))?;
+        .map_err(Refused::Io)?;
+    let meta = file.metadata().map_err(Refused::Io)?;
     let ft = meta.file_type();
     if !ft.is_file() {
-        let is = if ft.is_dir() {
+        return Err(Refused::NotRegular(if ft.is_dir() {
             "a directory"
         } else if ft.is_fifo() {
             "a FIFO"
@@ -39,29 +53,46 @@ pub(super) fn read_config(path: &Path) -> Result<String, String> {
             "a socket"
         } else {
             "something else"
-        };
-        return Err(format!(
-            "cannot read configuration file {shown}: it is {is}, not a regular file"
-        ));
+        }));
     }
-    let too_big = || {
-        format!(
-            "configuration file {shown} holds more than the {} MiB a configuration file may hold",
-            MAX_CONFIG_LEN / (1024 * 1024)
-        )
-    };
-    if meta.len() > MAX_CONFIG_LEN {
-        return Err(too_big());
+    if meta.len() > max {
+        return Err(Refused::TooBig);
     }
+    Ok((file, meta))
+}
+
+/// Reads what [`open_regular`] opened, whole, refusing more than `max` bytes.
+pub(crate) fn read_capped(
+    file: &std::fs::File,
+    meta: &std::fs::Metadata,
+    max: u64,
+) -> Result<Vec<u8>, Refused> {
     let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
     // One byte past the bound tells a file that grew since fstat from one that fits.
-    (&file)
-        .take(MAX_CONFIG_LEN + 1)
+    file.take(max + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read configuration file {shown}: {}", reason(&e)))?;
-    if bytes.len() as u64 > MAX_CONFIG_LEN {
-        return Err(too_big());
+        .map_err(Refused::Io)?;
+    if bytes.len() as u64 > max {
+        return Err(Refused::TooBig);
     }
+    Ok(bytes)
+}
+
+/// Reads the configuration file whole as UTF-8 text, or says in one line why not.
+pub(super) fn read_config(path: &Path) -> Result<String, String> {
+    let shown = path.display();
+    let refused = |r: Refused| match r {
+        Refused::Io(e) => format!("cannot read configuration file {shown}: {}", reason(&e)),
+        Refused::NotRegular(is) => {
+            format!("cannot read configuration file {shown}: it is {is}, not a regular file")
+        }
+        Refused::TooBig => format!(
+            "configuration file {shown} holds more than the {} MiB a configuration file may hold",
+            MAX_CONFIG_LEN / (1024 * 1024)
+        ),
+    };
+    let (file, meta) = open_regular(path, MAX_CONFIG_LEN).map_err(refused)?;
+    let bytes = read_capped(&file, &meta, MAX_CONFIG_LEN).map_err(refused)?;
     String::from_utf8(bytes).map_err(|e| {
         let at = e.utf8_error().valid_up_to();
         let text = String::from_utf8_lossy(&e.into_bytes()[..at]).into_owned();

@@ -12,7 +12,6 @@
 //! and never the configuration's arguments, only the paths they are handed.
 
 use std::collections::HashSet;
-use std::io::Read;
 use std::path::Path;
 
 use anyhow::{Result, anyhow, bail};
@@ -92,14 +91,13 @@ impl FileKind {
 /// target is what gets checked. Errors name the kind and the file in one line (and, for a missing
 /// certificate or key, the script that makes one).
 pub(crate) fn read_bounded(path: &Path, kind: FileKind) -> Result<Vec<u8>> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+    use crate::config::read::{Refused, open_regular, read_capped};
+    use std::os::unix::fs::MetadataExt;
     let what = kind.name();
     let shown = path.display();
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .map_err(|e| {
+    let max = kind.max_len();
+    let refused = |r: Refused, size: Option<u64>| match r {
+        Refused::Io(e) => {
             let hint = if e.kind() == std::io::ErrorKind::NotFound
                 && matches!(kind, FileKind::Certificate | FileKind::Key)
             {
@@ -108,50 +106,31 @@ pub(crate) fn read_bounded(path: &Path, kind: FileKind) -> Result<Vec<u8>> {
                 ""
             };
             anyhow!("cannot read {what} {shown}: {}{hint}", io_reason(&e))
-        })?;
-    let meta = file
-        .metadata()
-        .map_err(|e| anyhow!("cannot read {what} {shown}: {}", io_reason(&e)))?;
-    let ft = meta.file_type();
-    if !ft.is_file() {
-        let is = if ft.is_dir() {
-            "a directory"
-        } else if ft.is_fifo() {
-            "a FIFO"
-        } else if ft.is_char_device() || ft.is_block_device() {
-            "a device"
-        } else if ft.is_socket() {
-            "a socket"
-        } else {
-            "something else"
-        };
-        bail!("cannot read {what} {shown}: it is {is}, not a regular file");
-    }
+        }
+        Refused::NotRegular(is) => {
+            anyhow!("cannot read {what} {shown}: it is {is}, not a regular file")
+        }
+        Refused::TooBig => match size {
+            Some(size) => anyhow!(
+                "{what} {shown} holds {size} bytes, more than the {} a {what} may hold",
+                shown_size(max)
+            ),
+            None => anyhow!(
+                "{what} {shown} holds more than the {} a {what} may hold",
+                shown_size(max)
+            ),
+        },
+    };
+    // The mode is checked before the size, as it always was: open with no size bound first.
+    let (file, meta) = open_regular(path, u64::MAX).map_err(|r| refused(r, None))?;
     let mode = meta.mode() & 0o7777;
     if mode & kind.forbidden_mode() != 0 {
         bail!("{what} {shown} has mode {mode:04o}: other users may read or change it (chmod 600)");
     }
-    let max = kind.max_len();
     if meta.size() > max {
-        bail!(
-            "{what} {shown} holds {} bytes, more than the {} a {what} may hold",
-            meta.size(),
-            shown_size(max)
-        );
+        return Err(refused(Refused::TooBig, Some(meta.size())));
     }
-    let mut bytes = Vec::with_capacity(usize::try_from(meta.size()).unwrap_or(0));
-    // One byte past the bound tells a file that grew since fstat from one that fits.
-    (&file)
-        .take(max + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| anyhow!("cannot read {what} {shown}: {}", io_reason(&e)))?;
-    if bytes.len() as u64 > max {
-        bail!(
-            "{what} {shown} holds more than the {} a {what} may hold",
-            shown_size(max)
-        );
-    }
-    Ok(bytes)
+    read_capped(&file, &meta, max).map_err(|r| refused(r, None))
 }
 
 /// A size bound as people write it.
