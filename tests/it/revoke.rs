@@ -214,3 +214,38 @@ fn a_revoked_forwarded_connection_sends_fin_upstream() {
     let conn = server.logs.wait_for(&["conn ", "result=revoked"]);
     assert!(conn.contains("mode=forward"), "{conn}");
 }
+
+#[test]
+fn a_connection_that_has_ended_is_not_counted_by_a_later_revocation() {
+    // A connection leaves the registry when it ends: a reload that revokes its certificate later
+    // finds nothing of it to end (and the registry does not grow with every connection served).
+    let dir = tempfile::tempdir().unwrap();
+    let crl = empty_crl(dir.path());
+    let ca = mtls("ca-cert.pem");
+    let server = mtls_server(&[
+        "--mode",
+        "echo",
+        "--client-ca",
+        &ca,
+        "--crl",
+        crl.to_str().unwrap(),
+    ]);
+    let mut gone = connect_as(&server, "revoked");
+    gone.shutdown().unwrap();
+    // Its thread has finished with it once its line is written.
+    server
+        .logs
+        .wait_for(&["conn ", "client=\"CN=revoked\"", "result=ok"]);
+    drop(gone);
+    let mut kept = connect_as(&server, "client");
+
+    swap_in(&crl, &std::fs::read(mtls("crl.pem")).unwrap());
+    server.signal(libc::SIGHUP);
+    let line = server.logs.wait_for(&["reload ok"]);
+    assert!(
+        line.contains("closed 0 connection(s) whose certificate is no longer accepted"),
+        "{line}"
+    );
+    assert_echoes(&mut kept, b"still here");
+    assert!(server.logs.matching(&["result=revoked"]).is_empty());
+}
