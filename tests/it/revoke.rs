@@ -24,36 +24,9 @@ fn mtls_server(args: &[&str]) -> Server {
     Server::start_with(Path::new(&cert), Path::new(&key), &all)
 }
 
-/// A CRL from the gen-ca.sh CA that revokes nothing, current for 30 days, written by `openssl ca`.
+/// A CRL from the gen-ca.sh CA that revokes nothing, current for 30 days.
 fn empty_crl(dir: &Path) -> PathBuf {
-    std::fs::write(dir.join("index.txt"), "").unwrap();
-    std::fs::write(dir.join("crlnumber"), "01\n").unwrap();
-    let cnf = dir.join("ca.cnf");
-    std::fs::write(
-        &cnf,
-        format!(
-            "[ca]\ndefault_ca = d\n[d]\ndatabase = {}\ncrlnumber = {}\ndefault_md = sha256\n",
-            dir.join("index.txt").display(),
-            dir.join("crlnumber").display()
-        ),
-    )
-    .unwrap();
-    let out = dir.join("empty-crl.pem");
-    let status = std::process::Command::new("openssl")
-        .args(["ca", "-gencrl", "-crldays", "30", "-config"])
-        .arg(&cnf)
-        .args([
-            "-cert",
-            &mtls("ca-cert.pem"),
-            "-keyfile",
-            &mtls("ca-key.pem"),
-        ])
-        .arg("-out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(status.status.success(), "{status:?}");
-    out
+    crate::support::empty_crl_of_test_ca(dir, "empty-crl.pem", &["-crldays", "30"])
 }
 
 /// Replaces `path` with `contents` in one step, as a deployment does (write beside, rename).

@@ -138,41 +138,15 @@ fn verify_errors_are_named_in_the_log() {
     assert!(line.contains("peer did not return a certificate"), "{line}");
 }
 
-/// A CRL from the gen-ca.sh CA whose nextUpdate has passed, written by `openssl ca`.
+/// A CRL from the gen-ca.sh CA whose nextUpdate has passed.
 fn stale_crl(dir: &Path) -> String {
-    std::fs::write(dir.join("index.txt"), "").unwrap();
-    std::fs::write(dir.join("crlnumber"), "01\n").unwrap();
-    let cnf = dir.join("ca.cnf");
-    std::fs::write(
-        &cnf,
-        format!(
-            "[ca]\ndefault_ca = d\n[d]\ndatabase = {}\ncrlnumber = {}\ndefault_md = sha256\n",
-            dir.join("index.txt").display(),
-            dir.join("crlnumber").display()
-        ),
-    )
-    .unwrap();
-    let out = dir.join("stale-crl.pem");
-    let status = std::process::Command::new("openssl")
-        .args(["ca", "-gencrl", "-config"])
-        .arg(&cnf)
-        .args([
-            "-cert",
-            &mtls("ca-cert.pem"),
-            "-keyfile",
-            &mtls("ca-key.pem"),
-        ])
-        .args([
-            "-crl_lastupdate",
-            "20200101000000Z",
-            "-crl_nextupdate",
-            "20200102000000Z",
-        ])
-        .arg("-out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(status.status.success(), "{status:?}");
+    let validity = [
+        "-crl_lastupdate",
+        "20200101000000Z",
+        "-crl_nextupdate",
+        "20200102000000Z",
+    ];
+    let out = support::empty_crl_of_test_ca(dir, "stale-crl.pem", &validity);
     out.to_str().unwrap().to_string()
 }
 

@@ -139,3 +139,38 @@ fn rand_u32() -> u32 {
     openssl::rand::rand_bytes(&mut b).unwrap();
     u32::from_le_bytes(b) >> 1
 }
+
+/// A CRL from the gen-ca.sh CA (the one [`mtls`] names) that revokes nothing, written by
+/// `openssl ca -gencrl` into `dir` as `name`; `validity` are the arguments that say for how long
+/// (`-crldays 30`, or `-crl_lastupdate`/`-crl_nextupdate` for one already past).
+pub fn empty_crl_of_test_ca(dir: &Path, name: &str, validity: &[&str]) -> PathBuf {
+    std::fs::write(dir.join("index.txt"), "").unwrap();
+    std::fs::write(dir.join("crlnumber"), "01\n").unwrap();
+    let cnf = dir.join("ca.cnf");
+    std::fs::write(
+        &cnf,
+        format!(
+            "[ca]\ndefault_ca = d\n[d]\ndatabase = {}\ncrlnumber = {}\ndefault_md = sha256\n",
+            dir.join("index.txt").display(),
+            dir.join("crlnumber").display()
+        ),
+    )
+    .unwrap();
+    let out = dir.join(name);
+    let status = std::process::Command::new("openssl")
+        .args(["ca", "-gencrl", "-config"])
+        .arg(&cnf)
+        .args([
+            "-cert",
+            &mtls("ca-cert.pem"),
+            "-keyfile",
+            &mtls("ca-key.pem"),
+        ])
+        .args(validity)
+        .arg("-out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{status:?}");
+    out
+}
