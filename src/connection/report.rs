@@ -385,4 +385,52 @@ mod tests {
                 .starts_with("conn peer=127.0.0.1:5 sni=- proto=- ")
         );
     }
+
+    #[test]
+    fn every_field_in_its_place_as_the_text_line_always_had_it() {
+        let report = Report {
+            via: Some("10.0.0.1:5555".parse().unwrap()),
+            sni: Some("db.internal".into()),
+            protocol: Some("TLSv1.3"),
+            cipher: Some("TLS_AES_128_GCM_SHA256"),
+            group: Some("X25519MLKEM768".into()),
+            alpn: Some("h2".into()),
+            client: Some("CN=client, O=Example".into()),
+            server: None,
+            upstream: Some("127.0.0.1:6379".into()),
+            resumed: Some(true),
+            bytes_in: 14,
+            bytes_out: 7,
+            elapsed: Duration::from_millis(1234),
+            outcome: Outcome::Truncated("upstream"),
+            ..Report::new(
+                Peer::Tcp("203.0.113.7:40000".parse().unwrap()),
+                "my db".into(),
+                "forward",
+            )
+        };
+        assert_eq!(
+            report.to_string(),
+            "conn peer=203.0.113.7:40000 via=10.0.0.1:5555 sni=db.internal proto=TLSv1.3 \
+             cipher=TLS_AES_128_GCM_SHA256 group=X25519MLKEM768 alpn=h2 client=\"CN=client, O=Example\" \
+             server=- resumed=yes service=\"my db\" mode=forward upstream=127.0.0.1:6379 in=14 out=7 \
+             ms=1234 result=truncated reason=\"upstream closed TLS without close_notify\""
+        );
+        let timeout = Report {
+            outcome: Outcome::Timeout("handshake"),
+            ..Report::new(Peer::Unix(None), "default".into(), "echo")
+        };
+        assert!(
+            timeout
+                .to_string()
+                .ends_with(" resumed=- service=default mode=echo in=0 out=0 ms=0 result=timeout stage=handshake"),
+            "{timeout}"
+        );
+        let failed =
+            Outcome::HandshakeFailed(HandshakeFailure::NotTls, "wrong version number".into());
+        assert_eq!(
+            failed.to_string(),
+            "result=handshake_failed kind=not_tls reason=\"wrong version number\""
+        );
+    }
 }

@@ -126,3 +126,65 @@ fn stderr_is_journal() -> bool {
         .metadata()
         .is_ok_and(|m| m.dev() == dev && m.ino() == ino)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The JSON line [`emit`] gives for `fields`, through the same record the logger receives.
+    fn emitted(fields: &Fields<'_>) -> serde_json::Value {
+        let members = Members {
+            event: "conn",
+            fields,
+        };
+        let line = json::line(
+            "2026-12-01T00:00:00.000Z",
+            &log::Record::builder()
+                .args(format_args!("conn {fields}"))
+                .level(Level::Info)
+                .key_values(&members)
+                .build(),
+        );
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line}: {e}"))
+    }
+
+    #[test]
+    fn typed_fields_keep_their_types_and_order_and_absent_ones_are_left_out() {
+        let mut fields = Fields::default();
+        fields.push("peer", Value::Word("unix:uid=1,pid=2".into()));
+        fields.push("sni", Value::Absent);
+        fields.push("resumed", Value::Flag(true));
+        fields.push("service", Value::Text("443".into()));
+        fields.push("in", Value::Number(12));
+        fields.push("reason", Value::Text("a \"quoted\" reason\n".into()));
+        let json = emitted(&fields);
+        assert_eq!(json["msg"], "conn");
+        assert_eq!(json["event"], "conn");
+        assert_eq!(json["peer"], "unix:uid=1,pid=2");
+        assert!(json.get("sni").is_none(), "{json}");
+        assert_eq!(json["resumed"], true);
+        // Typed as text: a name of digits stays a string.
+        assert_eq!(json["service"], "443");
+        assert_eq!(json["in"], 12);
+        assert_eq!(json["reason"], "a \"quoted\" reason\n");
+        let keys: Vec<&String> = json.as_object().unwrap().keys().collect();
+        // serde_json's map sorts; the order on the line is checked on the text itself.
+        assert_eq!(keys.len(), 9, "{json}");
+        let line = json::line(
+            "t",
+            &log::Record::builder()
+                .args(format_args!("conn"))
+                .key_values(&Members {
+                    event: "conn",
+                    fields: &fields,
+                })
+                .build(),
+        );
+        assert!(
+            line.starts_with(
+                r#"{"ts":"t","level":"INFO","msg":"conn","event":"conn","peer":"unix:uid=1,pid=2","resumed":true,"service":"443","in":12,"#
+            ),
+            "{line}"
+        );
+    }
+}
