@@ -1,6 +1,6 @@
-//! The `securesock` binary: logging, parse the command line into a [`Config`], bind the
-//! [`Server`], turn signals into calls on its [`Handle`], run it, and map how it ended to an exit
-//! code.
+//! The `securesock` binary: parse the command line into a [`Config`], start logging in its
+//! format, bind the [`Server`], turn signals into calls on its [`Handle`], run it, and map how it
+//! ended to an exit code.
 //!
 //! `securesock check` checks instead of serving: see [`securesock::check`] for its output and
 //! exit codes.
@@ -44,7 +44,7 @@ fn main() -> ExitCode {
         }
         Err(ArgsError::Invalid(line)) => return fail(EXIT_CONFIG, &line),
     };
-    init_logging();
+    securesock::logging::init(config.process.log_format);
     let server = match Server::bind(&config) {
         Ok(server) => server,
         Err(e) => return fail(EXIT_CONFIG, &format!("{e:#}")),
@@ -80,25 +80,10 @@ fn import_stunnel(file: &std::path::Path) -> ExitCode {
     })
 }
 
-/// Prints one line to stderr and returns the exit code.
+/// Prints one line to stderr (in the log's format once logging runs) and returns the exit code.
 fn fail(code: u8, message: &str) -> ExitCode {
-    let _ = writeln!(std::io::stderr(), "securesock: error: {message}");
+    securesock::logging::fatal(message);
     ExitCode::from(code)
-}
-
-/// `2026-11-27T15:17:54.742Z INFO  message`: a timestamp, the level, the message.
-fn init_logging() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format(|buf, record| {
-            writeln!(
-                buf,
-                "{} {:<5} {}",
-                buf.timestamp_millis(),
-                record.level(),
-                record.args()
-            )
-        })
-        .init();
 }
 
 /// SIGTERM/SIGINT start the drain, and a second one exits at once; SIGHUP reloads the certificate.

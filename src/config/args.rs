@@ -13,7 +13,8 @@ use clap::builder::{BoolishValueParser, PossibleValue, PossibleValuesParser};
 use clap::{ArgAction, Parser};
 
 use super::types::{
-    Balance, DEFAULT_GREETING, DEFAULT_TICKET_KEY_ROTATION, GREET, MODES, ProxyProtocol, TlsProfile,
+    Balance, DEFAULT_GREETING, DEFAULT_TICKET_KEY_ROTATION, GREET, LogFormat, MODES, ProxyProtocol,
+    TlsProfile,
 };
 
 fn mode_values() -> PossibleValuesParser {
@@ -484,6 +485,17 @@ pub struct OperationsArgs {
         default_value_t = 20
     )]
     pub log_failed_handshakes: u32,
+
+    /// How log lines are written to stderr: text (a line of words and key=value pairs) or json
+    /// (one object a line, for log pipelines)
+    #[arg(
+        long,
+        env = "SECURESOCK_LOG_FORMAT",
+        value_name = "FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
 
     /// Seconds between checks of the certificate and key files for changes (0 turns watching off;
     /// SIGHUP always reloads)

@@ -361,6 +361,19 @@ pub struct Process {
     /// Connections open at once over every service, on top of each service's own cap; `None`
     /// when only the services' caps apply (always so with flags alone).
     pub max_connections: Option<usize>,
+    /// How every log line is written to stderr.
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written: `text` for people and grep, `json` for log pipelines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum LogFormat {
+    /// `TIMESTAMP LEVEL message key=value ...`, one line each (the timestamp left to journald
+    /// under systemd).
+    #[default]
+    Text,
+    /// One JSON object a line, with stable field names (docs/operations.md, "Log format").
+    Json,
 }
 
 /// One service: a listener and what its connections do (a `[[service]]` table, or the flags).

@@ -20,7 +20,8 @@ use super::cidr::Cidr;
 use super::types::{
     AcceptProxy, AccessRules, CLIENT, ClientAuth, Config, DEFAULT_GREETING, DEFAULT_LISTEN_MODE,
     DEFAULT_SERVICE, DEFAULT_TICKET_KEY_ROTATION, ECHO, FORWARD, GREET, Identity, Limits, Listen,
-    Mode, Process, Service, SniSpec, TlsSettings, UNIX_PREFIX, UnixListen, UpstreamTls, Upstreams,
+    LogFormat, Mode, Process, Service, SniSpec, TlsSettings, UNIX_PREFIX, UnixListen, UpstreamTls,
+    Upstreams,
 };
 
 /// The longest path a UNIX socket address holds (`sun_path` is 108 bytes with its NUL).
@@ -45,6 +46,7 @@ impl Args {
                 metrics_listen: ops.metrics_listen,
                 log_failed_handshakes: ops.log_failed_handshakes,
                 max_connections: None,
+                log_format: ops.log_format,
             },
             services: vec![Service {
                 name: DEFAULT_SERVICE.to_string(),
@@ -439,6 +441,7 @@ pub(super) struct OperationsPart {
     pub(super) watch_interval: Option<Duration>,
     /// Failed-handshake lines a second per cause; `None` logs every one.
     pub(super) log_failed_handshakes: Option<u32>,
+    pub(super) log_format: LogFormat,
 }
 
 /// `--metrics-listen`, `--log-failed-handshakes` and `--watch-interval`.
@@ -451,6 +454,7 @@ pub(super) fn operations(raw: OperationsArgs) -> Result<OperationsPart, String> 
             .transpose()?,
         watch_interval: optional_seconds("watch-interval", raw.watch_interval)?,
         log_failed_handshakes: (raw.log_failed_handshakes > 0).then_some(raw.log_failed_handshakes),
+        log_format: raw.log_format,
     })
 }
 

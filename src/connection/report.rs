@@ -1,11 +1,13 @@
 //! The model of one connection's log line and its one formatter: who the client is ([`Peer`]), how
 //! the connection ended ([`Outcome`]) and everything the `conn` line reports ([`Report`]). Every
 //! `conn` line the server writes, including the one for a connection no thread could serve, is a
-//! [`Report`]'s `Display`; tests and operators grep these lines, so their text is a contract.
+//! [`Report`]'s fields ([`Report::fields`]), written as text (its `Display`) or as JSON by the
+//! logging room; tests and operators grep these lines, so their text is a contract.
 //!
 //! It only describes and formats: it never does I/O, never writes the line itself, and never
 //! decides how a connection ends.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +15,7 @@ use std::time::Duration;
 use openssl::ssl::SslRef;
 
 use crate::limits::Refusal;
+use crate::logging::{Fields, Value};
 use crate::sys::{self, Stream, negotiated_group};
 
 /// Who a connection comes from.
@@ -112,45 +115,53 @@ impl HandshakeFailure {
     }
 }
 
-impl fmt::Display for Outcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Outcome::Ok => write!(f, "result=ok"),
-            Outcome::Timeout(stage) => write!(f, "result=timeout stage={stage}"),
-            Outcome::HandshakeFailed(kind, reason) => {
-                write!(
-                    f,
-                    "result=handshake_failed kind={} reason={}",
-                    kind.label(),
-                    quoted(reason)
-                )
-            }
-            Outcome::Io(reason) => write!(f, "result=error reason={}", quoted(reason)),
-            Outcome::Upstream(reason) => {
-                write!(f, "result=upstream_error reason={}", quoted(reason))
-            }
-            Outcome::Shutdown => write!(f, "result=shutdown"),
-            Outcome::Revoked(reason) => write!(f, "result=revoked reason={}", quoted(reason)),
-            Outcome::Truncated(side) => write!(
-                f,
-                "result=truncated reason=\"{side} closed TLS without close_notify\""
+impl Outcome {
+    /// `result=` and what goes with it (`stage=`, `kind=`, `reason=`): the line's last fields.
+    fn push_fields<'a>(&'a self, fields: &mut Fields<'a>) {
+        let word = |w: &'a str| Value::Word(Cow::Borrowed(w));
+        let text = |t: &'a str| Value::Text(Cow::Borrowed(t));
+        let (result, rest): (&str, [Option<(&'static str, Value<'a>)>; 2]) = match self {
+            Outcome::Ok => ("ok", [None, None]),
+            Outcome::Timeout(stage) => ("timeout", [Some(("stage", word(stage))), None]),
+            Outcome::HandshakeFailed(kind, reason) => (
+                "handshake_failed",
+                [
+                    Some(("kind", word(kind.label()))),
+                    Some(("reason", text(reason))),
+                ],
             ),
-            Outcome::Proxy(reason) => write!(f, "result=proxy_error reason={}", quoted(reason)),
-            Outcome::Refused(why) => write!(f, "result=refused reason={}", why.label()),
+            Outcome::Io(reason) => ("error", [Some(("reason", text(reason))), None]),
+            Outcome::Upstream(reason) => ("upstream_error", [Some(("reason", text(reason))), None]),
+            Outcome::Shutdown => ("shutdown", [None, None]),
+            Outcome::Revoked(reason) => ("revoked", [Some(("reason", text(reason))), None]),
+            Outcome::Truncated(side) => (
+                "truncated",
+                [
+                    Some((
+                        "reason",
+                        Value::Text(Cow::Owned(format!(
+                            "{side} closed TLS without close_notify"
+                        ))),
+                    )),
+                    None,
+                ],
+            ),
+            Outcome::Proxy(reason) => ("proxy_error", [Some(("reason", text(reason))), None]),
+            Outcome::Refused(why) => ("refused", [Some(("reason", word(why.label()))), None]),
+        };
+        fields.push("result", word(result));
+        for (key, value) in rest.into_iter().flatten() {
+            fields.push(key, value);
         }
     }
 }
 
-/// A value for a key=value log line: bare when it is one word, quoted otherwise.
-pub(crate) fn quoted(value: &str) -> String {
-    if !value.is_empty()
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'=')
-    {
-        value.to_string()
-    } else {
-        format!("{value:?}")
+impl fmt::Display for Outcome {
+    /// The text line's `result=...` part.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut fields = Fields::with_capacity(3);
+        self.push_fields(&mut fields);
+        write!(f, "{fields}")
     }
 }
 
@@ -264,65 +275,55 @@ impl Report {
     }
 }
 
-impl fmt::Display for Report {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Report {
+    /// The `conn` line's fields, in the text line's order: the one description of a connection
+    /// both log formats write. Absent values are `-` in text; `via=` and `upstream=` are on the
+    /// line only when there is one.
+    pub(crate) fn fields(&self) -> Fields<'_> {
+        let mut fields = Fields::with_capacity(24);
+        fields.push("peer", Value::Word(Cow::Owned(self.peer.to_string())));
         if !self.served {
-            return write!(
-                f,
-                "conn peer={} service={} {}",
-                self.peer,
-                quoted(&self.service),
-                self.outcome
-            );
+            fields.push("service", Value::Text(Cow::Borrowed(&self.service)));
+            self.outcome.push_fields(&mut fields);
+            return fields;
         }
-        let text = |v: &Option<String>| v.as_deref().map(quoted).unwrap_or_else(|| "-".into());
-        write!(f, "conn peer={}", self.peer)?;
         if let Some(via) = self.via {
-            write!(f, " via={via}")?;
+            fields.push("via", Value::Word(Cow::Owned(via.to_string())));
         }
-        write!(
-            f,
-            " sni={} proto={} cipher={} group={} alpn={} client={} server={} resumed={} service={} mode={}",
-            text(&self.sni),
-            self.protocol.unwrap_or("-"),
-            self.cipher.unwrap_or("-"),
-            text(&self.group),
-            text(&self.alpn),
-            text(&self.client),
-            text(&self.server),
-            match self.resumed {
-                Some(true) => "yes",
-                Some(false) => "no",
-                None => "-",
-            },
-            quoted(&self.service),
-            self.mode,
-        )?;
+        fields.push("sni", Value::text_or_absent(self.sni.as_deref()));
+        fields.push("proto", Value::word_or_absent(self.protocol));
+        fields.push("cipher", Value::word_or_absent(self.cipher));
+        fields.push("group", Value::text_or_absent(self.group.as_deref()));
+        fields.push("alpn", Value::text_or_absent(self.alpn.as_deref()));
+        fields.push("client", Value::text_or_absent(self.client.as_deref()));
+        fields.push("server", Value::text_or_absent(self.server.as_deref()));
+        fields.push("resumed", self.resumed.map_or(Value::Absent, Value::Flag));
+        fields.push("service", Value::Text(Cow::Borrowed(&self.service)));
+        fields.push("mode", Value::Word(Cow::Borrowed(self.mode)));
         if let Some(upstream) = &self.upstream {
-            write!(f, " upstream={}", quoted(upstream))?;
+            fields.push("upstream", Value::Text(Cow::Borrowed(upstream)));
         }
-        write!(
-            f,
-            " in={} out={} ms={} {}",
-            self.bytes_in,
-            self.bytes_out,
-            self.elapsed.as_millis(),
-            self.outcome
-        )
+        fields.push("in", Value::Number(self.bytes_in));
+        fields.push("out", Value::Number(self.bytes_out));
+        fields.push(
+            "ms",
+            Value::Number(u64::try_from(self.elapsed.as_millis()).unwrap_or(u64::MAX)),
+        );
+        self.outcome.push_fields(&mut fields);
+        fields
+    }
+}
+
+impl fmt::Display for Report {
+    /// The text `conn` line (without any `suppressed_since_last=` the server adds).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "conn {}", self.fields())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quoting_keeps_lines_parseable() {
-        assert_eq!(quoted("timeout"), "timeout");
-        assert_eq!(quoted("wrong version number"), "\"wrong version number\"");
-        assert_eq!(quoted("a=b"), "\"a=b\"");
-        assert_eq!(quoted(""), "\"\"");
-    }
 
     #[test]
     fn peers_print_as_the_log_shows_them() {
@@ -382,6 +383,54 @@ mod tests {
             Report::new(peer, "default".into(), "greet")
                 .to_string()
                 .starts_with("conn peer=127.0.0.1:5 sni=- proto=- ")
+        );
+    }
+
+    #[test]
+    fn every_field_in_its_place_as_the_text_line_always_had_it() {
+        let report = Report {
+            via: Some("10.0.0.1:5555".parse().unwrap()),
+            sni: Some("db.internal".into()),
+            protocol: Some("TLSv1.3"),
+            cipher: Some("TLS_AES_128_GCM_SHA256"),
+            group: Some("X25519MLKEM768".into()),
+            alpn: Some("h2".into()),
+            client: Some("CN=client, O=Example".into()),
+            server: None,
+            upstream: Some("127.0.0.1:6379".into()),
+            resumed: Some(true),
+            bytes_in: 14,
+            bytes_out: 7,
+            elapsed: Duration::from_millis(1234),
+            outcome: Outcome::Truncated("upstream"),
+            ..Report::new(
+                Peer::Tcp("203.0.113.7:40000".parse().unwrap()),
+                "my db".into(),
+                "forward",
+            )
+        };
+        assert_eq!(
+            report.to_string(),
+            "conn peer=203.0.113.7:40000 via=10.0.0.1:5555 sni=db.internal proto=TLSv1.3 \
+             cipher=TLS_AES_128_GCM_SHA256 group=X25519MLKEM768 alpn=h2 client=\"CN=client, O=Example\" \
+             server=- resumed=yes service=\"my db\" mode=forward upstream=127.0.0.1:6379 in=14 out=7 \
+             ms=1234 result=truncated reason=\"upstream closed TLS without close_notify\""
+        );
+        let timeout = Report {
+            outcome: Outcome::Timeout("handshake"),
+            ..Report::new(Peer::Unix(None), "default".into(), "echo")
+        };
+        assert!(
+            timeout
+                .to_string()
+                .ends_with(" resumed=- service=default mode=echo in=0 out=0 ms=0 result=timeout stage=handshake"),
+            "{timeout}"
+        );
+        let failed =
+            Outcome::HandshakeFailed(HandshakeFailure::NotTls, "wrong version number".into());
+        assert_eq!(
+            failed.to_string(),
+            "result=handshake_failed kind=not_tls reason=\"wrong version number\""
         );
     }
 }

@@ -31,6 +31,7 @@ use crate::config::Config;
 use crate::connection::registry::Registry;
 use crate::connection::{self, Job, Outcome, Peer, Report};
 use crate::limits::{Refusal, Slot, Tracker};
+use crate::logging;
 use crate::metrics::{self, Families, Metrics};
 use crate::rate_limit::RateLimit;
 use crate::relay::CLOSE_TIMEOUT;
@@ -521,14 +522,17 @@ impl Shared {
         self.metrics
             .handshake(report.handshake_result(), report.handshake);
         self.metrics.bytes(report.bytes_in, report.bytes_out);
-        if report.handshake.is_some() || report.outcome == Outcome::Shutdown {
-            info!("{report}");
+        let left_out = if report.handshake.is_some() || report.outcome == Outcome::Shutdown {
+            Some(0)
         } else {
-            match self.process.failure_log.allow(report.handshake_result()) {
-                Some(0) => info!("{report}"),
-                Some(left_out) => info!("{report} suppressed_since_last={left_out}"),
-                None => {}
+            self.process.failure_log.allow(report.handshake_result())
+        };
+        if let Some(left_out) = left_out {
+            let mut fields = report.fields();
+            if left_out > 0 {
+                fields.push("suppressed_since_last", logging::Value::Number(left_out));
             }
+            logging::emit(module_path!(), log::Level::Info, "conn", &fields);
         }
         // Only now may the drain end the process: the line is written.
         drop(slot);

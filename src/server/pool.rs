@@ -14,8 +14,6 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use log::error;
-
 use super::service::Shared;
 use crate::connection::{Job, Peer, Report};
 use crate::limits::Slot;
@@ -67,7 +65,8 @@ struct Pool {
 
 /// The line for a connection closed before any thread served it.
 fn unserved(peer: Peer, service: Arc<str>, reason: String) {
-    error!("{}", Report::unserved(peer, service, reason));
+    let report = Report::unserved(peer, service, reason);
+    crate::logging::emit(module_path!(), log::Level::Error, "conn", &report.fields());
 }
 
 impl Workers {

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::thread;
 
 use openssl::ssl::{SslConnector, SslStream};
-use securesock::config::{Config, Process, Service, parse_args};
+use securesock::config::{Config, LogFormat, Process, Service, parse_args};
 use securesock::server::{Drained, Handle, Server};
 
 use crate::support::{
@@ -66,6 +66,7 @@ impl Running {
                 metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
                 log_failed_handshakes: None,
                 max_connections,
+                log_format: LogFormat::Text,
             },
             services,
         };
