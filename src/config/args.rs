@@ -58,6 +58,63 @@ pub enum Command {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+    /// Ask a running securesock over its control socket: connections, close, status, reload
+    Ctl(CtlArgs),
+}
+
+/// `securesock ctl`: which control socket, and what to ask it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CtlArgs {
+    /// The control socket (default: [process] control-socket of --config FILE, else
+    /// /run/securesock/control.sock)
+    #[arg(long, value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
+
+    /// Take the control socket's path from this configuration file's [process] table
+    #[arg(long, value_name = "FILE", conflicts_with = "control_socket")]
+    pub config: Option<PathBuf>,
+
+    /// What to ask.
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+/// What `securesock ctl` asks a running server.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
+pub enum CtlCommand {
+    /// One row per open connection: id, service, peer, SNI, protocol, client identity, upstream,
+    /// bytes, age, idle time, state
+    Connections {
+        /// Only this service's connections
+        #[arg(long, value_name = "NAME")]
+        service: Option<String>,
+        /// One JSON document instead of the table
+        #[arg(long)]
+        json: bool,
+    },
+    /// End connections (close_notify to the client, FIN upstream): by id, by client certificate
+    /// identity (subject or URI SAN), or by peer address
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["ids", "identity", "peer"])))]
+    Close {
+        /// Connection ids, as `connections` shows them
+        #[arg(value_name = "ID")]
+        ids: Vec<u64>,
+        /// Every connection whose client certificate has this subject or URI SAN
+        #[arg(long, value_name = "SUBJECT-OR-URI", conflicts_with_all = ["ids", "peer"])]
+        identity: Option<String>,
+        /// Every connection from this peer (ADDR:PORT, or ADDR for all its ports)
+        #[arg(long, value_name = "ADDR", conflicts_with = "ids")]
+        peer: Option<String>,
+    },
+    /// Version, OpenSSL, uptime, and each service: listener, mode, connections, certificate
+    /// expiry, upstream health
+    Status {
+        /// One JSON document instead of the text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reload now and say what changed, or why nothing did (exit 1)
+    Reload,
 }
 
 /// A configuration: a file, or the flags (with their variables).
@@ -494,6 +551,16 @@ pub struct OperationsArgs {
         default_value_t = 5.0
     )]
     pub watch_interval: f64,
+
+    /// UNIX socket for `securesock ctl` (connections, close, status, reload), mode 0600, or 0660
+    /// with --control-socket-group; only this process's uid, root and that group may use it (off
+    /// when not given)
+    #[arg(long, env = "SECURESOCK_CONTROL_SOCKET", value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
+
+    /// Group that owns the control socket and may use it (name or number; needs --control-socket)
+    #[arg(long, env = "SECURESOCK_CONTROL_SOCKET_GROUP", value_name = "GROUP")]
+    pub control_socket_group: Option<String>,
 }
 
 #[cfg(test)]

@@ -240,6 +240,7 @@ impl Flags {
             metrics_listen: ops.metrics_listen,
             log_failed_handshakes: ops.log_failed_handshakes,
             max_connections,
+            control_socket: ops.control_socket,
         })
     }
 

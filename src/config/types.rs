@@ -361,7 +361,22 @@ pub struct Process {
     /// Connections open at once over every service, on top of each service's own cap; `None`
     /// when only the services' caps apply (always so with flags alone).
     pub max_connections: Option<usize>,
+    /// The control socket `securesock ctl` talks to; `None` when there is none.
+    pub control_socket: Option<ControlSocket>,
 }
+
+/// `--control-socket`: a UNIX socket, mode 0600 (0660 with a group), that only this process's
+/// uid, root and the group's members may use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlSocket {
+    pub path: PathBuf,
+    /// The group that owns it and may use it, as given (name or number).
+    pub group: Option<String>,
+}
+
+/// Where `securesock ctl` looks when neither `--control-socket` nor `--config` says: the
+/// package's `[process] control-socket`.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/securesock/control.sock";
 
 /// One service: a listener and what its connections do (a `[[service]]` table, or the flags).
 #[derive(Debug, Clone)]

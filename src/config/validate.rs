@@ -18,7 +18,7 @@ use super::args::{
 };
 use super::cidr::Cidr;
 use super::types::{
-    AcceptProxy, AccessRules, CLIENT, ClientAuth, Config, DEFAULT_GREETING, DEFAULT_LISTEN_MODE,
+    AcceptProxy, AccessRules, CLIENT, ClientAuth, Config, ControlSocket, DEFAULT_GREETING, DEFAULT_LISTEN_MODE,
     DEFAULT_SERVICE, DEFAULT_TICKET_KEY_ROTATION, ECHO, FORWARD, GREET, Identity, Limits, Listen,
     Mode, Process, Service, SniSpec, TlsSettings, UNIX_PREFIX, UnixListen, UpstreamTls, Upstreams,
 };
@@ -45,6 +45,7 @@ impl Args {
                 metrics_listen: ops.metrics_listen,
                 log_failed_handshakes: ops.log_failed_handshakes,
                 max_connections: None,
+                control_socket: ops.control_socket,
             },
             services: vec![Service {
                 name: DEFAULT_SERVICE.to_string(),
@@ -439,6 +440,8 @@ pub(super) struct OperationsPart {
     pub(super) watch_interval: Option<Duration>,
     /// Failed-handshake lines a second per cause; `None` logs every one.
     pub(super) log_failed_handshakes: Option<u32>,
+    /// The control socket, when there is one.
+    pub(super) control_socket: Option<ControlSocket>,
 }
 
 /// `--metrics-listen`, `--log-failed-handshakes` and `--watch-interval`.
@@ -451,7 +454,34 @@ pub(super) fn operations(raw: OperationsArgs) -> Result<OperationsPart, String> 
             .transpose()?,
         watch_interval: optional_seconds("watch-interval", raw.watch_interval)?,
         log_failed_handshakes: (raw.log_failed_handshakes > 0).then_some(raw.log_failed_handshakes),
+        control_socket: control_socket(raw.control_socket, raw.control_socket_group)?,
     })
+}
+
+/// `--control-socket` and `--control-socket-group`.
+fn control_socket(
+    path: Option<PathBuf>,
+    group: Option<String>,
+) -> Result<Option<ControlSocket>, String> {
+    let Some(path) = path else {
+        return match group {
+            Some(_) => Err("--control-socket-group needs --control-socket".into()),
+            None => Ok(None),
+        };
+    };
+    let shown = path.display().to_string();
+    if path.file_name().is_none() {
+        return Err(format!("--control-socket '{shown}' names no file"));
+    }
+    if path.as_os_str().len() > UNIX_PATH_MAX {
+        return Err(format!(
+            "--control-socket '{shown}' is longer than a UNIX socket path may be ({UNIX_PATH_MAX} bytes)"
+        ));
+    }
+    if group.as_deref().is_some_and(str::is_empty) {
+        return Err("--control-socket-group is empty".into());
+    }
+    Ok(Some(ControlSocket { path, group }))
 }
 
 /// Client mode's listener speaks plaintext: a server-side flag given there (TLS, client

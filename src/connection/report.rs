@@ -60,6 +60,9 @@ pub(crate) enum Outcome {
     /// A reload found the client certificate no longer accepted (revoked, untrusted, not
     /// allowed): the connection was closed in order, as at the drain's end. The text says why.
     Revoked(String),
+    /// Closed in order by request, as at the drain's end; the text says whose (`control`: an
+    /// operator on the control socket).
+    Closed(&'static str),
     /// The TLS side (`client` in forward mode, `upstream` in client mode) closed TCP without
     /// close_notify, so its stream may be cut short; the plaintext side was reset.
     Truncated(&'static str),
@@ -131,6 +134,7 @@ impl fmt::Display for Outcome {
             }
             Outcome::Shutdown => write!(f, "result=shutdown"),
             Outcome::Revoked(reason) => write!(f, "result=revoked reason={}", quoted(reason)),
+            Outcome::Closed(by) => write!(f, "result=closed reason={by}"),
             Outcome::Truncated(side) => write!(
                 f,
                 "result=truncated reason=\"{side} closed TLS without close_notify\""
@@ -259,6 +263,7 @@ impl Report {
             | Outcome::Io(_)
             | Outcome::Upstream(_)
             | Outcome::Revoked(_)
+            | Outcome::Closed(_)
             | Outcome::Truncated(_) => "error",
         }
     }
