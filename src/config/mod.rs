@@ -37,16 +37,15 @@ mod types;
 mod validate;
 
 pub use args::{
-    Args, Cli, ClientAuthArgs, Command, CtlArgs, CtlCommand, LimitsArgs, ListenArgs, ModeArgs, OperationsArgs, Source,
-    TlsArgs, UpstreamArgs,
+    Args, Cli, ClientAuthArgs, Command, CtlArgs, CtlCommand, LimitsArgs, ListenArgs, ModeArgs,
+    OperationsArgs, Source, TlsArgs, UpstreamArgs,
 };
 pub use cidr::Cidr;
 pub use errors::ArgsError;
 pub use types::{
     AcceptProxy, AccessRules, Balance, ClientAuth, Config, ControlSocket, DEFAULT_CONTROL_SOCKET,
-    DEFAULT_LISTEN_MODE, DEFAULT_SERVICE,
-    Identity, Limits, Listen, Mode, Process, ProxyProtocol, Service, SniSpec, TlsProfile,
-    TlsSettings, UNIX_PREFIX, UnixListen, UpstreamTls, Upstreams,
+    DEFAULT_LISTEN_MODE, DEFAULT_SERVICE, Identity, Limits, Listen, Mode, Process, ProxyProtocol,
+    Service, SniSpec, TlsProfile, TlsSettings, UNIX_PREFIX, UnixListen, UpstreamTls, Upstreams,
 };
 pub use validate::{is_dns_name, seconds};
 
@@ -65,7 +64,10 @@ pub enum Invocation {
     /// `securesock import-stunnel FILE`: print the TOML equivalent of a stunnel.conf.
     ImportStunnel(PathBuf),
     /// `securesock ctl`: ask the server on this control socket.
-    Ctl { socket: PathBuf, command: CtlCommand },
+    Ctl {
+        socket: PathBuf,
+        command: CtlCommand,
+    },
 }
 
 /// Parses and validates a command line (the program name first), environment variables
@@ -147,9 +149,9 @@ where
 {
     match parse_invocation(args)? {
         Invocation::Serve(config) => Ok(config),
-        Invocation::Check(_) | Invocation::ImportStunnel(_) | Invocation::Ctl { .. } => Err(ArgsError::Invalid(
-            "a subcommand where a configuration to serve was expected".into(),
-        )),
+        Invocation::Check(_) | Invocation::ImportStunnel(_) | Invocation::Ctl { .. } => Err(
+            ArgsError::Invalid("a subcommand where a configuration to serve was expected".into()),
+        ),
     }
 }
 

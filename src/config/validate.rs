@@ -18,9 +18,10 @@ use super::args::{
 };
 use super::cidr::Cidr;
 use super::types::{
-    AcceptProxy, AccessRules, CLIENT, ClientAuth, Config, ControlSocket, DEFAULT_GREETING, DEFAULT_LISTEN_MODE,
-    DEFAULT_SERVICE, DEFAULT_TICKET_KEY_ROTATION, ECHO, FORWARD, GREET, Identity, Limits, Listen,
-    Mode, Process, Service, SniSpec, TlsSettings, UNIX_PREFIX, UnixListen, UpstreamTls, Upstreams,
+    AcceptProxy, AccessRules, CLIENT, ClientAuth, Config, ControlSocket, DEFAULT_GREETING,
+    DEFAULT_LISTEN_MODE, DEFAULT_SERVICE, DEFAULT_TICKET_KEY_ROTATION, ECHO, FORWARD, GREET,
+    Identity, Limits, Listen, Mode, Process, Service, SniSpec, TlsSettings, UNIX_PREFIX,
+    UnixListen, UpstreamTls, Upstreams,
 };
 
 /// The longest path a UNIX socket address holds (`sun_path` is 108 bytes with its NUL).

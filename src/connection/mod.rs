@@ -78,12 +78,9 @@ pub(crate) fn run(job: Job, slot: &mut Slot, ctx: &Context) -> Report {
         Ok(announced_dst) => {
             // In the registry from here to the end, so the control socket lists it in its
             // handshake too; its stop ends the relay.
-            let mut registered = ctx.registry.register(
-                Arc::clone(&ctx.service),
-                report.peer,
-                report.via,
-                accepted,
-            );
+            let mut registered =
+                ctx.registry
+                    .register(Arc::clone(&ctx.service), report.peer, report.via, accepted);
             let (stop, live) = (registered.stop(), registered.live());
             let phase = Phase {
                 settings: &ctx.settings,
@@ -159,7 +156,9 @@ fn serve<S: Socket + Endpoint>(
         Started::Originate {
             connector,
             upstream,
-        } => return mode::client::run(stream, upstream, connector, gate, phase, registered, report),
+        } => {
+            return mode::client::run(stream, upstream, connector, gate, phase, registered, report);
+        }
         Started::Terminate { acceptor, phase } => (acceptor, *phase),
     };
     // Greet mode writes everything right after the handshake and closes, so its last handshake

@@ -69,7 +69,9 @@ pub(super) fn answer(line: &str, sources: &Sources) -> String {
                 Ok(out)
             } else {
                 // The lines say what failed; the last one repeats the verdict.
-                return format!("{out}error reload failed: still serving the previous configuration\n");
+                return format!(
+                    "{out}error reload failed: still serving the previous configuration\n"
+                );
             }
         }
         "" => Err("empty request (commands: connections, close, status, reload)".to_string()),
@@ -249,7 +251,10 @@ fn close(rest: &str, sources: &Sources) -> Result<String, String> {
     } else {
         let ids = rest
             .split_whitespace()
-            .map(|w| w.parse::<u64>().map_err(|_| format!("'{w}' is no connection id; {USAGE}")))
+            .map(|w| {
+                w.parse::<u64>()
+                    .map_err(|_| format!("'{w}' is no connection id; {USAGE}"))
+            })
             .collect::<Result<Vec<u64>, String>>()?;
         Which::Ids(ids)
     };
@@ -258,8 +263,7 @@ fn close(rest: &str, sources: &Sources) -> Result<String, String> {
         Which::Ids(ids) if ids.is_empty() => return Err(USAGE.into()),
         Which::Identity("") | Which::Peer("") => return Err(USAGE.into()),
         Which::Ids(ids) => {
-            let chosen: Vec<Arc<Entry>> =
-                all.into_iter().filter(|e| ids.contains(&e.id)).collect();
+            let chosen: Vec<Arc<Entry>> = all.into_iter().filter(|e| ids.contains(&e.id)).collect();
             let missing = ids
                 .iter()
                 .copied()
@@ -288,7 +292,11 @@ fn close(rest: &str, sources: &Sources) -> Result<String, String> {
     };
     let mut out = String::new();
     for e in &chosen {
-        let _ = writeln!(out, "closing id={} service={} peer={}", e.id, e.service, e.peer);
+        let _ = writeln!(
+            out,
+            "closing id={} service={} peer={}",
+            e.id, e.service, e.peer
+        );
     }
     let ends = chosen
         .into_iter()

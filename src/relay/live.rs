@@ -66,8 +66,8 @@ impl Live {
     pub fn moved(&self, bytes_in: u64, bytes_out: u64, at: Instant) {
         self.bytes_in.store(bytes_in, Ordering::Relaxed);
         self.bytes_out.store(bytes_out, Ordering::Relaxed);
-        let ms = u64::try_from(at.saturating_duration_since(self.since).as_millis())
-            .unwrap_or(u64::MAX);
+        let ms =
+            u64::try_from(at.saturating_duration_since(self.since).as_millis()).unwrap_or(u64::MAX);
         self.last_ms.store(ms, Ordering::Relaxed);
     }
 
@@ -118,7 +118,10 @@ mod tests {
         assert_eq!(live.state(), State::Handshake);
         live.moved(3, 5, start + Duration::from_secs(2));
         assert_eq!(live.bytes(), (3, 5));
-        assert_eq!(live.idle(start + Duration::from_secs(5)), Duration::from_secs(3));
+        assert_eq!(
+            live.idle(start + Duration::from_secs(5)),
+            Duration::from_secs(3)
+        );
         live.enter(State::Draining);
         live.enter(State::Relaying);
         assert_eq!(live.state(), State::Draining);

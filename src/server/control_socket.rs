@@ -11,9 +11,9 @@ use std::time::Instant;
 use anyhow::{Result, anyhow};
 use openssl::asn1::Asn1Time;
 
+use super::Handle;
 use super::listener::UnixSocket;
 use super::service::{Bound, Process, Shared};
-use super::Handle;
 use crate::config::{ControlSocket, UnixListen};
 use crate::control::{self, Access, CertStatus, Control, ServiceStatus, Sources, UpstreamStatus};
 use crate::sys;

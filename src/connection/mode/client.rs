@@ -33,8 +33,12 @@ pub(crate) fn run<S: Socket + Endpoint>(
         }
     };
     let result = match up {
-        Stream::Tcp(up) => originate_and_relay(&mut plain, up, connector, gate, phase, registered, report),
-        Stream::Unix(up) => originate_and_relay(&mut plain, up, connector, gate, phase, registered, report),
+        Stream::Tcp(up) => {
+            originate_and_relay(&mut plain, up, connector, gate, phase, registered, report)
+        }
+        Stream::Unix(up) => {
+            originate_and_relay(&mut plain, up, connector, gate, phase, registered, report)
+        }
     };
     if report.handshake.is_none() {
         close_plain(&mut plain, phase.shutdown);
