@@ -310,6 +310,52 @@ fn status_shows_each_service() {
     );
 }
 
+#[test]
+fn a_connection_is_listed_from_its_handshake_on() {
+    let s = serve("");
+    // TCP connected, no ClientHello yet: the server's thread holds it in its handshake.
+    let _silent = TcpStream::connect(s.plain).unwrap();
+    let rows = rows_when(&s.socket, |rows| !rows.is_empty());
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    assert_eq!(rows[0]["state"], "handshake");
+    assert_eq!(rows[0]["service"], "plain");
+    assert_eq!(rows[0]["protocol"], serde_json::Value::Null);
+}
+
+#[test]
+fn client_mode_connections_are_listed_with_their_upstream() {
+    let s = serve("");
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("client.sock");
+    let upstream = s.plain.to_string();
+    let cert = default_certs().cert.display().to_string();
+    let originating = crate::support::client_mode(
+        &upstream,
+        &[
+            "--upstream-ca",
+            &cert,
+            "--upstream-name",
+            "localhost",
+            "--control-socket",
+            socket.to_str().unwrap(),
+        ],
+    );
+    let mut plain = TcpStream::connect(originating.addr).unwrap();
+    plain.set_read_timeout(Some(PATIENCE)).unwrap();
+    plain.write_all(b"hi").unwrap();
+    let mut back = [0u8; 2];
+    plain.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"hi");
+
+    let rows = rows_when(&socket, |rows| rows.len() == 1 && rows[0]["bytes_out"] == 2);
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    assert_eq!(rows[0]["upstream"], upstream.as_str());
+    assert_eq!(rows[0]["protocol"], "TLSv1.3");
+    assert_eq!(rows[0]["sni"], "localhost");
+    assert_eq!(rows[0]["client_subject"], serde_json::Value::Null);
+    assert_eq!(rows[0]["state"], "relaying");
+}
+
 /// `securesock ctl` as `nobody` (no supplementary groups, or `groups`), through setpriv.
 fn ctl_as_nobody(socket: &Path, groups: Option<&str>) -> Output {
     let mut cmd = Command::new("setpriv");
