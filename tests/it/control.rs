@@ -86,11 +86,9 @@ fn ctl(socket: &Path, args: &[&str]) -> Output {
 }
 
 fn run(mut cmd: Command) -> Output {
-    let child = cmd
-        .stdin(std::process::Stdio::null())
+    cmd.stdin(std::process::Stdio::null())
         .output()
-        .expect("running securesock ctl");
-    child
+        .expect("running securesock ctl")
 }
 
 fn text(out: &Output) -> String {
