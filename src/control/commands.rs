@@ -74,6 +74,7 @@ pub(super) fn answer(line: &str, sources: &Sources) -> String {
                 );
             }
         }
+        "reload" => Err("usage: reload (it takes no arguments)".into()),
         "" => Err("empty request (commands: connections, close, status, reload)".to_string()),
         other => Err(format!(
             "unknown command '{}' (commands: connections, close, status, reload)",

@@ -354,6 +354,40 @@ fn client_mode_connections_are_listed_with_their_upstream() {
     assert_eq!(rows[0]["state"], "relaying");
 }
 
+#[test]
+fn a_proxied_client_is_listed_under_its_own_address_via_the_balancer() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("control.sock");
+    let server = Server::start(&[
+        "--mode",
+        "echo",
+        "--accept-proxy",
+        "--accept-proxy-from",
+        "127.0.0.1/32",
+        "--control-socket",
+        socket.to_str().unwrap(),
+    ]);
+    let mut tcp = TcpStream::connect(server.addr).unwrap();
+    tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+    tcp.write_all(b"PROXY TCP4 192.0.2.7 192.0.2.1 5555 443\r\n")
+        .unwrap();
+    let balancer = tcp.local_addr().unwrap().to_string();
+    let mut tls = connector_trusting(&default_certs().cert)
+        .connect("localhost", tcp)
+        .unwrap();
+    echoes(&mut tls, b"proxied");
+
+    let rows = rows(&socket);
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    assert_eq!(rows[0]["peer"], "192.0.2.7:5555");
+    assert_eq!(rows[0]["via"], balancer.as_str());
+    let table = stdout(&ctl(&socket, &["connections"]));
+    assert!(
+        table.contains(&format!("192.0.2.7:5555  {balancer}")),
+        "{table}"
+    );
+}
+
 /// `securesock ctl` as `nobody` (no supplementary groups, or `groups`), through setpriv.
 fn ctl_as_nobody(socket: &Path, groups: Option<&str>) -> Output {
     let mut cmd = Command::new("setpriv");
