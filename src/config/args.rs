@@ -607,6 +607,87 @@ mod tests {
     }
 
     #[test]
+    fn the_control_socket_is_off_unless_given_and_its_group_needs_it() {
+        assert_eq!(parse_config(&[]).unwrap().process.control_socket, None);
+        let process = parse_config(&[
+            "--control-socket",
+            "/run/s/control.sock",
+            "--control-socket-group",
+            "ops",
+        ])
+        .unwrap()
+        .process;
+        assert_eq!(
+            process.control_socket,
+            Some(crate::config::ControlSocket {
+                path: "/run/s/control.sock".into(),
+                group: Some("ops".into()),
+            })
+        );
+        let err = parse_config(&["--control-socket-group", "ops"]).unwrap_err();
+        assert_eq!(err, "--control-socket-group needs --control-socket");
+        let long = format!("/{}", "x".repeat(120));
+        let err = parse_config(&["--control-socket", &long]).unwrap_err();
+        assert!(err.contains("longer than a UNIX socket path"), "{err}");
+    }
+
+    #[test]
+    fn ctl_finds_its_socket_by_flag_by_config_file_or_by_default() {
+        use crate::config::{CtlCommand, Invocation, parse_invocation};
+        let socket = |args: &[&str]| match parse_invocation(args) {
+            Ok(Invocation::Ctl { socket, command }) => Ok((socket, command)),
+            Ok(other) => panic!("{other:?}"),
+            Err(crate::config::ArgsError::Invalid(line)) => Err(line),
+            Err(e) => panic!("{e:?}"),
+        };
+        let (path, command) = socket(&["securesock", "ctl", "status"]).unwrap();
+        assert_eq!(path, PathBuf::from(crate::config::DEFAULT_CONTROL_SOCKET));
+        assert_eq!(command, CtlCommand::Status { json: false });
+        let (path, command) = socket(&[
+            "securesock",
+            "ctl",
+            "--control-socket",
+            "/tmp/c",
+            "close",
+            "3",
+            "4",
+        ])
+        .unwrap();
+        assert_eq!(path, PathBuf::from("/tmp/c"));
+        assert_eq!(
+            command,
+            CtlCommand::Close {
+                ids: vec![3, 4],
+                identity: None,
+                peer: None
+            }
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s.toml");
+        let service = "[[service]]\nname = \"a\"\n";
+        std::fs::write(
+            &file,
+            format!("[process]\ncontrol-socket = \"/tmp/x.sock\"\n{service}"),
+        )
+        .unwrap();
+        let f = file.to_str().unwrap();
+        assert_eq!(
+            socket(&["securesock", "ctl", "--config", f, "reload"])
+                .unwrap()
+                .0,
+            PathBuf::from("/tmp/x.sock")
+        );
+        std::fs::write(&file, service).unwrap();
+        let err = socket(&["securesock", "ctl", "--config", f, "reload"]).unwrap_err();
+        assert!(err.contains("sets no control-socket"), "{err}");
+        // close needs something to close, and one way of naming it.
+        assert!(parse_invocation(["securesock", "ctl", "close"]).is_err());
+        assert!(
+            parse_invocation(["securesock", "ctl", "close", "1", "--identity", "CN=a"]).is_err()
+        );
+    }
+
+    #[test]
     fn every_flag_prints_under_its_groups_heading() {
         let command = Args::command();
         for arg in command.get_arguments() {

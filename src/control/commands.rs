@@ -83,7 +83,11 @@ pub(super) fn answer(line: &str, sources: &Sources) -> String {
     };
     match result {
         Ok(body) => format!("{body}ok\n"),
-        Err(why) => format!("error {why}\n"),
+        // What was done before the error (a close of several ids) stays on its own lines.
+        Err(why) => match why.rsplit_once('\n') {
+            Some((done, why)) => format!("{done}\nerror {why}\n"),
+            None => format!("error {why}\n"),
+        },
     }
 }
 
@@ -415,6 +419,69 @@ mod tests {
         assert_eq!(age(Duration::from_secs(42)), "42s");
         assert_eq!(age(Duration::from_secs(184)), "3m04s");
         assert_eq!(age(Duration::from_secs(7500)), "2h05m");
+    }
+
+    fn sources() -> Sources {
+        let shutdown = Arc::new(crate::shutdown::Shutdown::new(Duration::from_secs(1)).unwrap());
+        Sources {
+            registry: Arc::new(crate::connection::registry::Registry::new(Arc::clone(
+                &shutdown,
+            ))),
+            shutdown,
+            started: Instant::now(),
+            services: Box::new(Vec::new),
+            reload: Box::new(|| (false, vec!["cert.pem: no certificate".into()])),
+        }
+    }
+
+    #[test]
+    fn every_answer_ends_with_ok_or_error() {
+        let s = sources();
+        let header = "ID  SERVICE  PEER  VIA  SNI  PROTO  SUBJECT  URI  UPSTREAM  IN  OUT  AGE  IDLE  STATE\n";
+        assert_eq!(answer("connections", &s), format!("{header}ok\n"));
+        assert_eq!(
+            answer("connections --json", &s),
+            "{\"connections\":[]}\nok\n"
+        );
+        for (request, starts) in [
+            ("", "error empty request"),
+            ("frobnicate now", "error unknown command 'frobnicate'"),
+            ("connections --bogus", "error usage: connections"),
+            ("close", "error usage: close"),
+            ("close abc", "error 'abc' is no connection id"),
+            ("close 7", "error no open connection with id 7"),
+            ("close --identity CN=x", "error no open connection matches"),
+            ("close --peer", "error usage: close"),
+            ("status extra", "error usage: status"),
+            ("reload now", "error usage: reload"),
+        ] {
+            let got = answer(request, &s);
+            assert!(got.starts_with(starts), "{request:?}: {got:?}");
+            assert_eq!(got.lines().count(), 1, "{request:?}: {got:?}");
+        }
+        assert_eq!(
+            answer("reload", &s),
+            "cert.pem: no certificate\nerror reload failed: still serving the previous configuration\n"
+        );
+    }
+
+    #[test]
+    fn close_asks_the_named_connection_and_says_which_ids_are_not_open() {
+        let s = sources();
+        let peer = Peer::Tcp("127.0.0.1:1".parse().unwrap());
+        let open = s
+            .registry
+            .register(Arc::from("a"), peer, None, Instant::now());
+        assert_eq!(
+            answer("close 1 7", &s),
+            "closing id=1 service=a peer=127.0.0.1:1\nerror no open connection with id 7 (1 closing)\n"
+        );
+        assert_eq!(open.stop().reason(), Some(CLOSED_BY_CONTROL));
+        assert!(answer("connections --json", &s).contains("\"state\":\"draining\""));
+        assert_eq!(
+            answer("close --peer 127.0.0.1", &s),
+            "closing id=1 service=a peer=127.0.0.1:1\nok\n"
+        );
     }
 
     #[test]
