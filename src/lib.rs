@@ -18,6 +18,7 @@
 pub mod check;
 pub mod config;
 pub(crate) mod connection;
+pub mod control;
 pub(crate) mod limits;
 pub mod logging;
 pub(crate) mod metrics;

@@ -37,6 +37,9 @@ fn main() -> ExitCode {
         // own warnings do not repeat them on stderr.
         Ok(Invocation::Check(config)) => return ExitCode::from(securesock::check::run(&config)),
         Ok(Invocation::ImportStunnel(file)) => return import_stunnel(&file),
+        Ok(Invocation::Ctl { socket, command }) => {
+            return ExitCode::from(securesock::control::client::run(&socket, &command));
+        }
         Err(ArgsError::Info(help)) => {
             // --help / --version: clap prints it; a closed stdout is not worth an error.
             let _ = help.print();

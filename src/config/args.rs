@@ -59,6 +59,63 @@ pub enum Command {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+    /// Ask a running securesock over its control socket: connections, close, status, reload
+    Ctl(CtlArgs),
+}
+
+/// `securesock ctl`: which control socket, and what to ask it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CtlArgs {
+    /// The control socket (default: [process] control-socket of --config FILE, else
+    /// /run/securesock/control.sock)
+    #[arg(long, value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
+
+    /// Take the control socket's path from this configuration file's [process] table
+    #[arg(long, value_name = "FILE", conflicts_with = "control_socket")]
+    pub config: Option<PathBuf>,
+
+    /// What to ask.
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+/// What `securesock ctl` asks a running server.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
+pub enum CtlCommand {
+    /// One row per open connection: id, service, peer, SNI, protocol, client identity, upstream,
+    /// bytes, age, idle time, state
+    Connections {
+        /// Only this service's connections
+        #[arg(long, value_name = "NAME")]
+        service: Option<String>,
+        /// One JSON document instead of the table
+        #[arg(long)]
+        json: bool,
+    },
+    /// End connections (close_notify to the client, FIN upstream): by id, by client certificate
+    /// identity (subject or URI SAN), or by peer address
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["ids", "identity", "peer"])))]
+    Close {
+        /// Connection ids, as `connections` shows them
+        #[arg(value_name = "ID")]
+        ids: Vec<u64>,
+        /// Every connection whose client certificate has this subject or URI SAN
+        #[arg(long, value_name = "SUBJECT-OR-URI", conflicts_with_all = ["ids", "peer"])]
+        identity: Option<String>,
+        /// Every connection from this peer (ADDR:PORT, or ADDR for all its ports)
+        #[arg(long, value_name = "ADDR", conflicts_with = "ids")]
+        peer: Option<String>,
+    },
+    /// Version, OpenSSL, uptime, and each service: listener, mode, connections, certificate
+    /// expiry, upstream health
+    Status {
+        /// One JSON document instead of the text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reload now and say what changed, or why nothing did (exit 1)
+    Reload,
 }
 
 /// A configuration: a file, or the flags (with their variables).
@@ -506,6 +563,16 @@ pub struct OperationsArgs {
         default_value_t = 5.0
     )]
     pub watch_interval: f64,
+
+    /// UNIX socket for `securesock ctl` (connections, close, status, reload), mode 0600, or 0660
+    /// with --control-socket-group; only this process's uid, root and that group may use it (off
+    /// when not given)
+    #[arg(long, env = "SECURESOCK_CONTROL_SOCKET", value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
+
+    /// Group that owns the control socket and may use it (name or number; needs --control-socket)
+    #[arg(long, env = "SECURESOCK_CONTROL_SOCKET_GROUP", value_name = "GROUP")]
+    pub control_socket_group: Option<String>,
 }
 
 #[cfg(test)]
@@ -549,6 +616,87 @@ mod tests {
         assert_eq!(c.ticket_key_rotation, Some(Duration::from_secs(3600)));
         assert_eq!(process.metrics_listen, None);
         assert_eq!(process.max_connections, None);
+    }
+
+    #[test]
+    fn the_control_socket_is_off_unless_given_and_its_group_needs_it() {
+        assert_eq!(parse_config(&[]).unwrap().process.control_socket, None);
+        let process = parse_config(&[
+            "--control-socket",
+            "/run/s/control.sock",
+            "--control-socket-group",
+            "ops",
+        ])
+        .unwrap()
+        .process;
+        assert_eq!(
+            process.control_socket,
+            Some(crate::config::ControlSocket {
+                path: "/run/s/control.sock".into(),
+                group: Some("ops".into()),
+            })
+        );
+        let err = parse_config(&["--control-socket-group", "ops"]).unwrap_err();
+        assert_eq!(err, "--control-socket-group needs --control-socket");
+        let long = format!("/{}", "x".repeat(120));
+        let err = parse_config(&["--control-socket", &long]).unwrap_err();
+        assert!(err.contains("longer than a UNIX socket path"), "{err}");
+    }
+
+    #[test]
+    fn ctl_finds_its_socket_by_flag_by_config_file_or_by_default() {
+        use crate::config::{CtlCommand, Invocation, parse_invocation};
+        let socket = |args: &[&str]| match parse_invocation(args) {
+            Ok(Invocation::Ctl { socket, command }) => Ok((socket, command)),
+            Ok(other) => panic!("{other:?}"),
+            Err(crate::config::ArgsError::Invalid(line)) => Err(line),
+            Err(e) => panic!("{e:?}"),
+        };
+        let (path, command) = socket(&["securesock", "ctl", "status"]).unwrap();
+        assert_eq!(path, PathBuf::from(crate::config::DEFAULT_CONTROL_SOCKET));
+        assert_eq!(command, CtlCommand::Status { json: false });
+        let (path, command) = socket(&[
+            "securesock",
+            "ctl",
+            "--control-socket",
+            "/tmp/c",
+            "close",
+            "3",
+            "4",
+        ])
+        .unwrap();
+        assert_eq!(path, PathBuf::from("/tmp/c"));
+        assert_eq!(
+            command,
+            CtlCommand::Close {
+                ids: vec![3, 4],
+                identity: None,
+                peer: None
+            }
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s.toml");
+        let service = "[[service]]\nname = \"a\"\n";
+        std::fs::write(
+            &file,
+            format!("[process]\ncontrol-socket = \"/tmp/x.sock\"\n{service}"),
+        )
+        .unwrap();
+        let f = file.to_str().unwrap();
+        assert_eq!(
+            socket(&["securesock", "ctl", "--config", f, "reload"])
+                .unwrap()
+                .0,
+            PathBuf::from("/tmp/x.sock")
+        );
+        std::fs::write(&file, service).unwrap();
+        let err = socket(&["securesock", "ctl", "--config", f, "reload"]).unwrap_err();
+        assert!(err.contains("sets no control-socket"), "{err}");
+        // close needs something to close, and one way of naming it.
+        assert!(parse_invocation(["securesock", "ctl", "close"]).is_err());
+        assert!(
+            parse_invocation(["securesock", "ctl", "close", "1", "--identity", "CN=a"]).is_err()
+        );
     }
 
     #[test]

@@ -241,6 +241,7 @@ impl Flags {
             log_failed_handshakes: ops.log_failed_handshakes,
             max_connections,
             log_format: ops.log_format,
+            control_socket: ops.control_socket,
         })
     }
 

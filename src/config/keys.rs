@@ -13,8 +13,13 @@ use toml::Value;
 use super::errors::accepted;
 
 /// Flags whose settings are the whole process's: keys of `[process]`, never of a service.
-pub(super) const PROCESS_ONLY: [&str; 3] =
-    ["metrics-listen", "log-failed-handshakes", "log-format"];
+pub(super) const PROCESS_ONLY: [&str; 5] = [
+    "metrics-listen",
+    "log-failed-handshakes",
+    "log-format",
+    "control-socket",
+    "control-socket-group",
+];
 /// Keys of `[process]` that a service has too: there, a cap on top of every service's own.
 pub(super) const PROCESS_TOO: [&str; 1] = ["max-connections"];
 /// Long flags that mean nothing in a file.

@@ -37,15 +37,16 @@ mod types;
 mod validate;
 
 pub use args::{
-    Args, Cli, ClientAuthArgs, Command, LimitsArgs, ListenArgs, ModeArgs, OperationsArgs, Source,
-    TlsArgs, UpstreamArgs,
+    Args, Cli, ClientAuthArgs, Command, CtlArgs, CtlCommand, LimitsArgs, ListenArgs, ModeArgs,
+    OperationsArgs, Source, TlsArgs, UpstreamArgs,
 };
 pub use cidr::Cidr;
 pub use errors::ArgsError;
 pub use types::{
-    AcceptProxy, AccessRules, Balance, ClientAuth, Config, DEFAULT_LISTEN_MODE, DEFAULT_SERVICE,
-    Identity, Limits, Listen, LogFormat, Mode, Process, ProxyProtocol, Service, SniSpec,
-    TlsProfile, TlsSettings, UNIX_PREFIX, UnixListen, UpstreamTls, Upstreams,
+    AcceptProxy, AccessRules, Balance, ClientAuth, Config, ControlSocket, DEFAULT_CONTROL_SOCKET,
+    DEFAULT_LISTEN_MODE, DEFAULT_SERVICE, Identity, Limits, Listen, LogFormat, Mode, Process,
+    ProxyProtocol, Service, SniSpec, TlsProfile, TlsSettings, UNIX_PREFIX, UnixListen, UpstreamTls,
+    Upstreams,
 };
 pub use validate::{is_dns_name, seconds};
 
@@ -63,6 +64,11 @@ pub enum Invocation {
     Check(Config),
     /// `securesock import-stunnel FILE`: print the TOML equivalent of a stunnel.conf.
     ImportStunnel(PathBuf),
+    /// `securesock ctl`: ask the server on this control socket.
+    Ctl {
+        socket: PathBuf,
+        command: CtlCommand,
+    },
 }
 
 /// Parses and validates a command line (the program name first), environment variables
@@ -83,7 +89,36 @@ where
             source(*check, sub).map(Invocation::Check)
         }
         Some(Command::ImportStunnel { file }) => Ok(Invocation::ImportStunnel(file)),
+        Some(Command::Ctl(ctl)) => Ok(Invocation::Ctl {
+            socket: ctl_socket(ctl.control_socket, ctl.config.as_deref())?,
+            command: ctl.command,
+        }),
     }
+}
+
+/// The control socket `securesock ctl` talks to: `--control-socket`, else the `[process]
+/// control-socket` of `--config FILE` (a file that sets none is refused), else the package's.
+fn ctl_socket(
+    flag: Option<PathBuf>,
+    config: Option<&std::path::Path>,
+) -> Result<PathBuf, ArgsError> {
+    if let Some(path) = flag {
+        return Ok(path);
+    }
+    let Some(file) = config else {
+        return Ok(PathBuf::from(DEFAULT_CONTROL_SOCKET));
+    };
+    let config = file::load(file).map_err(ArgsError::Invalid)?;
+    config
+        .process
+        .control_socket
+        .map(|c| c.path)
+        .ok_or_else(|| {
+            ArgsError::Invalid(format!(
+                "{} sets no control-socket in [process] (give --control-socket PATH)",
+                file.display()
+            ))
+        })
 }
 
 /// The configuration a [`Source`] names: its file, or its flags. Flags beside `--config` are
@@ -115,9 +150,9 @@ where
 {
     match parse_invocation(args)? {
         Invocation::Serve(config) => Ok(config),
-        Invocation::Check(_) | Invocation::ImportStunnel(_) => Err(ArgsError::Invalid(
-            "a subcommand where a configuration to serve was expected".into(),
-        )),
+        Invocation::Check(_) | Invocation::ImportStunnel(_) | Invocation::Ctl { .. } => Err(
+            ArgsError::Invalid("a subcommand where a configuration to serve was expected".into()),
+        ),
     }
 }
 

@@ -363,6 +363,8 @@ pub struct Process {
     pub max_connections: Option<usize>,
     /// How every log line is written to stderr.
     pub log_format: LogFormat,
+    /// The control socket `securesock ctl` talks to; `None` when there is none.
+    pub control_socket: Option<ControlSocket>,
 }
 
 /// How log lines are written: `text` for people and grep, `json` for log pipelines.
@@ -375,6 +377,19 @@ pub enum LogFormat {
     /// One JSON object a line, with stable field names (docs/operations.md, "Log format").
     Json,
 }
+
+/// `--control-socket`: a UNIX socket, mode 0600 (0660 with a group), that only this process's
+/// uid, root and the group's members may use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlSocket {
+    pub path: PathBuf,
+    /// The group that owns it and may use it, as given (name or number).
+    pub group: Option<String>,
+}
+
+/// Where `securesock ctl` looks when neither `--control-socket` nor `--config` says: the
+/// package's `[process] control-socket`.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/securesock/control.sock";
 
 /// One service: a listener and what its connections do (a `[[service]]` table, or the flags).
 #[derive(Debug, Clone)]

@@ -18,10 +18,10 @@ use super::args::{
 };
 use super::cidr::Cidr;
 use super::types::{
-    AcceptProxy, AccessRules, CLIENT, ClientAuth, Config, DEFAULT_GREETING, DEFAULT_LISTEN_MODE,
-    DEFAULT_SERVICE, DEFAULT_TICKET_KEY_ROTATION, ECHO, FORWARD, GREET, Identity, Limits, Listen,
-    LogFormat, Mode, Process, Service, SniSpec, TlsSettings, UNIX_PREFIX, UnixListen, UpstreamTls,
-    Upstreams,
+    AcceptProxy, AccessRules, CLIENT, ClientAuth, Config, ControlSocket, DEFAULT_GREETING,
+    DEFAULT_LISTEN_MODE, DEFAULT_SERVICE, DEFAULT_TICKET_KEY_ROTATION, ECHO, FORWARD, GREET,
+    Identity, Limits, Listen, LogFormat, Mode, Process, Service, SniSpec, TlsSettings, UNIX_PREFIX,
+    UnixListen, UpstreamTls, Upstreams,
 };
 
 /// The longest path a UNIX socket address holds (`sun_path` is 108 bytes with its NUL).
@@ -47,6 +47,7 @@ impl Args {
                 log_failed_handshakes: ops.log_failed_handshakes,
                 max_connections: None,
                 log_format: ops.log_format,
+                control_socket: ops.control_socket,
             },
             services: vec![Service {
                 name: DEFAULT_SERVICE.to_string(),
@@ -442,6 +443,8 @@ pub(super) struct OperationsPart {
     /// Failed-handshake lines a second per cause; `None` logs every one.
     pub(super) log_failed_handshakes: Option<u32>,
     pub(super) log_format: LogFormat,
+    /// The control socket, when there is one.
+    pub(super) control_socket: Option<ControlSocket>,
 }
 
 /// `--metrics-listen`, `--log-failed-handshakes` and `--watch-interval`.
@@ -455,7 +458,34 @@ pub(super) fn operations(raw: OperationsArgs) -> Result<OperationsPart, String> 
         watch_interval: optional_seconds("watch-interval", raw.watch_interval)?,
         log_failed_handshakes: (raw.log_failed_handshakes > 0).then_some(raw.log_failed_handshakes),
         log_format: raw.log_format,
+        control_socket: control_socket(raw.control_socket, raw.control_socket_group)?,
     })
+}
+
+/// `--control-socket` and `--control-socket-group`.
+fn control_socket(
+    path: Option<PathBuf>,
+    group: Option<String>,
+) -> Result<Option<ControlSocket>, String> {
+    let Some(path) = path else {
+        return match group {
+            Some(_) => Err("--control-socket-group needs --control-socket".into()),
+            None => Ok(None),
+        };
+    };
+    let shown = path.display().to_string();
+    if path.file_name().is_none() {
+        return Err(format!("--control-socket '{shown}' names no file"));
+    }
+    if path.as_os_str().len() > UNIX_PATH_MAX {
+        return Err(format!(
+            "--control-socket '{shown}' is longer than a UNIX socket path may be ({UNIX_PATH_MAX} bytes)"
+        ));
+    }
+    if group.as_deref().is_some_and(str::is_empty) {
+        return Err("--control-socket-group is empty".into());
+    }
+    Ok(Some(ControlSocket { path, group }))
 }
 
 /// Client mode's listener speaks plaintext: a server-side flag given there (TLS, client

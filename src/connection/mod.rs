@@ -30,7 +30,7 @@ pub(crate) mod report;
 
 use gate::Gate;
 use mode::{Phase, Plan, Served, Settings, Started};
-use registry::Registry;
+use registry::{Registered, Registry};
 use report::HandshakeFailure;
 pub(crate) use report::{Outcome, Peer, Report};
 
@@ -76,17 +76,24 @@ pub(crate) fn run(job: Job, slot: &mut Slot, ctx: &Context) -> Report {
             Err(outcome)
         }
         Ok(announced_dst) => {
+            // In the registry from here to the end, so the control socket lists it in its
+            // handshake too; its stop ends the relay.
+            let mut registered =
+                ctx.registry
+                    .register(Arc::clone(&ctx.service), report.peer, report.via, accepted);
+            let (stop, live) = (registered.stop(), registered.live());
             let phase = Phase {
                 settings: &ctx.settings,
                 shutdown: &ctx.shutdown,
                 accepted,
                 announced_dst,
-                stop: None,
+                stop: Some(&stop),
+                live: Some(&live),
             };
-            let (gate, registry) = (&ctx.gate, &*ctx.registry);
+            let (gate, registered) = (&ctx.gate, &mut registered);
             match stream {
-                Stream::Tcp(s) => serve(s, &started, &phase, gate, registry, &mut report),
-                Stream::Unix(s) => serve(s, &started, &phase, gate, registry, &mut report),
+                Stream::Tcp(s) => serve(s, &started, &phase, gate, registered, &mut report),
+                Stream::Unix(s) => serve(s, &started, &phase, gate, registered, &mut report),
             }
         }
     };
@@ -130,14 +137,14 @@ fn client_address(
     }
 }
 
-/// The handshake and the data phase, on a socket of either family; the connection is in
-/// `registry` for its data phase.
+/// The handshake and the data phase, on a socket of either family; `registered` is the
+/// connection's entry in the registry, which gets its TLS facts after the handshake.
 fn serve<S: Socket + Endpoint>(
     stream: S,
     started: &Started<'_>,
     phase: &Phase<'_>,
     gate: &Gate,
-    registry: &Registry,
+    registered: &mut Registered<'_>,
     report: &mut Report,
 ) -> Result<(), Outcome> {
     stream
@@ -149,7 +156,9 @@ fn serve<S: Socket + Endpoint>(
         Started::Originate {
             connector,
             upstream,
-        } => return mode::client::run(stream, upstream, connector, gate, phase, report),
+        } => {
+            return mode::client::run(stream, upstream, connector, gate, phase, registered, report);
+        }
         Started::Terminate { acceptor, phase } => (acceptor, *phase),
     };
     // Greet mode writes everything right after the handshake and closes, so its last handshake
@@ -189,18 +198,7 @@ fn serve<S: Socket + Endpoint>(
         .ssl()
         .peer_certificate()
         .map(|c| crate::tls::subject(&c));
-    // In the registry for the data phase, out of it when this returns; its stop ends the relay.
-    let registered = registry.register(
-        Arc::clone(&report.service),
-        report.peer,
-        tls.ssl(),
-        phase.accepted,
-        report.sni.clone(),
-    );
-    let phase = &Phase {
-        stop: Some(registered.stop()),
-        ..*phase
-    };
+    registered.accepted(tls.ssl(), report.sni.clone());
 
     match served {
         Served::Greet { greeting } => mode::greet::run(tls, greeting, phase, report),

@@ -1,9 +1,12 @@
-//! The process-wide registry of open connections, every service's, each entry naming its service: a connection enters it once its handshake is
-//! done ([`Registry::register`]) and leaves it when its [`Registered`] guard drops, at the end of
+//! The process-wide registry of open connections, every service's, each entry naming its service:
+//! a connection enters it as soon as its thread takes it ([`Registry::register`], state
+//! `handshake`), gets its TLS facts once the handshake is done ([`Registered::accepted`],
+//! [`Registered::originated`]), and leaves it when its [`Registered`] guard drops, at the end of
 //! its data phase. An [`Entry`] says who the connection is (id, peer, SNI, protocol, the client's
-//! certificate chain, since when) and holds the connection's [`Stop`], so that something outside
-//! the connection can end it with a reason: a reload that finds its client certificate revoked
-//! ([`Registry::end`]), and later an operator's control socket.
+//! certificate chain, since when), holds its [`Live`] counters (bytes, last activity, state,
+//! upstream) and its [`Stop`], so that something outside the connection can end it with a reason:
+//! a reload that finds its client certificate revoked ([`Registry::end`]), or an operator on the
+//! control socket ([`CLOSED_BY_CONTROL`]).
 //!
 //! It only lists and signals. It never touches a connection's socket, never waits on a connection
 //! (ending one is a flag and one ring of the drain's bell; the connection's own thread closes it
@@ -19,9 +22,14 @@ use openssl::ssl::SslRef;
 use openssl::x509::X509;
 
 use super::report::Peer;
+use crate::relay::{Live, State};
 use crate::shutdown::{Shutdown, Stop};
 
-/// Every connection past its handshake, by id.
+/// The [`Stop`] reason of a connection an operator closed on the control socket: its line says
+/// `result=closed reason=control` rather than a revocation's `result=revoked`.
+pub(crate) const CLOSED_BY_CONTROL: &str = "closed on the control socket";
+
+/// Every open connection, by id.
 pub(crate) struct Registry {
     /// Whose bell wakes a connection that is asked to stop.
     shutdown: Arc<Shutdown>,
@@ -38,7 +46,9 @@ pub(crate) struct Entry {
     /// The service the connection came in on.
     pub(crate) service: Arc<str>,
     pub(crate) peer: Peer,
-    /// The server name the client sent.
+    /// `--accept-proxy`: the balancer whose PROXY header named `peer`.
+    pub(crate) via: Option<std::net::SocketAddr>,
+    /// The server name the client sent (client mode: the one sent upstream).
     pub(crate) sni: Option<String>,
     pub(crate) protocol: Option<&'static str>,
     /// When the connection was accepted.
@@ -46,8 +56,11 @@ pub(crate) struct Entry {
     /// The client's certificate and the chain it sent, as verified at the handshake; `None`
     /// without one (no mutual TLS, or an optional certificate not sent).
     pub(crate) client: Option<ClientChain>,
-    /// Asked to end the connection; polled by its data phase.
-    pub(crate) stop: Stop,
+    /// Asked to end the connection; polled by its data phase. Shared by every version of the
+    /// entry (the one before the handshake and the one after), so a stop asked of either holds.
+    pub(crate) stop: Arc<Stop>,
+    /// Bytes, last activity, state and upstream, as the connection's relay publishes them.
+    pub(crate) live: Arc<Live>,
 }
 
 /// A client certificate and the certificates the client sent with it (the leaf not among them).
@@ -78,8 +91,49 @@ pub(crate) struct Registered<'a> {
 
 impl Registered<'_> {
     /// The connection's stop, for its data phase to poll.
-    pub(crate) fn stop(&self) -> &Stop {
-        &self.entry.stop
+    pub(crate) fn stop(&self) -> Arc<Stop> {
+        Arc::clone(&self.entry.stop)
+    }
+
+    /// The connection's live counters, for its relay to publish to.
+    pub(crate) fn live(&self) -> Arc<Live> {
+        Arc::clone(&self.entry.live)
+    }
+
+    /// The server-side handshake finished: the entry gets its TLS facts and client chain (what
+    /// a reload re-checks) and moves on to relaying.
+    pub(crate) fn accepted(&mut self, ssl: &SslRef, sni: Option<String>) {
+        self.replace(Some(ssl.version_str()), sni, ClientChain::of(ssl));
+    }
+
+    /// Client mode's handshake with the upstream finished: its protocol and the name sent; the
+    /// upstream's certificate is no client chain, so nothing for a reload to re-check.
+    pub(crate) fn originated(&mut self, ssl: &SslRef, sni: Option<String>) {
+        self.replace(Some(ssl.version_str()), sni, None);
+    }
+
+    fn replace(
+        &mut self,
+        protocol: Option<&'static str>,
+        sni: Option<String>,
+        client: Option<ClientChain>,
+    ) {
+        let old = &self.entry;
+        let entry = Arc::new(Entry {
+            id: old.id,
+            service: Arc::clone(&old.service),
+            peer: old.peer,
+            via: old.via,
+            sni,
+            protocol,
+            accepted: old.accepted,
+            client,
+            stop: Arc::clone(&old.stop),
+            live: Arc::clone(&old.live),
+        });
+        self.registry.lock().insert(entry.id, Arc::clone(&entry));
+        entry.live.enter(State::Relaying);
+        self.entry = entry;
     }
 }
 
@@ -103,24 +157,26 @@ impl Registry {
         self.open.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Enters a connection whose TLS handshake (server side) just finished, until the guard drops.
+    /// Enters a connection its thread just took (its PROXY header read, when it has one), in its
+    /// handshake, until the guard drops.
     pub(crate) fn register(
         &self,
         service: Arc<str>,
         peer: Peer,
-        ssl: &SslRef,
+        via: Option<std::net::SocketAddr>,
         accepted: Instant,
-        sni: Option<String>,
     ) -> Registered<'_> {
         let entry = Arc::new(Entry {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             service,
             peer,
-            sni,
-            protocol: Some(ssl.version_str()),
+            via,
+            sni: None,
+            protocol: None,
             accepted,
-            client: ClientChain::of(ssl),
-            stop: Stop::default(),
+            client: None,
+            stop: Arc::new(Stop::default()),
+            live: Arc::new(Live::new(accepted)),
         });
         self.lock().insert(entry.id, Arc::clone(&entry));
         Registered {
@@ -137,6 +193,11 @@ impl Registry {
             .filter(|e| &*e.service == service)
             .cloned()
             .collect()
+    }
+
+    /// Every open connection, of every service, in no order.
+    pub(crate) fn all(&self) -> Vec<Arc<Entry>> {
+        self.lock().values().cloned().collect()
     }
 
     /// Asks each connection to end, with its reason, and wakes them all once; returns how many

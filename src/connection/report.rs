@@ -63,6 +63,9 @@ pub(crate) enum Outcome {
     /// A reload found the client certificate no longer accepted (revoked, untrusted, not
     /// allowed): the connection was closed in order, as at the drain's end. The text says why.
     Revoked(String),
+    /// Closed in order by request, as at the drain's end; the text says whose (`control`: an
+    /// operator on the control socket).
+    Closed(&'static str),
     /// The TLS side (`client` in forward mode, `upstream` in client mode) closed TCP without
     /// close_notify, so its stream may be cut short; the plaintext side was reset.
     Truncated(&'static str),
@@ -134,6 +137,7 @@ impl Outcome {
             Outcome::Upstream(reason) => ("upstream_error", [Some(("reason", text(reason))), None]),
             Outcome::Shutdown => ("shutdown", [None, None]),
             Outcome::Revoked(reason) => ("revoked", [Some(("reason", text(reason))), None]),
+            Outcome::Closed(by) => ("closed", [Some(("reason", word(by))), None]),
             Outcome::Truncated(side) => (
                 "truncated",
                 [
@@ -270,6 +274,7 @@ impl Report {
             | Outcome::Io(_)
             | Outcome::Upstream(_)
             | Outcome::Revoked(_)
+            | Outcome::Closed(_)
             | Outcome::Truncated(_) => "error",
         }
     }

@@ -35,9 +35,11 @@ use crate::sys::{Interest, poll, pollfd, wait};
 mod buffer;
 mod endpoint;
 mod lane;
+mod live;
 
 pub use endpoint::{Endpoint, Io};
 use lane::{Fault, Lane};
+pub use live::{Live, State};
 
 /// Bytes buffered per direction. Four full TLS records, so one plaintext write to the upstream
 /// carries what several `SSL_read`s produced and one `SSL_write` fills several records.
@@ -143,6 +145,8 @@ pub struct Bounds<'a> {
     pub shutdown: &'a Shutdown,
     /// This connection's own end signal, when it has one: asking it closes the relay.
     pub stop: Option<&'a Stop>,
+    /// Where the relay publishes its byte counts and state as it goes, when someone lists them.
+    pub live: Option<&'a Live>,
 }
 
 /// Why a relay's wait ended without any socket being ready.
@@ -201,6 +205,17 @@ impl Bounds<'_> {
         Ok(None)
     }
 
+    /// Publishes the totals after a step that moved bytes; a lane that has ended makes the
+    /// connection draining.
+    fn moved(&self, read: u64, written: u64, at: Instant, ended: bool) {
+        if let Some(live) = self.live {
+            live.moved(read, written, at);
+            if ended {
+                live.enter(State::Draining);
+            }
+        }
+    }
+
     fn stopped(&self) -> Option<Timer> {
         let reason = self.stop?.reason()?;
         Some(Timer::Stopped(reason.to_string()))
@@ -238,6 +253,7 @@ fn echo_loop(tls: &mut impl Endpoint, lane: &mut Lane, bounds: &Bounds) -> Relay
             Err(end) => return end,
             Ok(true) => {
                 last = Instant::now();
+                bounds.moved(lane.read, lane.written, last, lane.shut);
                 settled = false;
                 continue;
             }
@@ -373,6 +389,7 @@ fn forward_loop(
             Err(end) => return end,
             Ok(true) => {
                 last = Instant::now();
+                bounds.moved(up.read, down.written, last, up.shut || down.shut);
                 settled = false;
                 continue;
             }

@@ -43,7 +43,9 @@ impl Listener {
             Listen::Tcp(addr) => sys::bind(*addr, backlog)
                 .map(Listener::Tcp)
                 .with_context(|| format!("cannot listen on {addr}")),
-            Listen::Unix(unix) => UnixSocket::bind(unix, backlog).map(Listener::Unix),
+            Listen::Unix(unix) => {
+                UnixSocket::bind_named(unix, backlog, "--listen-group").map(Listener::Unix)
+            }
         }
     }
 
@@ -138,7 +140,13 @@ impl AsRawFd for Listener {
 }
 
 impl UnixSocket {
-    fn bind(unix: &UnixListen, backlog: u32) -> Result<UnixSocket> {
+    /// Binds a UNIX socket as a listener's is bound (a stale file replaced, mode and group in
+    /// place before it appears); `group_flag` names the setting a bad group came from.
+    pub(crate) fn bind_named(
+        unix: &UnixListen,
+        backlog: u32,
+        group_flag: &str,
+    ) -> Result<UnixSocket> {
         let path = &unix.path;
         clear_stale(path)?;
         let gid = unix
@@ -146,7 +154,7 @@ impl UnixSocket {
             .as_deref()
             .map(|g| {
                 sys::group_id(g)
-                    .map_err(|e| anyhow!("--listen-group {g}: {}", crate::reason::io_reason(&e)))
+                    .map_err(|e| anyhow!("{group_flag} {g}: {}", crate::reason::io_reason(&e)))
             })
             .transpose()?;
         let bound = sys::bind_unix(path, unix.mode, gid, backlog).map_err(|e| {
@@ -170,6 +178,16 @@ impl UnixSocket {
             path: path.clone(),
             file: Some((bound.dev, bound.ino)),
         })
+    }
+
+    /// The listening socket.
+    pub(crate) fn listener(&self) -> &UnixListener {
+        &self.listener
+    }
+
+    /// Where the socket file is.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Removes the socket file, if it is still the one this process bound.

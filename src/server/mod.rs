@@ -39,6 +39,7 @@ use crate::shutdown::Shutdown;
 use crate::sys::{self, Interest, Stream, poll, pollfd};
 use crate::tls;
 
+mod control_socket;
 mod host_limits;
 pub(crate) mod listener;
 mod pool;
@@ -69,6 +70,8 @@ pub struct Server {
     services: Vec<Bound>,
     process: Arc<Process>,
     metrics_addr: Option<SocketAddr>,
+    /// The control socket's thread, when there is one; it answers until the drain is done.
+    control: Option<crate::control::Control>,
 }
 
 /// Controls a running server from other threads: signal handlers, tests.
@@ -96,6 +99,25 @@ impl Handle {
             let _ = reload.send(());
         }
     }
+
+    // STUB(ctl): wip/s3-reload implements the real `reload_now` (a synchronous reload that says
+    // what changed); the lead takes that one at merge and drops this stub and its ReloadAnswer.
+    /// Reloads now and answers how it went (STUB: asks the reload threads and answers `ok`).
+    pub fn reload_now(&self) -> ReloadAnswer {
+        self.reload();
+        ReloadAnswer {
+            ok: true,
+            lines: vec!["reload requested (STUB: this build cannot say what changed)".into()],
+        }
+    }
+}
+
+// STUB(ctl): wip/s3-reload's `ReloadAnswer` replaces this one at merge.
+/// How a [`Handle::reload_now`] went: `ok`, and the lines that say what changed or what failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadAnswer {
+    pub ok: bool,
+    pub lines: Vec<String>,
 }
 
 /// How the drain ended.
@@ -177,10 +199,21 @@ impl Server {
             }
             None => None,
         };
+        let control = match &config.process.control_socket {
+            Some(socket) => {
+                let handle = Handle {
+                    shutdown: Arc::clone(&process.shutdown),
+                    reload: services.iter().map(|s| s.reload.clone()).collect(),
+                };
+                Some(control_socket::start(socket, &services, &process, handle)?)
+            }
+            None => None,
+        };
         Ok(Server {
             services,
             process,
             metrics_addr,
+            control,
         })
     }
 
@@ -219,7 +252,10 @@ impl Server {
             info!("{}", s.ready_line);
         }
         let Server {
-            services, process, ..
+            services,
+            process,
+            control,
+            ..
         } = self;
         let mut listeners = Vec::with_capacity(services.len());
         let mut inherited = Vec::new();
@@ -265,7 +301,10 @@ impl Server {
         // wait there for the next instance it starts, and a SYN filter would outlive this process.
         drop(listeners.split_off(split));
         close_listeners(listeners, &workers);
-        Ok(drain(&process, services))
+        let drained = drain(&process, services);
+        // Its thread ends and its file goes only now: it answered through the drain.
+        drop(control);
+        Ok(drained)
     }
 }
 

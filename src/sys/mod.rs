@@ -5,6 +5,7 @@
 //! - [`poll`]: waiting for readiness with a deadline (poll(2));
 //! - [`socket`]: binding with a backlog, socket options, closing a listener without resets, the
 //!   accept-error backoff, the open-file and thread limits, UNIX peer credentials and groups;
+//! - [`peer`]: a UNIX peer's supplementary groups (SO_PEERGROUPS) and this process's uid;
 //! - [`systemd`]: taking over a listening TCP or UNIX socket systemd passed (socket activation);
 //! - [`memory`]: giving a quiet connection's stack pages, OpenSSL thread state and heap back;
 //! - [`ossl_ext`]: every raw libssl/libcrypto call the openssl crate lacks (as pingora's `ext.rs`).
@@ -18,6 +19,7 @@
 
 pub mod memory;
 pub mod ossl_ext;
+pub mod peer;
 pub mod poll;
 pub mod socket;
 pub mod systemd;
@@ -28,6 +30,7 @@ pub use ossl_ext::{
     set_ticket_keys,
 };
 pub(crate) use ossl_ext::{add_crl, as_time, on_ticket_decrypted};
+pub use peer::{effective_uid, peer_groups};
 pub use poll::{Interest, poll, pollfd, wait};
 pub use socket::{
     AcceptStep, BoundUnix, PeerCred, Socket, Stream, accept_backoff, bind, bind_unix, group_id,

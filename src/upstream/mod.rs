@@ -122,6 +122,19 @@ impl Upstream {
         all
     }
 
+    /// Every address of the set now, each with whether it is up (not skipped after a failed
+    /// connect), for the control socket's `status`.
+    pub(crate) fn health(&self) -> Vec<(String, bool)> {
+        let now = Instant::now();
+        self.addrs()
+            .into_iter()
+            .map(|addr| {
+                let up = !self.health.is_down(&addr, now);
+                (addr.to_string(), up)
+            })
+            .collect()
+    }
+
     /// The start-up line's description: the addresses, the balance, the retry.
     pub(crate) fn describe(&self) -> String {
         format!(

@@ -23,6 +23,7 @@ mod cipher_policy;
 mod client_flags;
 mod client_mode;
 mod config_file;
+mod control;
 mod docs_reference;
 mod dual_stack;
 mod gen_ca;

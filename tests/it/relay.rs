@@ -66,6 +66,7 @@ fn bounded(idle: Duration) -> relay::Bounds<'static> {
         end_by: None,
         shutdown: never(),
         stop: None,
+        live: None,
     }
 }
 
@@ -521,6 +522,7 @@ fn the_end_of_the_drain_closes_both_ends_in_order() {
             end_by: None,
             shutdown: &relay_shutdown,
             stop: None,
+            live: None,
         };
         relay::forward(tls, &mut up, &[], &bounds)
     });

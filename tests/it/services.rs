@@ -67,6 +67,7 @@ impl Running {
                 log_failed_handshakes: None,
                 max_connections,
                 log_format: LogFormat::Text,
+                control_socket: None,
             },
             services,
         };

@@ -9,6 +9,7 @@
 use super::{Phase, close_plain};
 use crate::connection::gate::Gate;
 use crate::connection::handshake::originate;
+use crate::connection::registry::Registered;
 use crate::connection::report::{Outcome, Report};
 use crate::relay::Endpoint;
 use crate::sys::{Socket, Stream};
@@ -21,6 +22,7 @@ pub(crate) fn run<S: Socket + Endpoint>(
     connector: &Connector,
     gate: &Gate,
     phase: &Phase<'_>,
+    registered: &mut Registered<'_>,
     report: &mut Report,
 ) -> Result<(), Outcome> {
     let up = match phase.connect(upstream, report) {
@@ -31,8 +33,12 @@ pub(crate) fn run<S: Socket + Endpoint>(
         }
     };
     let result = match up {
-        Stream::Tcp(up) => originate_and_relay(&mut plain, up, connector, gate, phase, report),
-        Stream::Unix(up) => originate_and_relay(&mut plain, up, connector, gate, phase, report),
+        Stream::Tcp(up) => {
+            originate_and_relay(&mut plain, up, connector, gate, phase, registered, report)
+        }
+        Stream::Unix(up) => {
+            originate_and_relay(&mut plain, up, connector, gate, phase, registered, report)
+        }
     };
     if report.handshake.is_none() {
         close_plain(&mut plain, phase.shutdown);
@@ -46,6 +52,7 @@ fn originate_and_relay<S: Socket + Endpoint, U: Socket>(
     connector: &Connector,
     gate: &Gate,
     phase: &Phase<'_>,
+    registered: &mut Registered<'_>,
     report: &mut Report,
 ) -> Result<(), Outcome> {
     let deadline = phase.accepted + phase.settings.handshake_timeout;
@@ -62,6 +69,7 @@ fn originate_and_relay<S: Socket + Endpoint, U: Socket>(
     )?;
     report.handshake = Some(phase.accepted.elapsed());
     report.record_tls(tls.ssl());
+    registered.originated(tls.ssl(), report.sni.clone());
     report.server = tls
         .ssl()
         .peer_certificate()

@@ -20,10 +20,11 @@ use log::info;
 use openssl::ssl::{ShutdownResult, SslAcceptor, SslStream};
 
 use super::handshake::drive;
+use super::registry::CLOSED_BY_CONTROL;
 use super::report::{Outcome, Report};
 use crate::config::{Mode, ProxyProtocol};
 use crate::limits::LINGER_BYTES;
-use crate::relay::{self, Endpoint, Io, RelayEnd, RelayResult};
+use crate::relay::{self, Endpoint, Io, Live, RelayEnd, RelayResult};
 use crate::shutdown::{Shutdown, Stop, Wake};
 use crate::sys::{Socket, Stream};
 use crate::tls::{Connector, Side};
@@ -173,6 +174,18 @@ impl Plan {
         self.name
     }
 
+    /// The upstream set, in forward and client modes.
+    pub(crate) fn upstream(&self) -> Option<&Arc<Upstream>> {
+        match &self.route {
+            Route::Originate { upstream, .. }
+            | Route::Terminate {
+                phase: Served::Forward { upstream, .. },
+                ..
+            } => Some(upstream),
+            Route::Terminate { .. } => None,
+        }
+    }
+
     /// Where a reload puts the new context.
     pub(crate) fn contexts(&self) -> Contexts {
         match &self.route {
@@ -238,9 +251,12 @@ pub(crate) struct Phase<'a> {
     /// (`None` without one, or for a LOCAL header): what a PROXY header towards the upstream
     /// names as the destination, in place of this socket's own address.
     pub(crate) announced_dst: Option<SocketAddr>,
-    /// Ends the relay when asked (a reload revoked the client's certificate); `None` before the
-    /// connection is in the registry.
+    /// Ends the relay when asked (a reload revoked the client's certificate, an operator closed
+    /// it); `None` outside the registry.
     pub(crate) stop: Option<&'a Stop>,
+    /// Where the relay publishes its counts for the control socket (and the upstream connected
+    /// to); `None` outside the registry (tests).
+    pub(crate) live: Option<&'a Live>,
 }
 
 impl Phase<'_> {
@@ -258,6 +274,9 @@ impl Phase<'_> {
         match upstream.connect(attempt) {
             Ok((stream, addr)) => {
                 report.upstream = Some(addr.to_string());
+                if let Some(live) = self.live {
+                    live.connected_to(&addr.to_string());
+                }
                 Ok(stream)
             }
             Err(_) if self.shutdown.is_cut() => Err(Outcome::Shutdown),
@@ -275,6 +294,7 @@ impl Phase<'_> {
             end_by: self.settings.max_lifetime.map(|max| self.accepted + max),
             shutdown: self.shutdown,
             stop: self.stop,
+            live: self.live,
         }
     }
 
@@ -301,6 +321,7 @@ fn relayed(result: RelayResult, report: &mut Report) -> Result<(), Outcome> {
         RelayEnd::IdleTimeout => Err(Outcome::Timeout("idle")),
         RelayEnd::Lifetime => Err(Outcome::Timeout("lifetime")),
         RelayEnd::Shutdown => Err(Outcome::Shutdown),
+        RelayEnd::Stopped(reason) if reason == CLOSED_BY_CONTROL => Err(Outcome::Closed("control")),
         RelayEnd::Stopped(reason) => Err(Outcome::Revoked(reason)),
         RelayEnd::ClientError(reason) | RelayEnd::Poll(reason) => Err(Outcome::Io(reason)),
         RelayEnd::UpstreamError(reason) => Err(Outcome::Upstream(reason)),
