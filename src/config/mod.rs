@@ -44,8 +44,8 @@ pub use cidr::Cidr;
 pub use errors::ArgsError;
 pub use types::{
     AcceptProxy, AccessRules, Balance, ClientAuth, Config, DEFAULT_LISTEN_MODE, DEFAULT_SERVICE,
-    Identity, Limits, Listen, Mode, Process, ProxyProtocol, Service, SniSpec, TlsProfile,
-    TlsSettings, UNIX_PREFIX, UnixListen, UpstreamTls, Upstreams,
+    Identity, Limits, Listen, Mode, Process, ProxyProtocol, Route, RouteTls, Service, SniSpec,
+    TlsProfile, TlsSettings, UNIX_PREFIX, UnixListen, UpstreamTls, Upstreams,
 };
 pub use validate::{is_dns_name, seconds};
 
