@@ -181,6 +181,9 @@ pub(crate) struct Report {
     pub(crate) upstream: Option<String>,
     /// Whether the handshake resumed an earlier session.
     pub(crate) resumed: Option<bool>,
+    /// The `[[service.route]]` that served the connection, by name; on the line as `route=`,
+    /// after `mode=` (before `upstream=`), and only then.
+    pub(crate) route: Option<String>,
     pub(crate) bytes_in: u64,
     pub(crate) bytes_out: u64,
     pub(crate) elapsed: Duration,
@@ -211,6 +214,7 @@ impl Report {
             server: None,
             upstream: None,
             resumed: None,
+            route: None,
             bytes_in: 0,
             bytes_out: 0,
             elapsed: Duration::ZERO,
@@ -298,6 +302,9 @@ impl fmt::Display for Report {
             quoted(&self.service),
             self.mode,
         )?;
+        if let Some(route) = &self.route {
+            write!(f, " route={}", quoted(route))?;
+        }
         if let Some(upstream) = &self.upstream {
             write!(f, " upstream={}", quoted(upstream))?;
         }
