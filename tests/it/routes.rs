@@ -8,15 +8,17 @@
 //! On the binary, with the real `openssl s_client`; what is observed is what the client gets (the
 //! certificate, the upstream's words, alerts, `Reused`) and the `conn` lines.
 
-use std::io::Write;
-use std::net::{SocketAddr, TcpListener};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::thread;
 
+use openssl::ssl::{SslConnector, SslFiletype, SslMethod, SslStream, SslVerifyMode};
+
 use crate::support::{
-    CertPair, Server, binary, brief_field, default_certs, mtls, refused_start, s_client,
-    s_client_full, write_cert_for,
+    CertPair, PATIENCE, Server, binary, brief_field, default_certs, mtls, read_to_close_notify,
+    refused_start, s_client, s_client_full, write_cert_for,
 };
 
 /// A plaintext upstream that answers every connection with `who` and closes.
@@ -395,4 +397,74 @@ fn check_names_each_routes_certificate_and_upstream() {
         errors.iter().any(|l| l.contains("no-such-host.invalid")),
         "{errors:#?}"
     );
+}
+
+/// Connects asking for `name`, presenting the gen-ca.sh client certificate `client`, and echoes
+/// once: the handshake is done and the connection is in its data phase (and in the registry).
+fn echo_as(server: &Server, name: &str, client: &str) -> SslStream<TcpStream> {
+    let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    // The route certificates are self-signed; what is under test is the client's.
+    b.set_verify(SslVerifyMode::NONE);
+    b.set_certificate_chain_file(mtls(&format!("{client}-cert.pem")))
+        .unwrap();
+    b.set_private_key_file(mtls(&format!("{client}-key.pem")), SslFiletype::PEM)
+        .unwrap();
+    let tcp = TcpStream::connect(server.addr).unwrap();
+    tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut tls = b.build().connect(name, tcp).unwrap();
+    echoes(&mut tls, client.as_bytes());
+    tls
+}
+
+fn echoes(tls: &mut SslStream<TcpStream>, data: &[u8]) {
+    tls.write_all(data).unwrap();
+    let mut back = vec![0u8; data.len()];
+    tls.read_exact(&mut back).unwrap();
+    assert_eq!(back, data);
+}
+
+#[test]
+fn a_reload_checks_a_route_s_connections_against_the_route_s_rules() {
+    let setup = Setup::new();
+    let crl = crate::support::empty_crl_of_test_ca(
+        setup.dir.path(),
+        "empty-crl.pem",
+        &["-crldays", "30"],
+    );
+    // The service lets in CN=client; route a.test the api workload and CN=revoked; b.test
+    // inherits the service's rule.
+    let text = format!(
+        "[[service]]\nname = \"front\"\nlisten = \"127.0.0.1:0\"\nmode = \"echo\"\n{}client-ca = {:?}\ncrl = {:?}\nallow-cn = \"client\"\n\
+         [[service.route]]\nsni = \"a.test\"\n{}allow-uri = \"spiffe://example.org/service/api\"\nallow-cn = \"revoked\"\n\
+         [[service.route]]\nsni = \"b.test\"\n{}",
+        keys(default_certs()),
+        mtls("ca-cert.pem"),
+        crl.display().to_string(),
+        keys(&setup.a),
+        keys(&setup.b),
+    );
+    let path = setup.dir.path().join("echo.toml");
+    std::fs::write(&path, text).unwrap();
+    let server = serve(&path);
+    let mut api = echo_as(&server, "a.test", "api");
+    let mut revoked = echo_as(&server, "a.test", "revoked");
+    let mut client = echo_as(&server, "b.test", "client");
+
+    // The CRL now revokes CN=revoked: that connection ends; the api workload's, which the
+    // service's own rule would refuse, stays, as its route lets it in.
+    let beside = crl.with_extension("new");
+    std::fs::write(&beside, std::fs::read(mtls("crl.pem")).unwrap()).unwrap();
+    std::fs::rename(&beside, &crl).unwrap();
+    server.signal(libc::SIGHUP);
+    let line = server.logs.wait_for(&["reload ok"]);
+    assert!(
+        line.contains("closed 1 connection(s) whose certificate is no longer accepted"),
+        "{line}"
+    );
+    assert_eq!(read_to_close_notify(&mut revoked), b"");
+    let conn = server.logs.wait_for(&["conn ", "result=revoked"]);
+    assert!(conn.contains("client=\"CN=revoked\""), "{conn}");
+    assert!(conn.contains(" route=a.test "), "{conn}");
+    echoes(&mut api, b"still here");
+    echoes(&mut client, b"still here");
 }
