@@ -4,7 +4,8 @@
 //! The shape: an optional `[process]` table (the process-wide keys: `metrics-listen`,
 //! `log-failed-handshakes`, and `max-connections` as a cap over every service), an optional
 //! `[defaults]` table (any service key, inherited by every service), and `[[service]]` tables,
-//! each with a unique `name` and any service key. A key's value is what the flag takes: a string,
+//! each with a unique `name` and any service key, and its `[[service.route]]` tables (SNI routes,
+//! read by `route.rs` beside this file). A key's value is what the flag takes: a string,
 //! a number where the flag takes a number (or its string form), a boolean where the flag is a
 //! switch (or one of the strings the switch's variable takes), and an array where the flag is
 //! repeatable (or one string). The key list is the flags' list, read from clap, so a new flag is a
