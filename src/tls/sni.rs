@@ -14,6 +14,7 @@ use openssl::ssl::{
     ClientHelloResponse, NameType, Ssl, SslAcceptorBuilder, SslAlert, SslContext, SslRef,
 };
 
+use super::access::adopt_verify_mode;
 use crate::config::{AccessRules, TlsSettings, is_dns_name};
 use crate::sys::{client_hello_ext, set_session_id_context};
 
@@ -170,6 +171,7 @@ impl Names {
             Some(named) => {
                 ssl.set_ssl_context(&named.context)
                     .map_err(|_| SslAlert::HANDSHAKE_FAILURE)?;
+                adopt_verify_mode(ssl);
                 verification = &named.verification;
             }
             None if self.strict

@@ -468,3 +468,42 @@ fn a_reload_checks_a_route_s_connections_against_the_route_s_rules() {
     echoes(&mut api, b"still here");
     echoes(&mut client, b"still here");
 }
+
+#[test]
+fn a_route_with_rules_requires_a_certificate_where_the_service_does_not() {
+    let setup = Setup::new();
+    let ups = [says("default"), says("upstream a"), says("upstream b")];
+    // Client certificates are optional on the service and it has no rules; route a.test has.
+    let service = format!(
+        "{}client-ca = {:?}\n",
+        keys(default_certs()),
+        mtls("ca-cert.pem")
+    );
+    let server = serve(&setup.file(ups, &service, "", "allow-cn = \"client\""));
+    for version in ["-tls1_3", "-tls1_2"] {
+        assert_eq!(reached(&ask(&server, "localhost", &[version])).0, "default");
+        assert_eq!(reached(&ask(&server, "b.test", &[version])).0, "upstream b");
+        let out = ask(&server, "a.test", &[version]);
+        assert!(
+            out.stdout.is_empty(),
+            "{version}: served without a certificate: {out:?}"
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        // Refused in the handshake, with the alert OpenSSL sends for a missing certificate.
+        assert!(
+            err.contains("certificate required") || err.contains("handshake failure"),
+            "{version}: {err}"
+        );
+        let mut with = as_client("client");
+        with.push(version.into());
+        let with: Vec<&str> = with.iter().map(String::as_str).collect();
+        assert_eq!(reached(&ask(&server, "a.test", &with)).0, "upstream a");
+    }
+    let refused = server
+        .logs
+        .wait_for_n(&["result=handshake_failed", "sni=a.test "], 2);
+    assert!(
+        refused.iter().all(|l| l.contains("kind=client_cert")),
+        "{refused:#?}"
+    );
+}
