@@ -40,6 +40,19 @@ pub(super) fn check(r: &mut Report<'_>, settings: &TlsSettings) {
                     sni_covered(r, spec, leaf);
                 }
             }
+            // A route's certificate is checked as an --sni one is: key, chain, expiry, name.
+            for route in &settings.routes {
+                if let Some(chain) = identity(r, &route.cert, &route.key)
+                    && let Some(leaf) = chain.first()
+                {
+                    let spec = SniSpec {
+                        name: route.sni.clone(),
+                        cert: route.cert.clone(),
+                        key: route.key.clone(),
+                    };
+                    sni_covered(r, &spec, leaf);
+                }
+            }
             if let Some(auth) = &settings.client_auth {
                 client_auth(r, auth);
             }

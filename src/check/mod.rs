@@ -1,10 +1,10 @@
 //! `securesock check`: a dry run, like `nginx -t` and `hitch --test`, that also checks what they
 //! don't. It takes the validated settings and reports, one line per finding, everything start-up
 //! would refuse and what an operator should act on before it bites: each key against its
-//! certificate, the chain's order, days until each certificate expires, every `--sni` name against
-//! its certificate's names, the client CA, CRL, OCSP response and ticket-key files, the TLS context
-//! exactly as start-up builds it, the upstream's addresses, and whether each listen address is
-//! free (and if not, which process holds it).
+//! certificate, the chain's order, days until each certificate expires, every `--sni` and route
+//! name against its certificate's names, the client CA, CRL, OCSP response and ticket-key files,
+//! the TLS context exactly as start-up builds it, the upstreams' addresses (each route's too), and
+//! whether each listen address is free (and if not, which process holds it).
 //!
 //! The output, on stdout, one line per finding:
 //!
@@ -143,6 +143,11 @@ fn check_service(service: &Service) -> Vec<Finding> {
     certs::check(&mut report, &service.tls);
     if let Some(set) = service.mode.upstream() {
         // Each address of the set on its own line: one that does not resolve is named.
+        for spec in &set.addrs {
+            listen::upstream(&mut report, spec, set);
+        }
+    }
+    for set in service.routes.iter().filter_map(|r| r.upstream.as_ref()) {
         for spec in &set.addrs {
             listen::upstream(&mut report, spec, set);
         }

@@ -4,7 +4,8 @@
 //! The shape: an optional `[process]` table (the process-wide keys: `metrics-listen`,
 //! `log-failed-handshakes`, and `max-connections` as a cap over every service), an optional
 //! `[defaults]` table (any service key, inherited by every service), and `[[service]]` tables,
-//! each with a unique `name` and any service key. A key's value is what the flag takes: a string,
+//! each with a unique `name` and any service key, and its `[[service.route]]` tables (SNI routes,
+//! read by `route.rs` beside this file). A key's value is what the flag takes: a string,
 //! a number where the flag takes a number (or its string form), a boolean where the flag is a
 //! switch (or one of the strings the switch's variable takes), and an array where the flag is
 //! repeatable (or one string). The key list is the flags' list, read from clap, so a new flag is a
@@ -34,6 +35,8 @@ use super::keys::{
     Kind, NAME, NOT_KEYS, PROCESS_ONLY, PROCESS_TOO, Place, ROUTE, kind, service_name, switch,
     takes, type_name, unknown, value_name,
 };
+
+mod route;
 use super::types::{Config, Listen, Process, Service};
 
 /// One table's keys and their values, with where each stands in the file.
@@ -47,6 +50,20 @@ struct Document {
     defaults: Option<Spanned<Table>>,
     #[serde(default)]
     service: Vec<Spanned<Table>>,
+}
+
+/// The file again, for each service's `[[service.route]]` tables alone: read this way, every key
+/// and value inside a route keeps its position, which a nested value of [`Table`] does not.
+#[derive(Deserialize)]
+struct RouteDocument {
+    #[serde(default)]
+    service: Vec<ServiceRoutes>,
+}
+
+#[derive(Deserialize)]
+struct ServiceRoutes {
+    #[serde(default)]
+    route: Vec<Spanned<Table>>,
 }
 
 /// A refusal and the bytes of the file it is about.
@@ -115,6 +132,12 @@ fn parse(text: &str) -> Result<Config, Located> {
             e.message().trim().replace('\n', "; "),
         )
     })?;
+    let routes: RouteDocument = toml::from_str(text).map_err(|e| {
+        at(
+            e.span().unwrap_or(0..0),
+            e.message().trim().replace('\n', "; "),
+        )
+    })?;
     let flags = Flags::new();
     let process = match &doc.process {
         Some(table) => flags.process(table)?,
@@ -132,7 +155,8 @@ fn parse(text: &str) -> Result<Config, Located> {
     }
     let mut names: HashMap<String, Range<usize>> = HashMap::new();
     let mut services: Vec<Service> = Vec::with_capacity(doc.service.len());
-    for table in &doc.service {
+    for (i, table) in doc.service.iter().enumerate() {
+        let route_tables = routes.service.get(i).map_or(&[][..], |s| &s.route[..]);
         let table = flags.service(table, &defaults)?;
         if let Some(first) = names.get(&table.name) {
             let (line, _) = line_column(text, first.start);
@@ -145,7 +169,9 @@ fn parse(text: &str) -> Result<Config, Located> {
             ));
         }
         names.insert(table.name.clone(), table.at.clone());
-        let service = flags.validate(&table)?;
+        let mut service = flags.validate(&table)?;
+        service.routes = route::routes(&flags, route_tables, &service)?;
+        service.tls.routes = service.routes.iter().map(|r| r.tls.clone()).collect();
         // Port 0 is a fresh port for each socket, so services on it never collide.
         let any_port = matches!(&service.listen, Listen::Tcp(a) if a.port() == 0);
         if let Some(other) = services
@@ -296,10 +322,14 @@ impl Flags {
                 continue;
             }
             if name == ROUTE {
-                return Err(at(
-                    key.span(),
-                    "[[service.route]] (SNI routes with their own upstream and access rules) is not supported yet (accepted: the --sni key, NAME=CERT,KEY)",
-                ));
+                if place == Place::Defaults {
+                    return Err(at(
+                        key.span(),
+                        "routes belong in a [[service]] ([[service.route]]), not in [defaults] (each is one listener's)",
+                    ));
+                }
+                // Read with their positions by `route::routes`.
+                continue;
             }
             if PROCESS_ONLY.contains(&name) {
                 return Err(at(
@@ -715,8 +745,8 @@ mod tests {
                 "6:10: service 'b' listens on 127.0.0.1:1 as service 'a' does",
             ),
             (
-                "[[service]]\nname = \"a\"\n[[service.route]]\nsni = \"a.test\"",
-                "3:11: [[service.route]] (SNI routes",
+                "[defaults]\n[[defaults.route]]\nsni = \"a.test\"\n[[service]]\nname = \"a\"",
+                "2:12: routes belong in a [[service]]",
             ),
             (
                 "[process]\nmetrics-listen = \"9100\"\n[[service]]\nname = \"a\"",

@@ -26,8 +26,22 @@ pub(super) const PROCESS_TOO: [&str; 1] = ["max-connections"];
 pub(super) const NOT_KEYS: [&str; 3] = ["config", "help", "version"];
 /// The service key that is no flag: the name in its log lines and metrics.
 pub(super) const NAME: &str = "name";
-/// SNI routes inside a service (issue 19 item 3), not built yet.
+/// A service's `[[service.route]]` tables: SNI routes inside its listener.
 pub(super) const ROUTE: &str = "route";
+/// The keys of a `[[service.route]]`: `name` (else the sni names it), and the long flags a route
+/// may have its own value of.
+pub(super) const ROUTE_KEYS: [&str; 10] = [
+    NAME,
+    "sni",
+    "cert",
+    "key",
+    "upstream",
+    "balance",
+    "allow-cn",
+    "allow-ou",
+    "allow-dns",
+    "allow-uri",
+];
 
 /// Where a table stands in the file, for the messages about its keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +49,7 @@ pub(super) enum Place {
     Process,
     Defaults,
     Service,
+    Route,
 }
 
 impl Place {
@@ -43,6 +58,7 @@ impl Place {
             Place::Process => "[process]",
             Place::Defaults => "[defaults]",
             Place::Service => "[[service]]",
+            Place::Route => "[[service.route]]",
         }
     }
 }

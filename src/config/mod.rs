@@ -14,7 +14,7 @@
 //!   flattened struct per `--help` heading (listen, mode, TLS, client authentication, upstream,
 //!   limits, operations): flag names, variables, defaults, help;
 //! - `file.rs`: `--config FILE`, a TOML file whose keys are the long flags' names, through the same
-//!   raw groups and checks; `keys.rs`: which flags are its keys and the TOML types each takes;
+//!   raw groups and checks (`file/route.rs`: its `[[service.route]]` tables); `keys.rs`: which flags are its keys and the TOML types each takes;
 //!   `read.rs`: the bounded read of that file;
 //! - `validate.rs`: raw group values to typed settings, one function per group;
 //! - `types.rs`: every settings type the rest of the server reads;
@@ -45,8 +45,8 @@ pub use errors::ArgsError;
 pub use types::{
     AcceptProxy, AccessRules, Balance, ClientAuth, Config, ControlSocket, DEFAULT_CONTROL_SOCKET,
     DEFAULT_LISTEN_MODE, DEFAULT_SERVICE, Identity, Limits, Listen, LogFormat, Mode, Process,
-    ProxyProtocol, Service, SniSpec, TlsProfile, TlsSettings, UNIX_PREFIX, UnixListen, UpstreamTls,
-    Upstreams,
+    ProxyProtocol, Route, RouteTls, Service, SniSpec, TlsProfile, TlsSettings, UNIX_PREFIX,
+    UnixListen, UpstreamTls, Upstreams,
 };
 pub use validate::{is_dns_name, seconds};
 

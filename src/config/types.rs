@@ -209,6 +209,34 @@ pub struct TlsSettings {
     pub ticket_keys: Option<PathBuf>,
     /// A DER OCSP response for the default certificate, stapled when a client asks.
     pub ocsp_response: Option<PathBuf>,
+    /// What TLS needs of each `[[service.route]]`, in [`Service::routes`]' order (a route's
+    /// index is the same in both): its name, certificate and access rules. Here so that a reload,
+    /// which rebuilds the context from these settings alone, rebuilds the routes' too.
+    pub routes: Vec<RouteTls>,
+}
+
+/// One `[[service.route]]`: a server name (exact, or `*.domain`) inside the service's listener
+/// with its own certificate, and optionally its own upstream set (forward mode) and access rules.
+/// Connections whose name no route is for get the service's own certificate, upstream and rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The route's certificate, name and rules: what [`TlsSettings::routes`] holds for it.
+    pub tls: RouteTls,
+    /// The route's own upstream set; `None`: the service's.
+    pub upstream: Option<Upstreams>,
+}
+
+/// A route's side of TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteTls {
+    /// Unique within the service: the `conn` line's `route=` (the `name` key, else the sni).
+    pub name: String,
+    /// Lower-case DNS name, or `*.domain` for any one label in front of `domain`.
+    pub sni: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The route's own access rules; `None`: the service's.
+    pub allow: Option<AccessRules>,
 }
 
 /// Client mode's side of TLS: what the upstream's certificate is checked against and what this
@@ -293,6 +321,10 @@ impl TlsSettings {
         for s in &self.sni {
             files.push(s.cert.clone());
             files.push(s.key.clone());
+        }
+        for r in &self.routes {
+            files.push(r.cert.clone());
+            files.push(r.key.clone());
         }
         files.extend(self.ticket_keys.clone());
         files.extend(self.ocsp_response.clone());
@@ -412,6 +444,9 @@ pub struct Service {
     pub ticket_key_rotation: Option<Duration>,
     /// Inbound PROXY protocol, when connections come through a load balancer that sends it.
     pub accept_proxy: Option<AcceptProxy>,
+    /// `[[service.route]]` tables: names with their own certificate, upstream and rules (only a
+    /// configuration file has them; flags alone give none).
+    pub routes: Vec<Route>,
 }
 
 /// `--accept-proxy`: every connection opens with a PROXY header.

@@ -60,6 +60,7 @@ impl Args {
                 watch_interval: ops.watch_interval,
                 ticket_key_rotation: tls.ticket_key_rotation,
                 accept_proxy: listening.accept_proxy,
+                routes: Vec::new(),
             }],
         })
     }
@@ -179,7 +180,7 @@ pub(super) struct UpstreamPart {
 
 /// The upstream set of the relaying modes: each `--upstream` address checked (empty items of a
 /// comma list are left out), with `--balance`, `--upstream-retry` and `--upstream-resolve`.
-fn upstream_set(raw: &UpstreamArgs) -> Result<Upstreams, String> {
+pub(super) fn upstream_set(raw: &UpstreamArgs) -> Result<Upstreams, String> {
     let addrs = raw
         .upstream
         .iter()
@@ -410,6 +411,7 @@ pub(super) fn tls(
             allow: client.allow,
             ticket_keys: raw.ticket_key_file,
             ocsp_response: raw.ocsp_response,
+            routes: Vec::new(),
         },
         ticket_key_rotation,
     })
@@ -601,6 +603,16 @@ pub fn is_dns_name(name: &[u8]) -> bool {
     !name.is_empty() && name.len() <= 253 && name.split(|b| *b == b'.').all(label)
 }
 
+/// What a server name for a certificate must be, as the refusals say it.
+pub(super) const SNI_NAME: &str = "the name must be a DNS name, or *. followed by one";
+
+/// A `--sni` or route name, lower-cased: a DNS name, or `*.` and one; `None` when it is neither.
+pub(super) fn sni_name(name: &str) -> Option<String> {
+    let name = name.trim().to_ascii_lowercase();
+    let bare = name.strip_prefix("*.").unwrap_or(&name);
+    is_dns_name(bare.as_bytes()).then_some(name)
+}
+
 /// Parses `NAME=CERT,KEY`.
 fn sni_spec(value: &str) -> Result<SniSpec, String> {
     let bad = |why: &str| format!("bad --sni '{value}': {why} (expected NAME=CERT,KEY)");
@@ -608,11 +620,7 @@ fn sni_spec(value: &str) -> Result<SniSpec, String> {
     let (cert, key) = files
         .split_once(',')
         .ok_or_else(|| bad("no ',' between certificate and key"))?;
-    let name = name.trim().to_ascii_lowercase();
-    let bare = name.strip_prefix("*.").unwrap_or(&name);
-    if !is_dns_name(bare.as_bytes()) {
-        return Err(bad("the name must be a DNS name, or *. followed by one"));
-    }
+    let name = sni_name(name).ok_or_else(|| bad(SNI_NAME))?;
     if cert.is_empty() || key.is_empty() {
         return Err(bad("empty file name"));
     }

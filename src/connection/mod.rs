@@ -177,6 +177,9 @@ fn serve<S: Socket + Endpoint>(
     )?;
 
     let ssl = tls.ssl();
+    // The route the ClientHello chose: its name for the line, its upstream set below.
+    let route = crate::tls::route(ssl);
+    report.route = route.map(|(_, name)| name.to_string());
     if let Some(why) = crate::tls::access_refusal(ssl) {
         // Reached only when the ticket hook could not refuse the client first (TLS 1.2 is
         // refused while verifying; a TLS 1.3 client that takes no ticket comes here): no
@@ -203,9 +206,12 @@ fn serve<S: Socket + Endpoint>(
     match served {
         Served::Greet { greeting } => mode::greet::run(tls, greeting, phase, report),
         Served::Echo => mode::echo::run(tls, phase, report),
-        Served::Forward {
-            upstream,
-            proxy_protocol,
-        } => mode::forward::run(tls, upstream, *proxy_protocol, phase, report),
+        Served::Forward { proxy_protocol, .. } => {
+            // Forward always has a set: its own, or the route's.
+            let Some(upstream) = served.forward_upstream(route.map(|(i, _)| i)) else {
+                return Err(Outcome::Io("forward mode without an upstream".into()));
+            };
+            mode::forward::run(tls, upstream, *proxy_protocol, phase, report)
+        }
     }
 }

@@ -196,6 +196,9 @@ pub(crate) struct Report {
     pub(crate) upstream: Option<String>,
     /// Whether the handshake resumed an earlier session.
     pub(crate) resumed: Option<bool>,
+    /// The `[[service.route]]` that served the connection, by name; on the line as `route=`,
+    /// after `mode=` (before `upstream=`), and only then.
+    pub(crate) route: Option<String>,
     pub(crate) bytes_in: u64,
     pub(crate) bytes_out: u64,
     pub(crate) elapsed: Duration,
@@ -226,6 +229,7 @@ impl Report {
             server: None,
             upstream: None,
             resumed: None,
+            route: None,
             bytes_in: 0,
             bytes_out: 0,
             elapsed: Duration::ZERO,
@@ -305,6 +309,9 @@ impl Report {
         fields.push("resumed", self.resumed.map_or(Value::Absent, Value::Flag));
         fields.push("service", Value::Text(Cow::Borrowed(&self.service)));
         fields.push("mode", Value::Word(Cow::Borrowed(self.mode)));
+        if let Some(route) = &self.route {
+            fields.push("route", Value::Text(Cow::Borrowed(route)));
+        }
         if let Some(upstream) = &self.upstream {
             fields.push("upstream", Value::Text(Cow::Borrowed(upstream)));
         }

@@ -93,13 +93,15 @@ fn end_refused(
     registry: &Registry,
     service: &str,
     acceptor: &SslAcceptor,
-    rules: &AccessRules,
+    settings: &TlsSettings,
 ) -> usize {
     let mut ends = Vec::new();
     for entry in registry.snapshot(service) {
         let Some(client) = &entry.client else {
             continue;
         };
+        // A connection on a [[service.route]] is checked against that route's rules.
+        let rules = tls::rules_for(settings, entry.sni.as_deref());
         match tls::still_refused(acceptor, rules, &client.leaf, &client.chain) {
             Ok(None) => {}
             Ok(Some(why)) => {
@@ -184,7 +186,7 @@ pub(crate) fn reload(
                         &serving.registry,
                         serving.metrics.service(),
                         &acceptor,
-                        &settings.allow,
+                        settings,
                     );
                     metrics.revoked(n);
                     closed = format!(

@@ -89,6 +89,12 @@ pub(super) fn bind(
         .mode
         .clone()
         .try_map_upstream(|spec| Upstream::resolve(&spec))?;
+    // Each route's own set, resolved as the service's is, by route index.
+    let route_upstreams = service
+        .routes
+        .iter()
+        .map(|r| r.upstream.as_ref().map(Upstream::resolve).transpose())
+        .collect::<Result<Vec<_>>>()?;
     let (listener, inherited) = match inherited {
         Some(inherited) => (Listener::inherited(inherited)?, true),
         None => (Listener::bind(&service.listen, service.backlog)?, false),
@@ -117,7 +123,7 @@ pub(super) fn bind(
     let shared = Arc::new(Shared {
         connections: Context {
             service: Arc::from(service.name.as_str()),
-            plan: Plan::new(mode, side)?,
+            plan: Plan::new(mode, side)?.with_route_upstreams(route_upstreams),
             settings: Settings {
                 handshake_timeout: service.limits.handshake_timeout,
                 idle_timeout: service.limits.idle_timeout,

@@ -13,7 +13,7 @@ use openssl::nid::Nid;
 use openssl::ssl::{
     ExtensionContext, SslAcceptorBuilder, SslAlert, SslContext, SslRef, SslVerifyMode, SslVersion,
 };
-use openssl::x509::{X509Ref, X509StoreContext, X509VerifyResult};
+use openssl::x509::{X509Ref, X509StoreContext, X509StoreContextRef, X509VerifyResult};
 
 use super::x509_text::{alt_names, common_name_count, subject};
 use crate::config::AccessRules;
@@ -129,6 +129,55 @@ pub fn take_refusal() -> Option<String> {
     REFUSAL.with(|r| r.borrow_mut().take())
 }
 
+/// The TLS 1.2 verify callback of [`restrict_clients`]: the leaf must match the rules of the
+/// context the connection is on (TLS 1.3 clients are checked by the ticket hook instead).
+fn verify_by_context(ok: bool, store: &mut X509StoreContextRef) -> bool {
+    if !ok || store.error_depth() != 0 {
+        return ok;
+    }
+    let Some(ssl) = X509StoreContext::ssl_idx()
+        .ok()
+        .and_then(|idx| store.ex_data(idx))
+    else {
+        return ok;
+    };
+    if ssl.version2() == Some(SslVersion::TLS1_3) {
+        return true;
+    }
+    let rules = match rules_index().and_then(|idx| ssl.ssl_context().ex_data(idx)) {
+        Some(rules) => rules,
+        None => return true,
+    };
+    match store.current_cert() {
+        Some(cert) if allowed(rules, cert) => true,
+        cert => {
+            record_refusal(cert.map_or_else(|| "no client certificate".into(), refusal_text));
+            store.set_error(X509VerifyResult::APPLICATION_VERIFICATION);
+            false
+        }
+    }
+}
+
+/// After the ClientHello callback moved a connection to another context (a route's), the verify
+/// mode that context asks for: OpenSSL keeps the mode of the context the connection started on,
+/// so a route whose rules require a client certificate on a service that does not would
+/// otherwise let a client without one finish the handshake (to be refused only after it). The
+/// connection gets its own mode, and the same callback, only when the two differ.
+pub(super) fn adopt_verify_mode(ssl: &mut SslRef) {
+    let mode = ssl.ssl_context().verify_mode();
+    if mode != ssl.verify_mode() {
+        ssl.set_verify_callback(mode, verify_by_context);
+    }
+}
+
+/// Gives a context its access rules (empty: any verified client), which the hooks of
+/// [`restrict_clients`] and [`access_refusal`] read from whichever context a connection is on.
+pub(super) fn set_rules(b: &mut SslAcceptorBuilder, rules: &AccessRules) {
+    if let Some(idx) = rules_index() {
+        b.set_ex_data(idx, Arc::new(rules.clone()));
+    }
+}
+
 /// A private extension number for the ticket hook below; it is never put on the wire.
 const ACCESS_CHECK_EXTENSION: u16 = 0xff5c;
 
@@ -140,38 +189,14 @@ const ACCESS_CHECK_EXTENSION: u16 = 0xff5c;
 /// after the client's certificate, so there the verify callback refuses it (OpenSSL then sends
 /// `handshake_failure`). The connection checks the rules once more after every handshake, so a
 /// client that takes no ticket is refused too.
-pub(super) fn restrict_clients(b: &mut SslAcceptorBuilder, rules: &AccessRules) -> Result<()> {
-    let rules = Arc::new(rules.clone());
-    if let Some(idx) = rules_index() {
-        b.set_ex_data(idx, Arc::clone(&rules));
-    }
-    b.set_verify_callback(
-        // Rules imply a required certificate, as the server's client authentication set the mode
-        // before.
-        SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT,
-        move |ok, store| {
-            if !ok || store.error_depth() != 0 {
-                return ok;
-            }
-            let tls13 = X509StoreContext::ssl_idx()
-                .ok()
-                .and_then(|idx| store.ex_data(idx))
-                .is_some_and(|ssl| ssl.version2() == Some(SslVersion::TLS1_3));
-            if tls13 {
-                return true;
-            }
-            match store.current_cert() {
-                Some(cert) if allowed(&rules, cert) => true,
-                cert => {
-                    record_refusal(
-                        cert.map_or_else(|| "no client certificate".into(), refusal_text),
-                    );
-                    store.set_error(X509VerifyResult::APPLICATION_VERIFICATION);
-                    false
-                }
-            }
-        },
-    );
+///
+/// The rules are those of the context the connection is on when the hook runs, not `b`'s: an SNI
+/// route switches the connection to its own context in the ClientHello callback, and OpenSSL keeps
+/// the verify callback (and mode) of the context the connection started on. So the hooks are
+/// installed on every context of a service where any context has rules, each with the `mode`
+/// its own client authentication asks for, and [`set_rules`] gives every context its rules.
+pub(super) fn restrict_clients(b: &mut SslAcceptorBuilder, mode: SslVerifyMode) -> Result<()> {
+    b.set_verify_callback(mode, verify_by_context);
     b.add_custom_ext(
         ACCESS_CHECK_EXTENSION,
         ExtensionContext::TLS_ONLY | ExtensionContext::TLS1_3_NEW_SESSION_TICKET,

@@ -445,6 +445,7 @@ mod tests {
             allow: AccessRules::default(),
             ticket_keys: None,
             ocsp_response: None,
+            routes: Vec::new(),
         })
         .err()
         .map(|e| format!("{e:#}"))

@@ -57,7 +57,7 @@ pub use openssl_support::{
 pub use profile::{INTERMEDIATE_TLS12_CIPHERS, TLS13_CIPHERSUITES};
 pub use recheck::still_refused;
 pub use resume::recheck_resumed;
-pub use sni::{name_matches, requested_name};
+pub use sni::{matching, name_matches, requested_name, route, rules_for};
 pub use stapling::Stapler;
 pub use x509_text::{alt_names, common_name, subject};
 
@@ -168,6 +168,19 @@ impl Tls {
         }
         for sni in &settings.sni {
             info!("sni name={} cert={}", sni.name, sni.cert.display());
+        }
+        for route in &settings.routes {
+            info!(
+                "route name={} sni={} cert={} access={}",
+                route.name,
+                route.sni,
+                route.cert.display(),
+                if route.allow.is_some() {
+                    "its own rules"
+                } else {
+                    "the service's"
+                }
+            );
         }
         if let Some(ocsp) = &settings.ocsp_response {
             info!("ocsp: stapling {} for clients that ask", ocsp.display());

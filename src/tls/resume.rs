@@ -17,14 +17,16 @@ use openssl::stack::{Stack, StackRef};
 use openssl::x509::{X509, X509Ref, X509StoreContext};
 
 use super::files::{ClientCa, Crls};
-use crate::config::TlsSettings;
+use crate::config::{AccessRules, TlsSettings};
 
 /// A digest of everything that decides whether a client certificate is accepted: the client CA
 /// set (each certificate's DER, in sorted order, so the file's order does not matter), whether a
-/// certificate is required, the CRL file's bytes and the `--allow-*` rules. Deterministic:
+/// certificate is required, the CRL file's bytes and the `--allow-*` rules (`rules`: the
+/// service's, or a route's own). Deterministic:
 /// replicas given the same settings and the same `--ticket-key-file` resume each other's sessions.
 pub(super) fn verification_digest(
     settings: &TlsSettings,
+    rules: &AccessRules,
     ca: Option<&ClientCa>,
     crls: Option<&Crls>,
 ) -> Result<[u8; 32]> {
@@ -54,7 +56,6 @@ pub(super) fn verification_digest(
     if let Some(crls) = crls {
         field(b"crl", &crls.bytes);
     }
-    let rules = &settings.allow;
     for (tag, list, fold) in [
         (b"cn".as_slice(), &rules.cn, false),
         (b"ou", &rules.ou, false),

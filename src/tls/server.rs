@@ -9,20 +9,20 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow};
 use openssl::ssl::{
-    AlpnError, SslAcceptor, SslAcceptorBuilder, SslContext, SslMethod, SslMode, SslOptions,
-    SslVerifyMode, select_next_proto,
+    AlpnError, SslAcceptor, SslAcceptorBuilder, SslMethod, SslMode, SslOptions, SslVerifyMode,
+    select_next_proto,
 };
 use openssl::x509::verify::X509VerifyFlags;
 
-use super::access::restrict_clients;
+use super::access::{restrict_clients, set_rules};
 use super::files::{ClientCa, Crls, load_ocsp, load_ticket_keys};
 use super::identity::{Identity, describe};
 use super::profile::{apply_profile, interned_wire};
 use super::resume::{recheck_tickets, verification_digest};
-use super::sni::{Names, default_session_id_context, select_by_name};
+use super::sni::{Named, Names, default_session_id_context, select_by_name, tag_route};
 use super::stapling::Stapler;
 use super::{Side, Tls};
-use crate::config::TlsSettings;
+use crate::config::{AccessRules, TlsSettings};
 use crate::sys::{self, TicketKey};
 
 /// Builds and validates the server's context: Mozilla profile, certificate chain, matching key,
@@ -37,11 +37,15 @@ pub(super) fn build_acceptor(settings: &TlsSettings) -> Result<Tls> {
         }),
         None => None,
     };
-    let digest = verification_digest(
-        settings,
-        verify.as_ref().map(|v| &v.ca),
-        verify.as_ref().and_then(|v| v.crls.as_ref()),
-    )?;
+    let digest_for = |rules: &AccessRules| {
+        verification_digest(
+            settings,
+            rules,
+            verify.as_ref().map(|v| &v.ca),
+            verify.as_ref().and_then(|v| v.crls.as_ref()),
+        )
+    };
+    let digest = digest_for(&settings.allow)?;
     let identity = Identity::load(&settings.cert, &settings.key)?;
     let ticket_keys = settings
         .ticket_keys
@@ -53,9 +57,13 @@ pub(super) fn build_acceptor(settings: &TlsSettings) -> Result<Tls> {
         settings,
         ticket_keys: ticket_keys.as_ref(),
         verify: verify.as_ref(),
-        digest,
+        any_rules: !settings.allow.is_empty()
+            || settings
+                .routes
+                .iter()
+                .any(|r| r.allow.as_ref().is_some_and(|a| !a.is_empty())),
     };
-    let (mut b, groups) = build.profile_builder()?;
+    let (mut b, groups) = build.profile_builder(&settings.allow, &digest)?;
     identity.install(&mut b)?;
     // Every ticket that decrypts has its certificate verified again before it resumes. OpenSSL
     // asks the context a connection started on, which is this one whatever SNI picks.
@@ -74,12 +82,32 @@ pub(super) fn build_acceptor(settings: &TlsSettings) -> Result<Tls> {
         ocsp = Some(stapler);
     }
 
-    let mut by_name: Vec<(String, SslContext)> = Vec::new();
+    let mut by_name: Vec<Named> = Vec::new();
     for spec in &settings.sni {
         let identity = Identity::load(&spec.cert, &spec.key)?;
-        let (mut sb, _) = build.profile_builder()?;
+        let (mut sb, _) = build.profile_builder(&settings.allow, &digest)?;
         identity.install(&mut sb)?;
-        by_name.push((spec.name.clone(), sb.build().into_context()));
+        by_name.push(Named {
+            pattern: spec.name.clone(),
+            context: sb.build().into_context(),
+            verification: digest,
+        });
+    }
+    // Each route: its certificate, its rules (else the service's), the digest of those in its
+    // sessions' context, and its tag, by which the connection knows its route after the handshake.
+    for (index, route) in settings.routes.iter().enumerate() {
+        let identity = Identity::load(&route.cert, &route.key)
+            .with_context(|| format!("route {}", route.name))?;
+        let rules = route.allow.as_ref().unwrap_or(&settings.allow);
+        let verification = digest_for(rules)?;
+        let (mut sb, _) = build.profile_builder(rules, &verification)?;
+        identity.install(&mut sb)?;
+        tag_route(&mut sb, index, &route.name);
+        by_name.push(Named {
+            pattern: route.sni.clone(),
+            context: sb.build().into_context(),
+            verification,
+        });
     }
     let names = Names {
         by_name,
@@ -114,15 +142,23 @@ struct Build<'a> {
     settings: &'a TlsSettings,
     ticket_keys: Option<&'a Arc<Vec<TicketKey>>>,
     verify: Option<&'a Verify>,
-    /// The digest of the client-verification settings, in every session ID context.
-    digest: [u8; 32],
+    /// Whether any context of the service (its own, a route's) has access rules: then every one
+    /// gets the hooks that apply them (see `access::restrict_clients`).
+    any_rules: bool,
 }
 
 impl Build<'_> {
     /// A context builder with the profile, client authentication and ALPN applied; every context
     /// (the default one and each SNI one) starts from this, since OpenSSL reads some of these
     /// settings from whichever context the connection ends up on.
-    fn profile_builder(&self) -> Result<(SslAcceptorBuilder, &'static str)> {
+    ///
+    /// `rules` are the context's access rules and `digest` the digest of its client-verification
+    /// settings with them: the service's, or a route's own.
+    fn profile_builder(
+        &self,
+        rules: &AccessRules,
+        digest: &[u8; 32],
+    ) -> Result<(SslAcceptorBuilder, &'static str)> {
         let settings = self.settings;
         // The modern v5 builder is the cleanest base: it sets only TLS 1.3 and its suites (the
         // intermediate v5 one also loads DHE parameters that v6.0 dropped). The profile is applied on top.
@@ -134,7 +170,7 @@ impl Build<'_> {
         // refuses resumption without one. The context is a digest of the client-verification
         // settings, so a session made under another client CA set, CRL or rules never resumes (the
         // SNI choice binds each name's sessions the same way, digest included).
-        b.set_session_id_context(&default_session_id_context(&self.digest))?;
+        b.set_session_id_context(&default_session_id_context(digest))?;
         // One TLS 1.3 session ticket per full handshake instead of OpenSSL's two: a client resumes with
         // one, and each ticket costs an encryption, a MAC and bytes on the wire. Resumed handshakes
         // still get a fresh ticket each, so a client can keep resuming.
@@ -150,7 +186,7 @@ impl Build<'_> {
         // their whole life. A busy connection takes them again from the allocator's cache.
         b.set_mode(SslMode::RELEASE_BUFFERS);
         if let Some(verify) = self.verify {
-            client_auth(&mut b, settings, verify)?;
+            client_auth(&mut b, settings, verify, rules, self.any_rules)?;
         }
         if !settings.alpn.is_empty() {
             let server = interned_wire(&settings.alpn);
@@ -168,7 +204,14 @@ impl Build<'_> {
 
 /// Client certificates, when `--client-ca` asks for them: the CA file as trust store and as the
 /// list of CAs sent to clients, required or optional, the access rules, and the CRL check.
-fn client_auth(b: &mut SslAcceptorBuilder, settings: &TlsSettings, verify: &Verify) -> Result<()> {
+/// `rules` are this context's; `any_rules` says whether any context of the service has some.
+fn client_auth(
+    b: &mut SslAcceptorBuilder,
+    settings: &TlsSettings,
+    verify: &Verify,
+    rules: &AccessRules,
+    any_rules: bool,
+) -> Result<()> {
     let Some(auth) = &settings.client_auth else {
         return Ok(());
     };
@@ -179,12 +222,13 @@ fn client_auth(b: &mut SslAcceptorBuilder, settings: &TlsSettings, verify: &Veri
     b.set_client_ca_list(verify.ca.names()?);
     let mut mode = SslVerifyMode::PEER;
     // A client without a certificate matches no access rule, so rules imply requiring one.
-    if auth.require || !settings.allow.is_empty() {
+    if auth.require || !rules.is_empty() {
         mode |= SslVerifyMode::FAIL_IF_NO_PEER_CERT;
     }
     b.set_verify(mode);
-    if !settings.allow.is_empty() {
-        restrict_clients(b, &settings.allow)?;
+    set_rules(b, rules);
+    if any_rules {
+        restrict_clients(b, mode)?;
     }
     if let (Some(crls), Some(path)) = (&verify.crls, &auth.crl) {
         crls.add_to(b.cert_store_mut())

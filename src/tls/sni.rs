@@ -14,7 +14,8 @@ use openssl::ssl::{
     ClientHelloResponse, NameType, Ssl, SslAcceptorBuilder, SslAlert, SslContext, SslRef,
 };
 
-use crate::config::is_dns_name;
+use super::access::adopt_verify_mode;
+use crate::config::{AccessRules, TlsSettings, is_dns_name};
 use crate::sys::{client_hello_ext, set_session_id_context};
 
 /// Where the SNI callback keeps the name a client asked for, so that a refused handshake can
@@ -48,10 +49,80 @@ pub fn name_matches(pattern: &str, name: &str) -> bool {
     }
 }
 
+/// A name's context: an `--sni` entry's, or a route's.
+pub(super) struct Named {
+    /// The name, or `*.domain`.
+    pub(super) pattern: String,
+    pub(super) context: SslContext,
+    /// The digest of the client-verification settings this context applies (a route's own rules
+    /// make it differ from the service's), part of its sessions' ID context.
+    pub(super) verification: [u8; 32],
+}
+
+/// Which `[[service.route]]` a context serves: kept on the route's context, so a connection
+/// finds its route from the context the ClientHello callback switched it to, at no cost per
+/// connection.
+struct RouteTag {
+    index: usize,
+    name: String,
+}
+
+fn route_index() -> Option<Index<SslContext, RouteTag>> {
+    static INDEX: OnceLock<Option<Index<SslContext, RouteTag>>> = OnceLock::new();
+    *INDEX.get_or_init(|| SslContext::new_ex_index().ok())
+}
+
+/// Marks a context as route `index` (of `TlsSettings::routes`), named `name`.
+pub(super) fn tag_route(b: &mut SslAcceptorBuilder, index: usize, name: &str) {
+    if let Some(idx) = route_index() {
+        b.set_ex_data(
+            idx,
+            RouteTag {
+                index,
+                name: name.to_string(),
+            },
+        );
+    }
+}
+
+/// The route that served this connection (its index in `TlsSettings::routes` and its name), or
+/// `None` when the service's own certificate (or an `--sni` one) did. Known once the ClientHello
+/// has been read.
+pub fn route(ssl: &SslRef) -> Option<(usize, &str)> {
+    let tag = ssl.ssl_context().ex_data(route_index()?)?;
+    Some((tag.index, tag.name.as_str()))
+}
+
+/// The index of the route `name` falls on among `patterns` (`*.domain` or exact), as the
+/// ClientHello callback chooses: an exact name before any wildcard.
+pub fn matching<'a>(patterns: impl Iterator<Item = &'a str> + Clone, name: &str) -> Option<usize> {
+    let name = name.to_ascii_lowercase();
+    patterns
+        .clone()
+        .position(|p| !p.starts_with("*.") && name_matches(p, &name))
+        .or_else(|| patterns.clone().position(|p| name_matches(p, &name)))
+}
+
+/// The access rules a connection that asked for `sni` was let in under: its route's own, when
+/// the ClientHello callback would put it on a route that has some, else the service's. For
+/// checking an open connection again (a reload), where only its name is left.
+pub fn rules_for<'a>(settings: &'a TlsSettings, sni: Option<&str>) -> &'a AccessRules {
+    let patterns = settings
+        .sni
+        .iter()
+        .map(|s| s.name.as_str())
+        .chain(settings.routes.iter().map(|r| r.sni.as_str()));
+    sni.and_then(|name| matching(patterns, name))
+        .and_then(|i| i.checked_sub(settings.sni.len()))
+        .and_then(|i| settings.routes.get(i))
+        .and_then(|r| r.allow.as_ref())
+        .unwrap_or(&settings.allow)
+}
+
 /// What the ClientHello callback needs to pick a certificate by server name.
 pub(super) struct Names {
-    /// `--sni` patterns and their contexts.
-    pub(super) by_name: Vec<(String, SslContext)>,
+    /// `--sni` entries' and routes' names and their contexts.
+    pub(super) by_name: Vec<Named>,
     /// The default certificate's DNS names.
     pub(super) default_names: Vec<String>,
     /// `--strict-sni`: refuse names no certificate is for.
@@ -92,15 +163,17 @@ impl Names {
             .filter(|n| is_dns_name(n.as_bytes()))
             .map(str::to_ascii_lowercase);
         let chosen = name.as_deref().and_then(|name| {
-            self.by_name
-                .iter()
-                .find(|(p, _)| !p.starts_with("*.") && name_matches(p, name))
-                .or_else(|| self.by_name.iter().find(|(p, _)| name_matches(p, name)))
+            matching(self.by_name.iter().map(|n| n.pattern.as_str()), name)
+                .map(|i| &self.by_name[i])
         });
+        let mut verification = &self.verification;
         match chosen {
-            Some((_, ctx)) => ssl
-                .set_ssl_context(ctx)
-                .map_err(|_| SslAlert::HANDSHAKE_FAILURE)?,
+            Some(named) => {
+                ssl.set_ssl_context(&named.context)
+                    .map_err(|_| SslAlert::HANDSHAKE_FAILURE)?;
+                adopt_verify_mode(ssl);
+                verification = &named.verification;
+            }
             None if self.strict
                 && !name
                     .as_deref()
@@ -118,7 +191,7 @@ impl Names {
         let mut context = Sha256::new();
         context.update(SESSION_ID_CONTEXT);
         context.update(b"\0");
-        context.update(&self.verification);
+        context.update(verification);
         context.update(raw.to_ascii_lowercase().as_slice());
         if !set_session_id_context(ssl, &context.finish()) {
             return Err(SslAlert::INTERNAL_ERROR);
@@ -160,6 +233,16 @@ pub(super) fn select_by_name(b: &mut SslAcceptorBuilder, names: Names) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_exact_name_wins_over_a_wildcard_whatever_the_order() {
+        let patterns = ["*.example.com", "api.example.com", "other.test"];
+        let find = |name| matching(patterns.iter().copied(), name);
+        assert_eq!(find("API.example.com"), Some(1));
+        assert_eq!(find("www.example.com"), Some(0));
+        assert_eq!(find("other.test"), Some(2));
+        assert_eq!(find("example.com"), None);
+    }
 
     #[test]
     fn wildcards_cover_exactly_one_label() {

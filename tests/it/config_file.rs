@@ -183,7 +183,7 @@ fn each_malformed_file_is_one_line_with_file_line_and_column_and_exit_2() {
         ),
         (
             "[[service]]\nname = \"a\"\n\n  [[service.route]]\n  sni = \"a.test\"\n",
-            "4:13: [[service.route]] (SNI routes with their own upstream and access rules) is not supported yet",
+            "5:9: route a.test needs its own cert and key",
         ),
         ("# nothing\n", "1:1: no [[service]] table"),
     ] {

@@ -38,6 +38,7 @@ mod operations;
 mod proxy_in;
 mod relay;
 mod revoke;
+mod routes;
 mod scripts;
 mod services;
 mod shutdown;

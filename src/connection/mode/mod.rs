@@ -83,7 +83,25 @@ pub(crate) enum Served {
     Forward {
         upstream: Arc<Upstream>,
         proxy_protocol: Option<ProxyProtocol>,
+        /// Each `[[service.route]]`'s own upstream set, by route index; `None` (or no entry):
+        /// the route's connections go to `upstream`.
+        routes: Vec<Option<Arc<Upstream>>>,
     },
+}
+
+impl Served {
+    /// Forward mode: the upstream set of route `route` (`tls::route`'s index), else the
+    /// service's.
+    pub(crate) fn forward_upstream(&self, route: Option<usize>) -> Option<&Upstream> {
+        let Served::Forward {
+            upstream, routes, ..
+        } = self
+        else {
+            return None;
+        };
+        let own = route.and_then(|i| routes.get(i)).and_then(Option::as_ref);
+        Some(own.unwrap_or(upstream))
+    }
 }
 
 /// A [`Plan`] with the TLS context current when the connection started, kept to its end.
@@ -151,11 +169,27 @@ impl Plan {
                 Served::Forward {
                     upstream,
                     proxy_protocol,
+                    routes: Vec::new(),
                 },
             ),
             _ => bail!("TLS context does not match the mode"),
         };
         Ok(Plan { name, route })
+    }
+}
+
+impl Plan {
+    /// Forward mode: each `[[service.route]]`'s own upstream set, by route index (`None`: the
+    /// service's). The configuration refuses a route's upstream in every other mode.
+    pub(crate) fn with_route_upstreams(mut self, own: Vec<Option<Arc<Upstream>>>) -> Plan {
+        if let Route::Terminate {
+            phase: Served::Forward { routes, .. },
+            ..
+        } = &mut self.route
+        {
+            *routes = own;
+        }
+        self
     }
 }
 
@@ -219,15 +253,23 @@ impl Plan {
                     Served::Forward {
                         upstream,
                         proxy_protocol,
+                        routes,
                     },
                 ..
-            } => info!(
-                "forwarding to {} proxy_protocol={} connect_timeout={:?} idle_timeout={:?}",
-                upstream.describe(),
-                proxy_protocol.map_or("off", ProxyProtocol::name),
-                settings.connect_timeout,
-                settings.idle_timeout
-            ),
+            } => {
+                info!(
+                    "forwarding to {} proxy_protocol={} connect_timeout={:?} idle_timeout={:?}",
+                    upstream.describe(),
+                    proxy_protocol.map_or("off", ProxyProtocol::name),
+                    settings.connect_timeout,
+                    settings.idle_timeout
+                );
+                for (i, own) in routes.iter().enumerate() {
+                    if let Some(own) = own {
+                        info!("route {i}: forwarding to {}", own.describe());
+                    }
+                }
+            }
             Route::Originate { upstream, .. } => info!(
                 "client mode: plaintext in, TLS to {} connect_timeout={:?} handshake_timeout={:?} idle_timeout={:?}",
                 upstream.describe(),
