@@ -19,6 +19,7 @@ pub mod check;
 pub mod config;
 pub(crate) mod connection;
 pub(crate) mod limits;
+pub mod manual;
 pub(crate) mod metrics;
 pub mod proxy_protocol;
 pub(crate) mod rate_limit;

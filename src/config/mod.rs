@@ -37,11 +37,12 @@ mod types;
 mod validate;
 
 pub use args::{
-    Args, Cli, ClientAuthArgs, Command, LimitsArgs, ListenArgs, ModeArgs, OperationsArgs, Source,
-    TlsArgs, UpstreamArgs,
+    Args, Cli, ClientAuthArgs, Command, CompletionShell, LimitsArgs, ListenArgs, ManualPage,
+    ModeArgs, OperationsArgs, Source, TlsArgs, UpstreamArgs,
 };
 pub use cidr::Cidr;
 pub use errors::ArgsError;
+pub use keys::{is_process_key, is_service_key, key_takes};
 pub use types::{
     AcceptProxy, AccessRules, Balance, ClientAuth, Config, DEFAULT_LISTEN_MODE, DEFAULT_SERVICE,
     Identity, Limits, Listen, Mode, Process, ProxyProtocol, Service, SniSpec, TlsProfile,
@@ -63,6 +64,10 @@ pub enum Invocation {
     Check(Config),
     /// `securesock import-stunnel FILE`: print the TOML equivalent of a stunnel.conf.
     ImportStunnel(PathBuf),
+    /// `securesock completions SHELL`: print that shell's completion script.
+    Completions(CompletionShell),
+    /// `securesock manual PAGE`: print that manual page.
+    Manual(ManualPage),
 }
 
 /// Parses and validates a command line (the program name first), environment variables
@@ -83,6 +88,8 @@ where
             source(*check, sub).map(Invocation::Check)
         }
         Some(Command::ImportStunnel { file }) => Ok(Invocation::ImportStunnel(file)),
+        Some(Command::Completions { shell }) => Ok(Invocation::Completions(shell)),
+        Some(Command::Manual { page }) => Ok(Invocation::Manual(page)),
     }
 }
 
@@ -115,7 +122,10 @@ where
 {
     match parse_invocation(args)? {
         Invocation::Serve(config) => Ok(config),
-        Invocation::Check(_) | Invocation::ImportStunnel(_) => Err(ArgsError::Invalid(
+        Invocation::Check(_)
+        | Invocation::ImportStunnel(_)
+        | Invocation::Completions(_)
+        | Invocation::Manual(_) => Err(ArgsError::Invalid(
             "a subcommand where a configuration to serve was expected".into(),
         )),
     }

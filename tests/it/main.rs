@@ -29,6 +29,7 @@ mod gen_ca;
 mod greet;
 mod hostile;
 mod import_stunnel;
+mod manpage;
 mod metrics;
 mod modes;
 mod ocsp;
