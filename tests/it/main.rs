@@ -34,6 +34,7 @@ mod metrics;
 mod modes;
 mod ocsp;
 mod operations;
+mod packaging;
 mod proxy_in;
 mod relay;
 mod revoke;
