@@ -173,3 +173,43 @@ fn the_image_serves_a_mounted_file_and_flags_when_given() {
         .logs
         .wait_for(&["docker-entrypoint: flags given: serving them, not"]);
 }
+
+/// The `securesock.toml: |` block of a ConfigMap manifest, as the file the pod sees.
+fn configmap_file(manifest: &str) -> String {
+    let mut lines = manifest
+        .lines()
+        .skip_while(|l| l.trim() != "securesock.toml: |");
+    assert!(
+        lines.next().is_some(),
+        "no securesock.toml key in the ConfigMap"
+    );
+    lines
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .map(|l| format!("{}\n", l.get(4..).unwrap_or("")))
+        .collect()
+}
+
+#[test]
+fn the_kubernetes_configmap_holds_a_file_securesock_accepts() {
+    let manifest = std::fs::read_to_string(
+        repo_root().join("deploy/kubernetes/optional/configmap-two-services.yaml"),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("securesock.toml");
+    std::fs::write(&file, configmap_file(&manifest)).unwrap();
+    let config = configuration(&["--config".as_ref(), file.as_os_str()]);
+    let names: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["greet", "app"]);
+    // The readiness probe's port, and the Secret's files.
+    assert_eq!(
+        config.services[0].listen,
+        securesock::config::Listen::Tcp("0.0.0.0:12345".parse().unwrap())
+    );
+    assert!(
+        config
+            .services
+            .iter()
+            .all(|s| s.tls.cert == Path::new("/certs/tls.crt"))
+    );
+}
