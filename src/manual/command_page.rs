@@ -83,9 +83,10 @@ const FILES: [(&str, &str); 5] = [
     ),
     (
         "/etc/default/securesock",
-        "The package's SECURESOCK_* settings, read by its unit. An upgraded host whose copy \
-         differs from the one the package ships keeps serving from these flags instead of the \
-         TOML file (the unit's log says which it uses).",
+        "The package's SECURESOCK_* settings, read by its unit. While this file differs from \
+         the package's copy (/usr/share/securesock/securesock.default), as on a host upgraded \
+         from a version configured here, or while securesock.toml is missing, the unit serves \
+         these settings instead of the TOML file, and its log says so.",
     ),
     (
         "/etc/securesock/server-cert.pem, /etc/securesock/server-key.pem",

@@ -8,7 +8,7 @@
 //! configuration, and imports nothing from the crate but `config`'s clap definitions and key lists.
 //!
 //! Why a subcommand of the binary rather than a build script or a second binary: the package build
-//! (`scripts/deb-assets.sh`) and a user without the package (`securesock manual securesock.1 | man
+//! (`scripts/build-deb.sh`) and a user without the package (`securesock manual securesock.1 | man
 //! -l -`) run the very binary whose flags the pages describe, so a page can never come from other
 //! sources than the program installed beside it; a build script would need the clap definitions
 //! in a crate of their own, and a second binary would ship a second executable for four files.
