@@ -4,6 +4,9 @@
 #   docker build -t securesock .
 #   docker run -d --name securesock -p 12345:12345 -v "$PWD/certs:/certs:ro" securesock
 #   scripts/check.sh 127.0.0.1:12345 --ca certs/server-cert.pem
+# With a configuration file (any number of services; `securesock --config` it):
+#   docker run -d -p 12345:12345 -v "$PWD/certs:/certs:ro" \
+#       -v "$PWD/securesock.toml:/etc/securesock/securesock.toml:ro" securesock
 #
 # Two stages on the same Debian release (trixie, the current stable), so the binary finds at run time
 # the glibc and libssl ABI it was linked against. Trixie's OpenSSL 3.5 has ML-KEM, so the image

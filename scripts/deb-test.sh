@@ -1,11 +1,16 @@
 #!/bin/bash
 # Tests the Debian package the way an administrator meets it: builds target/debian/securesock_*.deb
-# with `cargo deb`, boots a cached debootstrap root (bookworm, or the --suite given) with systemd in
+# with scripts/build-deb.sh (cargo deb, with the man pages and completions the binary writes), boots a cached debootstrap root (bookworm, or the --suite given) with systemd in
 # `systemd-nspawn --boot` (loopback only: --private-network; a throw-away tmpfs overlay:
 # --volatile=overlay), installs the .deb there with dpkg, and checks that the unit is enabled and
 # active, runs as an unprivileged dynamic user without capabilities, answers `openssl s_client` with
 # the certificate postinst made, picks up a new certificate on `systemctl reload`, drains and exits 0
-# on `systemctl stop`, and that purge removes it.
+# on `systemctl stop`, and that purge removes it. A fresh install serves from
+# /etc/securesock/securesock.toml (`--config`); `man securesock`, `man securesock.toml` and the bash
+# completion work in the root. Then the upgrade: a previous version (this package as earlier
+# versions were: no securesock.toml, the unit running plain `securesock` with the SECURESOCK_*
+# settings of /etc/default/securesock) with an edited port is upgraded to this one, and still
+# serves on that port from those settings; restoring the shipped default moves it to the file.
 #
 #   scripts/deb-test.sh [--suite bookworm|trixie]
 #
@@ -36,7 +41,7 @@ fail() {
 [ "$(id -u)" -eq 0 ] || fail "needs root (debootstrap, systemd-nspawn)"
 export PATH="$PATH:/usr/sbin:/sbin"
 . scripts/common.sh
-need_packages debootstrap systemd-container util-linux
+need_packages debootstrap systemd-container util-linux man-db groff-base
 need_cargo
 if ! cargo deb --version >/dev/null 2>&1; then
     echo "installing cargo-deb (once)" >&2
@@ -46,8 +51,8 @@ fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 start=$SECONDS
-echo "== deb test: cargo deb"
-deb=$(cargo deb --locked --quiet 2>"$tmp/cargo-deb.log" | tail -n 1) || true
+echo "== deb test: scripts/build-deb.sh (cargo deb)"
+deb=$(scripts/build-deb.sh --quiet 2>"$tmp/cargo-deb.log" | tail -n 1) || true
 [ -f "$deb" ] || { cat "$tmp/cargo-deb.log" >&2; fail "cargo deb made no package"; }
 case "$(basename "$deb")" in
     securesock_*_amd64.deb) ;;
@@ -60,12 +65,47 @@ case ", $depends," in
     *) fail "Depends lacks libssl3" ;;
 esac
 
+# Where Debian expects them: the pages, the completions, the example file and the start script.
+contents=$(dpkg-deb -c "$deb" | awk '{ print $6 }' | sed 's:^\./:/:')
+for f in /etc/securesock/securesock.toml /etc/default/securesock /usr/share/securesock/securesock.default \
+    /usr/libexec/securesock/securesock-start /usr/share/man/man1/securesock.1.gz \
+    /usr/share/man/man5/securesock.toml.5.gz /usr/share/bash-completion/completions/securesock \
+    /usr/share/zsh/vendor-completions/_securesock /usr/share/fish/vendor_completions.d/securesock.fish; do
+    echo "$contents" | grep -qxF "$f" || fail "the package lacks $f"
+done
+conffiles=$(dpkg-deb -I "$deb" conffiles)
+for f in /etc/securesock/securesock.toml /etc/default/securesock; do
+    echo "$conffiles" | grep -qxF "$f" || fail "$f is not a conffile: $conffiles"
+done
+dpkg-deb -x "$deb" "$tmp/contents"
+for page in man1/securesock.1.gz man5/securesock.toml.5.gz; do
+    MANWIDTH=100 man -l "$tmp/contents/usr/share/man/$page" 2>"$tmp/man.err" >"$tmp/man.txt" ||
+        fail "man -l $page: $(cat "$tmp/man.err")"
+    [ ! -s "$tmp/man.err" ] || fail "man -l $page warned: $(cat "$tmp/man.err")"
+done
+echo "   conffiles $(echo "$conffiles" | paste -sd' ' -); man pages render (man -l); completions for bash, zsh, fish"
+
+# The previous version, for the upgrade test: this package as earlier versions were (version
+# 0.0.1; no securesock.toml and no start script; the unit runs plain /usr/bin/securesock, whose
+# settings are then the SECURESOCK_* variables of /etc/default/securesock).
+old=$tmp/old
+dpkg-deb -R "$deb" "$old"
+sed -i 's/^Version: .*/Version: 0.0.1/' "$old/DEBIAN/control"
+rm -r "$old/etc/securesock" "$old/usr/libexec/securesock"
+sed -i '\:^/etc/securesock/securesock.toml$:d' "$old/DEBIAN/conffiles"
+old_unit=$(find "$old" -path '*/systemd/system/securesock.service')
+[ -n "$old_unit" ] || fail "no securesock.service in the package"
+sed -i 's:^ExecStart=.*:ExecStart=/usr/bin/securesock:' "$old_unit"
+(cd "$old" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | xargs -0 md5sum >DEBIAN/md5sums)
+dpkg-deb --root-owner-group -b "$old" "$tmp/securesock_0.0.1_amd64.deb" >/dev/null
+old_pkg=/mnt/pkg/securesock_0.0.1_amd64.deb
+
 # The root: systemd, plus what the .deb depends on as apt resolves it on this release (versions,
 # alternatives and Provides included), so dpkg -i works offline and fails if the package asks for
 # something that is not there.
 printf 'apt-get update -qq\napt-get satisfy -y -q --no-install-recommends %s\nrm -rf /var/lib/apt/lists/*\n' \
     "'$depends'" >"$tmp/setup.sh"
-root=$(scripts/rootfs.sh --name deb-systemd --suite "$suite" --include systemd,systemd-sysv,libnss-systemd \
+root=$(scripts/rootfs.sh --name deb-systemd --suite "$suite" --include systemd,systemd-sysv,libnss-systemd,man-db \
     --setup "$tmp/setup.sh" | tail -n 1) || fail "$suite cannot meet the package's Depends ($depends), or its root could not be built"
 
 nspawn_pid=""
@@ -85,6 +125,7 @@ cleanup() {
 }
 trap cleanup EXIT
 cp "$deb" "$tmp/"
+rm -rf "$old" "$tmp/contents"
 pkg=/mnt/pkg/$(basename "$deb")
 
 echo "== deb test: booting $suite with systemd in systemd-nspawn"
@@ -151,6 +192,15 @@ wait_journal "listening on"
     fail "securesock.socket was enabled by the package"
 echo "   securesock.service enabled and active; securesock.socket not enabled"
 
+# cmdline PID: the process's arguments, space-separated.
+cmdline() {
+    machine cat "/proc/$1/cmdline" | tr '\0' ' ' | sed 's/ $//'
+}
+served_from=$(cmdline "$(show MainPID)")
+[ "$served_from" = "/usr/bin/securesock --config /etc/securesock/securesock.toml" ] ||
+    fail "a fresh install does not serve from the file: $served_from"
+echo "   serving: $served_from"
+
 [ "$(machine stat -c '%U:%G %a' /etc/securesock)" = "root:securesock-keys 750" ] || fail "/etc/securesock is not root:securesock-keys 0750"
 [ "$(machine stat -c '%U:%G %a' /etc/securesock/server-key.pem)" = "root:securesock-keys 640" ] ||
     fail "the key is not root:securesock-keys 0640"
@@ -173,9 +223,18 @@ user=$(machine getent passwd "$uid" | cut -d: -f1 || true)
 echo "   MainPID $pid runs as uid $uid (${user:-no name}), groups $(field Groups), no capabilities, NoNewPrivs"
 
 check() {
-    machine /usr/share/securesock/check.sh 127.0.0.1:12345 --ca /etc/securesock/server-cert.pem
+    machine /usr/share/securesock/check.sh "127.0.0.1:${1:-12345}" --ca /etc/securesock/server-cert.pem
 }
 check | sed 's/^/   check.sh: /' || fail "openssl s_client check failed"
+# The connection's line names the file's service.
+wait_journal "service=greet mode=greet"
+
+echo "== deb test: man securesock, man securesock.toml, bash completion"
+machine env MANPAGER=cat MANWIDTH=100 man securesock | grep -q -- '--upstream-resolve' || fail "man securesock"
+machine env MANPAGER=cat MANWIDTH=100 man 5 securesock.toml | grep -qF '[[service.route]]' || fail "man 5 securesock.toml"
+machine bash -c '. /usr/share/bash-completion/completions/securesock && complete -p securesock' >/dev/null ||
+    fail "the bash completion does not load"
+echo "   man securesock, man 5 securesock.toml and the bash completion work"
 
 # The certificate the server presents now, as a SHA-256 fingerprint.
 presented() {
@@ -246,6 +305,43 @@ echo "== deb test: dpkg --purge"
 machine dpkg --purge securesock 2>&1 | sed 's/^/   dpkg: /' || fail "dpkg --purge failed"
 ! machine test -e /etc/securesock || fail "purge left /etc/securesock"
 ! machine test -e /usr/lib/systemd/system/securesock.service || fail "purge left the unit file"
+! machine dpkg-statoverride --list /etc/securesock >/dev/null || fail "purge left the statoverride of /etc/securesock"
+
+# wait_served PORT: waits (15 s at most) until check.sh passes against 127.0.0.1:PORT.
+wait_served() {
+    local deadline=$((SECONDS + 15))
+    until check "$1" >/dev/null 2>&1; do
+        [ $SECONDS -lt $deadline ] || { machine journalctl -u securesock -n 20 --no-pager >&2; fail "nothing served on port $1"; }
+        sleep 0.2
+    done
+}
+
+echo "== deb test: upgrade from a version configured through /etc/default/securesock"
+machine dpkg -i "$old_pkg" 2>&1 | sed 's/^/   dpkg (0.0.1): /' || fail "dpkg -i of the previous version failed"
+machine sed -i 's/^SECURESOCK_LISTEN=.*/SECURESOCK_LISTEN=0.0.0.0:12399/' /etc/default/securesock
+machine systemctl restart securesock
+wait_served 12399
+echo "   the previous version serves on 12399 from an edited /etc/default/securesock"
+machine dpkg -i "$pkg" 2>&1 | sed 's/^/   dpkg (upgrade): /' || fail "the upgrade failed"
+machine grep -q '^SECURESOCK_LISTEN=0.0.0.0:12399$' /etc/default/securesock || fail "the upgrade replaced the edited settings"
+machine test -e /etc/securesock/securesock.toml || fail "the upgrade did not install securesock.toml"
+wait_served 12399
+served_from=$(cmdline "$(show MainPID)")
+[ "$served_from" = /usr/bin/securesock ] || fail "the upgraded host does not serve from its settings: $served_from"
+machine journalctl -u securesock -o cat --no-pager | grep -q 'securesock-start: serving from the SECURESOCK_\* settings in /etc/default/securesock' ||
+    fail "no line says why the settings, not the file, are in use"
+! check 12345 >/dev/null 2>&1 || fail "the upgraded host also serves on 12345"
+echo "   upgraded: still served on 12399 from /etc/default/securesock (its log says why), nothing on 12345"
+# The documented move to the file: the shipped default back, a restart.
+machine cp /usr/share/securesock/securesock.default /etc/default/securesock
+machine systemctl restart securesock
+wait_served 12345
+served_from=$(cmdline "$(show MainPID)")
+[ "$served_from" = "/usr/bin/securesock --config /etc/securesock/securesock.toml" ] ||
+    fail "with the shipped default back it does not serve from the file: $served_from"
+echo "   with the shipped default restored: served on 12345 from securesock.toml"
+machine dpkg --purge securesock 2>&1 | sed 's/^/   dpkg: /' || fail "dpkg --purge after the upgrade failed"
+! machine test -e /etc/securesock || fail "purge after the upgrade left /etc/securesock"
 
 machine systemctl poweroff >/dev/null 2>&1 || true
 deadline=$((SECONDS + 30))

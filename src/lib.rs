@@ -21,6 +21,7 @@ pub(crate) mod connection;
 pub mod control;
 pub(crate) mod limits;
 pub mod logging;
+pub mod manual;
 pub(crate) mod metrics;
 pub mod proxy_protocol;
 pub(crate) mod rate_limit;

@@ -3,7 +3,8 @@
 //! ended to an exit code.
 //!
 //! `securesock check` checks instead of serving: see [`securesock::check`] for its output and
-//! exit codes.
+//! exit codes. `securesock completions SHELL` and `securesock manual PAGE` print a completion
+//! script or a manual page: see [`securesock::manual`].
 //!
 //! Exit codes: 0 after a clean shutdown (connections cut at the drain timeout included), 2 for any
 //! configuration or start-up problem (printed as one line naming it), 1 when the server fails while
@@ -39,6 +40,14 @@ fn main() -> ExitCode {
         Ok(Invocation::ImportStunnel(file)) => return import_stunnel(&file),
         Ok(Invocation::Ctl { socket, command }) => {
             return ExitCode::from(securesock::control::client::run(&socket, &command));
+        }
+        Ok(Invocation::Completions(shell)) => {
+            return print("the completion script", |out| {
+                securesock::manual::completions(shell, out)
+            });
+        }
+        Ok(Invocation::Manual(page)) => {
+            return print("the manual page", |out| securesock::manual::page(page, out));
         }
         Err(ArgsError::Info(help)) => {
             // --help / --version: clap prints it; a closed stdout is not worth an error.
@@ -81,6 +90,18 @@ fn import_stunnel(file: &std::path::Path) -> ExitCode {
     } else {
         EXIT_INCOMPLETE
     })
+}
+
+/// `completions` and `manual`: `write` on stdout, exit 0, or 1 when stdout fails.
+fn print(
+    what: &str,
+    write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> ExitCode {
+    let mut stdout = std::io::stdout().lock();
+    match write(&mut stdout).and_then(|()| stdout.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(EXIT_RUNTIME, &format!("writing {what}: {e}")),
+    }
 }
 
 /// Prints one line to stderr (in the log's format once logging runs) and returns the exit code.

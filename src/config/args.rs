@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 
 use clap::builder::{BoolishValueParser, PossibleValue, PossibleValuesParser};
-use clap::{ArgAction, Parser};
+use clap::{ArgAction, Parser, ValueEnum};
 
 use super::types::{
     Balance, DEFAULT_GREETING, DEFAULT_TICKET_KEY_ROTATION, GREET, LogFormat, MODES, ProxyProtocol,
@@ -61,6 +61,21 @@ pub enum Command {
     },
     /// Ask a running securesock over its control socket: connections, close, status, reload
     Ctl(CtlArgs),
+    /// Print the shell completion script for SHELL on stdout, e.g. `securesock completions bash >
+    /// /etc/bash_completion.d/securesock`
+    Completions {
+        /// The shell the script is for
+        #[arg(value_name = "SHELL", value_enum)]
+        shell: CompletionShell,
+    },
+    /// Print a manual page (roff) on stdout: `securesock manual securesock.1 | man -l -`. Hidden:
+    /// the package installs the pages, and its build is the caller that needs this
+    #[command(hide = true)]
+    Manual {
+        /// The page: securesock.1 (the command) or securesock.toml.5 (the file)
+        #[arg(value_name = "PAGE", value_enum)]
+        page: ManualPage,
+    },
 }
 
 /// `securesock ctl`: which control socket, and what to ask it.
@@ -116,6 +131,26 @@ pub enum CtlCommand {
     },
     /// Reload now and say what changed, or why nothing did (exit 1)
     Reload,
+}
+
+/// The shells `securesock completions` writes a script for: the three the Debian package installs
+/// one for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+/// The pages `securesock manual` writes, named as their files are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ManualPage {
+    /// securesock(1): the command, its flags and subcommands, signals, files, exit codes
+    #[value(name = "securesock.1")]
+    Command,
+    /// securesock.toml(5): the configuration file, its tables and keys
+    #[value(name = "securesock.toml.5")]
+    File,
 }
 
 /// A configuration: a file, or the flags (with their variables).

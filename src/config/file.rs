@@ -32,8 +32,8 @@ use toml::{Spanned, Value};
 use super::args::Args;
 use super::errors::ArgsError;
 use super::keys::{
-    Kind, NAME, NOT_KEYS, PROCESS_ONLY, PROCESS_TOO, Place, ROUTE, kind, service_name, switch,
-    takes, type_name, unknown, value_name,
+    Kind, NAME, NOT_KEYS, PROCESS_ONLY, PROCESS_TOO, Place, ROUTE, is_service_key, key_takes, kind,
+    service_name, switch, type_name, unknown,
 };
 
 mod route;
@@ -226,7 +226,7 @@ impl Flags {
             self.command
                 .get_arguments()
                 .filter_map(Arg::get_long)
-                .filter(|l| !NOT_KEYS.contains(l) && !PROCESS_ONLY.contains(l)),
+                .filter(|l| is_service_key(l)),
         );
         keys
     }
@@ -353,13 +353,9 @@ impl Flags {
             .ok_or_else(|| at(key.span(), format!("unknown key '{name}'")))?;
         let (kind, list) = kind(arg);
         let wrong = |got: &Value| {
-            let mut takes = takes(kind, value_name(arg));
-            if list {
-                takes = format!("{takes}, or an array of them");
-            }
             at(
                 value.span(),
-                format!("{name} takes {takes}, not {}", type_name(got)),
+                format!("{name} takes {}, not {}", key_takes(arg), type_name(got)),
             )
         };
         let mut words = Vec::new();

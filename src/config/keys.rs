@@ -43,6 +43,29 @@ pub(super) const ROUTE_KEYS: [&str; 10] = [
     "allow-uri",
 ];
 
+/// Whether the long flag `long` is a key of `[process]` (the manual page's list of them).
+pub fn is_process_key(long: &str) -> bool {
+    PROCESS_ONLY.contains(&long) || PROCESS_TOO.contains(&long)
+}
+
+/// Whether the long flag `long` is a key of `[defaults]` and `[[service]]` (the manual page's list
+/// of them; `name` is a service key that is no flag).
+pub fn is_service_key(long: &str) -> bool {
+    !NOT_KEYS.contains(&long) && !PROCESS_ONLY.contains(&long)
+}
+
+/// What the key of the flag `arg` takes, in words: the refusal of a wrong type and the
+/// securesock.toml(5) page say the same.
+pub fn key_takes(arg: &Arg) -> String {
+    let (kind, list) = kind(arg);
+    let one = takes(kind, value_name(arg));
+    if list {
+        format!("{one}, or an array of them")
+    } else {
+        one
+    }
+}
+
 /// Where a table stands in the file, for the messages about its keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Place {

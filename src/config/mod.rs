@@ -37,11 +37,12 @@ mod types;
 mod validate;
 
 pub use args::{
-    Args, Cli, ClientAuthArgs, Command, CtlArgs, CtlCommand, LimitsArgs, ListenArgs, ModeArgs,
-    OperationsArgs, Source, TlsArgs, UpstreamArgs,
+    Args, Cli, ClientAuthArgs, Command, CompletionShell, CtlArgs, CtlCommand, LimitsArgs,
+    ListenArgs, ManualPage, ModeArgs, OperationsArgs, Source, TlsArgs, UpstreamArgs,
 };
 pub use cidr::Cidr;
 pub use errors::ArgsError;
+pub use keys::{is_process_key, is_service_key, key_takes};
 pub use types::{
     AcceptProxy, AccessRules, Balance, ClientAuth, Config, ControlSocket, DEFAULT_CONTROL_SOCKET,
     DEFAULT_LISTEN_MODE, DEFAULT_SERVICE, Identity, Limits, Listen, LogFormat, Mode, Process,
@@ -69,6 +70,10 @@ pub enum Invocation {
         socket: PathBuf,
         command: CtlCommand,
     },
+    /// `securesock completions SHELL`: print that shell's completion script.
+    Completions(CompletionShell),
+    /// `securesock manual PAGE`: print that manual page.
+    Manual(ManualPage),
 }
 
 /// Parses and validates a command line (the program name first), environment variables
@@ -93,6 +98,8 @@ where
             socket: ctl_socket(ctl.control_socket, ctl.config.as_deref())?,
             command: ctl.command,
         }),
+        Some(Command::Completions { shell }) => Ok(Invocation::Completions(shell)),
+        Some(Command::Manual { page }) => Ok(Invocation::Manual(page)),
     }
 }
 
@@ -150,9 +157,13 @@ where
 {
     match parse_invocation(args)? {
         Invocation::Serve(config) => Ok(config),
-        Invocation::Check(_) | Invocation::ImportStunnel(_) | Invocation::Ctl { .. } => Err(
-            ArgsError::Invalid("a subcommand where a configuration to serve was expected".into()),
-        ),
+        Invocation::Check(_)
+        | Invocation::ImportStunnel(_)
+        | Invocation::Ctl { .. }
+        | Invocation::Completions(_)
+        | Invocation::Manual(_) => Err(ArgsError::Invalid(
+            "a subcommand where a configuration to serve was expected".into(),
+        )),
     }
 }
 

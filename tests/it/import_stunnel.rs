@@ -3,7 +3,7 @@
 //! stunnel's manual shows them. The TOML it writes parses, holds the services and keys expected,
 //! each option left out is named with its line (exit 3; 0 when all was carried; 2 for a file that
 //! cannot be read), and an imported file starts (`securesock --config`) on the same port and
-//! serves.
+//! serves; a three-service file passes `securesock check` and serves every port to real clients.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -501,4 +501,147 @@ fn an_imported_server_starts_on_the_same_port_and_serves() {
     server
         .logs
         .wait_for(&["result=handshake_failed kind=not_allowed"]);
+}
+
+/// A plaintext upstream that says `hello` first, reads one line and answers it with `reply`.
+fn line_server(
+    hello: &'static [u8],
+    reply: &'static [u8],
+) -> (std::net::SocketAddr, std::thread::JoinHandle<Vec<u8>>) {
+    upstream_once(move |mut s| {
+        s.write_all(hello).unwrap();
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while s.read(&mut byte).unwrap() == 1 {
+            line.push(byte[0]);
+            if byte[0] == b'\n' {
+                break;
+            }
+        }
+        s.write_all(reply).unwrap();
+        line
+    })
+}
+
+/// Reads until `want` has arrived (or the stream ends), so a test never waits on a relay's close.
+fn read_until(stream: &mut impl Read, want: &[u8]) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while !got.windows(want.len()).any(|w| w == want) {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    got
+}
+
+/// The migration the README shows, whole: a stunnel.conf with three services as stunnel's manual
+/// writes them (two TLS servers in front of plaintext daemons and a client-mode tunnel) is
+/// imported, passes `securesock check`, and `securesock --config` serves all three ports to real
+/// clients.
+#[test]
+fn a_three_service_stunnel_conf_moves_with_import_check_and_run() {
+    let certs = crate::support::default_certs();
+    let (pop3, pop3_got) = line_server(b"+OK POP3 ready\r\n", b"+OK bye\r\n");
+    let (web, web_got) = line_server(b"", b"HTTP/1.0 200 OK\r\n\r\nfrom the web upstream");
+    // The client-mode tunnel's far end: a TLS echo server (securesock itself) for localhost.
+    let tls_echo = Server::start(&["--mode", "echo"]);
+    let [pop3s, https, redis] = [free_port(), free_port(), free_port()];
+    let dir = tempfile::tempdir().unwrap();
+    let cert = certs.cert.display();
+    let key = certs.key.display();
+    let conf = write(
+        dir.path(),
+        "stunnel.conf",
+        &format!(
+            "; Sample stunnel configuration file, three services\n\
+             foreground = yes\n\
+             \n\
+             [pop3s]\n\
+             accept  = 127.0.0.1:{pop3s}\n\
+             connect = {pop3}\n\
+             cert = {cert}\n\
+             key = {key}\n\
+             \n\
+             [https]\n\
+             accept  = 127.0.0.1:{https}\n\
+             connect = {web}\n\
+             cert = {cert}\n\
+             key = {key}\n\
+             TIMEOUTclose = 0\n\
+             \n\
+             [redis]\n\
+             client = yes\n\
+             accept = 127.0.0.1:{redis}\n\
+             connect = {}\n\
+             CAfile = {cert}\n\
+             verifyChain = yes\n\
+             checkHost = localhost\n",
+            tls_echo.addr
+        ),
+    );
+    let run = import(&conf);
+    let toml = write(dir.path(), "securesock.toml", &run.toml);
+
+    let check = Command::new(binary())
+        .args(["check", "--config"])
+        .arg(&toml)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(check.status.code(), Some(0), "securesock check:\n{report}");
+    for service in ["pop3s", "https", "redis"] {
+        assert!(
+            report.contains(&format!("{service}: ok: ")),
+            "{service} unchecked:\n{report}"
+        );
+    }
+
+    let mut cmd = Command::new(binary());
+    cmd.arg("--config").arg(&toml);
+    let server = Server::spawn(cmd, &certs.cert);
+    server.logs.wait_for_n(&["listening on "], 3);
+    let connector = crate::support::connector_trusting(&certs.cert);
+    let tls_to = |port: u16| {
+        let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+        connector.connect("localhost", tcp).unwrap()
+    };
+
+    // pop3s: the daemon's banner through TLS, a command, its answer.
+    let mut tls = tls_to(pop3s);
+    assert_eq!(read_until(&mut tls, b"\r\n"), b"+OK POP3 ready\r\n");
+    tls.write_all(b"QUIT\r\n").unwrap();
+    assert_eq!(read_until(&mut tls, b"bye\r\n"), b"+OK bye\r\n");
+    assert_eq!(pop3_got.join().unwrap(), b"QUIT\r\n");
+    drop(tls);
+
+    // https: a request and the web upstream's answer.
+    let mut tls = tls_to(https);
+    tls.write_all(b"GET / HTTP/1.0\r\n").unwrap();
+    let answer = read_until(&mut tls, b"from the web upstream");
+    assert!(answer.starts_with(b"HTTP/1.0 200 OK"), "{answer:?}");
+    assert_eq!(web_got.join().unwrap(), b"GET / HTTP/1.0\r\n");
+    drop(tls);
+
+    // redis: plaintext in, verified TLS to the echo server, the bytes back.
+    let mut plain = TcpStream::connect(("127.0.0.1", redis)).unwrap();
+    plain.set_read_timeout(Some(PATIENCE)).unwrap();
+    plain.write_all(b"PING\r\n").unwrap();
+    assert_eq!(read_until(&mut plain, b"PING\r\n"), b"PING\r\n");
+    drop(plain);
+
+    for service in ["pop3s", "https", "redis"] {
+        server
+            .logs
+            .wait_for(&["conn ", &format!("service={service} ")]);
+    }
+    // What stunnel had that securesock does not do is named, and the exit code says so.
+    assert_eq!(run.code, Some(3), "{:?}", run.stderr);
+    assert!(
+        run.stderr.iter().any(|l| l.contains("TIMEOUTclose")),
+        "{:?}",
+        run.stderr
+    );
 }

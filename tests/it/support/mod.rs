@@ -114,6 +114,7 @@ fn missing_tool(tool: &str, why: &str) -> Option<String> {
     let package = match tool {
         "redis-cli" => "redis-tools",
         "systemd-socket-activate" => "systemd",
+        "man" => "man-db",
         other => other,
     };
     Some(format!(
