@@ -15,6 +15,7 @@ use openssl::ssl::{
 use openssl::x509::verify::X509VerifyFlags;
 
 use super::access::restrict_clients;
+use super::cache::Parsed;
 use super::files::{ClientCa, Crls, load_ocsp, load_ticket_keys};
 use super::identity::{Identity, describe};
 use super::profile::{apply_profile, interned_wire};
@@ -26,8 +27,10 @@ use crate::config::TlsSettings;
 use crate::sys::{self, TicketKey};
 
 /// Builds and validates the server's context: Mozilla profile, certificate chain, matching key,
-/// and the client authentication, SNI certificates and ALPN asked for.
-pub(super) fn build_acceptor(settings: &TlsSettings) -> Result<Tls> {
+/// and the client authentication, SNI certificates and ALPN asked for. Chains and keys come
+/// through `parsed`, so a file used twice (an SNI certificate that is also the default) is
+/// parsed once.
+pub(super) fn build_acceptor(settings: &TlsSettings, parsed: &mut Parsed) -> Result<Tls> {
     // The client CA and CRL files are read once, for every context's trust store and for the
     // digest that binds sessions to the verification settings they were made under.
     let verify = match &settings.client_auth {
@@ -42,7 +45,7 @@ pub(super) fn build_acceptor(settings: &TlsSettings) -> Result<Tls> {
         verify.as_ref().map(|v| &v.ca),
         verify.as_ref().and_then(|v| v.crls.as_ref()),
     )?;
-    let identity = Identity::load(&settings.cert, &settings.key)?;
+    let identity = Identity::load(&settings.cert, &settings.key, parsed)?;
     let ticket_keys = settings
         .ticket_keys
         .as_deref()
@@ -76,7 +79,7 @@ pub(super) fn build_acceptor(settings: &TlsSettings) -> Result<Tls> {
 
     let mut by_name: Vec<(String, SslContext)> = Vec::new();
     for spec in &settings.sni {
-        let identity = Identity::load(&spec.cert, &spec.key)?;
+        let identity = Identity::load(&spec.cert, &spec.key, parsed)?;
         let (mut sb, _) = build.profile_builder()?;
         identity.install(&mut sb)?;
         by_name.push((spec.name.clone(), sb.build().into_context()));

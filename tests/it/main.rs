@@ -38,6 +38,7 @@ mod relay;
 mod revoke;
 mod scripts;
 mod services;
+mod shared_contexts;
 mod shutdown;
 mod socket_activation;
 mod startup;
