@@ -1,7 +1,7 @@
 #!/bin/bash
 # Benchmarks securesock against nginx (stream module) and stunnel on loopback: same certificate,
 # same Mozilla intermediate v6.0 settings, load from securesock-bench; writes a report.
-#   scripts/bench.sh [--quick] [--throughput] [--forward] [--client] [--idle-memory] [--established [N]] [--soak [N]] [--all] [--trixie] [--rounds N] [--duration SECS] [--out DIR] [--write]
+#   scripts/bench.sh [--quick] [--throughput] [--forward] [--client] [--idle-memory] [--established [N]] [--services] [--soak [N]] [--all] [--trixie] [--rounds N] [--duration SECS] [--out DIR] [--write]
 # Sections (default --throughput; medians over --rounds runs, 3, of --duration seconds, 5):
 #   --throughput   full and resumed handshakes at 1, 16 and 64 clients, peers in alternating
 #                  rounds: conns/s, p50/p99, server CPU per connection, peak RSS; a PNG chart
@@ -16,6 +16,10 @@
 #                  clients echo 16 bytes through securesock --mode forward, nginx (1 worker) and
 #                  stunnel to a plaintext echo upstream and stay open; then 19,000 against --mode
 #                  echo and 9,000 against --mode forward; a client from 127.0.0.2 timed meanwhile
+#   --services     many services in one process (issue 19): handshakes/s through one of 10
+#                  services against one alone (alternating rounds), the failover cost of the first
+#                  and the later clients of three upstream sets (live; a closed port first; a
+#                  blackholed address first), and start, reload and memory of 1,000 services
 #   --soak [N]     N connections (1,000,000) against securesock: failures, RSS, open fds at start,
 #                  middle and end
 #   --all          throughput, forward, client and idle-memory (not soak or established)
@@ -58,6 +62,7 @@ while [ $# -gt 0 ]; do
         --established)
             sections="$sections established"; shift
             case "${1:-}" in ''|-*) ;; *) established_n=$1; shift ;; esac ;;
+        --services) sections="$sections services"; shift ;;
         --soak)
             sections="$sections soak"; shift
             case "${1:-}" in ''|-*) ;; *) soak_n=$1; shift ;; esac ;;
@@ -393,7 +398,131 @@ soak() {
     publish soak soak --fact "seconds=$seconds"
 }
 
-# Each section is the function of its name (throughput forward client idle established soak).
+# services_file FILE N MODE [KEY = VALUE line...]: N services of MODE on 127.0.0.1, one certificate,
+# written with printf as the BENCHMARKS.md figures were first measured, each extra line in
+# [defaults]. Port 0 for every service (a fresh port each): a fixed range may be taken on a shared box.
+services_file() {
+    local file=$1 n=$2 mode=$3 i; shift 3
+    {
+        printf '[defaults]\ncert = "%s"\nkey = "%s"\nmode = "%s"\nwatch-interval = 0\nhandshake-timeout = %s\n' \
+            "$cert" "$key" "$mode" "$handshake_timeout"
+        printf '%s\n' "$@"
+        for i in $(seq 0 $((n - 1))); do
+            printf '[[service]]\nname = "s%d"\nlisten = "127.0.0.1:0"\n' "$i"
+        done
+    } >"$file"
+}
+
+# lines_in FILE PATTERN N PID: waits until FILE has N lines matching PATTERN (polling every 10 ms)
+# or PID has gone; false when it has.
+lines_in() {
+    while [ "$(grep -c -- "$2" "$1")" -lt "$3" ]; do
+        kill -0 "$4" 2>/dev/null || return 1
+        sleep 0.01
+    done
+}
+
+# scale_round N ROUND: N greet services started, timed to the Nth "listening on" line, sampled,
+# reloaded with SIGHUP and timed to the Nth "reload ok" line, sampled again, stopped.
+scale_round() {
+    local n=$1 file=$work/scale-$1.toml log=$work/scale-$1.log t0 t1 t2 t3 spid rss threads rss2
+    services_file "$file" "$n" greet
+    : >"$log"
+    t0=$(date +%s.%N)
+    "$bin/securesock" --config "$file" 2>"$log" &
+    spid=$! live[$spid]=1
+    lines_in "$log" 'listening on' "$n" "$spid" || { echo "bench.sh: $n services did not start: $(tail -n 3 "$log")" >&2; exit 1; }
+    t1=$(date +%s.%N)
+    sleep 0.5
+    rss=$(awk '/^VmRSS/ {print $2}' "/proc/$spid/status")
+    threads=$(awk '/^Threads/ {print $2}' "/proc/$spid/status")
+    t2=$(date +%s.%N)
+    kill -HUP "$spid"
+    lines_in "$log" 'reload ok' "$n" "$spid" || { echo "bench.sh: $n services did not reload: $(tail -n 3 "$log")" >&2; exit 1; }
+    t3=$(date +%s.%N)
+    sleep 0.5
+    rss2=$(awk '/^VmRSS/ {print $2}' "/proc/$spid/status")
+    stop_pid "$spid"
+    "$bench" record --section services --set kind=scale --set "services=$n" --set "round=$2" \
+        --set "start_s=$(seconds_between "$t0" "$t1")" --set "reload_s=$(seconds_between "$t2" "$t3")" \
+        --set "rss_kb=$rss" --set "threads=$threads" --set "rss_after_reload_kb=$rss2" \
+        --out "$work/services.jsonl"
+}
+
+# seconds_between T0 T1: T1 - T0 as a number with a leading digit (0.250, not bc's .250).
+seconds_between() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
+
+# stop_pid PID: one process this script started, gone when it returns.
+stop_pid() {
+    kill "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+    unset "live[$1]"
+}
+
+services() {
+    local clients=16 later=20 connect_timeout=1 round set
+    [ "$quick" -eq 0 ] || later=5
+    echo "== services: $rounds round(s): handshakes through 1 of 10 services vs 1 alone (-c $clients, ${duration}s); failover first/later clients; 1,000 services start/reload" >&2
+    load_start=$(load_avg)
+    # (1) One of 10 against one alone, both running, the same load in alternating rounds.
+    services_file "$work/svc10.toml" 10 greet
+    services_file "$work/svc1.toml" 1 greet
+    start program svc10 -- "$bin/securesock" --config "$work/svc10.toml"
+    start program svc1 -- "$bin/securesock" --config "$work/svc1.toml"
+    cell() {
+        measured=$1 labels=(--set kind=handshakes --set "services=${1#svc}" --set "clients=$2")
+        cmd=("$bench" "127.0.0.1:${ports[$1]}" --insecure -c "$2" -d "$duration" --json)
+    }
+    sweep services "svc1 svc10" "$clients"
+    stop svc10 svc1
+    # (2) Failover, behind one forward service restarted each round (passive health starts empty).
+    start program greeter -- "$bin/examples/plain-greeter" 127.0.0.1:0 "$greeting"
+    local up=$port
+    # A listener with backlog 0 that never accepts, its queue filled: SYNs to it go unanswered.
+    start program blackhole -- python3 -c '
+import socket, sys, time
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(0)
+port = l.getsockname()[1]; held = []
+while True:
+    s = socket.socket(); s.settimeout(0.3)
+    try:
+        s.connect(("127.0.0.1", port)); held.append(s)
+    except OSError:
+        break
+print("blackhole listening on 127.0.0.1:%d" % port, file=sys.stderr, flush=True)
+while True:
+    time.sleep(3600)
+'
+    local hole=$port
+    for round in $(seq 1 "$rounds"); do
+        for set in live refused-first blackholed-first; do
+            case "$set" in
+                live) list="\"127.0.0.1:$up\"" ;;
+                refused-first) list="\"127.0.0.1:1\", \"127.0.0.1:$up\"" ;;
+                blackholed-first) list="\"127.0.0.1:$hole\", \"127.0.0.1:$up\"" ;;
+            esac
+            services_file "$work/fo.toml" 1 forward "upstream = [$list]" "connect-timeout = $connect_timeout"
+            start program "fo-$set" -- "$bin/securesock" --config "$work/fo.toml"
+            "$bench" "127.0.0.1:$port" --insecure -c 1 -n 1 --json >"$work/fo-first.json" || true
+            "$bench" "127.0.0.1:$port" --insecure -c 1 -n "$later" --json >"$work/fo-later.json" || true
+            for client in first later; do
+                "$bench" record --section services --run "$work/fo-$client.json" --set kind=failover \
+                    --set "set=$set" --set "client=$client" --set "round=$round" --out "$work/services.jsonl"
+            done
+            stop "fo-$set"
+        done
+    done
+    stop greeter blackhole
+    # (3) 1,000 services against one, alternating.
+    for round in $(seq 1 "$rounds"); do
+        scale_round 1 "$round"
+        scale_round 1000 "$round"
+    done
+    publish services services --fact "load_start=$load_start" --fact "load_end=$(load_avg)" \
+        --fact "clients=$clients" --fact "later=$later" --fact "connect_timeout=$connect_timeout"
+}
+
+# Each section is the function of its name (throughput forward client idle established services soak).
 for section in $sections; do "$section"; done
 echo "bench.sh: ran for $(( $(date +%s) - t_start )) s after the build; report in $report" >&2
 [ "$write" -eq 0 ] ||

@@ -98,7 +98,7 @@ pub enum Command {
     },
     /// Make one run's record from its result and the samples around it; print its progress line
     Record {
-        /// Which section's figures follow from it: throughput, client, forward, idle, established, soak
+        /// Which section's figures follow from it: throughput, client, forward, idle, established, services, soak
         #[arg(long)]
         section: String,
         /// The run's result (first JSON line); its fields become the record's
@@ -122,7 +122,7 @@ pub enum Command {
     },
     /// Write a section's markdown from its records
     Report {
-        /// throughput, forward, client, idle, established or soak
+        /// throughput, forward, client, idle, established, services or soak
         section: String,
         /// The section's records, one JSON line each
         #[arg(long, value_name = "FILE")]
@@ -394,6 +394,7 @@ pub fn run(tools: Tools) -> Result<()> {
                     let w = warnings.map(|p| read(&p)).transpose()?.unwrap_or_default();
                     report::established::markdown(&all, &results, &w)
                 }
+                "services" => report::services::markdown(&all, &results),
                 "soak" => report::soak::markdown(&all, &results),
                 other => bail!("no section '{other}'"),
             };

@@ -184,7 +184,7 @@ impl ProxyProtocol {
 }
 
 /// Where the certificates and keys come from and how to serve them.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsSettings {
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -283,7 +283,7 @@ impl AccessRules {
 }
 
 /// Mutual TLS: whom to trust for client certificates.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientAuth {
     /// PEM file of the CA certificates client certificates must chain to.
     pub ca: PathBuf,

@@ -11,6 +11,7 @@ use anyhow::{Result, bail};
 use openssl::ssl::{Ssl, SslConnector, SslMethod, SslSessionCacheMode, SslVerifyMode};
 use openssl::x509::verify::X509CheckFlags;
 
+use super::cache::Parsed;
 use super::files::load_upstream_ca;
 use super::identity::{Identity, describe};
 use super::profile::{apply_profile, interned_wire};
@@ -63,7 +64,11 @@ impl Connector {
 /// suites and groups), the upstream verified against the system trust store or `--upstream-ca`,
 /// the client certificate checked as the server's is (readable, key matches, valid now), ALPN,
 /// and a one-session cache per upstream address for resumption.
-pub(super) fn build_connector(settings: &TlsSettings, up: &UpstreamTls) -> Result<Tls> {
+pub(super) fn build_connector(
+    settings: &TlsSettings,
+    up: &UpstreamTls,
+    parsed: &mut Parsed,
+) -> Result<Tls> {
     // A pattern is not a name: OpenSSL would take `*.example.com` as a literal to look for in the
     // certificate, where it matches a wildcard SAN, so any holder of a wildcard certificate for
     // the domain would pass. (Config validation is the natural home of this check.)
@@ -87,7 +92,7 @@ pub(super) fn build_connector(settings: &TlsSettings, up: &UpstreamTls) -> Resul
     b.set_verify(SslVerifyMode::PEER);
     let info = match &up.identity {
         Some(id) => {
-            let identity = Identity::load(&id.cert, &id.key)?;
+            let identity = Identity::load(&id.cert, &id.key, parsed)?;
             identity.install(&mut b)?;
             Some(describe(&identity.chain)?)
         }

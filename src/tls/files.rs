@@ -144,8 +144,12 @@ fn shown_size(bytes: u64) -> String {
 
 /// Loads the certificate chain (leaf first) from a PEM file.
 pub fn load_chain(path: &Path) -> Result<Vec<X509>> {
-    let pem = read_bounded(path, FileKind::Certificate)?;
-    let chain = X509::stack_from_pem(&pem)
+    parse_chain(path, &read_bounded(path, FileKind::Certificate)?)
+}
+
+/// Parses a certificate chain (leaf first) read from `path`.
+pub(super) fn parse_chain(path: &Path, pem: &[u8]) -> Result<Vec<X509>> {
+    let chain = X509::stack_from_pem(pem)
         .map_err(|_| anyhow!("certificate {} is not valid PEM", path.display()))?;
     if chain.is_empty() {
         bail!("certificate {} holds no PEM certificate", path.display());
@@ -155,8 +159,12 @@ pub fn load_chain(path: &Path) -> Result<Vec<X509>> {
 
 /// Loads a PEM private key (PKCS#8, PKCS#1 or SEC1).
 pub fn load_key(path: &Path) -> Result<PKey<Private>> {
-    let pem = read_bounded(path, FileKind::Key)?;
-    PKey::private_key_from_pem(&pem).map_err(|_| {
+    parse_key(path, &read_bounded(path, FileKind::Key)?)
+}
+
+/// Parses a PEM private key read from `path`.
+pub(super) fn parse_key(path: &Path, pem: &[u8]) -> Result<PKey<Private>> {
+    PKey::private_key_from_pem(pem).map_err(|_| {
         anyhow!(
             "key {} is not a valid unencrypted PEM private key",
             path.display()

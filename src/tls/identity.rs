@@ -15,7 +15,7 @@ use openssl::pkey::{PKey, Private};
 use openssl::ssl::SslContextBuilder;
 use openssl::x509::X509;
 
-use super::files::{load_chain, load_key};
+use super::cache::Parsed;
 use super::x509_text::{alt_names, name_to_string};
 
 /// Days before expiry under which start-up and reload warn.
@@ -114,7 +114,7 @@ pub(crate) fn check_key_matches(
 /// A certificate chain (leaf first) and its private key, read and checked together; what a server
 /// context (default or SNI) serves and what client mode presents to the upstream.
 pub(super) struct Identity {
-    /// Never empty: [`load_chain`] refuses a file without a certificate.
+    /// Never empty: [`parse_chain`] refuses a file without a certificate.
     pub(super) chain: Vec<X509>,
     key: PKey<Private>,
     /// The key's file, named when OpenSSL refuses to install the key.
@@ -123,10 +123,11 @@ pub(super) struct Identity {
 
 impl Identity {
     /// Loads a certificate chain and its key and checks that they belong together and are valid
-    /// now.
-    pub(super) fn load(cert: &Path, key: &Path) -> Result<Identity> {
-        let chain = load_chain(cert)?;
-        let pkey = load_key(key)?;
+    /// now. `parsed` holds the files already parsed in this pass: a file whose bytes are the ones
+    /// parsed before is not parsed again.
+    pub(super) fn load(cert: &Path, key: &Path, parsed: &mut Parsed) -> Result<Identity> {
+        let chain = parsed.chain(cert)?;
+        let pkey = parsed.key(key)?;
         let leaf = &chain[0];
         check_validity(cert, leaf)?;
         check_key_matches(cert, leaf, key, &pkey)?;

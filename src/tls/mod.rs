@@ -11,6 +11,8 @@
 //! - `server`: the server's context (acceptor); `client`: client mode's [`Connector`];
 //! - `profile`: the Mozilla profile (versions, ciphers, groups) both sides apply, written once;
 //! - `identity`: a certificate chain and key loaded, checked and installed, for both sides;
+//! - `cache`: server contexts shared between services with the same settings and files, and
+//!   chains and keys parsed once per path and contents;
 //! - `sni`: the certificate chosen by server name in the ClientHello callback;
 //! - `access`: the `--allow-*` rules and the handshake hooks that refuse a client;
 //! - `files`: the one bounded file reader and the certificate, key, CA, CRL, OCSP and ticket-key
@@ -23,6 +25,7 @@
 //! - `openssl_support`: which OpenSSL series upstream still supports.
 
 mod access;
+mod cache;
 mod client;
 mod files;
 mod identity;
@@ -40,6 +43,7 @@ use log::info;
 use openssl::ssl::SslAcceptor;
 
 pub use access::{access_refusal, allowed, take_refusal};
+pub use cache::Cache;
 pub use client::Connector;
 // For the rest of the crate's file reads (the reload watcher's fingerprint, issue 19's
 // configuration file), which switch to it at merge.
@@ -97,10 +101,14 @@ impl Tls {
 /// Builds and validates the TLS context: Mozilla profile, certificate chain, matching key, and
 /// the client authentication, SNI certificates and ALPN asked for; or, with an upstream to
 /// originate TLS to, client mode's [`Connector`].
+///
+/// Every call builds anew (a reload, `securesock check`); [`Cache::build`] shares one server
+/// context between services with the same settings and files.
 pub fn build(settings: &TlsSettings) -> Result<Tls> {
+    let mut parsed = cache::Parsed::default();
     match &settings.upstream {
-        Some(up) => client::build_connector(settings, up),
-        None => server::build_acceptor(settings),
+        Some(up) => client::build_connector(settings, up, &mut parsed),
+        None => server::build_acceptor(settings, &mut parsed),
     }
 }
 

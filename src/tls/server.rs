@@ -15,6 +15,7 @@ use openssl::ssl::{
 use openssl::x509::verify::X509VerifyFlags;
 
 use super::access::{restrict_clients, set_rules};
+use super::cache::Parsed;
 use super::files::{ClientCa, Crls, load_ocsp, load_ticket_keys};
 use super::identity::{Identity, describe};
 use super::profile::{apply_profile, interned_wire};
@@ -26,8 +27,10 @@ use crate::config::{AccessRules, TlsSettings};
 use crate::sys::{self, TicketKey};
 
 /// Builds and validates the server's context: Mozilla profile, certificate chain, matching key,
-/// and the client authentication, SNI certificates and ALPN asked for.
-pub(super) fn build_acceptor(settings: &TlsSettings) -> Result<Tls> {
+/// and the client authentication, SNI certificates and ALPN asked for. Chains and keys come
+/// through `parsed`, so a file used twice (an SNI certificate that is also the default) is
+/// parsed once.
+pub(super) fn build_acceptor(settings: &TlsSettings, parsed: &mut Parsed) -> Result<Tls> {
     // The client CA and CRL files are read once, for every context's trust store and for the
     // digest that binds sessions to the verification settings they were made under.
     let verify = match &settings.client_auth {
@@ -46,7 +49,7 @@ pub(super) fn build_acceptor(settings: &TlsSettings) -> Result<Tls> {
         )
     };
     let digest = digest_for(&settings.allow)?;
-    let identity = Identity::load(&settings.cert, &settings.key)?;
+    let identity = Identity::load(&settings.cert, &settings.key, parsed)?;
     let ticket_keys = settings
         .ticket_keys
         .as_deref()
@@ -84,7 +87,7 @@ pub(super) fn build_acceptor(settings: &TlsSettings) -> Result<Tls> {
 
     let mut by_name: Vec<Named> = Vec::new();
     for spec in &settings.sni {
-        let identity = Identity::load(&spec.cert, &spec.key)?;
+        let identity = Identity::load(&spec.cert, &spec.key, parsed)?;
         let (mut sb, _) = build.profile_builder(&settings.allow, &digest)?;
         identity.install(&mut sb)?;
         by_name.push(Named {
@@ -96,7 +99,7 @@ pub(super) fn build_acceptor(settings: &TlsSettings) -> Result<Tls> {
     // Each route: its certificate, its rules (else the service's), the digest of those in its
     // sessions' context, and its tag, by which the connection knows its route after the handshake.
     for (index, route) in settings.routes.iter().enumerate() {
-        let identity = Identity::load(&route.cert, &route.key)
+        let identity = Identity::load(&route.cert, &route.key, parsed)
             .with_context(|| format!("route {}", route.name))?;
         let rules = route.allow.as_ref().unwrap_or(&settings.allow);
         let verification = digest_for(rules)?;

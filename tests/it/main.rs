@@ -43,6 +43,7 @@ mod revoke;
 mod routes;
 mod scripts;
 mod services;
+mod shared_contexts;
 mod shutdown;
 mod socket_activation;
 mod startup;

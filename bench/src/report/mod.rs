@@ -11,6 +11,7 @@ pub mod established;
 pub mod forward;
 pub mod idle;
 pub mod markdown;
+pub mod services;
 pub mod soak;
 pub mod throughput;
 
