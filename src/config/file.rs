@@ -240,6 +240,8 @@ impl Flags {
             metrics_listen: ops.metrics_listen,
             log_failed_handshakes: ops.log_failed_handshakes,
             max_connections,
+            // Set by the caller that knows the path (`config::load_file`).
+            config_file: None,
         })
     }
 

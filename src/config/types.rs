@@ -184,7 +184,7 @@ impl ProxyProtocol {
 }
 
 /// Where the certificates and keys come from and how to serve them.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsSettings {
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -255,7 +255,7 @@ impl AccessRules {
 }
 
 /// Mutual TLS: whom to trust for client certificates.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientAuth {
     /// PEM file of the CA certificates client certificates must chain to.
     pub ca: PathBuf,
@@ -340,8 +340,9 @@ pub(super) const DEFAULT_TICKET_KEY_ROTATION: f64 = 3600.0;
 
 /// Validated settings: everything the server needs, in the types it needs: the process-wide
 /// settings and every service the process runs (flags alone give exactly one, named
-/// [`DEFAULT_SERVICE`]).
-#[derive(Debug, Clone)]
+/// [`DEFAULT_SERVICE`]). Compared whole (`PartialEq`) by a reload of the file, to tell which
+/// services changed.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub process: Process,
     /// Every service, in the order configured; names and listen addresses are unique.
@@ -352,7 +353,7 @@ pub struct Config {
 pub const DEFAULT_SERVICE: &str = "default";
 
 /// What the whole process shares, whatever service a connection is for (the `[process]` table).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Process {
     /// Where to serve metrics, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
@@ -361,10 +362,13 @@ pub struct Process {
     /// Connections open at once over every service, on top of each service's own cap; `None`
     /// when only the services' caps apply (always so with flags alone).
     pub max_connections: Option<usize>,
+    /// The `--config FILE` the configuration was read from, which SIGHUP and a change of its
+    /// contents read again; `None` with flags alone (a reload then rebuilds certificates only).
+    pub config_file: Option<PathBuf>,
 }
 
 /// One service: a listener and what its connections do (a `[[service]]` table, or the flags).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Service {
     /// Unique within the process; the `conn` line's and the metrics' `service`.
     pub name: String,
@@ -403,7 +407,7 @@ impl AcceptProxy {
 
 /// An address block, `ADDR/PREFIX`.
 /// The bounds that keep one client (or many) from taking the server down.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// Connections open at once on this service, over all its clients.
     pub max_connections: usize,

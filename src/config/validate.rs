@@ -45,6 +45,7 @@ impl Args {
                 metrics_listen: ops.metrics_listen,
                 log_failed_handshakes: ops.log_failed_handshakes,
                 max_connections: None,
+                config_file: None,
             },
             services: vec![Service {
                 name: DEFAULT_SERVICE.to_string(),

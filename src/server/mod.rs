@@ -14,13 +14,15 @@
 //!
 //! Rooms: [`service`] (one service bound), [`listener`] (the listening socket), [`pool`]
 //! (connection threads), [`host_limits`]
-//! (start-up checks of the host's limits), [`reload`] (certificate reload). The server never reads
-//! from a client itself and never formats a `conn` line by hand.
+//! (start-up checks of the host's limits), [`reload`] (one service's certificate reload),
+//! [`reconfigure`] (the process's one reload thread: SIGHUP, file and certificate watching, the
+//! configuration file read again), [`set`] (the accept loop's listeners, changed by a reload). The
+//! server never reads from a client itself and never formats a `conn` line by hand.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -41,13 +43,18 @@ use crate::tls;
 mod host_limits;
 pub(crate) mod listener;
 mod pool;
+mod reconfigure;
 pub(crate) mod reload;
 mod service;
+mod set;
 
 use host_limits::{ThreadLimits, thread_budget, thread_limit_warnings};
 use listener::Listener;
 use pool::{Admitted, Workers};
+use reconfigure::{Reconfigure, Request};
+pub use reconfigure::{ReloadAnswer, STILL_SERVING};
 use service::{Bound, Process, Shared};
+use set::{Entry, Inbox};
 
 /// How long the accept loop backs off when accept itself fails (out of descriptors, say), so a
 /// persistent failure does not spin a core.
@@ -65,17 +72,23 @@ const CUT_GRACE: Duration = Duration::from_secs(CLOSE_TIMEOUT.as_secs() + 1);
 
 /// A bound server, ready to [`run`](Server::run): every service bound, nothing accepted yet.
 pub struct Server {
-    services: Vec<Bound>,
+    services: Vec<Entry>,
+    /// The "listening on" line of each service, logged when serving starts.
+    ready_lines: Vec<String>,
     process: Arc<Process>,
     metrics_addr: Option<SocketAddr>,
+    /// The process's reload thread.
+    reload: Sender<Request>,
+    /// What the reload thread changes in the set of services, for the accept loop.
+    inbox: Inbox,
 }
 
-/// Controls a running server from other threads: signal handlers, tests.
+/// Controls a running server from other threads: signal handlers, tests, the control socket.
 #[derive(Clone)]
 pub struct Handle {
     shutdown: Arc<Shutdown>,
-    /// Every service's reload thread.
-    reload: Vec<Sender<()>>,
+    /// The process's reload thread.
+    reload: Sender<Request>,
 }
 
 impl Handle {
@@ -88,12 +101,28 @@ impl Handle {
         self.shutdown.requested()
     }
 
-    /// Rebuilds every service's TLS context from its files now (SIGHUP).
+    /// Reloads now without waiting (SIGHUP): with `--config FILE`, the file is read again and
+    /// put in service whole or not at all; with flags alone, every service's TLS context is
+    /// rebuilt from its files.
     pub fn reload(&self) {
-        for reload in &self.reload {
-            // Each reload thread lives as long as the server's handles do.
-            let _ = reload.send(());
+        // The reload thread lives as long as the server's handles do.
+        let _ = self.reload.send(Request::Signal);
+    }
+
+    /// Reloads as [`Handle::reload`] does and waits for it: what changed, or why nothing did.
+    pub fn reload_now(&self) -> ReloadAnswer {
+        let gone = || ReloadAnswer {
+            ok: false,
+            lines: vec![
+                "reload failed: the reload thread is not running".to_string(),
+                STILL_SERVING.to_string(),
+            ],
+        };
+        let (tx, rx) = mpsc::sync_channel(1);
+        if self.reload.send(Request::Now(tx)).is_err() {
+            return gone();
         }
+        rx.recv().unwrap_or_else(|_| gone())
     }
 }
 
@@ -137,6 +166,7 @@ impl Server {
             registry: Arc::new(Registry::new(Arc::clone(&shutdown))),
             shutdown,
             families: Families::new(),
+            trackers: Mutex::new(Vec::new()),
         });
         let services = config
             .services
@@ -144,6 +174,13 @@ impl Server {
             .zip(inherited)
             .map(|(s, inherited)| service::bind(s, inherited, &process))
             .collect::<Result<Vec<_>>>()?;
+        *process
+            .trackers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = services
+            .iter()
+            .map(|s| (s.name().to_string(), Arc::clone(&s.shared.tracker)))
+            .collect();
         // Threads every service may need at once: the sum of their caps, bounded by the process's.
         let mut open: usize = config
             .services
@@ -162,12 +199,11 @@ impl Server {
         }
         let metrics_addr = match config.process.metrics_listen {
             Some(addr) => {
-                let trackers: Vec<(String, Arc<Tracker>)> = services
-                    .iter()
-                    .map(|s| (s.name().to_string(), Arc::clone(&s.shared.tracker)))
-                    .collect();
+                let of = Arc::clone(&process);
                 let active = move || {
-                    trackers
+                    of.trackers
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
                         .iter()
                         .map(|(name, t)| (name.clone(), t.active()))
                         .collect()
@@ -176,24 +212,53 @@ impl Server {
             }
             None => None,
         };
+        let (changes, inbox) = set::channel().context("creating the reload channel")?;
+        let mut entries = Vec::with_capacity(services.len());
+        let mut watched = Vec::with_capacity(services.len());
+        let mut ready_lines = Vec::with_capacity(services.len());
+        for s in services {
+            let Bound {
+                listener,
+                inherited,
+                shared,
+                watched: w,
+                ready_line,
+            } = s;
+            watched.push((w, Arc::clone(&shared)));
+            ready_lines.push(ready_line);
+            entries.push(Entry {
+                listener,
+                inherited,
+                shared,
+            });
+        }
+        let reload = Reconfigure::new(Arc::clone(&process), config, watched, changes).spawn()?;
         Ok(Server {
-            services,
+            services: entries,
+            ready_lines,
             process,
             metrics_addr,
+            reload,
+            inbox,
         })
     }
 
     /// The TCP address the first service's listener is bound to (the real port when the
     /// configuration said 0); `None` for a UNIX socket.
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.services.first().and_then(Bound::local_addr)
+        self.services.first().and_then(|s| s.listener.local_addr())
     }
 
     /// Every service's name and TCP address (`None` for a UNIX socket), in the configured order.
     pub fn local_addrs(&self) -> Vec<(String, Option<SocketAddr>)> {
         self.services
             .iter()
-            .map(|s| (s.name().to_string(), s.local_addr()))
+            .map(|s| {
+                (
+                    s.shared.connections.service.to_string(),
+                    s.listener.local_addr(),
+                )
+            })
             .collect()
     }
 
@@ -205,7 +270,7 @@ impl Server {
     pub fn handle(&self) -> Handle {
         Handle {
             shutdown: Arc::clone(&self.process.shutdown),
-            reload: self.services.iter().map(|s| s.reload.clone()).collect(),
+            reload: self.reload.clone(),
         }
     }
 
@@ -214,27 +279,18 @@ impl Server {
     /// drain timeout; connections still open then are closed by their own threads, each with its
     /// log line, before this returns.
     pub fn run(self) -> io::Result<Drained> {
-        for s in &self.services {
-            info!("{}", s.ready_line);
+        for line in &self.ready_lines {
+            info!("{line}");
         }
         let Server {
-            services, process, ..
+            services: mut entries,
+            process,
+            inbox,
+            ..
         } = self;
-        let mut listeners = Vec::with_capacity(services.len());
-        let mut inherited = Vec::new();
-        for s in services {
-            s.listener.set_nonblocking()?;
-            let entry = (s.listener, s.shared);
-            if s.inherited {
-                inherited.push(entry);
-            } else {
-                listeners.push(entry);
-            }
+        for e in &entries {
+            e.listener.set_nonblocking()?;
         }
-        // Inherited sockets are polled too; they are only closed differently at the end.
-        let split = listeners.len();
-        let services = listeners.len() + inherited.len();
-        listeners.extend(inherited);
         let workers = Arc::new(Workers::new(
             |admitted: Admitted| {
                 let shared = Arc::clone(&admitted.service);
@@ -243,27 +299,39 @@ impl Server {
             thread_budget(&ThreadLimits::read()),
         ));
         let shutdown = &process.shutdown;
-        let mut fds = Vec::with_capacity(listeners.len() + 1);
+        let mut fds = Vec::with_capacity(entries.len() + 2);
         loop {
             // The bell first, then the request: a request after the look wakes the poll.
             let bell = shutdown.listen();
             fds.clear();
-            fds.extend(listeners.iter().map(|(l, _)| pollfd(l, Interest::Read)));
+            fds.extend(entries.iter().map(|e| pollfd(&e.listener, Interest::Read)));
+            fds.push(inbox.pollfd());
             fds.push(bell.pollfd());
             if shutdown.requested() {
                 break;
             }
             poll(&mut fds, None)?;
-            for (i, (listener, shared)) in listeners.iter().enumerate() {
+            for (i, e) in entries.iter().enumerate() {
                 if fds[i].revents != 0 {
-                    accept_ready(listener, shared, &workers, || shutdown.requested());
+                    accept_ready(&e.listener, &e.shared, &workers, || shutdown.requested());
+                }
+            }
+            if fds[entries.len()].revents != 0 {
+                for batch in inbox.take() {
+                    set::apply(&mut entries, batch, &workers);
                 }
             }
         }
         // systemd holds the inherited sockets and keeps them listening: connections still queued
         // wait there for the next instance it starts, and a SYN filter would outlive this process.
-        drop(listeners.split_off(split));
-        close_listeners(listeners, &workers);
+        let services = entries.len();
+        let (inherited, own): (Vec<Entry>, Vec<Entry>) =
+            entries.into_iter().partition(|e| e.inherited);
+        drop(inherited);
+        close_listeners(
+            own.into_iter().map(|e| (e.listener, e.shared)).collect(),
+            &workers,
+        );
         Ok(drain(&process, services))
     }
 }

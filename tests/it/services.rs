@@ -66,6 +66,7 @@ impl Running {
                 metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
                 log_failed_handshakes: None,
                 max_connections,
+                config_file: None,
             },
             services,
         };
