@@ -299,6 +299,7 @@ impl Server {
             thread_budget(&ThreadLimits::read()),
         ));
         let shutdown = &process.shutdown;
+        inbox.serving();
         let mut fds = Vec::with_capacity(entries.len() + 2);
         loop {
             // The bell first, then the request: a request after the look wakes the poll.
@@ -317,9 +318,7 @@ impl Server {
                 }
             }
             if fds[entries.len()].revents != 0 {
-                for batch in inbox.take() {
-                    set::apply(&mut entries, batch, &workers);
-                }
+                inbox.apply(&mut entries, &workers);
             }
         }
         // systemd holds the inherited sockets and keeps them listening: connections still queued

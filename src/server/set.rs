@@ -10,7 +10,9 @@
 use std::io::{self, Read as _, Write as _};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::time::Duration;
 
 use log::{error, info, warn};
 
@@ -59,16 +61,30 @@ pub(super) enum Change {
     },
 }
 
+/// The most a reload waits for the accept loop to apply its batch: closing the listeners that go
+/// takes at most a second (`QUEUE_DRAIN_LIMIT`); past this the loop is stuck elsewhere, and the
+/// reload says it is done anyway.
+const APPLY_PATIENCE: Duration = Duration::from_secs(5);
+
+/// A reload's changes and who waits for them to be in service.
+pub(super) struct Batch {
+    changes: Vec<Change>,
+    applied: SyncSender<()>,
+}
+
 /// The reload thread's end: sends a batch and wakes the accept loop.
 pub(super) struct Changes {
-    tx: Sender<Vec<Change>>,
+    tx: Sender<Batch>,
     wake: UnixStream,
+    /// The accept loop polls the inbox: a batch sent now is applied within a poll.
+    serving: Arc<AtomicBool>,
 }
 
 /// The accept loop's end.
 pub(super) struct Inbox {
-    rx: Receiver<Vec<Change>>,
+    rx: Receiver<Batch>,
     wake: UnixStream,
+    serving: Arc<AtomicBool>,
 }
 
 /// A channel for reload batches and its wake-up socket.
@@ -77,38 +93,63 @@ pub(super) fn channel() -> io::Result<(Changes, Inbox)> {
     let (ring, wake) = UnixStream::pair()?;
     ring.set_nonblocking(true)?;
     wake.set_nonblocking(true)?;
-    Ok((Changes { tx, wake: ring }, Inbox { rx, wake }))
+    let serving = Arc::new(AtomicBool::new(false));
+    Ok((
+        Changes {
+            tx,
+            wake: ring,
+            serving: Arc::clone(&serving),
+        },
+        Inbox { rx, wake, serving },
+    ))
 }
 
 impl Changes {
-    /// Hands a batch to the accept loop. When the loop has ended (shutdown), the batch is dropped,
-    /// and with it any listener it bound.
-    pub(super) fn send(&self, batch: Vec<Change>) {
-        if self.tx.send(batch).is_ok() {
-            // A full buffer already holds a wake-up.
-            let _ = (&self.wake).write(&[1]);
+    /// Hands a batch to the accept loop and, while it serves, waits until the loop has applied
+    /// it: whoever reads "reload ok" and connects gets the new settings. Before the loop serves,
+    /// it applies the batch when it starts; after it ended (shutdown), the batch is dropped, and
+    /// with it any listener it bound.
+    pub(super) fn send(&self, changes: Vec<Change>) {
+        let (applied, done) = mpsc::sync_channel(1);
+        if self.tx.send(Batch { changes, applied }).is_err() {
+            return;
+        }
+        // A full buffer already holds a wake-up.
+        let _ = (&self.wake).write(&[1]);
+        if self.serving.load(Ordering::SeqCst) {
+            // Gone (the loop ended and dropped the batch) or late: nothing more to wait for.
+            let _ = done.recv_timeout(APPLY_PATIENCE);
         }
     }
 }
 
 impl Inbox {
+    /// Says the accept loop polls the inbox from now on.
+    pub(super) fn serving(&self) {
+        self.serving.store(true, Ordering::SeqCst);
+    }
+
     pub(super) fn pollfd(&self) -> libc::pollfd {
         pollfd(&self.wake, Interest::Read)
     }
 
-    /// Every batch sent so far. The wake-ups are read first, so a batch sent after the read rings
-    /// again and none waits unseen.
-    pub(super) fn take(&self) -> Vec<Vec<Change>> {
+    /// Applies every batch sent so far. The wake-ups are read first, so a batch sent after the
+    /// read rings again and none waits unseen.
+    pub(super) fn apply(&self, entries: &mut Vec<Entry>, workers: &Arc<Workers>) {
         let mut buf = [0u8; 64];
         while matches!((&self.wake).read(&mut buf), Ok(n) if n > 0) {}
-        self.rx.try_iter().collect()
+        for batch in self.rx.try_iter() {
+            apply(entries, batch.changes, workers);
+            // The reload may have stopped waiting.
+            let _ = batch.applied.try_send(());
+        }
     }
 }
 
 /// Applies one batch to the accept loop's listeners: the listeners that go close first (the
 /// graceful way, serving what is queued), then the services that keep their socket get their new
 /// settings, then the new listeners join.
-pub(super) fn apply(entries: &mut Vec<Entry>, batch: Vec<Change>, workers: &Arc<Workers>) {
+fn apply(entries: &mut Vec<Entry>, batch: Vec<Change>, workers: &Arc<Workers>) {
     let mut closing = Vec::new();
     let mut keep = Vec::new();
     let mut new = Vec::new();

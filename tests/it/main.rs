@@ -25,6 +25,7 @@ mod client_mode;
 mod config_file;
 mod docs_reference;
 mod dual_stack;
+mod file_reload;
 mod gen_ca;
 mod greet;
 mod hostile;
