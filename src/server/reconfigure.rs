@@ -309,8 +309,14 @@ impl Reconfigure {
                     },
                 },
                 _ => {
-                    let metrics = self.metrics.get(&new.name).cloned();
-                    let built = service::build(new, &self.process, metrics)
+                    // Made once per name, even when this reload fails: a later one reuses them.
+                    let families = &self.process.families;
+                    let metrics = Arc::clone(
+                        self.metrics
+                            .entry(new.name.clone())
+                            .or_insert_with(|| Arc::new(families.service(&new.name))),
+                    );
+                    let built = service::build(new, &self.process, Some(metrics))
                         .with_context(|| format!("service={}", new.name))?;
                     let keeps = index.is_some_and(|i| self.services[i].config.listen == new.listen);
                     let socket = if keeps {
@@ -325,7 +331,7 @@ impl Reconfigure {
                     };
                     Step::Build {
                         index,
-                        built,
+                        built: Box::new(built),
                         socket,
                     }
                 }
@@ -391,8 +397,6 @@ impl Reconfigure {
                     } else {
                         added.push(new.name.clone());
                     }
-                    self.metrics
-                        .insert(new.name.clone(), Arc::clone(&built.shared.metrics));
                     batch.push(Change::Put {
                         shared: Arc::clone(&built.shared),
                         socket,
@@ -480,7 +484,7 @@ enum Step {
     /// A service added (`index` `None`) or changed, built whole, with its socket.
     Build {
         index: Option<usize>,
-        built: service::Built,
+        built: Box<service::Built>,
         socket: Socket,
     },
 }
