@@ -91,8 +91,11 @@ pub(super) fn bind(
     inherited: Option<sys::Inherited>,
     process: &Arc<Process>,
 ) -> Result<Bound> {
-    let built = build(service, process, None)?;
+    // In the order a user would fix them, and before any start-up line: the TLS context, the
+    // upstream's name, the listening address.
+    let prepared = prepare(service)?;
     let (listener, inherited) = listen(service, inherited)?;
+    let built = finish(service, prepared, process, None)?;
     let ready_line = ready_line(service, &listener);
     Ok(Bound {
         listener,
@@ -111,11 +114,34 @@ pub(super) fn build(
     process: &Arc<Process>,
     metrics: Option<Arc<Metrics>>,
 ) -> Result<Built> {
+    let prepared = prepare(service)?;
+    finish(service, prepared, process, metrics)
+}
+
+/// What can fail because of the configuration, built without a word logged: the TLS context and
+/// the upstream resolved.
+struct Prepared {
+    tls: tls::Tls,
+    mode: Mode<Arc<Upstream>>,
+}
+
+fn prepare(service: &Service) -> Result<Prepared> {
     let tls = tls::build(&service.tls)?;
-    let mode: Mode<Arc<Upstream>> = service
+    let mode = service
         .mode
         .clone()
         .try_map_upstream(|spec| Upstream::resolve(&spec))?;
+    Ok(Prepared { tls, mode })
+}
+
+/// The rest of [`build`], with its start-up lines.
+fn finish(
+    service: &Service,
+    prepared: Prepared,
+    process: &Arc<Process>,
+    metrics: Option<Arc<Metrics>>,
+) -> Result<Built> {
+    let Prepared { tls, mode } = prepared;
     let metrics = metrics.unwrap_or_else(|| Arc::new(process.families.service(&service.name)));
     if let Some(info) = &tls.info {
         metrics.certificate_expiry(info.not_after_unix);
