@@ -291,22 +291,38 @@ impl Reconfigure {
 
     /// Builds whatever the new configuration needs, changing nothing.
     fn prepare(&mut self, config: &config::Config, certificates: bool) -> Result<Vec<Step>> {
+        let by_name: HashMap<String, usize> = self
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.config.name.clone(), i))
+            .collect();
+        let mut contexts = if certificates {
+            let wanted: HashMap<&str, &Service> = config
+                .services
+                .iter()
+                .map(|n| (n.name.as_str(), n))
+                .collect();
+            let unchanged: Vec<bool> = self
+                .services
+                .iter()
+                .map(|s| wanted.get(s.config.name.as_str()) == Some(&&s.config))
+                .collect();
+            rebuild(&mut self.services, &unchanged)
+        } else {
+            Vec::new()
+        };
         let mut steps = Vec::with_capacity(config.services.len());
         for new in &config.services {
-            let index = self.services.iter().position(|s| s.config.name == new.name);
+            let index = by_name.get(&new.name).copied();
             let step = match index {
                 Some(i) if self.services[i].config == *new => Step::Unchanged {
                     index: i,
-                    tls: if certificates {
-                        Some(
-                            self.services[i]
-                                .watched
-                                .prepare()
-                                .with_context(|| format!("service={}", new.name))?,
-                        )
-                    } else {
-                        None
-                    },
+                    tls: contexts
+                        .get_mut(i)
+                        .and_then(Option::take)
+                        .transpose()
+                        .with_context(|| format!("service={}", new.name))?,
                 },
                 _ => {
                     // Made once per name, even when this reload fails: a later one reuses them.
@@ -476,6 +492,54 @@ impl Reconfigure {
             .collect()
     }
 }
+
+/// The new TLS context of each service `unchanged` marks (`None` for the others), built on a few
+/// threads at once: a reload of a file with many services takes its builds' time divided by the
+/// cores, as one reload thread a service did, without a thread a service.
+fn rebuild(services: &mut [Running], unchanged: &[bool]) -> Vec<Option<Result<tls::Tls>>> {
+    let threads = thread::available_parallelism()
+        .map_or(1, std::num::NonZero::get)
+        .clamp(1, MAX_BUILDERS);
+    let per = services.len().div_ceil(threads).max(1);
+    let build = |chunk: &mut [Running], marks: &[bool]| -> Vec<Option<Result<tls::Tls>>> {
+        chunk
+            .iter_mut()
+            .zip(marks)
+            .map(|(s, &mark)| mark.then(|| s.watched.prepare()))
+            .collect()
+    };
+    if services.len() <= per {
+        return build(services, unchanged);
+    }
+    thread::scope(|scope| {
+        let running: Vec<_> = services
+            .chunks_mut(per)
+            .zip(unchanged.chunks(per))
+            .map(|(chunk, marks)| {
+                thread::Builder::new()
+                    .name("reload-build".into())
+                    .spawn_scoped(scope, move || build(chunk, marks))
+            })
+            .collect();
+        let mut built = Vec::with_capacity(unchanged.len());
+        for (i, spawned) in running.into_iter().enumerate() {
+            let start = i * per;
+            let len = per.min(unchanged.len() - start);
+            match spawned.map_err(anyhow::Error::from).map(|h| h.join()) {
+                Ok(Ok(part)) => built.extend(part),
+                // A builder that could not start, or panicked: its services say so, and the
+                // reload changes nothing.
+                _ => built.extend(unchanged[start..start + len].iter().map(|&mark| {
+                    mark.then(|| Err(anyhow::anyhow!("building the new TLS context failed")))
+                })),
+            }
+        }
+        built
+    })
+}
+
+/// The most threads one reload builds TLS contexts on.
+const MAX_BUILDERS: usize = 8;
 
 /// What a reload does for one service of the new file, prepared before anything changes.
 enum Step {
