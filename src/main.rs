@@ -61,7 +61,11 @@ fn main() -> ExitCode {
         Ok(server) => server,
         Err(e) => return fail(EXIT_CONFIG, &format!("{e:#}")),
     };
-    if let Err(e) = handle_signals(server.handle()) {
+    let reloading = match &config.process.config_file {
+        Some(file) => format!("reading {} again", file.display()),
+        None => "reloading the certificate".to_string(),
+    };
+    if let Err(e) = handle_signals(server.handle(), reloading) {
         return fail(EXIT_CONFIG, &format!("{e:#}"));
     }
     match server.run() {
@@ -110,8 +114,9 @@ fn fail(code: u8, message: &str) -> ExitCode {
     ExitCode::from(code)
 }
 
-/// SIGTERM/SIGINT start the drain, and a second one exits at once; SIGHUP reloads the certificate.
-fn handle_signals(server: Handle) -> Result<()> {
+/// SIGTERM/SIGINT start the drain, and a second one exits at once; SIGHUP reloads: the
+/// configuration file when there is one (`reloading` says which), else the certificates.
+fn handle_signals(server: Handle, reloading: String) -> Result<()> {
     let mut signals =
         Signals::new([SIGTERM, SIGINT, SIGHUP]).context("installing signal handlers")?;
     thread::Builder::new()
@@ -119,7 +124,7 @@ fn handle_signals(server: Handle) -> Result<()> {
         .spawn(move || {
             for signal in signals.forever() {
                 if signal == SIGHUP {
-                    info!("received SIGHUP: reloading the certificate");
+                    info!("received SIGHUP: {reloading}");
                     server.reload();
                     continue;
                 }

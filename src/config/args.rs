@@ -590,7 +590,8 @@ pub struct OperationsArgs {
     pub log_format: LogFormat,
 
     /// Seconds between checks of the certificate and key files for changes (0 turns watching off;
-    /// SIGHUP always reloads)
+    /// SIGHUP always reloads: with --config it reads the file again, which is also checked at the
+    /// smallest service's interval)
     #[arg(
         long,
         env = "SECURESOCK_WATCH_INTERVAL",

@@ -273,6 +273,8 @@ impl Flags {
             max_connections,
             log_format: ops.log_format,
             control_socket: ops.control_socket,
+            // Set by the caller that knows the path (`config::load_file`).
+            config_file: None,
         })
     }
 

@@ -145,7 +145,16 @@ fn source(source: Source, matches: &clap::ArgMatches) -> Result<Config, ArgsErro
             "--{flag} cannot be given with --config: the file holds the whole configuration (write it there as the key {flag}, or drop --config)"
         )));
     }
-    file::load(&path).map_err(ArgsError::Invalid)
+    load_file(&path).map_err(ArgsError::Invalid)
+}
+
+/// Reads `--config FILE` into the configuration it describes, remembering the path (for reload),
+/// or one line `FILE:LINE:COLUMN: what is wrong (what is accepted)`: what start-up reads and what
+/// a reload reads again.
+pub fn load_file(path: &std::path::Path) -> Result<Config, String> {
+    let mut config = file::load(path)?;
+    config.process.config_file = Some(path.to_path_buf());
+    Ok(config)
 }
 
 /// Parses and validates a command line that serves (the program name first), environment

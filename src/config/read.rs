@@ -79,7 +79,7 @@ pub(crate) fn read_capped(
 }
 
 /// Reads the configuration file whole as UTF-8 text, or says in one line why not.
-pub(super) fn read_config(path: &Path) -> Result<String, String> {
+pub(crate) fn read_config(path: &Path) -> Result<String, String> {
     let shown = path.display();
     let refused = |r: Refused| match r {
         Refused::Io(e) => format!("cannot read configuration file {shown}: {}", reason(&e)),

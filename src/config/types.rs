@@ -372,8 +372,9 @@ pub(super) const DEFAULT_TICKET_KEY_ROTATION: f64 = 3600.0;
 
 /// Validated settings: everything the server needs, in the types it needs: the process-wide
 /// settings and every service the process runs (flags alone give exactly one, named
-/// [`DEFAULT_SERVICE`]).
-#[derive(Debug, Clone)]
+/// [`DEFAULT_SERVICE`]). Compared whole (`PartialEq`) by a reload of the file, to tell which
+/// services changed.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub process: Process,
     /// Every service, in the order configured; names and listen addresses are unique.
@@ -384,7 +385,7 @@ pub struct Config {
 pub const DEFAULT_SERVICE: &str = "default";
 
 /// What the whole process shares, whatever service a connection is for (the `[process]` table).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Process {
     /// Where to serve metrics, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
@@ -397,6 +398,9 @@ pub struct Process {
     pub log_format: LogFormat,
     /// The control socket `securesock ctl` talks to; `None` when there is none.
     pub control_socket: Option<ControlSocket>,
+    /// The `--config FILE` the configuration was read from, which SIGHUP and a change of its
+    /// contents read again; `None` with flags alone (a reload then rebuilds certificates only).
+    pub config_file: Option<PathBuf>,
 }
 
 /// How log lines are written: `text` for people and grep, `json` for log pipelines.
@@ -424,7 +428,7 @@ pub struct ControlSocket {
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/securesock/control.sock";
 
 /// One service: a listener and what its connections do (a `[[service]]` table, or the flags).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Service {
     /// Unique within the process; the `conn` line's and the metrics' `service`.
     pub name: String,
@@ -466,7 +470,7 @@ impl AcceptProxy {
 
 /// An address block, `ADDR/PREFIX`.
 /// The bounds that keep one client (or many) from taking the server down.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// Connections open at once on this service, over all its clients.
     pub max_connections: usize,

@@ -48,6 +48,7 @@ impl Args {
                 max_connections: None,
                 log_format: ops.log_format,
                 control_socket: ops.control_socket,
+                config_file: None,
             },
             services: vec![Service {
                 name: DEFAULT_SERVICE.to_string(),

@@ -5,7 +5,7 @@
 //!
 //! Owns only the wiring; the protocol and the access check are the control room's.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Instant;
 
 use anyhow::{Result, anyhow};
@@ -13,7 +13,7 @@ use openssl::asn1::Asn1Time;
 
 use super::Handle;
 use super::listener::UnixSocket;
-use super::service::{Bound, Process, Shared};
+use super::service::{Process, Shared};
 use crate::config::{ControlSocket, UnixListen};
 use crate::control::{self, Access, CertStatus, Control, ServiceStatus, Sources, UpstreamStatus};
 use crate::sys;
@@ -21,7 +21,6 @@ use crate::sys;
 /// Binds the control socket and starts its thread.
 pub(super) fn start(
     config: &ControlSocket,
-    services: &[Bound],
     process: &Arc<Process>,
     handle: Handle,
 ) -> Result<Control> {
@@ -47,15 +46,23 @@ pub(super) fn start(
         "--control-socket-group",
     )
     .map_err(|e| anyhow!("control socket: {e:#}"))?;
-    let listed: Vec<(String, Arc<Shared>)> = services
-        .iter()
-        .map(|s| (s.listener.describe(), Arc::clone(&s.shared)))
-        .collect();
+    // The set the accept loop serves now (it publishes each change a reload makes).
+    let of = Arc::clone(process);
     let sources = Sources {
         registry: Arc::clone(&process.registry),
         shutdown: Arc::clone(&process.shutdown),
         started: Instant::now(),
-        services: Box::new(move || listed.iter().map(|(l, s)| status(l, s)).collect()),
+        services: Box::new(move || {
+            let serving = of
+                .serving
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            serving
+                .iter()
+                .filter_map(|(l, s)| s.upgrade().map(|s| status(l, &s)))
+                .collect()
+        }),
         reload: Box::new(move || {
             let answer = handle.reload_now();
             (answer.ok, answer.lines)

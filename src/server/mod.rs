@@ -13,14 +13,16 @@
 //! ([`Handle::shutdown`]), never a `process::exit` from in here.
 //!
 //! Rooms: [`service`] (one service bound), [`listener`] (the listening socket), [`pool`]
-//! (connection threads), [`host_limits`]
-//! (start-up checks of the host's limits), [`reload`] (certificate reload). The server never reads
-//! from a client itself and never formats a `conn` line by hand.
+//! (connection threads), [`drain`] (closing listeners, the drain), [`host_limits`]
+//! (start-up checks of the host's limits), [`reload`] (one service's certificate reload),
+//! [`reconfigure`] (the process's one reload thread: SIGHUP, file and certificate watching, the
+//! configuration file read again), [`set`] (the accept loop's listeners, changed by a reload). The
+//! server never reads from a client itself and never formats a `conn` line by hand.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -40,16 +42,23 @@ use crate::sys::{self, Interest, Stream, poll, pollfd};
 use crate::tls;
 
 mod control_socket;
+mod drain;
 mod host_limits;
 pub(crate) mod listener;
 mod pool;
+mod reconfigure;
 pub(crate) mod reload;
 mod service;
+mod set;
 
+use drain::{close_listeners, drain};
 use host_limits::{ThreadLimits, thread_budget, thread_limit_warnings};
 use listener::Listener;
 use pool::{Admitted, Workers};
+use reconfigure::{Reconfigure, Request};
+pub use reconfigure::{ReloadAnswer, STILL_SERVING};
 use service::{Bound, Process, Shared};
+use set::{Entry, Inbox};
 
 /// How long the accept loop backs off when accept itself fails (out of descriptors, say), so a
 /// persistent failure does not spin a core.
@@ -67,19 +76,25 @@ const CUT_GRACE: Duration = Duration::from_secs(CLOSE_TIMEOUT.as_secs() + 1);
 
 /// A bound server, ready to [`run`](Server::run): every service bound, nothing accepted yet.
 pub struct Server {
-    services: Vec<Bound>,
+    services: Vec<Entry>,
+    /// The "listening on" line of each service, logged when serving starts.
+    ready_lines: Vec<String>,
     process: Arc<Process>,
     metrics_addr: Option<SocketAddr>,
+    /// The process's reload thread.
+    reload: Sender<Request>,
+    /// What the reload thread changes in the set of services, for the accept loop.
+    inbox: Inbox,
     /// The control socket's thread, when there is one; it answers until the drain is done.
     control: Option<crate::control::Control>,
 }
 
-/// Controls a running server from other threads: signal handlers, tests.
+/// Controls a running server from other threads: signal handlers, tests, the control socket.
 #[derive(Clone)]
 pub struct Handle {
     shutdown: Arc<Shutdown>,
-    /// Every service's reload thread.
-    reload: Vec<Sender<()>>,
+    /// The process's reload thread.
+    reload: Sender<Request>,
 }
 
 impl Handle {
@@ -92,32 +107,29 @@ impl Handle {
         self.shutdown.requested()
     }
 
-    /// Rebuilds every service's TLS context from its files now (SIGHUP).
+    /// Reloads now without waiting (SIGHUP): with `--config FILE`, the file is read again and
+    /// put in service whole or not at all; with flags alone, every service's TLS context is
+    /// rebuilt from its files.
     pub fn reload(&self) {
-        for reload in &self.reload {
-            // Each reload thread lives as long as the server's handles do.
-            let _ = reload.send(());
-        }
+        // The reload thread lives as long as the server's handles do.
+        let _ = self.reload.send(Request::Signal);
     }
 
-    // STUB(ctl): wip/s3-reload implements the real `reload_now` (a synchronous reload that says
-    // what changed); the lead takes that one at merge and drops this stub and its ReloadAnswer.
-    /// Reloads now and answers how it went (STUB: asks the reload threads and answers `ok`).
+    /// Reloads as [`Handle::reload`] does and waits for it: what changed, or why nothing did.
     pub fn reload_now(&self) -> ReloadAnswer {
-        self.reload();
-        ReloadAnswer {
-            ok: true,
-            lines: vec!["reload requested (STUB: this build cannot say what changed)".into()],
+        let gone = || ReloadAnswer {
+            ok: false,
+            lines: vec![
+                "reload failed: the reload thread is not running".to_string(),
+                STILL_SERVING.to_string(),
+            ],
+        };
+        let (tx, rx) = mpsc::sync_channel(1);
+        if self.reload.send(Request::Now(tx)).is_err() {
+            return gone();
         }
+        rx.recv().unwrap_or_else(|_| gone())
     }
-}
-
-// STUB(ctl): wip/s3-reload's `ReloadAnswer` replaces this one at merge.
-/// How a [`Handle::reload_now`] went: `ok`, and the lines that say what changed or what failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReloadAnswer {
-    pub ok: bool,
-    pub lines: Vec<String>,
 }
 
 /// How the drain ended.
@@ -160,6 +172,9 @@ impl Server {
             registry: Arc::new(Registry::new(Arc::clone(&shutdown))),
             shutdown,
             families: Families::new(),
+            trackers: Mutex::new(Vec::new()),
+            tls_cache: Mutex::new(tls::Cache::new()),
+            serving: Mutex::new(Vec::new()),
         });
         let services = config
             .services
@@ -167,6 +182,13 @@ impl Server {
             .zip(inherited)
             .map(|(s, inherited)| service::bind(s, inherited, &process))
             .collect::<Result<Vec<_>>>()?;
+        *process
+            .trackers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = services
+            .iter()
+            .map(|s| (s.name().to_string(), Arc::clone(&s.shared.tracker)))
+            .collect();
         // Threads every service may need at once: the sum of their caps, bounded by the process's.
         let mut open: usize = config
             .services
@@ -185,12 +207,11 @@ impl Server {
         }
         let metrics_addr = match config.process.metrics_listen {
             Some(addr) => {
-                let trackers: Vec<(String, Arc<Tracker>)> = services
-                    .iter()
-                    .map(|s| (s.name().to_string(), Arc::clone(&s.shared.tracker)))
-                    .collect();
+                let of = Arc::clone(&process);
                 let active = move || {
-                    trackers
+                    of.trackers
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
                         .iter()
                         .map(|(name, t)| (name.clone(), t.active()))
                         .collect()
@@ -199,20 +220,45 @@ impl Server {
             }
             None => None,
         };
+        let (changes, inbox) = set::channel().context("creating the reload channel")?;
+        let mut entries = Vec::with_capacity(services.len());
+        let mut watched = Vec::with_capacity(services.len());
+        let mut ready_lines = Vec::with_capacity(services.len());
+        for s in services {
+            let Bound {
+                listener,
+                inherited,
+                shared,
+                watched: w,
+                ready_line,
+            } = s;
+            watched.push((w, Arc::clone(&shared)));
+            ready_lines.push(ready_line);
+            entries.push(Entry {
+                listener,
+                inherited,
+                shared,
+            });
+        }
+        set::publish(&process, &entries);
+        let reload = Reconfigure::new(Arc::clone(&process), config, watched, changes).spawn()?;
         let control = match &config.process.control_socket {
             Some(socket) => {
                 let handle = Handle {
                     shutdown: Arc::clone(&process.shutdown),
-                    reload: services.iter().map(|s| s.reload.clone()).collect(),
+                    reload: reload.clone(),
                 };
-                Some(control_socket::start(socket, &services, &process, handle)?)
+                Some(control_socket::start(socket, &process, handle)?)
             }
             None => None,
         };
         Ok(Server {
-            services,
+            services: entries,
+            ready_lines,
             process,
             metrics_addr,
+            reload,
+            inbox,
             control,
         })
     }
@@ -220,14 +266,19 @@ impl Server {
     /// The TCP address the first service's listener is bound to (the real port when the
     /// configuration said 0); `None` for a UNIX socket.
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.services.first().and_then(Bound::local_addr)
+        self.services.first().and_then(|s| s.listener.local_addr())
     }
 
     /// Every service's name and TCP address (`None` for a UNIX socket), in the configured order.
     pub fn local_addrs(&self) -> Vec<(String, Option<SocketAddr>)> {
         self.services
             .iter()
-            .map(|s| (s.name().to_string(), s.local_addr()))
+            .map(|s| {
+                (
+                    s.shared.connections.service.to_string(),
+                    s.listener.local_addr(),
+                )
+            })
             .collect()
     }
 
@@ -239,7 +290,7 @@ impl Server {
     pub fn handle(&self) -> Handle {
         Handle {
             shutdown: Arc::clone(&self.process.shutdown),
-            reload: self.services.iter().map(|s| s.reload.clone()).collect(),
+            reload: self.reload.clone(),
         }
     }
 
@@ -248,30 +299,19 @@ impl Server {
     /// drain timeout; connections still open then are closed by their own threads, each with its
     /// log line, before this returns.
     pub fn run(self) -> io::Result<Drained> {
-        for s in &self.services {
-            info!("{}", s.ready_line);
+        for line in &self.ready_lines {
+            info!("{line}");
         }
         let Server {
-            services,
+            services: mut entries,
             process,
+            inbox,
             control,
             ..
         } = self;
-        let mut listeners = Vec::with_capacity(services.len());
-        let mut inherited = Vec::new();
-        for s in services {
-            s.listener.set_nonblocking()?;
-            let entry = (s.listener, s.shared);
-            if s.inherited {
-                inherited.push(entry);
-            } else {
-                listeners.push(entry);
-            }
+        for e in &entries {
+            e.listener.set_nonblocking()?;
         }
-        // Inherited sockets are polled too; they are only closed differently at the end.
-        let split = listeners.len();
-        let services = listeners.len() + inherited.len();
-        listeners.extend(inherited);
         let workers = Arc::new(Workers::new(
             |admitted: Admitted| {
                 let shared = Arc::clone(&admitted.service);
@@ -280,105 +320,42 @@ impl Server {
             thread_budget(&ThreadLimits::read()),
         ));
         let shutdown = &process.shutdown;
-        let mut fds = Vec::with_capacity(listeners.len() + 1);
+        inbox.serving();
+        let mut fds = Vec::with_capacity(entries.len() + 2);
         loop {
             // The bell first, then the request: a request after the look wakes the poll.
             let bell = shutdown.listen();
             fds.clear();
-            fds.extend(listeners.iter().map(|(l, _)| pollfd(l, Interest::Read)));
+            fds.extend(entries.iter().map(|e| pollfd(&e.listener, Interest::Read)));
+            fds.push(inbox.pollfd());
             fds.push(bell.pollfd());
             if shutdown.requested() {
                 break;
             }
             poll(&mut fds, None)?;
-            for (i, (listener, shared)) in listeners.iter().enumerate() {
+            for (i, e) in entries.iter().enumerate() {
                 if fds[i].revents != 0 {
-                    accept_ready(listener, shared, &workers, || shutdown.requested());
+                    accept_ready(&e.listener, &e.shared, &workers, || shutdown.requested());
                 }
+            }
+            if fds[entries.len()].revents != 0 {
+                inbox.apply(&mut entries, &workers, &process);
             }
         }
         // systemd holds the inherited sockets and keeps them listening: connections still queued
         // wait there for the next instance it starts, and a SYN filter would outlive this process.
-        drop(listeners.split_off(split));
-        close_listeners(listeners, &workers);
+        let services = entries.len();
+        let (inherited, own): (Vec<Entry>, Vec<Entry>) =
+            entries.into_iter().partition(|e| e.inherited);
+        drop(inherited);
+        close_listeners(
+            own.into_iter().map(|e| (e.listener, e.shared)).collect(),
+            &workers,
+        );
         let drained = drain(&process, services);
         // Its thread ends and its file goes only now: it answered through the drain.
         drop(control);
         Ok(drained)
-    }
-}
-
-/// Stops new connections on every listener without resetting those the kernel already
-/// completed: new SYNs go unanswered, the queues are accepted (and served) until they stay empty,
-/// then the listeners close. A client that arrives later sees a refused connection on its retry,
-/// as after a plain close.
-fn close_listeners(mut listeners: Vec<(Listener, Arc<Shared>)>, workers: &Arc<Workers>) {
-    listeners.retain_mut(|(listener, _)| match listener.refuse_new_connections() {
-        Ok(()) => true,
-        Err(e) => {
-            warn!(
-                "cannot hold new connections off the listener {} ({e}): connections still queued are reset",
-                listener.describe()
-            );
-            false
-        }
-    });
-    if listeners.is_empty() {
-        return;
-    }
-    let limit = Instant::now() + QUEUE_DRAIN_LIMIT;
-    let mut fds = Vec::with_capacity(listeners.len());
-    loop {
-        for (listener, shared) in &listeners {
-            accept_ready(listener, shared, workers, || false);
-        }
-        fds.clear();
-        fds.extend(listeners.iter().map(|(l, _)| pollfd(l, Interest::Read)));
-        let settle = (Instant::now() + QUEUE_SETTLE).min(limit);
-        match poll(&mut fds, Some(settle)) {
-            Ok(n) if n > 0 && Instant::now() < limit => {}
-            _ => break,
-        }
-    }
-}
-
-/// Waits for the open connections of every service up to the drain timeout, then for those the
-/// end of the drain cut to close and log.
-fn drain(process: &Process, services: usize) -> Drained {
-    let open = process.tracker.active();
-    let cut_at = process.shutdown.cut_at().unwrap_or_else(Instant::now);
-    let closed = match services {
-        1 => "listener closed".to_string(),
-        n => format!("{n} services' listeners closed"),
-    };
-    info!(
-        "draining: {closed}, waiting for {open} open connection(s) up to {:?}",
-        cut_at.saturating_duration_since(Instant::now())
-    );
-    let left = process.tracker.wait_idle(cut_at);
-    // Those the cut already closed are counted before their slots are released.
-    let closing = left + process.cut.load(Ordering::SeqCst);
-    let mut stuck = 0;
-    if closing > 0 {
-        warn!(
-            "drain timeout: closing {closing} connection(s) still open ({} finished)",
-            open.saturating_sub(closing)
-        );
-        stuck = process.tracker.wait_idle(Instant::now() + CUT_GRACE);
-        if stuck > 0 {
-            warn!("{stuck} connection(s) did not close within {CUT_GRACE:?}; exiting anyway");
-        }
-    }
-    let cut = process.cut.load(Ordering::SeqCst);
-    let finished = open.saturating_sub(cut + stuck);
-    if cut + stuck == 0 {
-        info!("drained: all connections finished ({finished})");
-    } else {
-        info!("drained: {finished} connection(s) finished, {cut} closed at the drain timeout");
-    }
-    Drained {
-        finished,
-        cut: cut + stuck,
     }
 }
 

@@ -14,13 +14,14 @@
 //! the reason; each closes in order on its own thread (close_notify, a FIN upstream) and logs
 //! `result=revoked`. The reload thread only checks certificates and sets flags: it never waits on
 //! a connection.
+//!
+//! Owns one service's certificate state ([`Watched`]: the files' digests, when to look again,
+//! when the ticket keys rotate); the process's one reload thread ([`super::reconfigure`]) holds a
+//! [`Watched`] per service and drives them all. Never decides which services exist.
 
 use std::sync::Arc;
-use std::sync::mpsc::{self, RecvTimeoutError, Sender};
-use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
 use log::{debug, error, info, warn};
 use openssl::sha::Sha256;
 use openssl::ssl::SslAcceptor;
@@ -130,6 +131,8 @@ pub(crate) enum Trigger {
     Signal,
     FileChange,
     TicketKeyRotation,
+    /// [`super::Handle::reload_now`]: a caller waits for the answer (the control socket).
+    Control,
 }
 
 /// The TLS context in service, and the serial of its certificate for the failure line.
@@ -157,89 +160,109 @@ pub(crate) struct Serving {
     pub(crate) registry: Arc<Registry>,
 }
 
-/// Builds a new context and swaps it in; on failure keeps the old one. Returns whether it swapped.
+/// Builds a new context and swaps it in; on failure keeps the old one. Returns the line logged
+/// (without its level): `Ok` when it swapped.
 pub(crate) fn reload(
     settings: &TlsSettings,
     current: &mut Current,
     serving: &Serving,
     why: Trigger,
-) -> bool {
-    let metrics = &serving.metrics;
-    // Read before the build: a file that changes after this counts as a change at the next reload.
-    let verification = client_verification(settings);
-    // In service before the line says so: whoever reads "reload ok" and connects gets the new
-    // context.
-    let built = tls::build(settings).and_then(|new| {
-        let ocsp = super::ocsp_source(&new);
-        current.contexts.install(new.side)?;
-        metrics.ocsp(ocsp);
-        Ok(new.info)
-    });
-    match built {
-        Ok(info) => {
-            current.serial = info.as_ref().map(|c| c.serial.clone());
-            let mut closed = String::new();
-            if verification != current.client_verification {
-                current.client_verification = verification;
-                if let Some(acceptor) = current.contexts.acceptor() {
-                    let n = end_refused(
-                        &serving.registry,
-                        serving.metrics.service(),
-                        &acceptor,
-                        settings,
-                    );
-                    metrics.revoked(n);
-                    closed = format!(
-                        "; closed {n} connection(s) whose certificate is no longer accepted"
-                    );
-                }
-            }
-            match &info {
-                Some(c) => {
-                    info!(
-                        "reload ok trigger={} service={} subject=\"{}\" serial={} not_after={} expires_in_days={}{closed}",
-                        trigger_name(why),
-                        metrics.service(),
-                        c.subject,
-                        c.serial,
-                        c.not_after_unix,
-                        c.days_left
-                    );
-                    c.warn_if_expiring();
-                    metrics.certificate_expiry(c.not_after_unix);
-                }
-                // Client mode without a client certificate: the trust anchors were reloaded.
-                None => info!(
-                    "reload ok trigger={} service={} (no certificate)",
-                    trigger_name(why),
-                    metrics.service()
-                ),
-            }
-            metrics.reload(true);
-            true
-        }
-        Err(e) => {
-            error!(
-                "reload failed trigger={} service={}: {e:#}; still serving serial={}",
-                trigger_name(why),
-                metrics.service(),
-                current.serial.as_deref().unwrap_or("-")
-            );
-            metrics.reload(false);
-            false
-        }
+) -> Result<String, String> {
+    match tls::build(settings) {
+        Ok(new) => install(settings, current, serving, why, new),
+        Err(e) => Err(failed(current, serving, why, &e)),
     }
 }
 
-fn trigger_name(why: Trigger) -> &'static str {
+/// Logs and counts a reload that could not build its context: the old one stays.
+fn failed(current: &Current, serving: &Serving, why: Trigger, e: &anyhow::Error) -> String {
+    let line = format!(
+        "reload failed trigger={} service={}: {e:#}; still serving serial={}",
+        trigger_name(why),
+        serving.metrics.service(),
+        current.serial.as_deref().unwrap_or("-")
+    );
+    error!("{line}");
+    serving.metrics.reload(false);
+    line
+}
+
+/// Puts a context already built (and validated) in service, and checks the open connections'
+/// client certificates against it when what they are checked against changed.
+fn install(
+    settings: &TlsSettings,
+    current: &mut Current,
+    serving: &Serving,
+    why: Trigger,
+    new: tls::Tls,
+) -> Result<String, String> {
+    let metrics = &serving.metrics;
+    // Read before the swap: a file that changes after this counts as a change at the next reload.
+    let verification = client_verification(settings);
+    // In service before the line says so: whoever reads "reload ok" and connects gets the new
+    // context.
+    let ocsp = super::ocsp_source(&new);
+    let info = new.info;
+    if let Err(e) = current.contexts.install(new.side) {
+        return Err(failed(current, serving, why, &e));
+    }
+    metrics.ocsp(ocsp);
+    current.serial = info.as_ref().map(|c| c.serial.clone());
+    let mut closed = String::new();
+    if verification != current.client_verification {
+        current.client_verification = verification;
+        if let Some(acceptor) = current.contexts.acceptor() {
+            let n = end_refused(
+                &serving.registry,
+                serving.metrics.service(),
+                &acceptor,
+                settings,
+            );
+            metrics.revoked(n);
+            closed = format!("; closed {n} connection(s) whose certificate is no longer accepted");
+        }
+    }
+    let line = match &info {
+        Some(c) => {
+            let line = format!(
+                "reload ok trigger={} service={} subject=\"{}\" serial={} not_after={} expires_in_days={}{closed}",
+                trigger_name(why),
+                metrics.service(),
+                c.subject,
+                c.serial,
+                c.not_after_unix,
+                c.days_left
+            );
+            info!("{line}");
+            c.warn_if_expiring();
+            metrics.certificate_expiry(c.not_after_unix);
+            line
+        }
+        // Client mode without a client certificate: the trust anchors were reloaded.
+        None => {
+            let line = format!(
+                "reload ok trigger={} service={} (no certificate)",
+                trigger_name(why),
+                metrics.service()
+            );
+            info!("{line}");
+            line
+        }
+    };
+    metrics.reload(true);
+    Ok(line)
+}
+
+pub(crate) fn trigger_name(why: Trigger) -> &'static str {
     match why {
         Trigger::Signal => "signal",
         Trigger::FileChange => "file_change",
         Trigger::TicketKeyRotation => "ticket_key_rotation",
+        Trigger::Control => "control",
     }
 }
 
-/// When the reload thread acts on its own.
+/// When the reload thread acts on its own for one service.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Schedule {
     /// How often to look at the files; `None` when only SIGHUP reloads.
@@ -248,8 +271,8 @@ pub(crate) struct Schedule {
     pub ticket_key_rotation: Option<Duration>,
 }
 
-/// Starts the reload thread. Sending on the returned channel asks for a reload now (SIGHUP);
-/// with `schedule.watch` set, the files are also polled at that interval.
+/// One service's certificates as the process's reload thread watches them: the context in
+/// service, the files' digests, and when to look at them (or rotate the ticket keys) next.
 ///
 /// A change is acted on once the files have stayed the same for one whole interval, so a renewal
 /// that writes the certificate and then the key is seen as one change, not as a mismatched pair.
@@ -259,89 +282,157 @@ pub(crate) struct Schedule {
 /// rebuilding it when `schedule.ticket_key_rotation` has passed since the last successful build
 /// bounds how long a stolen key could decrypt recorded sessions: forward secrecy for resumed
 /// sessions. Tickets from before a rotation no longer resume; those clients do one full handshake.
-pub(crate) fn spawn(
+pub(crate) struct Watched {
     settings: TlsSettings,
-    mut current: Current,
-    metrics: Arc<Metrics>,
-    registry: Arc<Registry>,
+    current: Current,
+    serving: Serving,
     schedule: Schedule,
+    /// Resolved again at each reload (forward and client modes).
     upstream: Option<Arc<Upstream>>,
-) -> Result<Sender<()>> {
-    let refresh = move || {
-        if let Some(up) = &upstream {
+    /// The files' digest when the context in service was last built (or tried).
+    loaded: [u8; 32],
+    /// Their digest at the last look: a change counts once it holds for a whole interval.
+    seen: [u8; 32],
+    next_look: Option<Instant>,
+    rotate_at: Option<Instant>,
+}
+
+impl Watched {
+    /// Starts watching one service's files, and says how its reloads happen.
+    pub(crate) fn new(
+        settings: TlsSettings,
+        mut current: Current,
+        serving: Serving,
+        schedule: Schedule,
+        upstream: Option<Arc<Upstream>>,
+    ) -> Watched {
+        let watching = match schedule.watch {
+            Some(every) => {
+                format!("and when the certificate files change (checked every {every:?})")
+            }
+            None => "only (file watching off)".to_string(),
+        };
+        let rotation = match (&settings.ticket_keys, schedule.ticket_key_rotation) {
+            (Some(file), _) => format!("come from {} and change with it", file.display()),
+            (None, Some(every)) => format!("rotate every {every:?} and on each reload"),
+            (None, None) => "rotate on each reload only".to_string(),
+        };
+        info!(
+            "reload: service={}: on SIGHUP {watching}; session-ticket keys {rotation}",
+            serving.metrics.service()
+        );
+        let loaded = fingerprint(&settings);
+        current.client_verification = client_verification(&settings);
+        let now = Instant::now();
+        Watched {
+            next_look: schedule.watch.map(|w| now + w),
+            rotate_at: schedule.ticket_key_rotation.map(|r| now + r),
+            settings,
+            current,
+            serving,
+            schedule,
+            upstream,
+            loaded,
+            seen: loaded,
+        }
+    }
+
+    /// The service's counters.
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.serving.metrics
+    }
+
+    /// When [`Watched::on_time`] has something to do next; `None`: only when asked.
+    pub(crate) fn due(&self) -> Option<Instant> {
+        [self.next_look, self.rotate_at].into_iter().flatten().min()
+    }
+
+    fn refresh(&self) {
+        if let Some(up) = &self.upstream {
             up.refresh();
         }
-    };
-    let watching = match schedule.watch {
-        Some(every) => format!("and when the certificate files change (checked every {every:?})"),
-        None => "only (file watching off)".to_string(),
-    };
-    let rotation = match (&settings.ticket_keys, schedule.ticket_key_rotation) {
-        (Some(file), _) => format!("come from {} and change with it", file.display()),
-        (None, Some(every)) => format!("rotate every {every:?} and on each reload"),
-        (None, None) => "rotate on each reload only".to_string(),
-    };
-    info!(
-        "reload: service={}: on SIGHUP {watching}; session-ticket keys {rotation}",
-        metrics.service()
-    );
-    let (tx, rx) = mpsc::channel::<()>();
-    let mut loaded = fingerprint(&settings);
-    current.client_verification = client_verification(&settings);
-    let serving = Serving { metrics, registry };
-    thread::Builder::new()
-        .name("reload".into())
-        .spawn(move || {
-            let mut seen = loaded;
-            let rotation = schedule.ticket_key_rotation;
-            let mut rotate_at = rotation.map(|r| Instant::now() + r);
-            loop {
-                let until_rotation = rotate_at.map(|t| t.saturating_duration_since(Instant::now()));
-                let event = match [schedule.watch, until_rotation].into_iter().flatten().min() {
-                    Some(wait) => rx.recv_timeout(wait),
-                    None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                };
-                let rebuilt = match event {
-                    Ok(()) => {
-                        seen = fingerprint(&settings);
-                        refresh();
-                        loaded = seen;
-                        reload(&settings, &mut current, &serving, Trigger::Signal)
-                    }
-                    Err(RecvTimeoutError::Timeout) => {
-                        if rotate_at.is_some_and(|t| Instant::now() >= t) {
-                            loaded = fingerprint(&settings);
-                            seen = loaded;
-                            // On failure the old context (and keys) stay; try again next period.
-                            rotate_at = rotation.map(|r| Instant::now() + r);
-                            reload(
-                                &settings,
-                                &mut current,
-                                &serving,
-                                Trigger::TicketKeyRotation,
-                            )
-                        } else if schedule.watch.is_some() {
-                            let now = fingerprint(&settings);
-                            let changed = now != loaded && now == seen;
-                            seen = now;
-                            if changed {
-                                refresh();
-                                loaded = now;
-                                reload(&settings, &mut current, &serving, Trigger::FileChange)
-                            } else {
-                                false
-                            }
-                        } else {
-                            false
-                        }
-                    }
-                    Err(RecvTimeoutError::Disconnected) => return,
-                };
-                if rebuilt {
-                    rotate_at = rotation.map(|r| Instant::now() + r);
-                }
+    }
+
+    /// A reload asked for (SIGHUP, the control socket): the files are read again whatever their
+    /// digest says.
+    pub(crate) fn on_request(&mut self, why: Trigger) -> Result<String, String> {
+        let built = self.prepare();
+        self.finish(why, built)
+    }
+
+    /// The first half of [`Watched::on_request`], for a reload that must build every context
+    /// before it puts any in service: the upstream resolved again, the context built.
+    pub(crate) fn prepare(&mut self) -> anyhow::Result<tls::Tls> {
+        self.seen = fingerprint(&self.settings);
+        self.loaded = self.seen;
+        self.refresh();
+        tls::build(&self.settings)
+    }
+
+    /// The second half: what [`Watched::prepare`] built put in service, or its failure logged.
+    pub(crate) fn finish(
+        &mut self,
+        why: Trigger,
+        built: anyhow::Result<tls::Tls>,
+    ) -> Result<String, String> {
+        let done = match built {
+            Ok(new) => install(&self.settings, &mut self.current, &self.serving, why, new),
+            Err(e) => Err(failed(&self.current, &self.serving, why, &e)),
+        };
+        if done.is_ok() {
+            self.rotate_at = self
+                .schedule
+                .ticket_key_rotation
+                .map(|r| Instant::now() + r);
+        }
+        done
+    }
+
+    /// What is due at `now`: the ticket keys' rotation, or a look at the files (a reload when they
+    /// changed and then held still for one interval).
+    pub(crate) fn on_time(&mut self, now: Instant) {
+        if self.due().is_none_or(|t| t > now) {
+            return;
+        }
+        if self.rotate_at.is_some_and(|t| now >= t) {
+            self.loaded = fingerprint(&self.settings);
+            self.seen = self.loaded;
+            // On failure the old context (and keys) stay; try again next period.
+            self.rotate_at = self.schedule.ticket_key_rotation.map(|r| now + r);
+            self.next_look = self.schedule.watch.map(|w| now + w);
+            let done = reload(
+                &self.settings,
+                &mut self.current,
+                &self.serving,
+                Trigger::TicketKeyRotation,
+            );
+            if done.is_ok() {
+                self.rotate_at = self
+                    .schedule
+                    .ticket_key_rotation
+                    .map(|r| Instant::now() + r);
             }
-        })
-        .context("starting the reload thread")?;
-    Ok(tx)
+            return;
+        }
+        self.next_look = self.schedule.watch.map(|w| now + w);
+        let digest = fingerprint(&self.settings);
+        let changed = digest != self.loaded && digest == self.seen;
+        self.seen = digest;
+        if changed {
+            self.refresh();
+            self.loaded = digest;
+            let done = reload(
+                &self.settings,
+                &mut self.current,
+                &self.serving,
+                Trigger::FileChange,
+            );
+            if done.is_ok() {
+                self.rotate_at = self
+                    .schedule
+                    .ticket_key_rotation
+                    .map(|r| Instant::now() + r);
+            }
+        }
+    }
 }

@@ -1,17 +1,16 @@
 //! One service, bound: its listener (bound here or taken from systemd), its TLS context, resolved
-//! upstream, caps, counters and reload thread, and the start-up lines that describe it. The server
-//! ([`super::Server::bind`]) binds every configured service with [`bind`] and accepts on all of
-//! them in one loop.
+//! upstream, caps, counters and certificate watch, and the start-up lines that describe it. The
+//! server ([`super::Server::bind`]) binds every configured service with [`bind`] and accepts on
+//! all of them in one loop; a reload of the file ([`super::reconfigure`]) builds a new or changed
+//! service with [`build`] (and, for a new address, [`listen`]) before anything changes.
 //!
 //! Owns what is one service's alone. Never accepts a connection itself and never decides what the
 //! process shares (the shutdown signal, the registry, the process-wide cap, the thread pool): the
 //! server hands those in as [`Process`].
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
-use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use anyhow::{Result, bail};
 use log::info;
@@ -33,7 +32,7 @@ use crate::upstream::Upstream;
 /// What every service shares with the others: one per process.
 pub(super) struct Process {
     /// Every connection of every service, under `[process] max-connections` when set; the
-    /// drain waits on it.
+    /// drain waits on it, so it covers services a reload removed whose connections still run.
     pub(super) tracker: Arc<Tracker>,
     /// Connections the end of the drain closed, for the drain's summary.
     pub(super) cut: AtomicUsize,
@@ -42,6 +41,14 @@ pub(super) struct Process {
     /// Every open connection past its handshake, each naming its service.
     pub(super) registry: Arc<Registry>,
     pub(super) families: Arc<Families>,
+    /// The services serving now and their trackers, for the metrics' active gauge: replaced by
+    /// each reload that adds, removes or changes a service.
+    pub(super) trackers: Mutex<Vec<(String, Arc<Tracker>)>>,
+    /// Server contexts by TLS settings and file contents, shared by services that have the same.
+    pub(super) tls_cache: Mutex<tls::Cache>,
+    /// The services serving now with their listeners' descriptions, for the control socket's
+    /// `status`: replaced whenever the accept loop's set changes.
+    pub(super) serving: Mutex<Vec<(String, Weak<Shared>)>>,
 }
 
 /// What the accept loop and every connection thread of one service share.
@@ -61,8 +68,8 @@ pub(super) struct Bound {
     /// The listener came from systemd (socket activation) and outlives this process.
     pub(super) inherited: bool,
     pub(super) shared: Arc<Shared>,
-    /// Asks this service's reload thread to reload now.
-    pub(super) reload: Sender<()>,
+    /// Its certificates, for the process's reload thread.
+    pub(super) watched: reload::Watched,
     /// The "listening on" line, logged when serving starts.
     pub(super) ready_line: String,
 }
@@ -71,21 +78,71 @@ impl Bound {
     pub(super) fn name(&self) -> &str {
         &self.shared.connections.service
     }
+}
 
-    pub(super) fn local_addr(&self) -> Option<SocketAddr> {
-        self.listener.local_addr()
-    }
+/// A service built but not listening: everything its connections share, and its certificates'
+/// watch.
+pub(super) struct Built {
+    pub(super) shared: Arc<Shared>,
+    pub(super) watched: reload::Watched,
+    /// What its certificate is, for a reload's answer: `subject=... not_after=...`.
+    pub(super) certificate: String,
 }
 
 /// Binds one service: its TLS context, its upstream's name, its listener (`inherited` when
-/// systemd passed the socket for it), its reload thread. Nothing is accepted yet.
+/// systemd passed the socket for it), its certificate watch. Nothing is accepted yet.
 pub(super) fn bind(
     service: &Service,
     inherited: Option<sys::Inherited>,
     process: &Arc<Process>,
 ) -> Result<Bound> {
-    let tls = shared_contexts(process, |cache| cache.build(&service.tls))?;
-    let mode: Mode<Arc<Upstream>> = service
+    // In the order a user would fix them, and before any start-up line: the TLS context, the
+    // upstream's name, the listening address.
+    let prepared = prepare(service, process)?;
+    let (listener, inherited) = listen(service, inherited)?;
+    let built = finish(service, prepared, process, None)?;
+    let ready_line = ready_line(service, &listener);
+    Ok(Bound {
+        listener,
+        inherited,
+        shared: built.shared,
+        watched: built.watched,
+        ready_line,
+    })
+}
+
+/// Everything one service's connections share, built and validated: TLS context, resolved
+/// upstream, caps, counters (`metrics` when the service had them before a reload), with its
+/// start-up lines. No socket: see [`listen`].
+pub(super) fn build(
+    service: &Service,
+    process: &Arc<Process>,
+    metrics: Option<Arc<Metrics>>,
+) -> Result<Built> {
+    let prepared = prepare(service, process)?;
+    finish(service, prepared, process, metrics)
+}
+
+/// What can fail because of the configuration, built without a word logged: the TLS context and
+/// the upstream resolved.
+struct Prepared {
+    tls: tls::Tls,
+    mode: Mode<Arc<Upstream>>,
+    /// Each `[[service.route]]`'s own upstream set, in route order (`None`: the service's).
+    route_upstreams: Vec<Option<Arc<Upstream>>>,
+}
+
+/// The TLS context comes from the process's [`tls::Cache`]: services with the same TLS settings
+/// and file contents share one context, built once (1,000 services start in well under a
+/// second). The cache re-reads every file on each lookup and reuses only what was made from the
+/// same bytes, so a service a reload adds never gets a stale certificate.
+fn prepare(service: &Service, process: &Process) -> Result<Prepared> {
+    let tls = process
+        .tls_cache
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .build(&service.tls)?;
+    let mode = service
         .mode
         .clone()
         .try_map_upstream(|spec| Upstream::resolve(&spec))?;
@@ -95,21 +152,26 @@ pub(super) fn bind(
         .iter()
         .map(|r| r.upstream.as_ref().map(Upstream::resolve).transpose())
         .collect::<Result<Vec<_>>>()?;
-    let (listener, inherited) = match inherited {
-        Some(inherited) => (Listener::inherited(inherited)?, true),
-        None => (Listener::bind(&service.listen, service.backlog)?, false),
-    };
-    if inherited {
-        info!(
-            "socket activation: serving the socket systemd passed ({}); --listen {} is not used",
-            listener.describe(),
-            service.listen
-        );
-        if listener.local_addr().is_none() {
-            needs_no_tcp_listener(service)?;
-        }
-    }
-    let metrics = Arc::new(process.families.service(&service.name));
+    Ok(Prepared {
+        tls,
+        mode,
+        route_upstreams,
+    })
+}
+
+/// The rest of [`build`], with its start-up lines.
+fn finish(
+    service: &Service,
+    prepared: Prepared,
+    process: &Arc<Process>,
+    metrics: Option<Arc<Metrics>>,
+) -> Result<Built> {
+    let Prepared {
+        tls,
+        mode,
+        route_upstreams,
+    } = prepared;
+    let metrics = metrics.unwrap_or_else(|| Arc::new(process.families.service(&service.name)));
     if let Some(info) = &tls.info {
         metrics.certificate_expiry(info.not_after_unix);
     }
@@ -118,6 +180,13 @@ pub(super) fn bind(
     tls.log_startup(&service.tls);
     // For the reload's failure line: the certificate still in service.
     let serial = tls.info.as_ref().map(|c| c.serial.clone());
+    let certificate = match &tls.info {
+        Some(c) => format!(
+            "subject=\"{}\" serial={} not_after={} expires_in_days={}",
+            c.subject, c.serial, c.not_after_unix, c.days_left
+        ),
+        None => "(no certificate)".to_string(),
+    };
     let upstream = mode.upstream().cloned();
     let tls::Tls { side, .. } = tls;
     let shared = Arc::new(Shared {
@@ -139,11 +208,13 @@ pub(super) fn bind(
         metrics: Arc::clone(&metrics),
         process: Arc::clone(process),
     });
-    let reload = reload::spawn(
+    let watched = reload::Watched::new(
         service.tls.clone(),
         reload::Current::new(shared.connections.plan.contexts(), serial),
-        metrics,
-        Arc::clone(&process.registry),
+        reload::Serving {
+            metrics,
+            registry: Arc::clone(&process.registry),
+        },
         reload::Schedule {
             watch: service.watch_interval,
             // Client mode issues no tickets: rebuilding its context would only drop the
@@ -154,7 +225,7 @@ pub(super) fn bind(
             },
         },
         upstream,
-    )?;
+    );
     shared
         .connections
         .plan
@@ -172,7 +243,40 @@ pub(super) fn bind(
         };
         info!("accept-proxy: every connection opens with a PROXY v1/v2 header, from {from}");
     }
-    let ready_line = format!(
+    Ok(Built {
+        shared,
+        watched,
+        certificate,
+    })
+}
+
+/// The service's listening socket: bound where it says, or the one systemd passed for it
+/// (`inherited`, returned as `true`).
+pub(super) fn listen(
+    service: &Service,
+    inherited: Option<sys::Inherited>,
+) -> Result<(Listener, bool)> {
+    let (listener, inherited) = match inherited {
+        Some(inherited) => (Listener::inherited(inherited)?, true),
+        None => (Listener::bind(&service.listen, service.backlog)?, false),
+    };
+    if inherited {
+        info!(
+            "socket activation: serving the socket systemd passed ({}); --listen {} is not used",
+            listener.describe(),
+            service.listen
+        );
+        if listener.local_addr().is_none() {
+            needs_no_tcp_listener(service)?;
+        }
+    }
+    Ok((listener, inherited))
+}
+
+/// The "listening on" line, logged when the service starts serving (at start, or when a reload
+/// added it).
+pub(super) fn ready_line(service: &Service, listener: &Listener) -> String {
+    format!(
         "securesock {} listening on {} service={} profile={} mode={} backlog={} max_connections={} max_per_ip={} handshake_timeout={:?}",
         env!("CARGO_PKG_VERSION"),
         listener.describe(),
@@ -183,38 +287,7 @@ pub(super) fn bind(
         service.limits.max_connections,
         service.limits.max_per_ip,
         service.limits.handshake_timeout,
-    );
-    Ok(Bound {
-        listener,
-        inherited,
-        shared,
-        reload,
-        ready_line,
-    })
-}
-
-/// Runs `f` on this process's [`tls::Cache`], so that services with the same TLS settings and
-/// files share one context, built once (issue 19: 1,000 services start in well under a second).
-///
-/// The cache belongs to one [`Process`] and dies with it; it is kept here, keyed by the process,
-/// only because `Server::bind` (server/mod.rs, rewritten on the reload branch) does not hand one
-/// in yet: at merge it becomes a `tls::Cache` the bind pass owns. The cache re-reads every file on
-/// each lookup and reuses only what was made from the same bytes, so a service bound later (a
-/// reload that adds one) never gets a stale certificate.
-fn shared_contexts<T>(process: &Arc<Process>, f: impl FnOnce(&mut tls::Cache) -> T) -> T {
-    use std::sync::{Mutex, PoisonError, Weak};
-    static CACHES: Mutex<Vec<(Weak<Process>, tls::Cache)>> = Mutex::new(Vec::new());
-    let mut caches = CACHES.lock().unwrap_or_else(PoisonError::into_inner);
-    caches.retain(|(owner, _)| owner.strong_count() > 0);
-    let me = Arc::downgrade(process);
-    let at = match caches.iter().position(|(owner, _)| owner.ptr_eq(&me)) {
-        Some(at) => at,
-        None => {
-            caches.push((me, tls::Cache::new()));
-            caches.len() - 1
-        }
-    };
-    f(&mut caches[at].1)
+    )
 }
 
 /// Which service each socket systemd passed is for: the one whose listen address is the socket's

@@ -510,7 +510,6 @@ fn greet_with(dir: &Path, cert: &Path, key: &Path) -> (Server, PathBuf) {
 }
 
 #[test]
-#[ignore = "needs Handle::reload_now from wip/s3-reload"]
 fn reload_with_a_broken_certificate_fails_names_it_and_keeps_serving_the_old_one() {
     let dir = tempfile::tempdir().unwrap();
     let pair = crate::support::write_cert(
@@ -535,7 +534,6 @@ fn reload_with_a_broken_certificate_fails_names_it_and_keeps_serving_the_old_one
 }
 
 #[test]
-#[ignore = "needs Handle::reload_now from wip/s3-reload"]
 fn reload_with_a_good_certificate_answers_ok_with_its_new_expiry() {
     let dir = tempfile::tempdir().unwrap();
     let now = crate::support::now_unix();

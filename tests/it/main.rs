@@ -26,6 +26,7 @@ mod config_file;
 mod control;
 mod docs_reference;
 mod dual_stack;
+mod file_reload;
 mod gen_ca;
 mod greet;
 mod hostile;

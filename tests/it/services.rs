@@ -68,6 +68,7 @@ impl Running {
                 max_connections,
                 log_format: LogFormat::Text,
                 control_socket: None,
+                config_file: None,
             },
             services,
         };
