@@ -4,7 +4,8 @@
 # `systemd-nspawn --boot` (loopback only: --private-network; a throw-away tmpfs overlay:
 # --volatile=overlay), installs the .deb there with dpkg, and checks that the unit is enabled and
 # active, runs as an unprivileged dynamic user without capabilities, answers `openssl s_client` with
-# the certificate postinst made, picks up a new certificate on `systemctl reload`, drains and exits 0
+# the certificate postinst made, picks up a new certificate on `systemctl reload` (and fails it,
+# still serving, when the certificate is broken), drains and exits 0
 # on `systemctl stop`, and that purge removes it. A fresh install serves from
 # /etc/securesock/securesock.toml (`--config`); `man securesock`, `man securesock.toml` and the bash
 # completion work in the root. Then the upgrade: a previous version (this package as earlier
@@ -290,6 +291,22 @@ else
         sleep 0.1
     done
     pid=$(show MainPID)
+fi
+
+if [ "$expect" = pass ]; then
+    echo "== deb test: systemctl reload with a broken certificate fails and keeps serving"
+    machine sh -ec 'cp /etc/securesock/server-cert.pem /root/good-cert.pem
+        echo "not a certificate" >/etc/securesock/server-cert.pem'
+    if machine systemctl reload securesock >"$tmp/reload.out" 2>&1; then
+        fail "systemctl reload succeeded with a broken certificate"
+    fi
+    machine journalctl -u securesock -o cat --no-pager | grep -q 'still serving the previous configuration' ||
+        fail "the failed reload's answer is not in the journal"
+    [ "$(presented)" = "$new" ] || fail "after a failed reload the server no longer presents the certificate it had"
+    [ "$(show MainPID)" = "$pid" ] || fail "the failed reload restarted the server"
+    machine sh -ec 'cp /root/good-cert.pem /etc/securesock/server-cert.pem'
+    machine systemctl reload securesock >/dev/null 2>&1 || fail "systemctl reload with the certificate restored failed"
+    echo "   systemctl reload failed (exit non-zero, the error in the journal), the old certificate still served"
 fi
 
 echo "== deb test: systemctl stop (SIGTERM, drain, exit 0)"

@@ -17,7 +17,7 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== shellcheck"
 shellcheck scripts/*.sh deploy/kubernetes/check.sh packaging/postinst packaging/postrm \
-    packaging/securesock-start .ci/run
+    packaging/securesock-start packaging/securesock-reload .ci/run
 echo "== cargo clippy"
 cargo clippy --locked --workspace --all-targets --quiet -- -D warnings
 echo "== cargo test"

@@ -35,10 +35,14 @@ const SIGNALS: [(&str, &str); 3] = [
     ),
     (
         "SIGHUP",
-        "Reload: each service's certificate, key and the other files it reads are loaded again \
-         and validated as at start-up, then swapped in for new connections; open connections keep \
-         theirs. A reload that fails changes nothing and logs one line naming the file. \
-         systemctl reload sends it. The files are also watched every --watch-interval seconds.",
+        "Reload. With --config, the file is read again: services added start listening, services \
+         removed stop accepting and their open connections finish, services changed get their new \
+         settings for new connections, and every certificate and key is loaded again; everything is \
+         built and validated before anything changes. With flags alone, each service's \
+         certificate, key and the other files it reads are loaded again. Open connections keep \
+         what they started with; a reload that fails changes nothing and logs one line naming the \
+         file. The file and the certificates are also watched every --watch-interval seconds. \
+         securesock ctl reload does the same and answers; the package's systemctl reload uses it.",
     ),
     (
         "SIGKILL",

@@ -490,8 +490,8 @@ fn idle_clients_and_a_huge_request_line_leave_the_socket_and_the_tls_port_answer
     drop(idle);
 }
 
-// `ctl reload` answers with the real reload (wip/s3-reload's `Handle::reload_now`): the stub on
-// this branch always says ok.
+// `ctl reload` answers with the real reload (`Handle::reload_now`), and so does the package's
+// `systemctl reload` (packaging/securesock-reload), which asks through the control socket.
 
 /// The binary in greet mode with `cert`/`key` and a control socket; the socket's path.
 fn greet_with(dir: &Path, cert: &Path, key: &Path) -> (Server, PathBuf) {
@@ -559,4 +559,45 @@ fn reload_with_a_good_certificate_answers_ok_with_its_new_expiry() {
         crate::support::served_serial(server.addr).unwrap(),
         crate::support::serial_of(&next.cert)
     );
+}
+
+/// packaging/securesock-reload, the unit's ExecReload, run against `socket` with the test's binary.
+fn reload_script(socket: &Path, main_pid: u32) -> Output {
+    let mut cmd = Command::new(crate::support::repo_root().join("packaging/securesock-reload"));
+    cmd.arg(main_pid.to_string())
+        .env("SECURESOCK_CONTROL_SOCKET", socket)
+        .env("SECURESOCK_RELOAD_BINARY", binary());
+    run(cmd)
+}
+
+#[test]
+fn the_units_reload_fails_when_the_reload_failed_and_falls_back_to_sighup_without_a_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = crate::support::now_unix();
+    let pair = crate::support::write_cert(dir.path(), "live", now - 60, now + 30 * 86_400);
+    let (server, socket) = greet_with(dir.path(), &pair.cert, &pair.key);
+    let before = crate::support::served_serial(server.addr).unwrap();
+
+    // Through the control socket: a good reload is exit 0, a broken certificate exit 1 with the
+    // answer on its output, so `systemctl reload` fails visibly.
+    let ok = reload_script(&socket, std::process::id());
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok));
+    std::fs::write(&pair.cert, b"not a certificate\n").unwrap();
+    let failed = reload_script(&socket, std::process::id());
+    assert_eq!(failed.status.code(), Some(1), "{}", text(&failed));
+    assert!(
+        text(&failed).contains("still serving the previous configuration"),
+        "{}",
+        text(&failed)
+    );
+    assert_eq!(crate::support::served_serial(server.addr).unwrap(), before);
+
+    // No control socket: SIGHUP to the main process, as earlier versions did.
+    let mut main = Command::new("sleep").arg("30").spawn().unwrap();
+    let sent = reload_script(&dir.path().join("absent.sock"), main.id());
+    assert_eq!(sent.status.code(), Some(0), "{}", text(&sent));
+    assert!(text(&sent).contains("sending SIGHUP"), "{}", text(&sent));
+    let status = main.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt as _;
+    assert_eq!(status.signal(), Some(libc::SIGHUP), "{status:?}");
 }

@@ -51,8 +51,19 @@ fn default_file_flags() -> Vec<String> {
 #[test]
 fn the_shipped_file_serves_what_the_shipped_default_settings_serve() {
     let toml = repo_root().join("packaging/securesock.toml");
-    let from_file = configuration(&["--config".as_ref(), toml.as_os_str()]);
-    let flags = default_file_flags();
+    let mut from_file = configuration(&["--config".as_ref(), toml.as_os_str()]);
+    // The file's own path (what a reload reads again) is the one thing flags cannot say.
+    assert_eq!(
+        from_file.process.config_file.as_deref(),
+        Some(toml.as_path())
+    );
+    from_file.process.config_file = None;
+    let mut flags = default_file_flags();
+    // What securesock-start adds on the legacy rule, so the unit's reload has its socket there too.
+    flags.extend([
+        "--control-socket".into(),
+        "/run/securesock/control.sock".into(),
+    ]);
     let args: Vec<&std::ffi::OsStr> = flags.iter().map(|f| f.as_ref()).collect();
     let from_flags = configuration(&args);
     assert_eq!(from_file.services.len(), 1, "one greet service");
