@@ -20,8 +20,9 @@
 # rust-version (1.85).
 FROM rust:1.91-slim-trixie AS builder
 # hadolint ignore=DL3008 # unpinned on purpose: trixie's point and security releases replace exact versions on the mirror, and the tag above already fixes the release
+# make: the allocator's (jemalloc's) C build.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libssl-dev pkg-config \
+    && apt-get install -y --no-install-recommends libssl-dev pkg-config make \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -44,9 +45,6 @@ RUN apt-get update \
     && install -d -m 0700 -o 10001 -g 10001 /certs
 COPY --from=builder /out/securesock /usr/local/bin/securesock
 COPY scripts/docker-entrypoint.sh scripts/healthcheck.sh scripts/gen-certs.sh scripts/check.sh /usr/local/bin/
-# No per-thread malloc cache: with a thread per connection each idle thread's cache holds freed
-# memory nothing else can use (docs/operations.md, Limits).
-ENV GLIBC_TUNABLES=glibc.malloc.tcache_count=0
 # The drain must end before docker's stop grace (10 s unless `docker run --stop-timeout N`) runs out
 # and SIGKILL arrives: raise both together, e.g. --stop-timeout 40 -e SECURESOCK_DRAIN_TIMEOUT=30.
 ENV SECURESOCK_LISTEN=0.0.0.0:12345 SECURESOCK_CERT=/certs/server-cert.pem SECURESOCK_KEY=/certs/server-key.pem SECURESOCK_DRAIN_TIMEOUT=8

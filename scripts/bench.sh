@@ -124,7 +124,7 @@ else
     [ -z "$suite" ] || [ "$(id -u)" -eq 0 ] || { echo "bench.sh: --$suite needs root (debootstrap, chroot, namespaces)" >&2; exit 1; }
     # The peers' packages only where they run: here, or (--trixie) inside the root.
     [ -n "$suite" ] || here=(ca-certificates "${peer_packages[@]}")
-    need_packages openssl libssl-dev pkg-config gcc libc6-dev "${here[@]}"
+    need_packages openssl libssl-dev pkg-config gcc make libc6-dev "${here[@]}"
     need_cargo
     echo "== building (release)" >&2
     cargo build --release --locked --quiet -p securesock --bin securesock \

@@ -8,7 +8,7 @@ set -eu
 cd "$(dirname "$0")/.."
 . scripts/common.sh
 
-need_packages openssl libssl-dev pkg-config gcc libc6-dev ca-certificates
+need_packages openssl libssl-dev pkg-config gcc make libc6-dev ca-certificates
 need_cargo
 if [ ! -e certs/server-cert.pem ] && [ ! -e certs/server-key.pem ]; then
     scripts/gen-certs.sh

@@ -9,7 +9,7 @@ set -eu
 cd "$(dirname "$0")/.."
 . scripts/common.sh
 
-need_packages openssl libssl-dev pkg-config gcc libc6-dev ca-certificates shellcheck \
+need_packages openssl libssl-dev pkg-config gcc make libc6-dev ca-certificates shellcheck \
     redis-server redis-tools systemd faketime man-db groff-base zsh fish
 need_cargo
 

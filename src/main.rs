@@ -31,6 +31,11 @@ const EXIT_RUNTIME: u8 = 1;
 /// `import-stunnel`: the TOML was written, but some option could not be carried.
 const EXIT_INCOMPLETE: u8 = 3;
 
+/// Rust's allocations go to jemalloc too (with sized frees); C's `malloc` already does, through the
+/// unprefixed symbols. Its settings are `securesock::sys::memory`'s.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let config: Config = match parse_invocation(std::env::args_os()) {
         Ok(Invocation::Serve(config)) => config,

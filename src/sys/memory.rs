@@ -1,9 +1,55 @@
-//! Giving memory back while a connection is quiet: the unused part of its thread's stack, the
-//! thread's OpenSSL state, and the heap's free pages.
+//! The process's allocator settings, and giving memory back while a connection is quiet: the
+//! unused part of its thread's stack, the thread's OpenSSL state, and the heap's free pages.
 //!
-//! Owns the calls that release memory; it must never decide when to release it (the relay does).
+//! Owns the allocator's configuration ([`malloc_conf`]) and the calls that release memory; it
+//! must never decide when to release it (the relay does).
+//!
+//! The whole process allocates from jemalloc: the binary's `#[global_allocator]` for Rust, and,
+//! because tikv-jemalloc-sys is built with unprefixed symbols, the C `malloc`/`free` that libssl,
+//! libcrypto and libc call too. glibc's malloc gives every thread a cache (tcache) that only an
+//! environment variable can turn off, and with thousands of mostly idle connection threads those
+//! caches were a third of a held connection's memory; jemalloc's are turned off here, in the
+//! binary, however it is started.
+
+use std::ffi::{CStr, c_char};
 
 use super::ossl_ext;
+
+/// The allocator's options, which jemalloc reads once, at its first allocation (before `main`):
+/// - `tcache:false`: no per-thread cache. An idle connection thread would otherwise keep what its
+///   handshake freed (the cache is flushed only by that thread's own later allocations), and a
+///   thread per connection makes that thousands of caches;
+/// - `percpu_arena:percpu`: one arena per CPU, chosen by the CPU a thread runs on, so arenas do not
+///   grow with the thread count and, with no cache, allocations on different cores rarely share a
+///   lock;
+/// - `dirty_decay_ms:1000`, `muzzy_decay_ms:0`: pages freed in a burst (handshakes) go back to the
+///   kernel within a second instead of ten, and [`trim_heap`] purges at once when connections fall
+///   quiet.
+///
+/// `MALLOC_CONF` in the environment is read after this and overrides it, key by key.
+/// The name is jemalloc's: it looks for a symbol `malloc_conf` (a weak one of its own otherwise).
+#[allow(non_upper_case_globals)]
+#[unsafe(no_mangle)]
+#[used]
+pub static malloc_conf: Option<&'static c_char> = Some(&CONF[0]);
+
+/// [`malloc_conf`]'s text, NUL-terminated as jemalloc reads it.
+static CONF: [c_char; CONF_TEXT.len()] = as_c_chars(CONF_TEXT);
+
+/// See [`malloc_conf`].
+const CONF_TEXT: &[u8] = b"tcache:false,percpu_arena:percpu,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
+/// The bytes of an ASCII text as C's `char`s (`i8` here), in a constant.
+const fn as_c_chars<const N: usize>(text: &[u8]) -> [c_char; N] {
+    let mut out = [0; N];
+    let mut i = 0;
+    while i < N {
+        // ASCII only: every byte of CONF_TEXT is below 128, so the cast keeps its value.
+        out[i] = text[i] as c_char;
+        i += 1;
+    }
+    out
+}
 
 /// Room left untouched below the marker in [`release_unused_stack`]'s frame: the rest of that frame
 /// (a few hundred bytes) and the return address of the madvise(2) call, which are live while the
@@ -59,13 +105,82 @@ pub fn release_openssl_thread_state() {
     ossl_ext::thread_stop();
 }
 
-/// Returns the heap's free pages to the kernel, in every malloc arena (glibc's `malloc_trim`,
-/// which since 2.8 also releases whole free pages in the middle of a heap, not only at its top).
-/// Without it, what a handshake allocated and freed stays resident for as long as a live object
-/// of some other connection sits above it.
+/// Returns the heap's free pages to the kernel now, in every arena (jemalloc's
+/// `arena.<all>.purge`), instead of when the decay timer next runs, which, in a process whose
+/// threads have all gone quiet, is not until something allocates again.
 pub fn trim_heap() {
-    // SAFETY: malloc_trim takes a size and touches only the allocator's own state, under its locks.
+    // MALLCTL_ARENAS_ALL (4096): every arena.
+    let _ = mallctl_call(c"arena.4096.purge");
+}
+
+/// Runs a jemalloc control that takes and returns nothing; false when jemalloc refuses it.
+fn mallctl_call(name: &CStr) -> bool {
+    // SAFETY: `name` is NUL-terminated; a control that neither reads nor writes is given null
+    // pointers and zero lengths, as mallctl(3) documents.
     unsafe {
-        libc::malloc_trim(0);
+        tikv_jemalloc_sys::mallctl(
+            name.as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+        ) == 0
+    }
+}
+
+/// Reads a jemalloc control whose value is a `T` (`bool` for `opt.tcache`, `usize` for
+/// `arenas.narenas`, `isize` for the decay times, `*const c_char` for strings); None when jemalloc
+/// has no such control. Only the tests read settings back.
+#[cfg(test)]
+fn mallctl_read<T: Copy + Default>(name: &CStr) -> Option<T> {
+    let mut value = T::default();
+    let mut len = std::mem::size_of::<T>();
+    // SAFETY: `name` is NUL-terminated; `value` is a T of `len` bytes that mallctl writes at most
+    // `len` bytes into; every caller names a control whose type is T (mallctl(3)), and a control of
+    // another size is refused with EINVAL, not written.
+    let ok = unsafe {
+        tikv_jemalloc_sys::mallctl(
+            name.as_ptr(),
+            (&raw mut value).cast::<std::ffi::c_void>(),
+            &mut len,
+            std::ptr::null_mut(),
+            0,
+        ) == 0
+    };
+    ok.then_some(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_allocator_runs_with_the_binarys_own_settings() {
+        assert_eq!(
+            mallctl_read::<bool>(c"opt.tcache"),
+            Some(false),
+            "per-thread caches are off"
+        );
+        assert_eq!(mallctl_read::<isize>(c"opt.dirty_decay_ms"), Some(1000));
+        assert_eq!(mallctl_read::<isize>(c"opt.muzzy_decay_ms"), Some(0));
+        let percpu = mallctl_read::<usize>(c"opt.percpu_arena").expect("opt.percpu_arena");
+        // SAFETY: jemalloc answers opt.percpu_arena with a pointer to a static NUL-terminated name.
+        let percpu = unsafe { CStr::from_ptr(percpu as *const c_char) };
+        assert_eq!(percpu, c"percpu");
+        assert!(
+            mallctl_call(c"arena.4096.purge"),
+            "trim_heap's control is one jemalloc has"
+        );
+    }
+
+    /// libssl and libcrypto call `malloc` through the dynamic linker; it must find jemalloc's, in
+    /// this executable, before glibc's, or OpenSSL's allocations (most of a connection's heap)
+    /// would keep glibc's per-thread caches.
+    #[test]
+    fn openssls_malloc_is_jemallocs() {
+        // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name only looks the symbol up.
+        let found = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"malloc".as_ptr()) };
+        let jemalloc = tikv_jemalloc_sys::malloc as *const std::ffi::c_void;
+        assert_eq!(found.cast_const(), jemalloc);
     }
 }
