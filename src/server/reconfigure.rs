@@ -501,11 +501,15 @@ fn rebuild(services: &mut [Running], unchanged: &[bool]) -> Vec<Option<Result<tl
         .map_or(1, std::num::NonZero::get)
         .clamp(1, MAX_BUILDERS);
     let per = services.len().div_ceil(threads).max(1);
+    // A new cache a builder: each distinct context is built at most once per thread in this
+    // pass (1,000 services on one certificate: a few builds, not 1,000), and the threads never
+    // wait on each other's builds.
     let build = |chunk: &mut [Running], marks: &[bool]| -> Vec<Option<Result<tls::Tls>>> {
+        let mut cache = tls::Cache::new();
         chunk
             .iter_mut()
             .zip(marks)
-            .map(|(s, &mark)| mark.then(|| s.watched.prepare()))
+            .map(|(s, &mark)| mark.then(|| s.watched.prepare(&mut cache)))
             .collect()
     };
     if services.len() <= per {

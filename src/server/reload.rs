@@ -356,17 +356,19 @@ impl Watched {
     /// A reload asked for (SIGHUP, the control socket): the files are read again whatever their
     /// digest says.
     pub(crate) fn on_request(&mut self, why: Trigger) -> Result<String, String> {
-        let built = self.prepare();
+        let built = self.prepare(&mut tls::Cache::new());
         self.finish(why, built)
     }
 
     /// The first half of [`Watched::on_request`], for a reload that must build every context
-    /// before it puts any in service: the upstream resolved again, the context built.
-    pub(crate) fn prepare(&mut self) -> anyhow::Result<tls::Tls> {
+    /// before it puts any in service: the upstream resolved again, the context built through
+    /// `cache`, which is new for each reload pass: services with the same settings and files get
+    /// one new context between them (with new ticket keys), as at start, and none keeps the old.
+    pub(crate) fn prepare(&mut self, cache: &mut tls::Cache) -> anyhow::Result<tls::Tls> {
         self.seen = fingerprint(&self.settings);
         self.loaded = self.seen;
         self.refresh();
-        tls::build(&self.settings)
+        cache.build(&self.settings)
     }
 
     /// The second half: what [`Watched::prepare`] built put in service, or its failure logged.

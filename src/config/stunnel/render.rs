@@ -488,7 +488,9 @@ fn route(
     };
     let mut table = Table::new();
     table.push(("sni", s(pattern)));
-    if let Some((cert, key)) = pem_pair(service) {
+    // Without a certificate of its own the name is answered with the primary's, as stunnel's
+    // secondary context would be by the certificate the listener already has: a route needs one.
+    if let Some((cert, key)) = pem_pair(service).or_else(|| pem_pair(&mut main.clone())) {
         table.push(("cert", s(&cert.value)));
         table.push(("key", s(&key.value)));
     }

@@ -314,3 +314,18 @@ fn two_sections_of_one_name_are_two_services_and_a_note() {
         ["/s.conf:5: note: [s]: a second section of that name: its service is named s-2"]
     );
 }
+
+#[test]
+fn a_server_sni_section_without_a_certificate_of_its_own_answers_with_its_primarys() {
+    let out = convert(
+        "[tls]\naccept = 443\ncert = /main.pem\nkey = /main.key\nconnect = 8080\n[api]\nsni = tls:api.example.com\nconnect = 127.0.0.1:9000\n",
+    );
+    assert!(out.complete(), "{:?}", lines(&out));
+    assert!(
+        out.toml.contains(
+            "\n  [[service.route]]\n  sni = \"api.example.com\"\n  cert = \"/main.pem\"\n  key = \"/main.key\"\n  upstream = \"127.0.0.1:9000\"\n"
+        ),
+        "{}",
+        out.toml
+    );
+}
