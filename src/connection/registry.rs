@@ -51,6 +51,8 @@ pub(crate) struct Entry {
     /// The server name the client sent (client mode: the one sent upstream).
     pub(crate) sni: Option<String>,
     pub(crate) protocol: Option<&'static str>,
+    /// The key exchange group the handshake agreed on (`X25519MLKEM768`, `x25519`, ...).
+    pub(crate) group: Option<String>,
     /// When the connection was accepted.
     pub(crate) accepted: Instant,
     /// The client's certificate and the chain it sent, as verified at the handshake; `None`
@@ -103,21 +105,16 @@ impl Registered<'_> {
     /// The server-side handshake finished: the entry gets its TLS facts and client chain (what
     /// a reload re-checks) and moves on to relaying.
     pub(crate) fn accepted(&mut self, ssl: &SslRef, sni: Option<String>) {
-        self.replace(Some(ssl.version_str()), sni, ClientChain::of(ssl));
+        self.replace(ssl, sni, ClientChain::of(ssl));
     }
 
     /// Client mode's handshake with the upstream finished: its protocol and the name sent; the
     /// upstream's certificate is no client chain, so nothing for a reload to re-check.
     pub(crate) fn originated(&mut self, ssl: &SslRef, sni: Option<String>) {
-        self.replace(Some(ssl.version_str()), sni, None);
+        self.replace(ssl, sni, None);
     }
 
-    fn replace(
-        &mut self,
-        protocol: Option<&'static str>,
-        sni: Option<String>,
-        client: Option<ClientChain>,
-    ) {
+    fn replace(&mut self, ssl: &SslRef, sni: Option<String>, client: Option<ClientChain>) {
         let old = &self.entry;
         let entry = Arc::new(Entry {
             id: old.id,
@@ -125,7 +122,8 @@ impl Registered<'_> {
             peer: old.peer,
             via: old.via,
             sni,
-            protocol,
+            protocol: Some(ssl.version_str()),
+            group: crate::sys::negotiated_group(ssl),
             accepted: old.accepted,
             client,
             stop: Arc::clone(&old.stop),
@@ -173,6 +171,7 @@ impl Registry {
             via,
             sni: None,
             protocol: None,
+            group: None,
             accepted,
             client: None,
             stop: Arc::new(Stop::default()),

@@ -153,6 +153,7 @@ fn connections(rest: &str, sources: &Sources) -> Result<String, String> {
                     "via": e.via.map(|v| v.to_string()),
                     "sni": e.sni,
                     "protocol": e.protocol,
+                    "group": e.group,
                     "client_subject": subject,
                     "client_uris": uris,
                     "upstream": e.live.upstream(),
@@ -168,8 +169,8 @@ fn connections(rest: &str, sources: &Sources) -> Result<String, String> {
     }
     let mut table = vec![
         [
-            "ID", "SERVICE", "PEER", "VIA", "SNI", "PROTO", "SUBJECT", "URI", "UPSTREAM", "IN",
-            "OUT", "AGE", "IDLE", "STATE",
+            "ID", "SERVICE", "PEER", "VIA", "SNI", "PROTO", "GROUP", "SUBJECT", "URI", "UPSTREAM",
+            "IN", "OUT", "AGE", "IDLE", "STATE",
         ]
         .map(String::from)
         .to_vec(),
@@ -185,6 +186,7 @@ fn connections(rest: &str, sources: &Sources) -> Result<String, String> {
             dash(e.via.map(|v| v.to_string())),
             dash(e.sni.clone()),
             dash(e.protocol.map(str::to_string)),
+            dash(e.group.clone()),
             dash(subject),
             if uris.is_empty() {
                 "-".into()
@@ -437,7 +439,7 @@ mod tests {
     #[test]
     fn every_answer_ends_with_ok_or_error() {
         let s = sources();
-        let header = "ID  SERVICE  PEER  VIA  SNI  PROTO  SUBJECT  URI  UPSTREAM  IN  OUT  AGE  IDLE  STATE\n";
+        let header = "ID  SERVICE  PEER  VIA  SNI  PROTO  GROUP  SUBJECT  URI  UPSTREAM  IN  OUT  AGE  IDLE  STATE\n";
         assert_eq!(answer("connections", &s), format!("{header}ok\n"));
         assert_eq!(
             answer("connections --json", &s),

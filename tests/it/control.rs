@@ -206,6 +206,8 @@ fn connections_lists_exactly_the_open_ones_with_their_identities_and_bytes() {
     for r in &rows {
         assert_eq!(r["state"], "relaying", "{r}");
         assert_eq!(r["protocol"], "TLSv1.3", "{r}");
+        // The group the handshake agreed on, as the conn line names it.
+        assert!(r["group"].as_str().is_some_and(|g| !g.is_empty()), "{r}");
         assert!(r["peer"].as_str().unwrap().starts_with("127.0.0.1:"), "{r}");
     }
 
