@@ -113,20 +113,27 @@ impl LastSession {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Marks `ssl` as a connection to `key` and offers that address's last session when it came
-    /// from `ssl`'s own context.
-    pub fn offer(&self, ssl: &mut SslRef, key: &str) -> Result<(), ErrorStack> {
+    /// Marks `ssl` as a connection to `key`, so that the sessions it gets are kept under `key`,
+    /// without offering one.
+    pub fn mark(&self, ssl: &mut SslRef, key: &str) {
         if let Some(index) = session_key_index() {
             ssl.set_ex_data(index, key.to_string());
         }
+    }
+
+    /// Marks `ssl` as a connection to `key` and offers that address's last session when it came
+    /// from `ssl`'s own context. Returns whether a session was offered.
+    pub fn offer(&self, ssl: &mut SslRef, key: &str) -> Result<bool, ErrorStack> {
+        self.mark(ssl, key);
         let last = self.lock().get(key).cloned();
         match last {
             Some((session, ctx)) if ctx == context_address(ssl) => {
                 // SAFETY: SSL_set_session needs the session to come from the connection's own
                 // SSL_CTX, which the address comparison just above establishes.
-                unsafe { ssl.set_session(&session) }
+                unsafe { ssl.set_session(&session) }?;
+                Ok(true)
             }
-            _ => Ok(()),
+            _ => Ok(false),
         }
     }
 
