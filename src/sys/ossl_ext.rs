@@ -297,7 +297,7 @@ unsafe extern "C" fn ticket_key_cb(
         if openssl_sys::EVP_MAC_init(mac, key.hmac.as_ptr(), key.hmac.len(), params.as_ptr()) != 1 {
             return -1;
         }
-        let aes = openssl_sys::EVP_aes_256_cbc();
+        let aes = aes_256_cbc();
         let ok = if encrypt == 1 {
             openssl_sys::EVP_EncryptInit_ex(cipher, aes, std::ptr::null_mut(), key.aes.as_ptr(), iv)
         } else {
@@ -308,6 +308,19 @@ unsafe extern "C" fn ticket_key_cb(
         }
     }
     result
+}
+
+/// AES-256-CBC for the tickets, fetched from the provider once. `EVP_aes_256_cbc()` is a
+/// legacy cipher that makes OpenSSL 3 fetch the provider's implementation by name again on every
+/// `EVP_*Init_ex` (a method-store lookup under its lock, per ticket issued or opened); a fetched
+/// one is used as it is. The legacy one remains the fallback should the fetch fail.
+fn aes_256_cbc() -> *const openssl_sys::EVP_CIPHER {
+    static FETCHED: OnceLock<Option<openssl::cipher::Cipher>> = OnceLock::new();
+    match FETCHED.get_or_init(|| openssl::cipher::Cipher::fetch(None, "AES-256-CBC", None).ok()) {
+        Some(cipher) => cipher.as_ptr(),
+        // SAFETY: returns a pointer to libcrypto's static legacy cipher table entry.
+        None => unsafe { openssl_sys::EVP_aes_256_cbc() },
+    }
 }
 
 type TicketKeyCallback = unsafe extern "C" fn(
