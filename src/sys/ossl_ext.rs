@@ -113,20 +113,27 @@ impl LastSession {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Marks `ssl` as a connection to `key` and offers that address's last session when it came
-    /// from `ssl`'s own context.
-    pub fn offer(&self, ssl: &mut SslRef, key: &str) -> Result<(), ErrorStack> {
+    /// Marks `ssl` as a connection to `key`, so that the sessions it gets are kept under `key`,
+    /// without offering one.
+    pub fn mark(&self, ssl: &mut SslRef, key: &str) {
         if let Some(index) = session_key_index() {
             ssl.set_ex_data(index, key.to_string());
         }
+    }
+
+    /// Marks `ssl` as a connection to `key` and offers that address's last session when it came
+    /// from `ssl`'s own context. Returns whether a session was offered.
+    pub fn offer(&self, ssl: &mut SslRef, key: &str) -> Result<bool, ErrorStack> {
+        self.mark(ssl, key);
         let last = self.lock().get(key).cloned();
         match last {
             Some((session, ctx)) if ctx == context_address(ssl) => {
                 // SAFETY: SSL_set_session needs the session to come from the connection's own
                 // SSL_CTX, which the address comparison just above establishes.
-                unsafe { ssl.set_session(&session) }
+                unsafe { ssl.set_session(&session) }?;
+                Ok(true)
             }
-            _ => Ok(()),
+            _ => Ok(false),
         }
     }
 
@@ -290,7 +297,7 @@ unsafe extern "C" fn ticket_key_cb(
         if openssl_sys::EVP_MAC_init(mac, key.hmac.as_ptr(), key.hmac.len(), params.as_ptr()) != 1 {
             return -1;
         }
-        let aes = openssl_sys::EVP_aes_256_cbc();
+        let aes = aes_256_cbc();
         let ok = if encrypt == 1 {
             openssl_sys::EVP_EncryptInit_ex(cipher, aes, std::ptr::null_mut(), key.aes.as_ptr(), iv)
         } else {
@@ -301,6 +308,19 @@ unsafe extern "C" fn ticket_key_cb(
         }
     }
     result
+}
+
+/// AES-256-CBC for the tickets, fetched from the provider once. `EVP_aes_256_cbc()` is a
+/// legacy cipher that makes OpenSSL 3 fetch the provider's implementation by name again on every
+/// `EVP_*Init_ex` (a method-store lookup under its lock, per ticket issued or opened); a fetched
+/// one is used as it is. The legacy one remains the fallback should the fetch fail.
+fn aes_256_cbc() -> *const openssl_sys::EVP_CIPHER {
+    static FETCHED: OnceLock<Option<openssl::cipher::Cipher>> = OnceLock::new();
+    match FETCHED.get_or_init(|| openssl::cipher::Cipher::fetch(None, "AES-256-CBC", None).ok()) {
+        Some(cipher) => cipher.as_ptr(),
+        // SAFETY: returns a pointer to libcrypto's static legacy cipher table entry.
+        None => unsafe { openssl_sys::EVP_aes_256_cbc() },
+    }
 }
 
 type TicketKeyCallback = unsafe extern "C" fn(

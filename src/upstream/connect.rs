@@ -46,8 +46,12 @@ pub(super) fn connect_unix(path: &Path, deadline: Instant) -> io::Result<UnixStr
 
 /// A non-blocking connect finished by poll with a deadline.
 pub(super) fn connect_tcp(addr: SocketAddr, deadline: Instant) -> io::Result<TcpStream> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_nonblocking(true)?;
+    // Non-blocking from socket(2) on (SOCK_NONBLOCK): no fcntl pair per connection.
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking(),
+        Some(Protocol::TCP),
+    )?;
     socket.set_tcp_nodelay(true)?;
     match socket.connect(&addr.into()) {
         Ok(()) => {}

@@ -67,6 +67,7 @@ fn originate_and_relay<S: Socket + Endpoint, U: Socket>(
         gate,
         phase.shutdown,
     )?;
+    connector.settle(&addr, tls.ssl());
     report.handshake = Some(phase.accepted.elapsed());
     report.record_tls(tls.ssl());
     registered.originated(tls.ssl(), report.sni.clone());
