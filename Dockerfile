@@ -19,8 +19,8 @@
 # than the runtime stage would link glibc symbols that debian:trixie-slim cannot load. 1.91 >= our
 # rust-version (1.85).
 FROM rust:1.91-slim-trixie AS builder
-# hadolint ignore=DL3008 # unpinned on purpose: trixie's point and security releases replace exact versions on the mirror, and the tag above already fixes the release
 # make: the allocator's (jemalloc's) C build.
+# hadolint ignore=DL3008 # unpinned on purpose: trixie's point and security releases replace exact versions on the mirror, and the tag above already fixes the release
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libssl-dev pkg-config make \
     && rm -rf /var/lib/apt/lists/*
