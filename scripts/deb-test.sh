@@ -345,8 +345,8 @@ machine test -e /etc/securesock/securesock.toml || fail "the upgrade did not ins
 wait_served 12399
 served_from=$(cmdline "$(show MainPID)")
 [ "$served_from" = /usr/bin/securesock ] || fail "the upgraded host does not serve from its settings: $served_from"
-machine journalctl -u securesock -o cat --no-pager | grep -q 'securesock-start: serving from the SECURESOCK_\* settings in /etc/default/securesock' ||
-    fail "no line says why the settings, not the file, are in use"
+# journald takes the line from the start script's stream on its own time: wait for it.
+wait_journal "securesock-start: serving from the SECURESOCK_* settings in /etc/default/securesock"
 ! check 12345 >/dev/null 2>&1 || fail "the upgraded host also serves on 12345"
 echo "   upgraded: still served on 12399 from /etc/default/securesock (its log says why), nothing on 12345"
 # The documented move to the file: the shipped default back, a restart.
