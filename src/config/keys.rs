@@ -44,6 +44,11 @@ pub(super) const ROUTE_KEYS: [&str; 10] = [
 ];
 
 /// Whether the long flag `long` is a key of `[process]` (the manual page's list of them).
+/// The keys a `[[service.route]]` table accepts, as the file reads them (for the manual page).
+pub fn route_keys() -> &'static [&'static str] {
+    &ROUTE_KEYS
+}
+
 pub fn is_process_key(long: &str) -> bool {
     PROCESS_ONLY.contains(&long) || PROCESS_TOO.contains(&long)
 }

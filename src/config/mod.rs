@@ -42,7 +42,7 @@ pub use args::{
 };
 pub use cidr::Cidr;
 pub use errors::ArgsError;
-pub use keys::{is_process_key, is_service_key, key_takes};
+pub use keys::{is_process_key, is_service_key, key_takes, route_keys};
 pub use types::{
     AcceptProxy, AccessRules, Balance, ClientAuth, Config, ControlSocket, DEFAULT_CONTROL_SOCKET,
     DEFAULT_LISTEN_MODE, DEFAULT_SERVICE, Identity, Limits, Listen, LogFormat, Mode, Process,

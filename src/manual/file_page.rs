@@ -10,21 +10,7 @@ use clap_mangen::roff::{Inline, Roff, bold, italic, roman};
 
 use super::roff_text::{literal, section, term};
 use super::{NAME, command};
-use crate::config::{is_process_key, is_service_key, key_takes};
-
-/// The keys a `[[service.route]]` may hold besides `sni`: its own certificate, upstream set and
-/// access rules (issue 19 item 3). Each is looked up among the flags, so a name here that is no
-/// flag fails the page's test.
-const ROUTE_KEYS: [&str; 8] = [
-    "cert",
-    "key",
-    "upstream",
-    "balance",
-    "allow-cn",
-    "allow-ou",
-    "allow-dns",
-    "allow-uri",
-];
+use crate::config::{is_process_key, is_service_key, key_takes, route_keys};
 
 const DESCRIPTION: [&str; 4] = [
     "securesock --config FILE reads its whole configuration from FILE, a TOML document. The \
@@ -153,7 +139,12 @@ pub(super) fn render(out: &mut dyn Write) -> io::Result<()> {
     roff.text([roman(
         "And, each as in [[service]] and in its place for clients that asked for this name (cert and key required; client-ca, require-client-cert and crl are the service's alone; allow-* needs the service's client-ca):",
     )]);
-    for name in ROUTE_KEYS {
+    // The flags a route may have its own value of: the file's own list, less the two keys
+    // written by hand above (no flag has their meaning in a route).
+    for &name in route_keys()
+        .iter()
+        .filter(|k| !["name", "sni"].contains(*k))
+    {
         if let Some(arg) = flag(&command, name) {
             key(&mut roff, arg);
         }
