@@ -11,14 +11,13 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::thread;
 
 use openssl::ssl::{SslConnector, SslStream};
 use securesock::config::{Config, LogFormat, Process, Service, parse_args};
-use securesock::server::{Drained, Handle, Server};
+use securesock::server::Drained;
 
 use crate::support::{
-    self, PATIENCE, connector_trusting, default_certs, http_get, metric, parse_metrics,
+    self, PATIENCE, Services, connector_trusting, default_certs, http_get, metric, parse_metrics,
     read_to_close_notify, write_cert_for,
 };
 
@@ -51,72 +50,26 @@ fn service(name: &str, flags: &[&str]) -> Service {
     service
 }
 
-/// Several services and the process's settings, served on a thread of this process.
-struct Running {
-    addrs: Vec<(String, Option<SocketAddr>)>,
-    metrics: Option<SocketAddr>,
-    handle: Handle,
-    thread: Option<thread::JoinHandle<std::io::Result<Drained>>>,
+/// Several services and the process's settings (metrics on, `max_connections` over all),
+/// served on a thread of this process.
+fn start(services: Vec<Service>, max_connections: Option<usize>) -> Services {
+    Services::start(&Config {
+        process: Process {
+            metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+            log_failed_handshakes: None,
+            max_connections,
+            log_format: LogFormat::Text,
+            control_socket: None,
+            config_file: None,
+        },
+        services,
+    })
 }
 
-impl Running {
-    fn start(services: Vec<Service>, max_connections: Option<usize>) -> Running {
-        let config = Config {
-            process: Process {
-                metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-                log_failed_handshakes: None,
-                max_connections,
-                log_format: LogFormat::Text,
-                control_socket: None,
-                config_file: None,
-            },
-            services,
-        };
-        let server = Server::bind(&config).unwrap_or_else(|e| panic!("binding: {e:#}"));
-        let addrs = server.local_addrs();
-        assert_eq!(
-            server.local_addr(),
-            addrs[0].1,
-            "local_addr is the first service's"
-        );
-        let metrics = server.metrics_addr();
-        let handle = server.handle();
-        let thread = Some(thread::spawn(move || server.run()));
-        Running {
-            addrs,
-            metrics,
-            handle,
-            thread,
-        }
-    }
-
-    fn addr(&self, name: &str) -> SocketAddr {
-        self.addrs
-            .iter()
-            .find(|(n, _)| n == name)
-            .and_then(|(_, a)| *a)
-            .unwrap_or_else(|| panic!("no TCP service {name}"))
-    }
-
-    fn metric(&self, series: &str) -> f64 {
-        let body = http_get(self.metrics.expect("metrics"), "/metrics").1;
-        metric(&parse_metrics(&body), series)
-    }
-
-    fn stop(mut self) -> Drained {
-        self.handle.shutdown();
-        let thread = self.thread.take().expect("running");
-        thread.join().expect("server thread").expect("server run")
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(thread) = self.thread.take() {
-            self.handle.shutdown();
-            let _ = thread.join();
-        }
-    }
+/// The value of one `/metrics` series of `running`.
+fn metric_of(running: &Services, series: &str) -> f64 {
+    let body = http_get(running.metrics.expect("metrics"), "/metrics").1;
+    metric(&parse_metrics(&body), series)
 }
 
 fn tls(addr: SocketAddr, connector: &SslConnector) -> Result<SslStream<TcpStream>, String> {
@@ -145,7 +98,7 @@ fn three_services_answer_each_with_its_own_mode_certificate_and_listener() {
     let other = write_cert_for(dir.path(), "localhost");
     let sock = dir.path().join("greet.sock");
     let s = |p: &Path| p.display().to_string();
-    let running = Running::start(
+    let running = start(
         vec![
             service("greet", &["--listen", "127.0.0.1:0"]),
             service(
@@ -192,19 +145,25 @@ fn three_services_answer_each_with_its_own_mode_certificate_and_listener() {
 
     // Each service counts its own connections under its own label.
     let accepted = |name: &str| {
-        running.metric(&format!(
-            "securesock_connections_accepted_total{}",
-            label(name)
-        ))
+        metric_of(
+            &running,
+            &format!("securesock_connections_accepted_total{}", label(name)),
+        )
     };
     assert_eq!(accepted("greet"), 1.0);
     assert_eq!(accepted("echo"), 2.0);
     assert_eq!(accepted("local"), 1.0);
     assert_eq!(
-        running.metric("securesock_handshakes_total{service=\"echo\",result=\"client_cert\"}")
-            + running.metric("securesock_handshakes_total{service=\"echo\",result=\"eof\"}")
-            + running
-                .metric("securesock_handshakes_total{service=\"echo\",result=\"protocol_error\"}"),
+        metric_of(
+            &running,
+            "securesock_handshakes_total{service=\"echo\",result=\"client_cert\"}"
+        ) + metric_of(
+            &running,
+            "securesock_handshakes_total{service=\"echo\",result=\"eof\"}"
+        ) + metric_of(
+            &running,
+            "securesock_handshakes_total{service=\"echo\",result=\"protocol_error\"}"
+        ),
         1.0,
         "the untrusting client's handshake counts as echo's failure"
     );
@@ -223,7 +182,7 @@ fn each_service_has_its_own_cap_and_the_process_cap_covers_them_all() {
             max,
         ]
     };
-    let running = Running::start(
+    let running = start(
         vec![
             service("a", &flags("1")),
             service("b", &flags("1")),
@@ -238,7 +197,8 @@ fn each_service_has_its_own_cap_and_the_process_cap_covers_them_all() {
     // a is at its cap: refused at once, while b, with its own cap, serves.
     assert!(tls(running.addr("a"), &c).is_err(), "a's second connection");
     assert_eq!(
-        running.metric(
+        metric_of(
+            &running,
             "securesock_connections_refused_total{service=\"a\",reason=\"max_connections\"}"
         ),
         1.0
@@ -254,13 +214,17 @@ fn each_service_has_its_own_cap_and_the_process_cap_covers_them_all() {
         "c beyond the process cap"
     );
     assert_eq!(
-        running.metric(
+        metric_of(
+            &running,
             "securesock_connections_refused_total{service=\"c\",reason=\"max_connections_process\"}"
         ),
         1.0
     );
     assert_eq!(
-        running.metric(&format!("securesock_connections_active{}", label("c"))),
+        metric_of(
+            &running,
+            &format!("securesock_connections_active{}", label("c"))
+        ),
         1.0
     );
     // One closes anywhere: c serves again.
@@ -285,7 +249,7 @@ fn each_service_has_its_own_cap_and_the_process_cap_covers_them_all() {
 #[test]
 fn shutdown_drains_every_service() {
     let echo = |name| service(name, &["--listen", "127.0.0.1:0", "--mode", "echo"]);
-    let running = Running::start(vec![echo("one"), echo("two")], None);
+    let running = start(vec![echo("one"), echo("two")], None);
     let c = connector_trusting(&default_certs().cert);
     let mut one = tls(running.addr("one"), &c).unwrap();
     let mut two = tls(running.addr("two"), &c).unwrap();

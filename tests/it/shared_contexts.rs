@@ -9,13 +9,11 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::thread;
 
 use securesock::config::{Service, TlsSettings, parse_args};
-use securesock::server::{Drained, Handle, Server};
 use securesock::tls::Cache;
 
-use crate::support::{mtls, s_client_unchecked, write_cert};
+use crate::support::{Services, mtls, s_client_unchecked, write_cert};
 
 const GREETING: &str = "Hello, secure world!";
 
@@ -43,45 +41,11 @@ fn service(name: &str, flags: &[&str]) -> Service {
     service
 }
 
-/// Services served on a thread of this process, stopped on drop.
-struct Running {
-    addrs: Vec<(String, Option<SocketAddr>)>,
-    handle: Handle,
-    thread: Option<thread::JoinHandle<std::io::Result<Drained>>>,
-}
-
-impl Running {
-    fn start(services: Vec<Service>) -> Running {
-        // The process's settings as flags leave them, whatever fields they grow.
-        let mut config = parse_args(["securesock"]).expect("no flags");
-        config.services = services;
-        let server = Server::bind(&config).unwrap_or_else(|e| panic!("binding: {e:#}"));
-        let addrs = server.local_addrs();
-        let handle = server.handle();
-        let thread = Some(thread::spawn(move || server.run()));
-        Running {
-            addrs,
-            handle,
-            thread,
-        }
-    }
-
-    fn addr(&self, name: &str) -> SocketAddr {
-        self.addrs
-            .iter()
-            .find(|(n, _)| n == name)
-            .and_then(|(_, a)| *a)
-            .unwrap_or_else(|| panic!("no TCP service {name}"))
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(thread) = self.thread.take() {
-            self.handle.shutdown();
-            let _ = thread.join();
-        }
-    }
+/// `services` with the process's settings as flags leave them, whatever fields they grow.
+fn start(services: Vec<Service>) -> Services {
+    let mut config = parse_args(["securesock"]).expect("no flags");
+    config.services = services;
+    Services::start(&config)
 }
 
 /// What one TLS 1.3 connection with the `client` certificate got: greeted, and resumed the
@@ -108,7 +72,7 @@ fn connect(addr: SocketAddr, session: &Path, save: bool) -> (bool, bool) {
 
 #[test]
 fn services_with_the_same_settings_share_sessions_and_others_keep_their_own_rules() {
-    let running = Running::start(vec![
+    let running = start(vec![
         service("a", &[]),
         service("twin", &[]),
         // Accepts the same client, under a rule: other settings, so another context.

@@ -98,3 +98,62 @@ impl Drop for InProcess {
         }
     }
 }
+
+/// A whole [`securesock::config::Config`] (several services, the process's settings) served on a
+/// thread of this process, through `Server::bind` and `Server::run` as `main` drives them; shut
+/// down and joined on drop, or by [`Services::stop`] for the drain's summary.
+pub struct Services {
+    /// Every service's name and TCP address (`None` for a UNIX socket), in the configured order.
+    pub addrs: Vec<(String, Option<SocketAddr>)>,
+    /// Where `/metrics` is served, when the configuration asks for it.
+    pub metrics: Option<SocketAddr>,
+    pub handle: securesock::server::Handle,
+    thread: Option<thread::JoinHandle<std::io::Result<securesock::server::Drained>>>,
+}
+
+impl Services {
+    pub fn start(config: &securesock::config::Config) -> Services {
+        let server =
+            securesock::server::Server::bind(config).unwrap_or_else(|e| panic!("binding: {e:#}"));
+        let addrs = server.local_addrs();
+        assert_eq!(
+            server.local_addr(),
+            addrs[0].1,
+            "local_addr is the first service's"
+        );
+        let metrics = server.metrics_addr();
+        let handle = server.handle();
+        let thread = Some(thread::spawn(move || server.run()));
+        Services {
+            addrs,
+            metrics,
+            handle,
+            thread,
+        }
+    }
+
+    /// The TCP address of the service `name`.
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        self.addrs
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, a)| *a)
+            .unwrap_or_else(|| panic!("no TCP service {name}"))
+    }
+
+    /// Shuts down and waits for the drain: how it ended.
+    pub fn stop(mut self) -> securesock::server::Drained {
+        self.handle.shutdown();
+        let thread = self.thread.take().expect("running");
+        thread.join().expect("server thread").expect("server run")
+    }
+}
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            self.handle.shutdown();
+            let _ = thread.join();
+        }
+    }
+}
