@@ -41,8 +41,9 @@ pub(crate) struct Context {
     /// The mode, with the TLS context it runs on (replaced whole on reload).
     pub(crate) plan: Plan,
     pub(crate) settings: Settings,
-    /// Bounds how many handshake steps compute at once, in arrival order.
-    pub(crate) gate: Gate,
+    /// Bounds how many handshake steps compute at once, in arrival order: one for the process,
+    /// shared by every service, since the bound is the CPUs'.
+    pub(crate) gate: Arc<Gate>,
     /// Polled by every connection, so the end of the drain reaches each one.
     pub(crate) shutdown: Arc<Shutdown>,
     /// `--accept-proxy`: connections open with a PROXY header naming the client.

@@ -30,6 +30,7 @@ use anyhow::{Context as _, Result};
 use log::{error, info, warn};
 
 use crate::config::Config;
+use crate::connection::gate::Gate;
 use crate::connection::registry::Registry;
 use crate::connection::{self, Job, Outcome, Peer, Report};
 use crate::limits::{Refusal, Slot, Tracker};
@@ -173,6 +174,7 @@ impl Server {
             shutdown,
             families: Families::new(),
             trackers: Mutex::new(Vec::new()),
+            gate: Arc::new(Gate::per_cpu()),
             tls_cache: Mutex::new(tls::Cache::new()),
             serving: Mutex::new(Vec::new()),
         });

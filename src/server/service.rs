@@ -44,6 +44,9 @@ pub(super) struct Process {
     /// The services serving now and their trackers, for the metrics' active gauge: replaced by
     /// each reload that adds, removes or changes a service.
     pub(super) trackers: Mutex<Vec<(String, Arc<Tracker>)>>,
+    /// The handshake gate every service's connections share: its permits are per CPU, so a
+    /// gate a service would give each service the process's CPUs over again.
+    pub(super) gate: Arc<Gate>,
     /// Server contexts by TLS settings and file contents, shared by services that have the same.
     pub(super) tls_cache: Mutex<tls::Cache>,
     /// The services serving now with their listeners' descriptions, for the control socket's
@@ -199,7 +202,7 @@ fn finish(
                 max_lifetime: service.limits.max_lifetime,
                 connect_timeout: service.connect_timeout,
             },
-            gate: Gate::per_cpu(),
+            gate: Arc::clone(&process.gate),
             registry: Arc::clone(&process.registry),
             shutdown: Arc::clone(&process.shutdown),
             accept_proxy: service.accept_proxy.clone(),
