@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use openssl::ssl::{SslConnector, SslFiletype, SslMethod, SslStream};
 
 use crate::support::{
-    PATIENCE, Server, binary, connector_trusting, default_certs, mtls, read_to_close_notify,
-    require_tool,
+    PATIENCE, Server, binary, connector_trusting, default_certs, echoes, mtls,
+    read_to_close_notify, require_tool,
 };
 
 /// The binary serving two echo services from a file, with a control socket in `dir`:
@@ -125,13 +125,6 @@ fn client(addr: SocketAddr, name: Option<&str>, data: &[u8]) -> SslStream<TcpStr
     let mut tls = connector.connect("localhost", tcp).unwrap();
     echoes(&mut tls, data);
     tls
-}
-
-fn echoes(tls: &mut SslStream<TcpStream>, data: &[u8]) {
-    tls.write_all(data).unwrap();
-    let mut back = vec![0u8; data.len()];
-    tls.read_exact(&mut back).unwrap();
-    assert_eq!(back, data);
 }
 
 /// `ctl connections --json`, parsed: the rows.

@@ -7,7 +7,6 @@
 //! On the binary (signals and the log lines are what is tested), synchronised on the lines the
 //! server writes; `reload_now` in this process, through the library.
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,8 +19,8 @@ use securesock::config::load_file;
 use securesock::server::{STILL_SERVING, Server as InProcessServer};
 
 use crate::support::{
-    PATIENCE, Server, binary, connector_trusting, default_certs, read_to_close_notify, serial_of,
-    served_serial, write_cert_for,
+    PATIENCE, Server, binary, connector_trusting, default_certs, echoes, read_to_close_notify,
+    serial_of, served_serial, write_cert_for,
 };
 
 const SIGHUP: i32 = 1;
@@ -107,13 +106,6 @@ fn echo_client(addr: SocketAddr) -> SslStream<TcpStream> {
     connector_trusting(&default_certs().cert)
         .connect("localhost", tcp)
         .expect("handshake")
-}
-
-fn echoes(tls: &mut SslStream<TcpStream>, what: &[u8]) {
-    tls.write_all(what).unwrap();
-    let mut got = vec![0u8; what.len()];
-    tls.read_exact(&mut got).unwrap();
-    assert_eq!(got, what);
 }
 
 /// Waits for the `n`th "reload ok" of the file.

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use openssl::ssl::{SslConnector, SslFiletype, SslMethod, SslStream};
 
 use crate::support::{
-    PATIENCE, Server, http_get, metric, metrics_addr, mtls, parse_metrics, read_to_close_notify,
-    upstream_once,
+    PATIENCE, Server, echoes, http_get, metric, metrics_addr, mtls, parse_metrics,
+    read_to_close_notify, upstream_once,
 };
 
 /// A server with the gen-ca.sh server certificate, client certificates required, and `args`.
@@ -49,15 +49,8 @@ fn connect_as(server: &Server, name: &str) -> SslStream<TcpStream> {
     let tcp = TcpStream::connect(server.addr).unwrap();
     tcp.set_read_timeout(Some(PATIENCE)).unwrap();
     let mut tls = b.build().connect("localhost", tcp).unwrap();
-    assert_echoes(&mut tls, name.as_bytes());
+    echoes(&mut tls, name.as_bytes());
     tls
-}
-
-fn assert_echoes(tls: &mut SslStream<TcpStream>, data: &[u8]) {
-    tls.write_all(data).unwrap();
-    let mut back = vec![0u8; data.len()];
-    tls.read_exact(&mut back).unwrap();
-    assert_eq!(back, data);
 }
 
 const CLOSED_ONE: &str = "closed 1 connection(s) whose certificate is no longer accepted";
@@ -92,7 +85,7 @@ fn a_new_crl_ends_the_revoked_connection_and_keeps_the_other() {
     assert!(conn.contains("reason=\"certificate revoked\""), "{conn}");
     assert!(conn.contains("in=7 out=7"), "{conn}");
 
-    assert_echoes(&mut kept, b"still here");
+    echoes(&mut kept, b"still here");
     assert_eq!(server.logs.matching(&["result=revoked"]).len(), 1);
     let samples = parse_metrics(&http_get(metrics_addr(&server), "/metrics").1);
     assert_eq!(
@@ -125,7 +118,7 @@ fn a_client_ca_that_no_longer_trusts_a_client_ends_its_connection() {
         conn.contains("reason=\"unable to get local issuer certificate\""),
         "{conn}"
     );
-    assert_echoes(&mut kept, b"still trusted");
+    echoes(&mut kept, b"still trusted");
 }
 
 #[test]
@@ -146,8 +139,8 @@ fn a_reload_that_changes_no_client_verification_ends_nothing() {
     server.signal(libc::SIGHUP);
     let line = server.logs.wait_for(&["reload ok"]);
     assert!(!line.contains("closed"), "{line}");
-    assert_echoes(&mut first, b"after the reload");
-    assert_echoes(&mut second, b"after the reload");
+    echoes(&mut first, b"after the reload");
+    echoes(&mut second, b"after the reload");
     assert!(server.logs.matching(&["result=revoked"]).is_empty());
 }
 
@@ -219,6 +212,6 @@ fn a_connection_that_has_ended_is_not_counted_by_a_later_revocation() {
         line.contains("closed 0 connection(s) whose certificate is no longer accepted"),
         "{line}"
     );
-    assert_echoes(&mut kept, b"still here");
+    echoes(&mut kept, b"still here");
     assert!(server.logs.matching(&["result=revoked"]).is_empty());
 }

@@ -8,7 +8,7 @@
 //! On the binary, with the real `openssl s_client`; what is observed is what the client gets (the
 //! certificate, the upstream's words, alerts, `Reused`) and the `conn` lines.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -17,8 +17,8 @@ use std::thread;
 use openssl::ssl::{SslConnector, SslFiletype, SslMethod, SslStream, SslVerifyMode};
 
 use crate::support::{
-    CertPair, PATIENCE, Server, binary, brief_field, default_certs, mtls, read_to_close_notify,
-    refused_start, s_client, s_client_full, write_cert_for,
+    CertPair, PATIENCE, Server, binary, brief_field, default_certs, echoes, mtls,
+    read_to_close_notify, refused_start, s_client, s_client_full, write_cert_for,
 };
 
 /// A plaintext upstream that answers every connection with `who` and closes.
@@ -414,13 +414,6 @@ fn echo_as(server: &Server, name: &str, client: &str) -> SslStream<TcpStream> {
     let mut tls = b.build().connect(name, tcp).unwrap();
     echoes(&mut tls, client.as_bytes());
     tls
-}
-
-fn echoes(tls: &mut SslStream<TcpStream>, data: &[u8]) {
-    tls.write_all(data).unwrap();
-    let mut back = vec![0u8; data.len()];
-    tls.read_exact(&mut back).unwrap();
-    assert_eq!(back, data);
 }
 
 #[test]

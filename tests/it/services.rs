@@ -17,8 +17,8 @@ use securesock::config::{Config, LogFormat, Process, Service, parse_args};
 use securesock::server::Drained;
 
 use crate::support::{
-    self, PATIENCE, Services, connector_trusting, default_certs, http_get, metric, parse_metrics,
-    read_to_close_notify, write_cert_for,
+    self, PATIENCE, Services, connector_trusting, default_certs, echoes, http_get, metric,
+    parse_metrics, read_to_close_notify, write_cert_for,
 };
 
 const GREETING: &[u8] = b"Hello, secure world!";
@@ -78,14 +78,6 @@ fn tls(addr: SocketAddr, connector: &SslConnector) -> Result<SslStream<TcpStream
     connector
         .connect("localhost", tcp)
         .map_err(|e| e.to_string())
-}
-
-/// An echo round trip, which also proves the server has admitted the connection.
-fn echoes<S: Read + Write>(s: &mut S, what: &[u8]) {
-    s.write_all(what).unwrap();
-    let mut got = vec![0; what.len()];
-    s.read_exact(&mut got).unwrap();
-    assert_eq!(got, what);
 }
 
 fn label(name: &str) -> String {

@@ -295,3 +295,12 @@ pub fn metric(samples: &[(String, f64)], series: &str) -> f64 {
         .map(|(_, v)| *v)
         .unwrap_or(0.0)
 }
+
+/// Writes `what` and reads the same bytes back: an echo round trip (through echo mode, or forward
+/// mode to an echo upstream), which also proves the server admitted the connection.
+pub fn echoes<S: Read + Write>(stream: &mut S, what: &[u8]) {
+    stream.write_all(what).unwrap();
+    let mut got = vec![0u8; what.len()];
+    stream.read_exact(&mut got).unwrap();
+    assert_eq!(got, what);
+}
