@@ -173,7 +173,6 @@ impl Server {
             registry: Arc::new(Registry::new(Arc::clone(&shutdown))),
             shutdown,
             families: Families::new(),
-            trackers: Mutex::new(Vec::new()),
             gate: Arc::new(Gate::per_cpu()),
             tls_cache: Mutex::new(tls::Cache::new()),
             serving: Mutex::new(Vec::new()),
@@ -184,13 +183,6 @@ impl Server {
             .zip(inherited)
             .map(|(s, inherited)| service::bind(s, inherited, &process))
             .collect::<Result<Vec<_>>>()?;
-        *process
-            .trackers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = services
-            .iter()
-            .map(|s| (s.name().to_string(), Arc::clone(&s.shared.tracker)))
-            .collect();
         // Threads every service may need at once: the sum of their caps, bounded by the process's.
         let mut open: usize = config
             .services
@@ -210,12 +202,17 @@ impl Server {
         let metrics_addr = match config.process.metrics_listen {
             Some(addr) => {
                 let of = Arc::clone(&process);
+                // The services the accept loop serves now (it publishes each reload's change).
                 let active = move || {
-                    of.trackers
+                    let serving = of
+                        .serving
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
+                        .clone();
+                    serving
                         .iter()
-                        .map(|(name, t)| (name.clone(), t.active()))
+                        .filter_map(|(_, s)| s.upgrade())
+                        .map(|s| (s.connections.service.to_string(), s.tracker.active()))
                         .collect()
                 };
                 Some(metrics::serve(addr, Arc::clone(&process.families), active)?)

@@ -16,8 +16,8 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
-use std::sync::{Arc, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -30,7 +30,6 @@ use super::reload::{Trigger, Watched, trigger_name};
 use super::service::{self, Process};
 use super::set::{Change, Changes, Socket};
 use crate::config::{self, Listen, Service};
-use crate::limits::Tracker;
 use crate::metrics::Metrics;
 use crate::tls;
 
@@ -60,8 +59,6 @@ pub(super) enum Request {
 struct Running {
     config: Service,
     watched: Watched,
-    /// Its open-connection counts, for the metrics' active gauge.
-    tracker: Arc<Tracker>,
 }
 
 /// The configuration file and its digest.
@@ -156,11 +153,7 @@ impl Reconfigure {
                 .iter()
                 .cloned()
                 .zip(bound)
-                .map(|(config, (watched, shared))| Running {
-                    config,
-                    watched,
-                    tracker: Arc::clone(&shared.tracker),
-                })
+                .map(|(config, (watched, _))| Running { config, watched })
                 .collect(),
             changes,
         }
@@ -421,7 +414,6 @@ impl Reconfigure {
                     running.push(Running {
                         config: new,
                         watched: built.watched,
-                        tracker: Arc::clone(&built.shared.tracker),
                     });
                 }
             }
@@ -444,11 +436,6 @@ impl Reconfigure {
         }
         self.services = running;
         if !batch.is_empty() {
-            *self
-                .process
-                .trackers
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = self.trackers();
             self.changes.send(batch);
         }
         if let Some(file) = &mut self.file {
@@ -483,13 +470,6 @@ impl Reconfigure {
             answer.lines.insert(0, line);
         }
         answer
-    }
-
-    fn trackers(&self) -> Vec<(String, Arc<Tracker>)> {
-        self.services
-            .iter()
-            .map(|s| (s.config.name.clone(), Arc::clone(&s.tracker)))
-            .collect()
     }
 }
 

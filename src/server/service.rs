@@ -41,16 +41,13 @@ pub(super) struct Process {
     /// Every open connection past its handshake, each naming its service.
     pub(super) registry: Arc<Registry>,
     pub(super) families: Arc<Families>,
-    /// The services serving now and their trackers, for the metrics' active gauge: replaced by
-    /// each reload that adds, removes or changes a service.
-    pub(super) trackers: Mutex<Vec<(String, Arc<Tracker>)>>,
     /// The handshake gate every service's connections share: its permits are per CPU, so a
     /// gate a service would give each service the process's CPUs over again.
     pub(super) gate: Arc<Gate>,
     /// Server contexts by TLS settings and file contents, shared by services that have the same.
     pub(super) tls_cache: Mutex<tls::Cache>,
     /// The services serving now with their listeners' descriptions, for the control socket's
-    /// `status`: replaced whenever the accept loop's set changes.
+    /// `status` and the metrics' active gauge: replaced whenever the accept loop's set changes.
     pub(super) serving: Mutex<Vec<(String, Weak<Shared>)>>,
 }
 
@@ -75,12 +72,6 @@ pub(super) struct Bound {
     pub(super) watched: reload::Watched,
     /// The "listening on" line, logged when serving starts.
     pub(super) ready_line: String,
-}
-
-impl Bound {
-    pub(super) fn name(&self) -> &str {
-        &self.shared.connections.service
-    }
 }
 
 /// A service built but not listening: everything its connections share, and its certificates'
