@@ -1,7 +1,7 @@
 #!/bin/bash
 # Benchmarks securesock against nginx (stream module) and stunnel on loopback: same certificate,
 # same Mozilla intermediate v6.0 settings, load from securesock-bench; writes a report.
-#   scripts/bench.sh [--quick] [--throughput] [--forward] [--client] [--idle-memory] [--established [N]] [--services] [--soak [N]] [--all] [--trixie] [--rounds N] [--duration SECS] [--out DIR] [--write]
+#   scripts/bench.sh [--quick] [--throughput] [--forward] [--client] [--idle-memory] [--established [N]] [--services] [--soak [N]] [--all] [--trixie] [--cores N] [--rounds N] [--duration SECS] [--out DIR] [--write]
 # Sections (default --throughput; medians over --rounds runs, 3, of --duration seconds, 5):
 #   --throughput   full and resumed handshakes at 1, 16 and 64 clients, peers in alternating
 #                  rounds: conns/s, p50/p99, server CPU per connection, peak RSS; a PNG chart
@@ -26,6 +26,9 @@
 #   --trixie       inside a cached debootstrap trixie root (scripts/bench-root.sh, as root):
 #                  OpenSSL 3.5, X25519MLKEM768, trixie's nginx; throughput against nginx only, at
 #                  16 and 64 clients, in a section of its own (throughput-trixie)
+# --cores N  throughput only, against nginx with N workers: every server pinned to CPUs 0..N-1
+#            (taskset), the load generator to the CPUs left, if any; a section of its own
+#            (throughput-coresN). How the handshake rate scales with cores (OpenSSL 3's locks)
 # --quick    a smoke test of the chosen sections, not figures to publish: 1 round of 1 s runs at 1
 #            and 16 clients, 64 MiB transfers, 200 idle connections, a 2,000-connection soak
 # --out DIR  the report: DIR/BENCHMARKS.md, and DIR/docs/bench-throughput.png for throughput
@@ -53,7 +56,7 @@ quick=0 rounds=3 duration=5 write=0 out="" sections="" soak_n=1000000 establishe
 # forward mode two, under the hard limit of 20,000 open files per process of the box it was made on.
 established_echo=19000 established_fwd=9000
 # The Debian release whose root the run happens in (--trixie); empty: this machine as it is.
-suite=""
+suite="" cores=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) quick=1; shift ;;
@@ -72,6 +75,7 @@ while [ $# -gt 0 ]; do
         --out) [ $# -ge 2 ] || { usage; exit 2; }; out=$2; shift 2 ;;
         --write) write=1; shift ;;
         --trixie) suite=trixie; shift ;;
+        --cores) [ $# -ge 2 ] || { usage; exit 2; }; cores=$2; shift 2 ;;
         # The header comment, up to the first line that is not one.
         -h|--help) sed -n '1d; /^#/!q; s/^# \{0,1\}//p' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown argument '$1'" >&2; usage; exit 2 ;;
@@ -81,6 +85,14 @@ done
 for v in "$rounds" "$soak_n" "$established_n"; do
     case "$v" in ''|*[!0-9]*|0) echo "bench.sh: --rounds, --soak and --established need a positive whole number, got '$v'" >&2; exit 2 ;; esac
 done
+if [ -n "$cores" ]; then
+    case "$cores" in *[!0-9]*|0) echo "bench.sh: --cores needs a positive whole number, got '$cores'" >&2; exit 2 ;; esac
+    [ "$cores" -le "$(nproc)" ] || { echo "bench.sh: --cores $cores, but this machine has $(nproc)" >&2; exit 2; }
+    if [ "$sections" != " throughput" ] || [ -n "$suite" ]; then
+        echo "bench.sh: --cores goes with --throughput alone" >&2
+        exit 2
+    fi
+fi
 case "$duration" in ''|*[!0-9.]*) echo "bench.sh: --duration needs seconds, got '$duration'" >&2; exit 2 ;; esac
 if [ "$quick" -eq 1 ] && [ "$write" -eq 1 ]; then
     echo "bench.sh: --write replaces the published figures, which a --quick run's are not; drop one of them" >&2
@@ -102,6 +114,14 @@ peers="securesock nginx nginx-1w stunnel"
 # does not replace this machine's figures.
 section_suffix=""
 [ -z "$suite" ] || concurrencies="16 64" peers="securesock nginx" section_suffix="-$suite"
+# --cores: servers on CPUs 0..N-1, the client on the rest (none left: it shares them).
+on_servers=() on_client=() server_cpus="" client_cpus=""
+if [ -n "$cores" ]; then
+    peers="securesock nginx" section_suffix="-cores$cores" server_cpus="0-$((cores - 1))"
+    [ "$cores" -ge "$(nproc)" ] || client_cpus="$cores-$(($(nproc) - 1))"
+    on_servers=(taskset -c "$server_cpus")
+    [ -z "$client_cpus" ] || on_client=(taskset -c "$client_cpus")
+fi
 idle_k=5000
 # 512 MiB per transfer: 4 chunk pairings x 2 directions x 3 forwarders per round keep a 3-round
 # run to a few minutes, and a transfer still lasts long enough (~0.5 s) for the CPU ticks to count.
@@ -172,7 +192,7 @@ per_holder=9500
 # start KIND NAME [OPTION...] [-- EXTRA...]: a peer, started and ready (`securesock-bench peer
 # start --help`), its files $work/NAME.*; sets pids[NAME], ports[NAME], $pid and $port.
 start() {
-    got=$("$bench" peer start --dir "$work" --bin "$bin" --cert "$cert" --key "$key" \
+    got=$("${on_servers[@]}" "$bench" peer start --dir "$work" --bin "$bin" --cert "$cert" --key "$key" \
         --groups "$groups" --handshake-timeout "$handshake_timeout" --greeting "$greeting" "$@")
     read -r pid port <<<"$got"
     pids[$2]=$pid ports[$2]=$port live[$pid]=1
@@ -237,7 +257,7 @@ throughput() {
     for s in $peers; do
         case "$s" in
             securesock) start securesock securesock "${checked[@]}" ;;
-            nginx) start nginx nginx --workers 2 "${checked[@]}" ;;
+            nginx) start nginx nginx --workers "${cores:-2}" "${checked[@]}" ;;
             nginx-1w) start nginx nginx-1w --workers 1 "${checked[@]}" ;;
             stunnel) # in front of a plain greeter
                 start program greeter -- "$bin/examples/plain-greeter" 127.0.0.1:0 "$greeting"
@@ -246,7 +266,7 @@ throughput() {
     done
     cell() {
         read -r c flag <<<"$2" && measured=$1 labels=()
-        cmd=("$bench" "127.0.0.1:${ports[$1]}" --insecure -c "$c" -d "$duration" ${flag:+"$flag"} --json)
+        cmd=("${on_client[@]}" "$bench" "127.0.0.1:${ports[$1]}" --insecure -c "$c" -d "$duration" ${flag:+"$flag"} --json)
     }
     cells=() && for c in $concurrencies; do cells+=("$c" "$c --resume"); done
     # Other jobs on the box move every figure: the run says how busy the box was around it.
@@ -257,7 +277,8 @@ throughput() {
     for s in $peers; do "$bench" sample --pid "${pids[$s]}" --set server="$s" --out "$work/hwm.jsonl"; done
     stop_all
     publish throughput "throughput$section_suffix" --hwm "$work/hwm.jsonl" --plot "$work" \
-        --fact "servers=$peers" --fact "load_start=$load_start" --fact "load_end=$load_end"
+        --fact "servers=$peers" --fact "cores=$cores" --fact "server_cpus=$server_cpus" \
+        --fact "client_cpus=$client_cpus" --fact "load_start=$load_start" --fact "load_end=$load_end"
     gnuplot "$work/chart.gp"
     # The section links docs/bench-throughput.png, which resolves beside either BENCHMARKS.md.
     cp "$work/chart.png" "$out/docs/bench-throughput$section_suffix.png"
@@ -471,7 +492,7 @@ services() {
     start program svc1 -- "$bin/securesock" --config "$work/svc1.toml"
     cell() {
         measured=$1 labels=(--set kind=handshakes --set "services=${1#svc}" --set "clients=$2")
-        cmd=("$bench" "127.0.0.1:${ports[$1]}" --insecure -c "$2" -d "$duration" --json)
+        cmd=("${on_client[@]}" "$bench" "127.0.0.1:${ports[$1]}" --insecure -c "$2" -d "$duration" --json)
     }
     sweep services "svc1 svc10" "$clients"
     stop svc10 svc1

@@ -139,33 +139,47 @@ pub fn markdown(facts: &Facts, results: &[Value], hwm: &[Value]) -> String {
     let servers: Vec<&str> = facts.get("servers").split_whitespace().collect();
     let duration = facts.get("duration");
     let suite = facts.get("suite");
-    let title = if suite.is_empty() {
+    // `--cores N`: the servers pinned to N CPUs, nginx with N workers, the client on the rest.
+    let cores = facts.get("cores");
+    let title = if !cores.is_empty() {
+        format!("## Handshake throughput on {cores} core(s) (taskset, greet mode)")
+    } else if suite.is_empty() {
         "## Handshake throughput (greet mode)".to_string()
     } else {
         let openssl = facts.get("openssl").split_whitespace().nth(1).unwrap_or("");
         format!("## Handshake throughput on {suite} (OpenSSL {openssl}, greet mode)")
     };
+    let workers = if cores.is_empty() { "2" } else { cores };
     let mut bullets = vec![format!(
         "command: `{}` ({} round(s), {duration} s per run, peers alternated within each cell: {})",
         facts.get("command"),
         facts.get("rounds"),
         servers.join(", ")
     )];
-    let peers = "peers: securesock (thread per connection, default flags, info log to a file); nginx stream `return` with Mozilla's intermediate v6.0 settings (session cache on, tickets off, as Mozilla's generator writes), 2 workers";
+    let peers = format!(
+        "peers: securesock (thread per connection, default flags, info log to a file); nginx stream `return` with Mozilla's intermediate v6.0 settings (session cache on, tickets off, as Mozilla's generator writes), {workers} worker(s)"
+    );
     bullets.push(if servers == ORDER {
         format!("{peers} and 1 worker; stunnel (its default logging) in front of `examples/plain-greeter.rs` (plaintext, not counted in stunnel's CPU)")
     } else {
-        peers.to_string()
+        peers
     });
     if facts.get("groups").starts_with("X25519MLKEM768:") {
         bullets.push("key exchange: every peer negotiates X25519MLKEM768 with a client on OpenSSL's default groups (checked with `openssl s_client -brief` before the runs); securesock-bench uses those defaults".to_string());
     }
+    let client_cpus = match facts.get("client_cpus") {
+        "" => format!("on the same {} cores", facts.get("nproc")),
+        cpus => format!(
+            "pinned to CPU(s) {cpus}, the servers to {}",
+            facts.get("server_cpus")
+        ),
+    };
     bullets.push(format!(
-        "client: `securesock-bench --insecure -c CLIENTS -d {duration} [--resume]` on the same 2 cores; each run's protocol: {}, cipher: {}",
+        "client: `securesock-bench --insecure -c CLIENTS -d {duration} [--resume]` {client_cpus}; each run's protocol: {}, cipher: {}",
         distinct(results, "/protocol"),
         distinct(results, "/cipher")
     ));
-    bullets.push("server CPU: utime+stime from /proc/PID/stat of the server's processes (nginx: master + workers) over the run ÷ successful connections; medians over the rounds; ratios are to nginx with 2 workers".to_string());
+    bullets.push(format!("server CPU: utime+stime from /proc/PID/stat of the server's processes (nginx: master + workers) over the run ÷ successful connections; medians over the rounds; ratios are to nginx with {workers} worker(s)"));
     bullets.push(format!(
         "load average (1, 5, 15 min) when the runs started: {}; when they ended: {} ({} cores)",
         facts.get("load_start"),
@@ -188,7 +202,7 @@ pub fn markdown(facts: &Facts, results: &[Value], hwm: &[Value]) -> String {
     let pairs = pairs(results);
     if !pairs.is_empty() {
         out.push_str(
-            "\nEvery round, securesock and nginx (2 workers) back to back in the same cell:\n\n",
+            &format!("\nEvery round, securesock and nginx ({workers} worker(s)) back to back in the same cell:\n\n"),
         );
         out.push_str("| mode | clients | round | securesock conns/s | nginx conns/s | ×nginx | securesock p99 ms | nginx p99 ms |\n");
         out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
@@ -199,13 +213,19 @@ pub fn markdown(facts: &Facts, results: &[Value], hwm: &[Value]) -> String {
     }
     out.push_str(&format!(
         "\n![conns/s and p99 by clients](docs/bench-throughput{}.png)\n",
-        if suite.is_empty() {
-            String::new()
-        } else {
-            format!("-{suite}")
-        }
+        chart_suffix(facts)
     ));
     out
+}
+
+/// What tells this run's chart from the others' beside the same BENCHMARKS.md: the suite's name
+/// (`-trixie`) or the core count (`-cores1`), nothing for the default run.
+pub fn chart_suffix(facts: &Facts) -> String {
+    match (facts.get("suite"), facts.get("cores")) {
+        ("", "") => String::new(),
+        (suite, "") => format!("-{suite}"),
+        (_, cores) => format!("-cores{cores}"),
+    }
 }
 
 /// The chart: one data file per (mode, server) with "clients conns/s p99-ms" lines, and the gnuplot
@@ -233,7 +253,6 @@ pub fn chart(facts: &Facts, results: &[Value], dir: &str) -> Vec<(String, String
             files.push((name, data));
         }
     }
-    let suite = facts.get("suite");
     let script = format!(
         "set terminal pngcairo size 1200,500 noenhanced\n\
          set output '{dir}/chart.png'\n\
@@ -248,11 +267,13 @@ pub fn chart(facts: &Facts, results: &[Value], dir: &str) -> Vec<(String, String
          plot {}\n\
          unset multiplot\n",
         servers.join(" vs "),
-        facts.get("nproc"),
-        if suite.is_empty() {
-            String::new()
-        } else {
-            format!(", {suite}")
+        match facts.get("cores") {
+            "" => facts.get("nproc"),
+            cores => cores,
+        },
+        match facts.get("suite") {
+            "" => String::new(),
+            suite => format!(", {suite}"),
         },
         rate_plot.join(", "),
         p99_plot.join(", "),
@@ -311,6 +332,21 @@ mod tests {
                 "| full | 1 | 2 | 1200 | 1000 | 1.2 | 2 | 3 |",
             ]
         );
+    }
+
+    #[test]
+    fn a_pinned_run_says_its_cores_in_title_peers_client_and_chart() {
+        let facts =
+            facts("servers=securesock nginx\ncores=1\nserver_cpus=0\nclient_cpus=1\nnproc=2\n");
+        let md = markdown(&facts, &fixed(), &[]);
+        assert!(md.starts_with("## Handshake throughput on 1 core(s) (taskset, greet mode)\n"));
+        assert!(md.contains("as Mozilla's generator writes), 1 worker(s)\n"));
+        assert!(md.contains("[--resume]` pinned to CPU(s) 1, the servers to 0;"));
+        assert!(md.contains("ratios are to nginx with 1 worker(s)\n"));
+        assert!(md.contains("securesock and nginx (1 worker(s)) back to back"));
+        assert!(md.ends_with("(docs/bench-throughput-cores1.png)\n"));
+        let (_, script) = chart(&facts, &fixed(), "/w").pop().unwrap();
+        assert!(script.contains("securesock vs nginx (1 cores, loopback, medians)"));
     }
 
     #[test]
