@@ -22,6 +22,14 @@ use super::ossl_ext;
 /// - `percpu_arena:percpu`: one arena per CPU, chosen by the CPU a thread runs on, so arenas do not
 ///   grow with the thread count and, with no cache, allocations on different cores rarely share a
 ///   lock;
+/// - `narenas:1`: with per-CPU arenas, jemalloc takes the larger of this and the CPU count, so
+///   the count stays one arena per CPU; what the setting changes is that jemalloc keeps per-CPU
+///   arenas where the process may run on fewer CPUs than the machine has (taskset, a container's
+///   cpuset, systemd's `CPUAffinity=`). Without it jemalloc finds the CPU count "not
+///   deterministic" there, writes a warning to stderr at the first allocation and falls back to
+///   four arenas per CPU shared round-robin by threads, which costs every held connection about
+///   9 KiB more (BENCHMARKS.md). With it, a CPU whose number is past the count gets its arena
+///   when a thread first allocates there;
 /// - `dirty_decay_ms:1000`, `muzzy_decay_ms:0`: pages freed in a burst (handshakes) go back to the
 ///   kernel within a second instead of ten, and [`trim_heap`] purges at once when connections fall
 ///   quiet.
@@ -37,7 +45,8 @@ pub static malloc_conf: Option<&'static c_char> = Some(&CONF[0]);
 static CONF: [c_char; CONF_TEXT.len()] = as_c_chars(CONF_TEXT);
 
 /// See [`malloc_conf`].
-const CONF_TEXT: &[u8] = b"tcache:false,percpu_arena:percpu,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+const CONF_TEXT: &[u8] =
+    b"tcache:false,percpu_arena:percpu,narenas:1,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
 /// The bytes of an ASCII text as C's `char`s (`i8` here), in a constant.
 const fn as_c_chars<const N: usize>(text: &[u8]) -> [c_char; N] {

@@ -2,6 +2,7 @@
 
 // On the binary: start-up refusals are its exit code and its one line on stderr.
 
+use std::io::Write;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command;
@@ -169,4 +170,57 @@ fn boolean_variables_take_the_usual_spellings_and_name_themselves_when_wrong() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("SECURESOCK_STRICT_SNI"), "{err}");
     assert!(err.contains("true, false, 1, 0, yes, no, on, off"), "{err}");
+}
+
+/// The highest-numbered CPU this process may run on, and how many it may use, from
+/// /proc/self/status (`Cpus_allowed_list: 0-3,8`).
+fn allowed_cpus() -> (usize, usize) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let mut cpus = Vec::new();
+    for part in list.split(',') {
+        let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+        cpus.extend(lo.parse::<usize>().unwrap()..=hi.parse::<usize>().unwrap());
+    }
+    (*cpus.iter().max().unwrap(), cpus.len())
+}
+
+/// Started on fewer CPUs than the machine has (taskset here; a container's cpuset or systemd's
+/// `CPUAffinity=` alike), on a CPU whose number is past that count, the allocator keeps its
+/// per-CPU arenas without a word on stderr and the server serves. jemalloc alone would call the
+/// CPU count "not deterministic", say so on stderr and fall back to arenas that cost every held
+/// connection more.
+#[test]
+fn pinned_to_one_cpu_the_server_starts_quietly_and_serves() {
+    if !support::require_tool("taskset", "pin the server to one CPU") {
+        return;
+    }
+    let (last, count) = allowed_cpus();
+    if count < 2 {
+        // One CPU in all: the pinned count equals the machine's, and nothing can differ.
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED this test needs two CPUs to pin to one"
+        );
+        return;
+    }
+    let certs = support::default_certs();
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", &last.to_string(), support::binary()])
+        .args(["--listen", "127.0.0.1:0", "--cert"])
+        .arg(&certs.cert)
+        .arg("--key")
+        .arg(&certs.key);
+    let server = support::Server::spawn(cmd, &certs.cert);
+    assert_eq!(server.greeting(), b"Hello, secure world!");
+    let lines = server.logs.lines();
+    assert!(
+        !lines.iter().any(|l| l.contains("<jemalloc>")),
+        "the allocator complained: {lines:?}"
+    );
 }
