@@ -28,7 +28,8 @@
 #                  16 and 64 clients, in a section of its own (throughput-trixie)
 # --cores N  throughput only, against nginx with N workers: every server pinned to CPUs 0..N-1
 #            (taskset), the load generator to the CPUs left, if any; a section of its own
-#            (throughput-coresN). How the handshake rate scales with cores (OpenSSL 3's locks)
+#            (throughput-coresN, with --trixie throughput-trixie-coresN). How the handshake
+#            rate scales with cores (OpenSSL 3's locks against nginx's single-threaded workers)
 # --quick    a smoke test of the chosen sections, not figures to publish: 1 round of 1 s runs at 1
 #            and 16 clients, 64 MiB transfers, 200 idle connections, a 2,000-connection soak
 # --out DIR  the report: DIR/BENCHMARKS.md, and DIR/docs/bench-throughput.png for throughput
@@ -88,7 +89,7 @@ done
 if [ -n "$cores" ]; then
     case "$cores" in *[!0-9]*|0) echo "bench.sh: --cores needs a positive whole number, got '$cores'" >&2; exit 2 ;; esac
     [ "$cores" -le "$(nproc)" ] || { echo "bench.sh: --cores $cores, but this machine has $(nproc)" >&2; exit 2; }
-    if [ "$sections" != " throughput" ] || [ -n "$suite" ]; then
+    if [ "${sections# }" != throughput ]; then
         echo "bench.sh: --cores goes with --throughput alone" >&2
         exit 2
     fi
@@ -117,7 +118,7 @@ section_suffix=""
 # --cores: servers on CPUs 0..N-1, the client on the rest (none left: it shares them).
 on_servers=() on_client=() server_cpus="" client_cpus=""
 if [ -n "$cores" ]; then
-    peers="securesock nginx" section_suffix="-cores$cores" server_cpus="0-$((cores - 1))"
+    peers="securesock nginx" section_suffix="$section_suffix-cores$cores" server_cpus="0-$((cores - 1))"
     [ "$cores" -ge "$(nproc)" ] || client_cpus="$cores-$(($(nproc) - 1))"
     on_servers=(taskset -c "$server_cpus")
     [ -z "$client_cpus" ] || on_client=(taskset -c "$client_cpus")

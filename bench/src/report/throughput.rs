@@ -141,13 +141,17 @@ pub fn markdown(facts: &Facts, results: &[Value], hwm: &[Value]) -> String {
     let suite = facts.get("suite");
     // `--cores N`: the servers pinned to N CPUs, nginx with N workers, the client on the rest.
     let cores = facts.get("cores");
-    let title = if !cores.is_empty() {
-        format!("## Handshake throughput on {cores} core(s) (taskset, greet mode)")
-    } else if suite.is_empty() {
+    let pinned = match cores {
+        "" => String::new(),
+        n => format!("{n} core(s), taskset, "),
+    };
+    let title = if suite.is_empty() && cores.is_empty() {
         "## Handshake throughput (greet mode)".to_string()
+    } else if suite.is_empty() {
+        format!("## Handshake throughput on {cores} core(s) (taskset, greet mode)")
     } else {
         let openssl = facts.get("openssl").split_whitespace().nth(1).unwrap_or("");
-        format!("## Handshake throughput on {suite} (OpenSSL {openssl}, greet mode)")
+        format!("## Handshake throughput on {suite} (OpenSSL {openssl}, {pinned}greet mode)")
     };
     let workers = if cores.is_empty() { "2" } else { cores };
     let mut bullets = vec![format!(
@@ -219,12 +223,15 @@ pub fn markdown(facts: &Facts, results: &[Value], hwm: &[Value]) -> String {
 }
 
 /// What tells this run's chart from the others' beside the same BENCHMARKS.md: the suite's name
-/// (`-trixie`) or the core count (`-cores1`), nothing for the default run.
+/// (`-trixie`) and the core count (`-cores1`, `-trixie-cores1`), nothing for the default run.
 pub fn chart_suffix(facts: &Facts) -> String {
-    match (facts.get("suite"), facts.get("cores")) {
-        ("", "") => String::new(),
-        (suite, "") => format!("-{suite}"),
-        (_, cores) => format!("-cores{cores}"),
+    let suite = match facts.get("suite") {
+        "" => String::new(),
+        suite => format!("-{suite}"),
+    };
+    match facts.get("cores") {
+        "" => suite,
+        cores => format!("{suite}-cores{cores}"),
     }
 }
 
@@ -347,6 +354,14 @@ mod tests {
         assert!(md.ends_with("(docs/bench-throughput-cores1.png)\n"));
         let (_, script) = chart(&facts, &fixed(), "/w").pop().unwrap();
         assert!(script.contains("securesock vs nginx (1 cores, loopback, medians)"));
+        let trixie = crate::report::fixtures::facts(
+            "servers=securesock nginx\ncores=2\nsuite=trixie\nopenssl=OpenSSL 3.5.4 x\n",
+        );
+        let md = markdown(&trixie, &fixed(), &[]);
+        assert!(md.starts_with(
+            "## Handshake throughput on trixie (OpenSSL 3.5.4, 2 core(s), taskset, greet mode)\n"
+        ));
+        assert!(md.ends_with("(docs/bench-throughput-trixie-cores2.png)\n"));
     }
 
     #[test]
