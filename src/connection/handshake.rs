@@ -15,6 +15,7 @@ use openssl::x509::X509VerifyResult;
 use super::gate::Gate;
 use super::report::{HandshakeFailure, Outcome};
 use crate::reason::{blocked_on, ssl_reason};
+use crate::relay::Gathered;
 use crate::shutdown::{Shutdown, Wake};
 use crate::sys::{Interest, Socket};
 use crate::tls::Connector;
@@ -114,6 +115,8 @@ fn complete<S: Socket>(
 /// caller writes next (the greeting and close_notify, pushed out by the FIN). On loopback and on a
 /// LAN each segment costs the sender a trip through the receiver's TCP stack and a wake-up, so
 /// three segments fewer per connection are a measurable share of a handshake.
+///
+/// The stream comes back over [`Gathered`], the socket every TLS end of a relay writes through.
 pub(crate) fn accept<S: Socket>(
     acceptor: &SslAcceptor,
     stream: S,
@@ -122,12 +125,12 @@ pub(crate) fn accept<S: Socket>(
     gate: &Gate,
     coalesce: bool,
     shutdown: &Shutdown,
-) -> Result<SslStream<S>, Outcome> {
+) -> Result<SslStream<Gathered<S>>, Outcome> {
     wait_for(shutdown, &stream, Interest::Read, deadline, "handshake")?;
     // Nothing from an earlier connection on this thread may be blamed on this one.
     let _ = crate::tls::take_refusal();
     let mid = match complete(
-        || acceptor.accept(stream),
+        || acceptor.accept(Gathered::new(stream)),
         deadline,
         gate,
         coalesce,
@@ -161,7 +164,8 @@ pub(crate) fn accept<S: Socket>(
 /// drain, offering the last session with that address. A verification failure is reported with
 /// X509's own words (`hostname mismatch`, `unable to get local issuer certificate`), not TLS's
 /// generic one. `sni` gets the server name sent (none for an IP literal) before the handshake
-/// starts, so a failed one reports it too.
+/// starts, so a failed one reports it too. The stream comes back over [`Gathered`], as
+/// [`accept`]'s does.
 pub(crate) fn originate<U: Socket>(
     connector: &Connector,
     addr: &str,
@@ -170,12 +174,18 @@ pub(crate) fn originate<U: Socket>(
     sni: &mut Option<String>,
     gate: &Gate,
     shutdown: &Shutdown,
-) -> Result<SslStream<U>, Outcome> {
+) -> Result<SslStream<Gathered<U>>, Outcome> {
     let ssl = connector
         .ssl(addr)
         .map_err(|e| Outcome::Io(format!("TLS setup failed: {e:#}")))?;
     *sni = crate::tls::requested_name(&ssl);
-    let mid = match complete(|| ssl.connect(stream), deadline, gate, false, shutdown) {
+    let mid = match complete(
+        || ssl.connect(Gathered::new(stream)),
+        deadline,
+        gate,
+        false,
+        shutdown,
+    ) {
         Ok(s) => return Ok(s),
         Err(Stopped::Waiting(outcome, _) | Stopped::Setup(outcome)) => return Err(outcome),
         Err(Stopped::Failed(mid)) => mid,

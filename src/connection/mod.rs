@@ -164,7 +164,8 @@ fn serve<S: Socket + Endpoint>(
     };
     // Greet mode writes everything right after the handshake and closes, so its last handshake
     // flight, greeting, close_notify and FIN can share one segment; the relaying modes never
-    // cork, so the tickets are not held back while the relay waits.
+    // cork (their drains are gathered into one send instead), so the tickets are not held back
+    // while the relay waits.
     let greet = matches!(served, Served::Greet { .. });
     let deadline = phase.accepted + phase.settings.handshake_timeout;
     let tls = handshake::accept(

@@ -12,6 +12,7 @@ use std::os::unix::net::UnixStream;
 
 use openssl::ssl::{ErrorCode, SslStream};
 
+use super::gather::Gathered;
 use crate::reason::{blocked_on, io_reason, ssl_reason};
 use crate::sys::{Interest, Socket};
 
@@ -44,10 +45,23 @@ pub trait Endpoint {
     fn write_from(&mut self, data: &[u8]) -> Io;
     /// Tells the peer no more bytes follow: close_notify, or a FIN.
     fn close_write(&mut self) -> Io;
-    /// Holds back partial segments while several writes follow one another (TCP_CORK on a TLS
-    /// side, whose writes are one record each), or sends what was held. A no-op where one write
-    /// already carries the whole buffer.
-    fn batch(&mut self, _on: bool) {}
+    /// Keeps the writes that follow for one send at [`Endpoint::send_gathered`] (a TLS side,
+    /// whose writes are one record each). A no-op where one write already carries the whole
+    /// buffer.
+    fn gather(&mut self) {}
+    /// Ends a batch [`Endpoint::gather`] opened, and sends what it kept or an earlier send left:
+    /// `Moved(n)`, `n` bytes went, and the socket is full if [`Endpoint::pending_out`] still
+    /// holds; `Blocked` when nothing went.
+    fn send_gathered(&mut self) -> Io {
+        Io::Moved(0)
+    }
+    /// Whether bytes this end accepted are still held, not yet in the socket: the relay must
+    /// wait for the socket to take them before anything else ends or is given up on.
+    fn pending_out(&self) -> bool {
+        false
+    }
+    /// Gives back the memory gathering takes, when nothing is pending (a quiet connection's).
+    fn release(&mut self) {}
     /// Arranges for the peer to see a reset, not an end of stream, when the socket is closed, and
     /// says whether it will: how a plaintext peer learns that the TLS stream it was relayed was
     /// cut short. False for a TLS end (which tells a cut by withholding close_notify) and a UNIX
@@ -65,13 +79,32 @@ fn tls_failure(e: &openssl::ssl::Error) -> Io {
     }
 }
 
-impl<S: Socket> Endpoint for SslStream<S> {
+/// Every TLS end of a relay sends through [`Gathered`], so one drain's records leave together.
+impl<S: Socket> Endpoint for SslStream<Gathered<S>> {
     fn fd(&self) -> RawFd {
         self.get_ref().as_raw_fd()
     }
 
-    fn batch(&mut self, on: bool) {
-        self.get_ref().set_cork(on);
+    fn gather(&mut self) {
+        // The records are OpenSSL's own output, kept in order: nothing of the session is read or
+        // written behind its back.
+        self.get_mut().gather();
+    }
+
+    fn send_gathered(&mut self) -> Io {
+        match self.get_mut().send_gathered() {
+            Ok(n) => Io::Moved(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Io::Blocked(Interest::Write),
+            Err(e) => Io::Failed(io_reason(&e)),
+        }
+    }
+
+    fn pending_out(&self) -> bool {
+        self.get_ref().pending()
+    }
+
+    fn release(&mut self) {
+        self.get_mut().release();
     }
 
     fn read_into(&mut self, buf: &mut [u8]) -> Io {
@@ -95,6 +128,7 @@ impl<S: Socket> Endpoint for SslStream<S> {
     }
 
     fn close_write(&mut self) -> Io {
+        // close_notify is written after whatever a batch left: the write waits behind it.
         match self.shutdown() {
             Ok(_) => Io::Moved(0),
             Err(e) => tls_failure(&e),

@@ -62,9 +62,10 @@ impl Lane {
         self.read_wait
     }
 
-    /// What a write or the close waits for, when either is wanted at all.
-    pub(super) fn write_interest(&self) -> Option<Interest> {
-        if self.shut || (self.buf.is_empty() && !self.eof) {
+    /// What a write or the close waits for, when either is wanted at all: while `dst` still holds
+    /// bytes an earlier drain gathered, too, even with the buffer empty.
+    pub(super) fn write_interest(&self, dst: &impl Endpoint) -> Option<Interest> {
+        if self.shut || (self.buf.is_empty() && !self.eof && !dst.pending_out()) {
             return None;
         }
         self.write_wait
@@ -111,22 +112,62 @@ impl Lane {
         Ok(moved)
     }
 
+    /// Sends what `dst` still holds from an earlier drain, until it is all out or the socket is
+    /// full. True when bytes went.
+    fn send_left_over(&mut self, dst: &mut impl Endpoint) -> Result<bool, Fault> {
+        if !dst.pending_out() || self.write_wait.is_some() {
+            return Ok(false);
+        }
+        self.send_gathered(dst)
+    }
+
+    /// Sends what `dst` gathered (ending its batch) and records how it went. True when bytes
+    /// went.
+    fn send_gathered(&mut self, dst: &mut impl Endpoint) -> Result<bool, Fault> {
+        match dst.send_gathered() {
+            Io::Moved(n) => {
+                if dst.pending_out() {
+                    // A partial send: the socket is full.
+                    self.write_wait = Some(Interest::Write);
+                }
+                Ok(n > 0)
+            }
+            Io::Blocked(interest) => {
+                self.write_wait = Some(interest);
+                Ok(false)
+            }
+            Io::Ended | Io::Truncated => Err(Fault::Sink("closed".into())),
+            Io::Failed(reason) => Err(Fault::Sink(reason)),
+        }
+    }
+
     /// Writes to `dst` until the buffer is empty or the write would block, then passes the
     /// source's end on once everything is out. True when bytes went out.
     pub(super) fn drain(&mut self, dst: &mut impl Endpoint) -> Result<bool, Fault> {
-        // More than one record's worth goes out as full segments: each segment on loopback or a
-        // LAN costs the sender the receiver's TCP path and a wake-up. Uncorking when the loop ends
-        // (emptied, blocked or failed) sends the tail at once, so nothing is held while waiting.
-        let batch = self.buf.filled().len() > RECORD;
+        // Bytes an earlier drain left in `dst` go before anything else; while they cannot, every
+        // write would be refused anyway.
+        let flushed = self.send_left_over(dst)?;
+        // More than one record's worth is gathered and sent at once: each send on loopback or a
+        // LAN costs the sender the receiver's TCP path and a wake-up. The batch ends (and is
+        // sent) however the writes end, emptied, blocked or failed, so nothing is held back
+        // while the relay waits, and a later close_notify is never gathered.
+        let batch = self.write_wait.is_none() && self.buf.filled().len() > RECORD;
         if batch {
-            dst.batch(true);
+            dst.gather();
         }
         let written = self.write_out(dst);
-        if batch {
-            dst.batch(false);
-        }
-        let moved = written?;
-        if self.eof && !self.shut && self.buf.is_empty() && self.write_wait.is_none() {
+        let sent = if batch {
+            self.send_gathered(dst)
+        } else {
+            Ok(false)
+        };
+        let moved = written? | sent? | flushed;
+        if self.eof
+            && !self.shut
+            && self.buf.is_empty()
+            && self.write_wait.is_none()
+            && !dst.pending_out()
+        {
             // A cut stream must not reach a plaintext peer as a whole one: the reset goes out
             // when the relay ends, which it does once this lane is shut.
             if self.truncated && dst.reset() {
@@ -152,11 +193,14 @@ mod tests {
     use super::*;
     use std::os::fd::RawFd;
 
-    /// A sink that takes one record per write and then answers with `after`, recording the
-    /// calls it gets.
+    /// A sink that takes one record per write and then answers with `after`, whose gathered
+    /// sends answer with `sends` in turn (then `Moved`), recording the calls it gets.
     struct Sink {
         writes_left: usize,
         after: fn() -> Io,
+        sends: Vec<fn() -> Io>,
+        gathering: bool,
+        pending: bool,
         log: Vec<String>,
     }
 
@@ -168,7 +212,7 @@ mod tests {
             Io::Blocked(Interest::Read)
         }
         fn write_from(&mut self, data: &[u8]) -> Io {
-            if self.writes_left == 0 {
+            if (self.pending && !self.gathering) || self.writes_left == 0 {
                 self.log.push("blocked-or-failed".into());
                 return (self.after)();
             }
@@ -178,54 +222,109 @@ mod tests {
             Io::Moved(n)
         }
         fn close_write(&mut self) -> Io {
+            self.log.push("close".into());
             Io::Moved(0)
         }
-        fn batch(&mut self, on: bool) {
-            self.log.push(format!("batch {on}"));
+        fn gather(&mut self) {
+            self.log.push("gather".into());
+            self.gathering = true;
+            self.pending = true;
+        }
+        fn send_gathered(&mut self) -> Io {
+            self.log.push("send".into());
+            self.gathering = false;
+            let io = if self.sends.is_empty() {
+                Io::Moved(1)
+            } else {
+                (self.sends.remove(0))()
+            };
+            self.pending = !matches!(io, Io::Moved(_));
+            io
+        }
+        fn pending_out(&self) -> bool {
+            self.pending
         }
     }
 
-    fn drained(queued: usize, writes: usize, after: fn() -> Io) -> (Vec<String>, bool) {
-        let mut lane = Lane::new();
-        lane.buf.room();
-        lane.buf.commit(queued);
-        let mut sink = Sink {
+    fn sink(writes: usize, after: fn() -> Io, sends: Vec<fn() -> Io>) -> Sink {
+        Sink {
             writes_left: writes,
             after,
+            sends,
+            gathering: false,
+            pending: false,
             log: Vec::new(),
-        };
+        }
+    }
+
+    fn queued(n: usize) -> Lane {
+        let mut lane = Lane::new();
+        lane.buf.room();
+        lane.buf.commit(n);
+        lane
+    }
+
+    fn drained(queued_bytes: usize, writes: usize, after: fn() -> Io) -> (Vec<String>, bool) {
+        let mut lane = queued(queued_bytes);
+        let mut sink = sink(writes, after, Vec::new());
         let ok = lane.drain(&mut sink).is_ok();
         (sink.log, ok)
     }
 
     #[test]
-    fn several_records_are_written_corked_and_uncorked_however_the_writes_end() {
+    fn several_records_are_gathered_and_sent_however_the_writes_end() {
         let (log, ok) = drained(3 * RECORD, 3, || Io::Blocked(Interest::Write));
         assert!(ok);
-        assert_eq!(log.first().map(String::as_str), Some("batch true"));
+        assert_eq!(log.first().map(String::as_str), Some("gather"));
         assert_eq!(log.iter().filter(|l| l.starts_with("write")).count(), 3);
-        assert_eq!(log.last().map(String::as_str), Some("batch false"));
+        assert_eq!(log.last().map(String::as_str), Some("send"));
 
         let (log, _) = drained(3 * RECORD, 1, || Io::Blocked(Interest::Write));
-        assert_eq!(
-            log.last().map(String::as_str),
-            Some("batch false"),
-            "{log:?}"
-        );
+        assert_eq!(log.last().map(String::as_str), Some("send"), "{log:?}");
 
         let (log, ok) = drained(3 * RECORD, 1, || Io::Failed("reset".into()));
         assert!(!ok);
-        assert_eq!(
-            log.last().map(String::as_str),
-            Some("batch false"),
-            "{log:?}"
-        );
+        assert_eq!(log.last().map(String::as_str), Some("send"), "{log:?}");
     }
 
     #[test]
-    fn one_record_or_less_is_not_corked() {
+    fn one_record_or_less_is_not_gathered() {
         let (log, ok) = drained(RECORD, 1, || Io::Blocked(Interest::Write));
         assert!(ok);
         assert_eq!(log, vec!["write 16384".to_string()]);
+    }
+
+    #[test]
+    fn what_a_send_left_is_waited_for_and_sent_before_the_end_is_passed_on() {
+        let mut lane = queued(2 * RECORD);
+        lane.eof = true;
+        let mut sink = sink(
+            usize::MAX,
+            || Io::Blocked(Interest::Write),
+            vec![|| Io::Blocked(Interest::Write)],
+        );
+        assert!(
+            matches!(lane.drain(&mut sink), Ok(true)),
+            "the records were taken"
+        );
+        // The buffer is empty, but the sink still holds bytes: the lane waits to write them.
+        assert!(lane.buf.is_empty());
+        assert_eq!(lane.write_interest(&sink), Some(Interest::Write));
+        assert!(!lane.shut);
+        assert!(!sink.log.contains(&"close".to_string()));
+        // POLLOUT: what was left goes first, then close_notify.
+        lane.write_wait = None;
+        sink.log.clear();
+        assert!(matches!(lane.drain(&mut sink), Ok(true)));
+        assert_eq!(sink.log, vec!["send".to_string(), "close".to_string()]);
+        assert!(lane.shut);
+        assert_eq!(lane.write_interest(&sink), None);
+    }
+
+    #[test]
+    fn a_lane_with_nothing_left_anywhere_asks_for_no_write() {
+        let lane = Lane::new();
+        let sink = sink(0, || Io::Blocked(Interest::Write), Vec::new());
+        assert_eq!(lane.write_interest(&sink), None);
     }
 }

@@ -14,15 +14,17 @@
 //! its socket is ready).
 //!
 //! Memory is bounded: each direction owns at most one fixed [`BUF_SIZE`] buffer, taken when bytes
-//! first arrive. When the reader at one end is slow, its buffer fills, the other end is no longer
-//! read, and TCP flow control pushes back on the sender. A connection that has been quiet for
-//! [`QUIET`] gives its empty buffers back, with the stack pages its handshake touched, so a held
-//! idle connection costs little more than its sockets and its SSL object. Nothing here may grow a
+//! first arrive, and each TLS end at most one drain's records ([`Gathered`]), taken at its first
+//! batch. When the reader at one end is slow, its buffer fills, the other end is no longer read,
+//! and TCP flow control pushes back on the sender. A connection that has been quiet for [`QUIET`]
+//! gives its empty buffers back, with the stack pages its handshake touched, so a held idle
+//! connection costs little more than its sockets and its SSL object. Nothing here may grow a
 //! buffer, spin without waiting, or wait without a deadline.
 //!
 //! The room is split by concern: this file is the pump (the echo and forward loops, their waits,
 //! and giving memory back when quiet), `endpoint` turns each end's results into [`Io`],
-//! `buffer` is the lazily taken fixed buffer, and `lane` one direction with its half-close.
+//! `buffer` is the lazily taken fixed buffer, `lane` one direction with its half-close, and
+//! `gather` the TLS end's socket, which sends the records of one drain with one send(2).
 
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,10 +36,12 @@ use crate::sys::{Interest, poll, pollfd, wait};
 
 mod buffer;
 mod endpoint;
+mod gather;
 mod lane;
 mod live;
 
 pub use endpoint::{Endpoint, Io};
+pub use gather::Gathered;
 use lane::{Fault, Lane};
 pub use live::{Live, State};
 
@@ -264,12 +268,13 @@ fn echo_loop(tls: &mut impl Endpoint, lane: &mut Lane, bounds: &Bounds) -> Relay
         }
         let bell = bounds.shutdown.listen();
         let mut fds = [
-            entry(tls, &[lane.read_interest(), lane.write_interest()]),
+            entry(tls, &[lane.read_interest(), lane.write_interest(tls)]),
             bell.pollfd(),
         ];
         match bounds.wait(&mut fds, last, settled) {
             Err(end) => return end,
             Ok(Some(Timer::Quiet)) => {
+                tls.release();
                 settle(&mut [&mut *lane]);
                 settled = true;
             }
@@ -297,9 +302,10 @@ impl Timer {
     }
 }
 
-/// Gives back what a quiet connection does not need while it waits: the lanes' empty buffers, the
-/// stack pages below this frame, which the handshake touched and nothing will read again, this
-/// thread's OpenSSL state (random generators, error queue), and the heap's free pages.
+/// Gives back what a quiet connection does not need while it waits (its ends' gathering memory the
+/// caller gives back): the lanes' empty buffers, the stack pages below this frame, which the
+/// handshake touched and nothing will read again, this thread's OpenSSL state (random generators,
+/// error queue), and the heap's free pages.
 fn settle(lanes: &mut [&mut Lane]) {
     for lane in lanes {
         lane.buf.release();
@@ -400,13 +406,18 @@ fn forward_loop(
         }
         let bell = bounds.shutdown.listen();
         let mut fds = [
-            entry(client, &[up.read_interest(), down.write_interest()]),
-            entry(upstream, &[up.write_interest(), down.read_interest()]),
+            entry(client, &[up.read_interest(), down.write_interest(client)]),
+            entry(
+                upstream,
+                &[up.write_interest(upstream), down.read_interest()],
+            ),
             bell.pollfd(),
         ];
         match bounds.wait(&mut fds, last, settled) {
             Err(end) => return end,
             Ok(Some(Timer::Quiet)) => {
+                client.release();
+                upstream.release();
                 settle(&mut [&mut *up, &mut *down]);
                 settled = true;
             }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use openssl::sha::sha256;
 use openssl::ssl::{ErrorCode, SslAcceptor, SslConnector, SslStream};
 use securesock::config::parse_args;
-use securesock::relay::{self, BUF_SIZE, RelayEnd, RelayResult};
+use securesock::relay::{self, BUF_SIZE, Gathered, RelayEnd, RelayResult};
 use securesock::shutdown::Shutdown as ServerShutdown;
 use securesock::{proxy_protocol, tls};
 use socket2::SockRef;
@@ -74,7 +74,7 @@ fn bounded(idle: Duration) -> relay::Bounds<'static> {
 /// and hands it to `mode` on its own thread, as a connection thread does.
 fn serve_one<F, T>(acceptor: SslAcceptor, mode: F) -> (SocketAddr, JoinHandle<T>)
 where
-    F: FnOnce(&mut SslStream<TcpStream>) -> T + Send + 'static,
+    F: FnOnce(&mut SslStream<Gathered<TcpStream>>) -> T + Send + 'static,
     T: Send + 'static,
 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -88,11 +88,11 @@ where
 
 fn serve_stream<F, T>(acceptor: &SslAcceptor, tcp: TcpStream, mode: F) -> T
 where
-    F: FnOnce(&mut SslStream<TcpStream>) -> T,
+    F: FnOnce(&mut SslStream<Gathered<TcpStream>>) -> T,
 {
     let _ = tcp.set_nodelay(true);
-    let mut tls = acceptor.accept(tcp).unwrap();
-    tls.get_ref().set_nonblocking(true).unwrap();
+    let mut tls = acceptor.accept(Gathered::new(tcp)).unwrap();
+    tls.get_ref().get_ref().set_nonblocking(true).unwrap();
     mode(&mut tls)
 }
 
@@ -100,7 +100,7 @@ where
 fn forwarder(
     upstream: SocketAddr,
     idle_timeout: Duration,
-) -> impl FnOnce(&mut SslStream<TcpStream>) -> RelayResult + Send + 'static {
+) -> impl FnOnce(&mut SslStream<Gathered<TcpStream>>) -> RelayResult + Send + 'static {
     move |tls| {
         let mut up = TcpStream::connect(upstream).unwrap();
         up.set_nonblocking(true).unwrap();
@@ -303,7 +303,9 @@ fn a_client_that_never_reads_stalls_the_upstream_without_growing_memory() {
     let (addr, server) = serve_one(acceptor(), move |tls| {
         let mut up = TcpStream::connect(up_addr).unwrap();
         up.set_nonblocking(true).unwrap();
-        srv_tx.send(shrink(tls.get_ref()) + shrink(&up)).unwrap();
+        srv_tx
+            .send(shrink(tls.get_ref().get_ref()) + shrink(&up))
+            .unwrap();
         relay::forward(tls, &mut up, &[], &bounded(idle_timeout))
     });
     let client = connect(addr);
@@ -313,10 +315,11 @@ fn a_client_that_never_reads_stalls_the_upstream_without_growing_memory() {
     drop(client);
 
     assert_eq!(result.end, RelayEnd::IdleTimeout);
-    // What left the upstream sits in socket buffers, in one relay buffer, and in the one TLS
-    // record OpenSSL is still trying to send; an unbounded relay would have taken it all.
+    // What left the upstream sits in socket buffers, in one relay buffer, in the one drain's
+    // records the TLS side gathered and could not send, and in the one TLS record OpenSSL is
+    // still trying to send; an unbounded relay would have taken it all.
     let kernel = up_rx.recv().unwrap() + srv_rx.recv().unwrap() + client_buffers;
-    let bound = kernel + BUF_SIZE + 2 * 16 * 1024;
+    let bound = kernel + 2 * BUF_SIZE + 2 * 16 * 1024;
     assert!(
         written <= bound,
         "upstream got {written} bytes out; buffers on the path hold at most {bound}"
@@ -445,8 +448,8 @@ fn a_proxy_header_goes_first_and_facts_come_from_the_handshake() {
     });
     let (addr, server) = serve_one(acceptor(), move |tls| {
         let facts = proxy_protocol::TlsFacts::from_ssl(tls.ssl());
-        let peer = tls.get_ref().peer_addr().unwrap();
-        let local = tls.get_ref().local_addr().unwrap();
+        let peer = tls.get_ref().get_ref().peer_addr().unwrap();
+        let local = tls.get_ref().get_ref().local_addr().unwrap();
         let header = proxy_protocol::v2(peer, local, &facts);
         let mut up = TcpStream::connect(up_addr).unwrap();
         up.set_nonblocking(true).unwrap();
@@ -542,5 +545,141 @@ fn the_end_of_the_drain_closes_both_ends_in_order() {
     assert!(
         upstream.join().unwrap().is_empty(),
         "a FIN after the first bytes"
+    );
+}
+
+/// A client's own deadline for each read in the tests below, well inside [`LONG_IDLE`] and the
+/// upstream's patience, so that a relay that stops sending fails the test, saying where, rather
+/// than hanging it.
+const SLOW_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A blocking client with small socket buffers that reads in small pieces, each read bounded by
+/// [`SLOW_DEADLINE`].
+fn slow_client(addr: SocketAddr) -> SslStream<TcpStream> {
+    let client = connect(addr);
+    shrink(client.get_ref());
+    client
+        .get_ref()
+        .set_read_timeout(Some(SLOW_DEADLINE))
+        .unwrap();
+    client
+}
+
+/// Reads `len` bytes 4 KiB at a time; fails, saying how far it got, if the relay stops sending.
+fn read_slowly(client: &mut SslStream<TcpStream>, len: usize) -> Vec<u8> {
+    let mut got = Vec::with_capacity(len);
+    let mut piece = [0u8; 4096];
+    while got.len() < len {
+        let want = piece.len().min(len - got.len());
+        match client.ssl_read(&mut piece[..want]) {
+            Ok(n) => got.extend_from_slice(&piece[..n]),
+            Err(e) => panic!("after {} of {len} bytes: {e}", got.len()),
+        }
+    }
+    got
+}
+
+/// Reads to close_notify; what came before it.
+fn read_to_close_notify(client: &mut SslStream<TcpStream>) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut piece = [0u8; 4096];
+    loop {
+        match client.ssl_read(&mut piece) {
+            Ok(n) => got.extend_from_slice(&piece[..n]),
+            Err(e) if e.code() == ErrorCode::ZERO_RETURN => return got,
+            Err(e) => panic!("no close_notify after {} more bytes: {e}", got.len()),
+        }
+    }
+}
+
+/// Issue 22: the relay's socket towards the client takes less than one drain's gathered records
+/// at a time, so a send leaves bytes behind; once the upstream has sent everything and waits, only
+/// the relay's wait for POLLOUT can move those last bytes.
+#[test]
+fn a_slow_client_gets_every_gathered_byte_while_the_upstream_waits_for_its_answer() {
+    const LEN: usize = 4 * MIB + 40 * 1024;
+    let down = pattern(LEN, 23);
+    let to_send = down.clone();
+    let (up_addr, upstream) = upstream_once(move |mut s| {
+        s.write_all(&to_send).unwrap();
+        // Silent until the client has had every byte, as a server waiting for the next request.
+        let mut answer = [0u8; 2];
+        s.read_exact(&mut answer).unwrap();
+        s.write_all(b"bye").unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        answer
+    });
+    let (addr, server) = serve_one(acceptor(), move |tls| {
+        shrink(tls.get_ref().get_ref());
+        forwarder(up_addr, LONG_IDLE)(tls)
+    });
+    let mut client = slow_client(addr);
+    let got = read_slowly(&mut client, LEN);
+    assert!(sha256(&got) == sha256(&down), "upstream → client differs");
+    client.write_all(b"ok").unwrap();
+    assert_eq!(read_to_close_notify(&mut client), b"bye");
+    client.shutdown().unwrap();
+    assert_eq!(&upstream.join().unwrap(), b"ok");
+    let result = server.join().unwrap();
+    assert_eq!(result.end, RelayEnd::Done);
+    assert_eq!(result.bytes_out, LEN as u64 + 3);
+}
+
+/// The upstream's last bytes and its FIN arrive while the client is still far behind: the end is
+/// passed on as close_notify only after every gathered byte, never in front of them.
+#[test]
+fn an_upstream_that_ends_while_the_client_is_behind_still_delivers_everything_then_close_notify() {
+    const LEN: usize = 2 * MIB + 5000;
+    let down = pattern(LEN, 29);
+    let to_send = down.clone();
+    let (up_addr, upstream) = upstream_once(move |mut s| {
+        s.write_all(&to_send).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap();
+        rest.len()
+    });
+    let (addr, server) = serve_one(acceptor(), move |tls| {
+        shrink(tls.get_ref().get_ref());
+        forwarder(up_addr, LONG_IDLE)(tls)
+    });
+    let mut client = slow_client(addr);
+    let got = read_to_close_notify(&mut client);
+    assert_eq!(got.len(), LEN);
+    assert!(sha256(&got) == sha256(&down), "upstream → client differs");
+    client.shutdown().unwrap();
+    assert_eq!(upstream.join().unwrap(), 0);
+    let result = server.join().unwrap();
+    assert_eq!(result.end, RelayEnd::Done);
+    assert_eq!(result.bytes_out, LEN as u64);
+}
+
+/// A connection that falls quiet gives back the memory its TLS side gathered records in, as it
+/// gives back its lane buffers: a held idle connection must not keep a drain's worth more.
+#[test]
+fn a_quiet_connection_gives_back_its_gathering_memory() {
+    const LEN: usize = MIB;
+    let (up_addr, upstream) = upstream_once(move |mut s| {
+        s.write_all(&pattern(LEN, 31)).unwrap();
+        // Then silent: the relay falls quiet and, after its idle timeout, ends.
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+    });
+    // Well past QUIET, so the relay settles before the idle timeout ends it.
+    let idle = relay::QUIET * 3;
+    let (addr, server) = serve_one(acceptor(), move |tls| {
+        let result = forwarder(up_addr, idle)(tls);
+        (result, tls.get_ref().holds_memory())
+    });
+    let mut client = slow_client(addr);
+    assert_eq!(read_slowly(&mut client, LEN).len(), LEN);
+    assert!(read_to_close_notify(&mut client).is_empty());
+    let (result, holds) = server.join().unwrap();
+    upstream.join().unwrap();
+    assert_eq!(result.end, RelayEnd::IdleTimeout);
+    assert_eq!(result.bytes_out, LEN as u64);
+    assert!(
+        !holds,
+        "an idle connection still holds its gathering buffer"
     );
 }

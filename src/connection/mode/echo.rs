@@ -6,11 +6,11 @@ use openssl::ssl::SslStream;
 
 use super::{Phase, relayed};
 use crate::connection::report::{Outcome, Report};
-use crate::relay;
+use crate::relay::{self, Gathered};
 use crate::sys::Socket;
 
 pub(crate) fn run<S: Socket>(
-    mut tls: SslStream<S>,
+    mut tls: SslStream<Gathered<S>>,
     phase: &Phase<'_>,
     report: &mut Report,
 ) -> Result<(), Outcome> {

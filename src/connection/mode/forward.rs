@@ -12,11 +12,12 @@ use super::{Phase, close_gracefully};
 use crate::config::ProxyProtocol;
 use crate::connection::report::{Outcome, Peer, Report};
 use crate::proxy_protocol::{self, TlsFacts};
+use crate::relay::Gathered;
 use crate::sys::{Socket, Stream};
 use crate::upstream::Upstream;
 
 pub(crate) fn run<S: Socket>(
-    tls: SslStream<S>,
+    tls: SslStream<Gathered<S>>,
     upstream: &Upstream,
     proxy: Option<ProxyProtocol>,
     phase: &Phase<'_>,

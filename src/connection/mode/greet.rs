@@ -7,12 +7,13 @@ use openssl::ssl::SslStream;
 
 use super::{Phase, close_gracefully, write_all};
 use crate::connection::report::{Outcome, Report};
+use crate::relay::Gathered;
 use crate::sys::Socket;
 
 /// Writes the greeting, then closes in order; the handshake's deadline bounds the whole phase
 /// again, counted from now.
 pub(crate) fn run<S: Socket>(
-    mut tls: SslStream<S>,
+    mut tls: SslStream<Gathered<S>>,
     greeting: &[u8],
     phase: &Phase<'_>,
     report: &mut Report,

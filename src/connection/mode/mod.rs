@@ -24,7 +24,7 @@ use super::registry::CLOSED_BY_CONTROL;
 use super::report::{Outcome, Report};
 use crate::config::{Mode, ProxyProtocol};
 use crate::limits::LINGER_BYTES;
-use crate::relay::{self, Endpoint, Io, Live, RelayEnd, RelayResult};
+use crate::relay::{self, Endpoint, Gathered, Io, Live, RelayEnd, RelayResult};
 use crate::shutdown::{Shutdown, Stop, Wake};
 use crate::sys::{Socket, Stream};
 use crate::tls::{Connector, Side};
@@ -400,7 +400,7 @@ fn write_all<S: Socket>(
 /// Reading through TLS (OpenSSL goes on reading after our close_notify) counts what the client
 /// sent as the log's `in=` does elsewhere.
 fn close_gracefully<S: Socket>(
-    mut stream: SslStream<S>,
+    mut stream: SslStream<Gathered<S>>,
     deadline: Instant,
     shutdown: &Shutdown,
 ) -> u64 {
