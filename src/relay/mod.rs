@@ -121,7 +121,9 @@ fn wake(wait: &mut Option<Interest>, revents: libc::c_short) {
 }
 
 /// Ends `end`'s sending side (close_notify, or a FIN) within [`CLOSE_TIMEOUT`], when the peer
-/// still takes bytes.
+/// still takes bytes. Never inlined: it runs only as the relay ends, and would otherwise size the
+/// loops' frames, which stay on the stack while a held connection waits.
+#[inline(never)]
 fn close_now(end: &mut impl Endpoint) {
     let deadline = Instant::now() + CLOSE_TIMEOUT;
     loop {
@@ -228,7 +230,10 @@ impl Bounds<'_> {
 /// ends. A client that writes without reading fills the
 /// buffer and then is no longer read, so memory stays at one [`BUF_SIZE`] buffer.
 pub fn echo(tls: &mut impl Endpoint, bounds: &Bounds) -> RelayResult {
-    let mut lane = Lane::new();
+    // On the heap, not in this frame: the frames down to the wait stay on the stack while a held
+    // connection waits, and are kept within two pages (docs/scaling.md, "The connection thread's
+    // stack").
+    let mut lane = Box::new(Lane::new());
     let end = echo_loop(tls, &mut lane, bounds);
     RelayResult {
         bytes_in: lane.read,
@@ -242,14 +247,7 @@ fn echo_loop(tls: &mut impl Endpoint, lane: &mut Lane, bounds: &Bounds) -> Relay
     // Whether the memory of the current quiet spell was already given back.
     let mut settled = false;
     loop {
-        let mut moved = lane.fill(tls).map_err(client_fault);
-        if let Ok(read) = moved {
-            moved = lane
-                .drain(tls)
-                .map(|wrote| read | wrote)
-                .map_err(client_fault);
-        }
-        match moved {
+        match echo_step(tls, lane) {
             Err(end) => return end,
             Ok(true) => {
                 last = Instant::now();
@@ -285,6 +283,15 @@ fn echo_loop(tls: &mut impl Endpoint, lane: &mut Lane, bounds: &Bounds) -> Relay
     }
 }
 
+/// Reads what the client sent and writes it back, until either would block. True when any byte
+/// moved. Never inlined, as [`step`] is not.
+#[inline(never)]
+fn echo_step(tls: &mut impl Endpoint, lane: &mut Lane) -> Result<bool, RelayEnd> {
+    let read = lane.fill(tls).map_err(client_fault)?;
+    let wrote = lane.drain(tls).map_err(client_fault)?;
+    Ok(read | wrote)
+}
+
 impl Timer {
     fn end(self) -> RelayEnd {
         match self {
@@ -300,11 +307,17 @@ impl Timer {
 /// Gives back what a quiet connection does not need while it waits: the lanes' empty buffers, the
 /// stack pages below this frame, which the handshake touched and nothing will read again, this
 /// thread's OpenSSL state (random generators, error queue), and the heap's free pages.
+///
+/// The stack goes last: freeing OpenSSL's state and trimming the heap run deeper than the wait
+/// does, and would fault back in the pages they touch. Nothing between the release and the poll
+/// goes deeper than the poll itself (a lane with a wait set does not retry its operation), so
+/// what stays resident is the frames down to the wait: see docs/scaling.md, "The connection
+/// thread's stack".
+#[inline(never)]
 fn settle(lanes: &mut [&mut Lane]) {
     for lane in lanes {
         lane.buf.release();
     }
-    crate::sys::release_unused_stack();
     // Before the trim, so that what OpenSSL frees is among what the trim can give back.
     crate::sys::release_openssl_thread_state();
     // Trimming walks every arena's free lists under its lock, so when many connections fall
@@ -319,6 +332,7 @@ fn settle(lanes: &mut [&mut Lane]) {
     {
         crate::sys::trim_heap();
     }
+    crate::sys::release_unused_stack();
 }
 
 /// The least time between two heap trims, process-wide.
@@ -359,10 +373,10 @@ pub fn forward(
     preamble: &[u8],
     bounds: &Bounds,
 ) -> RelayResult {
-    // Client → upstream and upstream → client.
-    let mut up = Lane::with_preamble(preamble);
-    let mut down = Lane::new();
-    let end = forward_loop(client, upstream, &mut up, &mut down, bounds);
+    // Client → upstream and upstream → client. Boxed, as echo's lane is: see `echo`.
+    let mut lanes = Box::new([Lane::with_preamble(preamble), Lane::new()]);
+    let [up, down] = &mut *lanes;
+    let end = forward_loop(client, upstream, up, down, bounds);
     RelayResult {
         bytes_in: up.read,
         bytes_out: down.written,
@@ -444,7 +458,10 @@ fn cut_short(up: &Lane, down: &Lane) -> Option<RelayEnd> {
     }
 }
 
-/// Moves what can move without waiting, both ways. True when any byte moved.
+/// Moves what can move without waiting, both ways. True when any byte moved. Never inlined: the
+/// I/O and its failures' texts would otherwise size [`forward_loop`]'s frame, which stays on the
+/// stack while a held connection waits; one call per wake-up, never per byte.
+#[inline(never)]
 fn step(
     client: &mut impl Endpoint,
     upstream: &mut impl Endpoint,

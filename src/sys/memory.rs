@@ -51,23 +51,53 @@ const fn as_c_chars<const N: usize>(text: &[u8]) -> [c_char; N] {
     out
 }
 
-/// Room left untouched below the marker in [`release_unused_stack`]'s frame: the rest of that frame
-/// (a few hundred bytes) and the return address of the madvise(2) call, which are live while the
-/// pages below are given back. Every page that reaches into this room is kept.
-const STACK_MARGIN: usize = 1024;
+/// Room kept below the stack pointer when the stack is given back: x86-64's red zone (128 bytes
+/// a function may use below its stack pointer without moving it) and the return address of the
+/// madvise(2) call where it is not made inline. Every page that reaches into this room is kept.
+const STACK_MARGIN: usize = 256;
 
-/// Gives the kernel back the pages of this thread's stack that lie below the caller's frame (less
+/// Gives the kernel back the pages of this thread's stack that lie below the stack pointer (less
 /// [`STACK_MARGIN`]). Nothing live is there: the stack grows down, and what deeper calls (the TLS
 /// handshake) left behind is never read again. The pages stay mapped, and a later call that goes
 /// that deep faults in zeroed pages as it would on a new thread. A held idle connection then keeps
-/// only the few pages its wait uses resident, instead of everything its handshake touched.
-/// Does nothing where the stack's bounds cannot be read.
+/// only the pages its frames and its wait use resident, instead of everything its handshake
+/// touched. Does nothing where the stack's bounds cannot be read.
+///
+/// The cut is taken at the stack pointer itself, not under a frame with a margin for it, so a
+/// caller whose live frames end a few hundred bytes into a page gives back every page below it:
+/// the frames from the thread's start down to the relay's poll are kept within two pages
+/// (docs/scaling.md, "The connection thread's stack"), and a wider margin would keep a third.
+/// The relay calls this last, after everything else it gives back, so nothing deeper runs before
+/// it waits.
 pub fn release_unused_stack() {
+    let Some((low, high)) = stack_bounds() else {
+        return;
+    };
+    let sp = stack_pointer();
+    // Whole pages only, all of them at least STACK_MARGIN below the stack pointer.
+    let page = 4096;
+    let top = sp.saturating_sub(STACK_MARGIN) & !(page - 1);
+    if top <= low || sp > high {
+        return;
+    }
+    // SAFETY: [low, top) is this thread's own stack below the stack pointer by the margin (the
+    // stack grows down, so no live frame is there). MADV_DONTNEED only drops the pages'
+    // contents, which nothing will read before writing; a failure changes nothing.
+    unsafe {
+        madvise_dontneed(low, top - low);
+    }
+}
+
+/// The calling thread's stack, lowest and highest address; None where they cannot be read. Never
+/// inlined: its locals (the attributes glibc fills in) are below the stack pointer by the time the
+/// stack is given back.
+#[inline(never)]
+fn stack_bounds() -> Option<(usize, usize)> {
     // SAFETY: an all-zero pthread_attr_t is only a place for pthread_getattr_np to fill in.
     let mut attr: libc::pthread_attr_t = unsafe { std::mem::zeroed() };
     // SAFETY: pthread_getattr_np initialises `attr` for the calling thread, which exists.
     if unsafe { libc::pthread_getattr_np(libc::pthread_self(), &mut attr) } != 0 {
-        return;
+        return None;
     }
     let mut low: *mut libc::c_void = std::ptr::null_mut();
     let mut size: libc::size_t = 0;
@@ -78,23 +108,62 @@ pub fn release_unused_stack() {
         libc::pthread_attr_destroy(&mut attr);
         found
     };
-    if !found {
-        return;
-    }
-    let marker = 0u8;
-    let here = std::hint::black_box(&marker) as *const u8 as usize;
-    let low = low as usize;
-    // Whole pages only, all of them at least STACK_MARGIN below this frame.
-    let page = 4096;
-    let top = here.saturating_sub(STACK_MARGIN) & !(page - 1);
-    if top <= low || here > low + size {
-        return;
-    }
-    // SAFETY: [low, top) is this thread's own stack below every live frame (the stack grows down
-    // and `top` is under this function's frame by the margin). MADV_DONTNEED only drops the
-    // pages' contents, which nothing will read before writing; a failure changes nothing.
+    found.then(|| (low as usize, low as usize + size))
+}
+
+/// The stack pointer where this is inlined.
+#[inline(always)]
+fn stack_pointer() -> usize {
+    let sp: usize;
+    // SAFETY: the instruction only copies the stack pointer into a register; it reads no memory
+    // and changes nothing else.
+    #[cfg(target_arch = "x86_64")]
     unsafe {
-        libc::madvise(low as *mut libc::c_void, top - low, libc::MADV_DONTNEED);
+        std::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack, preserves_flags));
+    }
+    // SAFETY: as above, on AArch64.
+    #[cfg(target_arch = "aarch64")]
+    unsafe {
+        std::arch::asm!("mov {}, sp", out(reg) sp, options(nomem, nostack, preserves_flags));
+    }
+    // Elsewhere a local's address, which is in this frame; the margin covers what lies below.
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let marker = 0u8;
+        sp = std::hint::black_box(&marker) as *const u8 as usize;
+    }
+    sp
+}
+
+/// madvise(`start`, `len`, MADV_DONTNEED), made as a bare system call on x86-64 so that not even
+/// a return address is written below the stack pointer while the pages go; through libc elsewhere
+/// (its wrapper's return address is inside [`STACK_MARGIN`]).
+///
+/// # Safety
+/// `[start, start + len)` must hold nothing anyone will read before writing it again.
+#[inline(always)]
+unsafe fn madvise_dontneed(start: usize, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the syscall instruction with madvise's number and three arguments, as the kernel's
+    // x86-64 convention takes them; it clobbers rcx and r11 and returns in rax, all declared, and
+    // touches no user memory but the pages the caller vouches for.
+    unsafe {
+        let _ret: isize;
+        std::arch::asm!(
+            "syscall",
+            inlateout("rax") libc::SYS_madvise as isize => _ret,
+            in("rdi") start,
+            in("rsi") len,
+            in("rdx") libc::MADV_DONTNEED,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    // SAFETY: the caller vouches for the range; a failure changes nothing.
+    unsafe {
+        libc::madvise(start as *mut libc::c_void, len, libc::MADV_DONTNEED);
     }
 }
 
