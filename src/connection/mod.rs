@@ -65,6 +65,7 @@ pub(crate) struct Job {
 /// place under the caps: the count moves to the address a PROXY header names, and the server
 /// releases it once it has the report, boxed: it is written into all along, and in this frame it
 /// would stay on the stack while the connection is held (see [`crate::sys::release_unused_stack`]).
+#[inline(always)]
 pub(crate) fn run(job: Job, slot: &mut Slot, ctx: &Context) -> Box<Report> {
     let Job {
         stream,

@@ -169,7 +169,10 @@ impl Bounds<'_> {
     /// Waits on the relay's sockets (and the shutdown signal) until one is ready, the idle timeout
     /// runs out since `last`, the lifetime ends or the drain does; or, when `settled` is false,
     /// until the relay has been quiet for [`QUIET`]. `Ok(None)` means a socket is ready: `fds`
-    /// says which.
+    /// says which. Always inlined into the loops: a frame of its own would be one more on the stack
+    /// that stays resident while a held connection waits (docs/scaling.md, "The connection
+    /// thread's stack").
+    #[inline(always)]
     fn wait(
         &self,
         fds: &mut [libc::pollfd],
@@ -246,8 +249,17 @@ fn echo_loop(tls: &mut impl Endpoint, lane: &mut Lane, bounds: &Bounds) -> Relay
     let mut last = Instant::now();
     // Whether the memory of the current quiet spell was already given back.
     let mut settled = false;
+    // Whether the last wait ended in a quiet spell's settling, after which nothing can move.
+    let mut just_settled = false;
     loop {
-        match echo_step(tls, lane) {
+        let moved = if std::mem::take(&mut just_settled) {
+            // The wait timed out with every blocked operation still waiting: nothing can move,
+            // and a step would go deeper than the wait (see `give_back_stack`).
+            Ok(false)
+        } else {
+            echo_step(tls, lane)
+        };
+        match moved {
             Err(end) => return end,
             Ok(true) => {
                 last = Instant::now();
@@ -269,7 +281,9 @@ fn echo_loop(tls: &mut impl Endpoint, lane: &mut Lane, bounds: &Bounds) -> Relay
             Err(end) => return end,
             Ok(Some(Timer::Quiet)) => {
                 settle(&mut [&mut *lane]);
+                give_back_stack();
                 settled = true;
+                just_settled = true;
             }
             Ok(Some(timer)) => {
                 close_now(tls);
@@ -306,13 +320,8 @@ impl Timer {
 
 /// Gives back what a quiet connection does not need while it waits: the lanes' empty buffers, the
 /// stack pages below this frame, which the handshake touched and nothing will read again, this
-/// thread's OpenSSL state (random generators, error queue), and the heap's free pages.
-///
-/// The stack goes last: freeing OpenSSL's state and trimming the heap run deeper than the wait
-/// does, and would fault back in the pages they touch. Nothing between the release and the poll
-/// goes deeper than the poll itself (a lane with a wait set does not retry its operation), so
-/// what stays resident is the frames down to the wait: see docs/scaling.md, "The connection
-/// thread's stack".
+/// thread's OpenSSL state (random generators, error queue), and the heap's free pages. The stack
+/// is [`give_back_stack`]'s, after this.
 #[inline(never)]
 fn settle(lanes: &mut [&mut Lane]) {
     for lane in lanes {
@@ -332,6 +341,16 @@ fn settle(lanes: &mut [&mut Lane]) {
     {
         crate::sys::trim_heap();
     }
+}
+
+/// Gives back the stack below the calling loop's frame, once [`settle`] has run: freeing OpenSSL's
+/// state and trimming the heap go deeper than the wait does, and would fault back in the pages
+/// they touch. Called from the loop's own frame (this is always inlined, as the release is), and
+/// the loop then goes straight back to its wait, without a step (a call, whose frame would fault
+/// a given-back page in again): what stays resident is the frames down to the wait, two pages
+/// (docs/scaling.md, "The connection thread's stack").
+#[inline(always)]
+fn give_back_stack() {
     crate::sys::release_unused_stack();
 }
 
@@ -394,8 +413,16 @@ fn forward_loop(
     let mut last = Instant::now();
     // Whether the memory of the current quiet spell was already given back.
     let mut settled = false;
+    // Whether the last wait ended in a quiet spell's settling, after which nothing can move.
+    let mut just_settled = false;
     loop {
-        let moved = step(client, upstream, up, down);
+        let moved = if std::mem::take(&mut just_settled) {
+            // The wait timed out with every blocked operation still waiting: nothing can move,
+            // and a step would go deeper than the wait (see `give_back_stack`).
+            Ok(false)
+        } else {
+            step(client, upstream, up, down)
+        };
         if let Some(end) = cut_short(up, down) {
             return end;
         }
@@ -422,7 +449,9 @@ fn forward_loop(
             Err(end) => return end,
             Ok(Some(Timer::Quiet)) => {
                 settle(&mut [&mut *up, &mut *down]);
+                give_back_stack();
                 settled = true;
+                just_settled = true;
             }
             Ok(Some(timer)) => {
                 if !down.shut {

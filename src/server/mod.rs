@@ -500,6 +500,10 @@ fn admit(stream: Stream, peer: Peer, shared: &Arc<Shared>, workers: &Arc<Workers
 impl Shared {
     /// One connection, on its thread: handed to the connection room once, then its report
     /// counted and logged.
+    // Always inlined (into the pool's closure), with connection::run into it: each frame between
+    // the thread's start and the relay's wait stays on the stack while a held connection waits,
+    // and merged they cost less than apart (docs/scaling.md, "The connection thread's stack").
+    #[inline(always)]
     fn serve(&self, admitted: Box<Admitted>) {
         let Admitted {
             job,

@@ -51,40 +51,71 @@ const fn as_c_chars<const N: usize>(text: &[u8]) -> [c_char; N] {
     out
 }
 
-/// Room kept below the stack pointer when the stack is given back: x86-64's red zone (128 bytes
-/// a function may use below its stack pointer without moving it) and the return address of the
-/// madvise(2) call where it is not made inline. Every page that reaches into this room is kept.
+/// Room kept below the stack pointer where the stack is given back through libc's madvise(2)
+/// (not on x86-64, which makes the call inline): the wrapper's return address and frame, and
+/// AArch64's or any other ABI's use of the space just below the stack pointer. Every page that
+/// reaches into this room is kept.
+#[cfg(not(target_arch = "x86_64"))]
 const STACK_MARGIN: usize = 256;
 
-/// Gives the kernel back the pages of this thread's stack that lie below the stack pointer (less
-/// [`STACK_MARGIN`]). Nothing live is there: the stack grows down, and what deeper calls (the TLS
-/// handshake) left behind is never read again. The pages stay mapped, and a later call that goes
-/// that deep faults in zeroed pages as it would on a new thread. A held idle connection then keeps
-/// only the pages its frames and its wait use resident, instead of everything its handshake
-/// touched. Does nothing where the stack's bounds cannot be read.
+/// Gives the kernel back the pages of this thread's stack that lie wholly below the stack pointer.
+/// Nothing live is there: the stack grows down, and what deeper calls (the TLS handshake,
+/// OpenSSL's cleanup, the heap trim) left behind is never read again. The pages stay mapped, and a
+/// later call that goes that deep faults in zeroed pages as it would on a new thread. A held idle
+/// connection then keeps only the pages its frames and its wait use resident, instead of
+/// everything its handshake touched. Does nothing where the stack's bounds cannot be read.
 ///
-/// The cut is taken at the stack pointer itself, not under a frame with a margin for it, so a
-/// caller whose live frames end a few hundred bytes into a page gives back every page below it:
-/// the frames from the thread's start down to the relay's poll are kept within two pages
-/// (docs/scaling.md, "The connection thread's stack"), and a wider margin would keep a third.
-/// The relay calls this last, after everything else it gives back, so nothing deeper runs before
-/// it waits.
+/// Always inlined, and the cut taken at the stack pointer itself rather than under a frame with a
+/// margin: the frames from the thread's start down to the relay's poll are kept within two pages
+/// (docs/scaling.md, "The connection thread's stack"), a hundred bytes or so above the second
+/// page's end, and a frame of this function's own or a margin would reach into a third page and
+/// keep it. The relay calls this last, from its loop's own frame, after everything else it gives
+/// back, and then waits with nothing deeper in between.
+#[inline(always)]
 pub fn release_unused_stack() {
     let Some((low, high)) = stack_bounds() else {
         return;
     };
     let sp = stack_pointer();
-    // Whole pages only, all of them at least STACK_MARGIN below the stack pointer.
-    let page = 4096;
-    let top = sp.saturating_sub(STACK_MARGIN) & !(page - 1);
-    if top <= low || sp > high {
+    if sp <= low || sp > high {
         return;
     }
-    // SAFETY: [low, top) is this thread's own stack below the stack pointer by the margin (the
-    // stack grows down, so no live frame is there). MADV_DONTNEED only drops the pages'
-    // contents, which nothing will read before writing; a failure changes nothing.
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: madvise(MADV_DONTNEED) of [low, rsp rounded down to a page): this thread's own
+    // stack below the stack pointer, where no live frame is (the stack grows down). The asm is
+    // not `nostack`, so the compiler keeps nothing it will read again below the stack pointer
+    // (no red zone) across it; the system call itself writes nothing there. The range is empty
+    // (and nothing is done) when the stack pointer is in the stack's lowest page. MADV_DONTNEED
+    // only drops the pages' contents, which nothing reads before writing; a failure changes
+    // nothing. The syscall clobbers rcx, r11 and the flags, rax holds its result.
     unsafe {
-        madvise_dontneed(low, top - low);
+        std::arch::asm!(
+            "mov rsi, rsp",
+            "and rsi, -4096",
+            "cmp rsi, rdi",
+            "jbe 2f",
+            "sub rsi, rdi",
+            "syscall",
+            "2:",
+            inlateout("rax") libc::SYS_madvise => _,
+            in("rdi") low,
+            out("rsi") _,
+            in("rdx") libc::MADV_DONTNEED,
+            lateout("rcx") _,
+            lateout("r11") _,
+        );
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let top = sp.saturating_sub(STACK_MARGIN) & !4095;
+        if top > low {
+            // SAFETY: [low, top) is this thread's own stack below the stack pointer by the
+            // margin, where no live frame is; MADV_DONTNEED only drops the pages' contents,
+            // which nothing reads before writing; a failure changes nothing.
+            unsafe {
+                libc::madvise(low as *mut libc::c_void, top - low, libc::MADV_DONTNEED);
+            }
+        }
     }
 }
 
@@ -126,45 +157,13 @@ fn stack_pointer() -> usize {
     unsafe {
         std::arch::asm!("mov {}, sp", out(reg) sp, options(nomem, nostack, preserves_flags));
     }
-    // Elsewhere a local's address, which is in this frame; the margin covers what lies below.
+    // Elsewhere a local's address, which is in this frame; STACK_MARGIN covers what lies below.
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {
         let marker = 0u8;
         sp = std::hint::black_box(&marker) as *const u8 as usize;
     }
     sp
-}
-
-/// madvise(`start`, `len`, MADV_DONTNEED), made as a bare system call on x86-64 so that not even
-/// a return address is written below the stack pointer while the pages go; through libc elsewhere
-/// (its wrapper's return address is inside [`STACK_MARGIN`]).
-///
-/// # Safety
-/// `[start, start + len)` must hold nothing anyone will read before writing it again.
-#[inline(always)]
-unsafe fn madvise_dontneed(start: usize, len: usize) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: the syscall instruction with madvise's number and three arguments, as the kernel's
-    // x86-64 convention takes them; it clobbers rcx and r11 and returns in rax, all declared, and
-    // touches no user memory but the pages the caller vouches for.
-    unsafe {
-        let _ret: isize;
-        std::arch::asm!(
-            "syscall",
-            inlateout("rax") libc::SYS_madvise as isize => _ret,
-            in("rdi") start,
-            in("rsi") len,
-            in("rdx") libc::MADV_DONTNEED,
-            lateout("rcx") _,
-            lateout("r11") _,
-            options(nostack),
-        );
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    // SAFETY: the caller vouches for the range; a failure changes nothing.
-    unsafe {
-        libc::madvise(start as *mut libc::c_void, len, libc::MADV_DONTNEED);
-    }
 }
 
 /// Frees what OpenSSL keeps for the calling thread alone: its two random generators (a

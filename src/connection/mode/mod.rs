@@ -342,7 +342,9 @@ impl Phase<'_> {
         }
     }
 
-    /// Relays between the two ends until both are done, and records how it went.
+    /// Relays between the two ends until both are done, and records how it went. Always inlined,
+    /// as the modes' `run` are: see mode::forward::run.
+    #[inline(always)]
     fn relay(
         &self,
         client: &mut impl Endpoint,
