@@ -56,7 +56,6 @@ fn settled_threads(pid: i32) -> Vec<Held> {
             ))
         })
         .collect();
-    let pagemap = std::fs::read(format!("/proc/{pid}/pagemap")).ok();
     let mut held = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let task = task.unwrap().path();
@@ -81,10 +80,7 @@ fn settled_threads(pid: i32) -> Vec<Held> {
         let Some(&(lo, hi)) = ranges.iter().find(|(lo, hi)| (*lo..*hi).contains(&sp)) else {
             continue;
         };
-        let resident = match &pagemap {
-            Some(_) => resident_pages(pid, lo, hi),
-            None => Vec::new(),
-        };
+        let resident = resident_pages(pid, lo, hi);
         held.push(Held {
             tid: task.file_name().unwrap().to_string_lossy().into_owned(),
             sp,
@@ -169,7 +165,11 @@ fn readable() -> bool {
         eprintln!("skipped: reads x86-64 system call numbers from /proc");
         return false;
     }
-    if std::fs::read(format!("/proc/{}/pagemap", std::process::id())).is_err() {
+    // One entry only: the file has one for every page of the address space.
+    let mut entry = [0u8; 8];
+    let own = std::fs::File::open("/proc/self/pagemap")
+        .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut entry, 0));
+    if own.is_err() {
         eprintln!("skipped: /proc/PID/pagemap cannot be read here");
         return false;
     }
