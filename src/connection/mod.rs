@@ -14,6 +14,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use openssl::ssl::{SslAcceptor, SslStream};
+
 use crate::config::AcceptProxy;
 use crate::limits::Slot;
 use crate::proxy_protocol::Inbound;
@@ -61,8 +63,10 @@ pub(crate) struct Job {
 
 /// Serves one admitted connection to its end and says how it went. `slot` is the connection's
 /// place under the caps: the count moves to the address a PROXY header names, and the server
-/// releases it once it has the report.
-pub(crate) fn run(job: Job, slot: &mut Slot, ctx: &Context) -> Report {
+/// releases it once it has the report, boxed: it is written into all along, and in this frame it
+/// would stay on the stack while the connection is held (see [`crate::sys::release_unused_stack`]).
+#[inline(always)]
+pub(crate) fn run(job: Job, slot: &mut Slot, ctx: &Context) -> Box<Report> {
     let Job {
         stream,
         peer,
@@ -70,7 +74,7 @@ pub(crate) fn run(job: Job, slot: &mut Slot, ctx: &Context) -> Report {
     } = job;
     // The TLS context current now is this connection's to its end, whatever a reload stores.
     let started = ctx.plan.start();
-    let mut report = Report::new(peer, Arc::clone(&ctx.service), ctx.plan.name());
+    let mut report = Report::boxed(peer, Arc::clone(&ctx.service), ctx.plan.name());
     let served = match client_address(&stream, accepted, slot, ctx, &mut report) {
         Err(outcome) => {
             report.held = Some(stream);
@@ -111,6 +115,9 @@ pub(crate) fn run(job: Job, slot: &mut Slot, ctx: &Context) -> Report {
 /// the TCP peer to that client. Returns the destination the header announced (`None` without a
 /// header, or for a LOCAL one): the address a PROXY header towards the upstream names. The
 /// outcome to report for a connection whose header was bad or whose client the cap refuses.
+/// Never inlined: reading the header is done before the relay, and its locals would otherwise
+/// size [`run`]'s frame, which stays on the stack while the connection is held.
+#[inline(never)]
 fn client_address(
     stream: &Stream,
     accepted: Instant,
@@ -140,6 +147,12 @@ fn client_address(
 
 /// The handshake and the data phase, on a socket of either family; `registered` is the
 /// connection's entry in the registry, which gets its TLS facts after the handshake.
+///
+/// This frame, and every one above it, stays on the stack while the relay waits on a held
+/// connection, so what is done only before the relay (the handshake and its checks) is in
+/// [`terminate`], a frame of its own that is gone by then. Never inlined, so that [`run`] does not
+/// carry a copy for each socket family in its own frame.
+#[inline(never)]
 fn serve<S: Socket + Endpoint>(
     stream: S,
     started: &Started<'_>,
@@ -148,20 +161,54 @@ fn serve<S: Socket + Endpoint>(
     registered: &mut Registered<'_>,
     report: &mut Report,
 ) -> Result<(), Outcome> {
-    stream
-        .set_nonblocking(true)
-        .map_err(|e| Outcome::Io(format!("setting non-blocking mode: {e}")))?;
-    // The greeting and small replies go out at once rather than waiting on Nagle.
-    stream.set_nodelay();
     let (acceptor, served) = match started {
         Started::Originate {
             connector,
             upstream,
         } => {
+            prepare(&stream)?;
             return mode::client::run(stream, upstream, connector, gate, phase, registered, report);
         }
         Started::Terminate { acceptor, phase } => (acceptor, *phase),
     };
+    let (tls, route) = terminate(stream, acceptor, served, phase, gate, registered, report)?;
+    match served {
+        Served::Greet { greeting } => mode::greet::run(tls, greeting, phase, report),
+        Served::Echo => mode::echo::run(tls, phase, report),
+        Served::Forward { proxy_protocol, .. } => {
+            // Forward always has a set: its own, or the route's.
+            let Some(upstream) = served.forward_upstream(route) else {
+                return Err(Outcome::Io("forward mode without an upstream".into()));
+            };
+            mode::forward::run(tls, upstream, *proxy_protocol, phase, report)
+        }
+    }
+}
+
+/// Makes the client's socket non-blocking, and sends small writes at once.
+fn prepare<S: Socket>(stream: &S) -> Result<(), Outcome> {
+    stream
+        .set_nonblocking(true)
+        .map_err(|e| Outcome::Io(format!("setting non-blocking mode: {e}")))?;
+    // The greeting and small replies go out at once rather than waiting on Nagle.
+    stream.set_nodelay();
+    Ok(())
+}
+
+/// The server side's handshake with the client, its checks after the handshake, and the TLS
+/// facts in the report and the registry; the TLS stream and the index of the route the
+/// ClientHello chose. Never inlined, so that none of this sizes [`serve`]'s frame.
+#[inline(never)]
+fn terminate<S: Socket + Endpoint>(
+    stream: S,
+    acceptor: &SslAcceptor,
+    served: &Served,
+    phase: &Phase<'_>,
+    gate: &Gate,
+    registered: &mut Registered<'_>,
+    report: &mut Report,
+) -> Result<(SslStream<S>, Option<usize>), Outcome> {
+    prepare(&stream)?;
     // Greet mode writes everything right after the handshake and closes, so its last handshake
     // flight, greeting, close_notify and FIN can share one segment; the relaying modes never
     // cork (their drains are gathered into one send instead), so the tickets are not held back
@@ -179,7 +226,7 @@ fn serve<S: Socket + Endpoint>(
     )?;
 
     let ssl = tls.ssl();
-    // The route the ClientHello chose: its name for the line, its upstream set below.
+    // The route the ClientHello chose: its name for the line, its upstream set in `serve`.
     let route = crate::tls::route(ssl);
     report.route = route.map(|(_, name)| name.to_string());
     if let Some(why) = crate::tls::access_refusal(ssl) {
@@ -204,16 +251,6 @@ fn serve<S: Socket + Endpoint>(
         .peer_certificate()
         .map(|c| crate::tls::subject(&c));
     registered.accepted(tls.ssl(), report.sni.clone());
-
-    match served {
-        Served::Greet { greeting } => mode::greet::run(tls, greeting, phase, report),
-        Served::Echo => mode::echo::run(tls, phase, report),
-        Served::Forward { proxy_protocol, .. } => {
-            // Forward always has a set: its own, or the route's.
-            let Some(upstream) = served.forward_upstream(route.map(|(i, _)| i)) else {
-                return Err(Outcome::Io("forward mode without an upstream".into()));
-            };
-            mode::forward::run(tls, upstream, *proxy_protocol, phase, report)
-        }
-    }
+    let route = route.map(|(i, _)| i);
+    Ok((tls, route))
 }

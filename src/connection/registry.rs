@@ -157,6 +157,9 @@ impl Registry {
 
     /// Enters a connection its thread just took (its PROXY header read, when it has one), in its
     /// handshake, until the guard drops.
+    // Never inlined: the entry is built on the stack before it moves into its Arc, and inlined it
+    // would size connection::run's frame, which stays on the stack while the connection is held.
+    #[inline(never)]
     pub(crate) fn register(
         &self,
         service: Arc<str>,

@@ -213,6 +213,14 @@ pub(crate) struct Report {
 }
 
 impl Report {
+    /// [`Report::new`], made where it is kept: a served connection's report lives on the heap,
+    /// since built in the caller's frame and moved into a box it would size a frame that stays on
+    /// the stack while the connection is held (see [`crate::sys::release_unused_stack`]).
+    #[inline(never)]
+    pub(crate) fn boxed(peer: Peer, service: Arc<str>, mode: &'static str) -> Box<Report> {
+        Box::new(Report::new(peer, service, mode))
+    }
+
     /// A connection from `peer` to `service` that has not got anywhere yet.
     pub(crate) fn new(peer: Peer, service: Arc<str>, mode: &'static str) -> Report {
         Report {

@@ -125,7 +125,9 @@ fn wake(wait: &mut Option<Interest>, revents: libc::c_short) {
 }
 
 /// Ends `end`'s sending side (close_notify, or a FIN) within [`CLOSE_TIMEOUT`], when the peer
-/// still takes bytes.
+/// still takes bytes. Never inlined: it runs only as the relay ends, and would otherwise size the
+/// loops' frames, which stay on the stack while a held connection waits.
+#[inline(never)]
 fn close_now(end: &mut impl Endpoint) {
     let deadline = Instant::now() + CLOSE_TIMEOUT;
     loop {
@@ -171,7 +173,10 @@ impl Bounds<'_> {
     /// Waits on the relay's sockets (and the shutdown signal) until one is ready, the idle timeout
     /// runs out since `last`, the lifetime ends or the drain does; or, when `settled` is false,
     /// until the relay has been quiet for [`QUIET`]. `Ok(None)` means a socket is ready: `fds`
-    /// says which.
+    /// says which. Always inlined into the loops: a frame of its own would be one more on the stack
+    /// that stays resident while a held connection waits (docs/scaling.md, "The connection
+    /// thread's stack").
+    #[inline(always)]
     fn wait(
         &self,
         fds: &mut [libc::pollfd],
@@ -232,7 +237,10 @@ impl Bounds<'_> {
 /// ends. A client that writes without reading fills the
 /// buffer and then is no longer read, so memory stays at one [`BUF_SIZE`] buffer.
 pub fn echo(tls: &mut impl Endpoint, bounds: &Bounds) -> RelayResult {
-    let mut lane = Lane::new();
+    // On the heap, not in this frame: the frames down to the wait stay on the stack while a held
+    // connection waits, and are kept within two pages (docs/scaling.md, "The connection thread's
+    // stack").
+    let mut lane = Box::new(Lane::new());
     let end = echo_loop(tls, &mut lane, bounds);
     RelayResult {
         bytes_in: lane.read,
@@ -245,14 +253,16 @@ fn echo_loop(tls: &mut impl Endpoint, lane: &mut Lane, bounds: &Bounds) -> Relay
     let mut last = Instant::now();
     // Whether the memory of the current quiet spell was already given back.
     let mut settled = false;
+    // Whether the last wait ended in a quiet spell's settling, after which nothing can move.
+    let mut just_settled = false;
     loop {
-        let mut moved = lane.fill(tls).map_err(client_fault);
-        if let Ok(read) = moved {
-            moved = lane
-                .drain(tls)
-                .map(|wrote| read | wrote)
-                .map_err(client_fault);
-        }
+        let moved = if std::mem::take(&mut just_settled) {
+            // The wait timed out with every blocked operation still waiting: nothing can move,
+            // and a step would go deeper than the wait (see `give_back_stack`).
+            Ok(false)
+        } else {
+            echo_step(tls, lane)
+        };
         match moved {
             Err(end) => return end,
             Ok(true) => {
@@ -276,7 +286,9 @@ fn echo_loop(tls: &mut impl Endpoint, lane: &mut Lane, bounds: &Bounds) -> Relay
             Ok(Some(Timer::Quiet)) => {
                 tls.release();
                 settle(&mut [&mut *lane]);
+                give_back_stack();
                 settled = true;
+                just_settled = true;
             }
             Ok(Some(timer)) => {
                 close_now(tls);
@@ -288,6 +300,15 @@ fn echo_loop(tls: &mut impl Endpoint, lane: &mut Lane, bounds: &Bounds) -> Relay
             }
         }
     }
+}
+
+/// Reads what the client sent and writes it back, until either would block. True when any byte
+/// moved. Never inlined, as [`step`] is not.
+#[inline(never)]
+fn echo_step(tls: &mut impl Endpoint, lane: &mut Lane) -> Result<bool, RelayEnd> {
+    let read = lane.fill(tls).map_err(client_fault)?;
+    let wrote = lane.drain(tls).map_err(client_fault)?;
+    Ok(read | wrote)
 }
 
 impl Timer {
@@ -303,14 +324,13 @@ impl Timer {
 }
 
 /// Gives back what a quiet connection does not need while it waits (its ends' gathering memory the
-/// caller gives back): the lanes' empty buffers, the stack pages below this frame, which the
-/// handshake touched and nothing will read again, this thread's OpenSSL state (random generators,
-/// error queue), and the heap's free pages.
+/// caller gives back): the lanes' empty buffers, this thread's OpenSSL state (random generators,
+/// error queue), and the heap's free pages. The stack is [`give_back_stack`]'s, after this.
+#[inline(never)]
 fn settle(lanes: &mut [&mut Lane]) {
     for lane in lanes {
         lane.buf.release();
     }
-    crate::sys::release_unused_stack();
     // Before the trim, so that what OpenSSL frees is among what the trim can give back.
     crate::sys::release_openssl_thread_state();
     // Trimming walks every arena's free lists under its lock, so when many connections fall
@@ -325,6 +345,17 @@ fn settle(lanes: &mut [&mut Lane]) {
     {
         crate::sys::trim_heap();
     }
+}
+
+/// Gives back the stack below the calling loop's frame, once [`settle`] has run: freeing OpenSSL's
+/// state and trimming the heap go deeper than the wait does, and would fault back in the pages
+/// they touch. Called from the loop's own frame (this is always inlined, as the release is), and
+/// the loop then goes straight back to its wait, without a step (a call, whose frame would fault
+/// a given-back page in again): what stays resident is the frames down to the wait, two pages
+/// (docs/scaling.md, "The connection thread's stack").
+#[inline(always)]
+fn give_back_stack() {
+    crate::sys::release_unused_stack();
 }
 
 /// The least time between two heap trims, process-wide.
@@ -365,10 +396,10 @@ pub fn forward(
     preamble: &[u8],
     bounds: &Bounds,
 ) -> RelayResult {
-    // Client → upstream and upstream → client.
-    let mut up = Lane::with_preamble(preamble);
-    let mut down = Lane::new();
-    let end = forward_loop(client, upstream, &mut up, &mut down, bounds);
+    // Client → upstream and upstream → client. Boxed, as echo's lane is: see `echo`.
+    let mut lanes = Box::new([Lane::with_preamble(preamble), Lane::new()]);
+    let [up, down] = &mut *lanes;
+    let end = forward_loop(client, upstream, up, down, bounds);
     RelayResult {
         bytes_in: up.read,
         bytes_out: down.written,
@@ -386,8 +417,16 @@ fn forward_loop(
     let mut last = Instant::now();
     // Whether the memory of the current quiet spell was already given back.
     let mut settled = false;
+    // Whether the last wait ended in a quiet spell's settling, after which nothing can move.
+    let mut just_settled = false;
     loop {
-        let moved = step(client, upstream, up, down);
+        let moved = if std::mem::take(&mut just_settled) {
+            // The wait timed out with every blocked operation still waiting: nothing can move,
+            // and a step would go deeper than the wait (see `give_back_stack`).
+            Ok(false)
+        } else {
+            step(client, upstream, up, down)
+        };
         if let Some(end) = cut_short(up, down) {
             return end;
         }
@@ -419,7 +458,9 @@ fn forward_loop(
                 client.release();
                 upstream.release();
                 settle(&mut [&mut *up, &mut *down]);
+                give_back_stack();
                 settled = true;
+                just_settled = true;
             }
             Ok(Some(timer)) => {
                 if !down.shut {
@@ -455,7 +496,10 @@ fn cut_short(up: &Lane, down: &Lane) -> Option<RelayEnd> {
     }
 }
 
-/// Moves what can move without waiting, both ways. True when any byte moved.
+/// Moves what can move without waiting, both ways. True when any byte moved. Never inlined: the
+/// I/O and its failures' texts would otherwise size [`forward_loop`]'s frame, which stays on the
+/// stack while a held connection waits; one call per wake-up, never per byte.
+#[inline(never)]
 fn step(
     client: &mut impl Endpoint,
     upstream: &mut impl Endpoint,

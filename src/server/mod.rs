@@ -312,7 +312,7 @@ impl Server {
             e.listener.set_nonblocking()?;
         }
         let workers = Arc::new(Workers::new(
-            |admitted: Admitted| {
+            |admitted: Box<Admitted>| {
                 let shared = Arc::clone(&admitted.service);
                 shared.serve(admitted);
             },
@@ -500,13 +500,20 @@ fn admit(stream: Stream, peer: Peer, shared: &Arc<Shared>, workers: &Arc<Workers
 impl Shared {
     /// One connection, on its thread: handed to the connection room once, then its report
     /// counted and logged.
-    fn serve(&self, admitted: Admitted) {
+    // Always inlined (into the pool's closure), with connection::run into it: each frame between
+    // the thread's start and the relay's wait stays on the stack while a held connection waits,
+    // and merged they cost less than apart (docs/scaling.md, "The connection thread's stack").
+    // Taken boxed, and unboxed in this frame: moved out of the box by the caller instead, the
+    // fields cost that frame 80 bytes more, enough to push the wait into a third page.
+    #[allow(clippy::boxed_local)]
+    #[inline(always)]
+    fn serve(&self, admitted: Box<Admitted>) {
         let Admitted {
             job,
             mut slot,
             process_slot,
             ..
-        } = admitted;
+        } = *admitted;
         let report = connection::run(job, &mut slot, &self.connections);
         self.finish(&report, slot, process_slot);
         // A connection the report still holds (a bad PROXY header, a refusal) closes now.
@@ -515,7 +522,10 @@ impl Shared {
 
     /// Counts the report in the metrics and writes its line: the `conn` line (rate-limited per
     /// cause for failed handshakes under `--log-failed-handshakes`), or the `refused` line for a
-    /// client the per-address cap turned away once its PROXY header named it.
+    /// client the per-address cap turned away once its PROXY header named it. Never inlined: the
+    /// line's formatting would otherwise size [`Shared::serve`]'s frame, which stays live on the
+    /// stack while the connection is held (see [`crate::sys::release_unused_stack`]).
+    #[inline(never)]
     fn finish(&self, report: &Report, mut slot: Slot, mut process_slot: Slot) {
         if let Outcome::Refused(why) = report.outcome {
             // The line first, as for a refusal at accept; then dropping the report closes it.

@@ -39,8 +39,10 @@ pub(crate) struct Admitted {
     pub(crate) service: Arc<Shared>,
 }
 
-/// Serves one connection to its end, on the thread that took it.
-type Serve = Box<dyn Fn(Admitted) + Send + Sync>;
+/// Serves one connection to its end, on the thread that took it. The connection comes boxed, so
+/// that the frames that stay live while it is served (std's thread start, [`Workers::work`]) hold
+/// a pointer to it, not the whole of it: see [`crate::sys::release_unused_stack`].
+type Serve = Box<dyn Fn(Box<Admitted>) + Send + Sync>;
 
 /// What the accept loop shares with the connection threads it starts.
 pub(crate) struct Workers {
@@ -58,7 +60,7 @@ pub(crate) struct Workers {
 #[derive(Default)]
 struct Pool {
     parked: usize,
-    jobs: VecDeque<Admitted>,
+    jobs: VecDeque<Box<Admitted>>,
     /// Connection threads started and not yet exited, parked ones included.
     threads: usize,
 }
@@ -71,7 +73,7 @@ fn unserved(peer: Peer, service: Arc<str>, reason: String) {
 
 impl Workers {
     pub(crate) fn new(
-        serve: impl Fn(Admitted) + Send + Sync + 'static,
+        serve: impl Fn(Box<Admitted>) + Send + Sync + 'static,
         thread_budget: usize,
     ) -> Workers {
         Workers {
@@ -89,6 +91,7 @@ impl Workers {
 
     /// Gives the connection to a parked thread, or starts a new one for it.
     pub(crate) fn dispatch(self: &Arc<Self>, admitted: Admitted) {
+        let admitted = Box::new(admitted);
         let mut pool = self.lock();
         if pool.jobs.len() < pool.parked {
             pool.jobs.push_back(admitted);
@@ -129,7 +132,7 @@ impl Workers {
 
     /// Serves `admitted`, then waits parked for the next one until the pool is full or none
     /// comes.
-    fn work(&self, mut admitted: Admitted) {
+    fn work(&self, mut admitted: Box<Admitted>) {
         loop {
             (self.serve)(admitted);
             let mut pool = self.lock();

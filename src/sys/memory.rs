@@ -62,23 +62,84 @@ const fn as_c_chars<const N: usize>(text: &[u8]) -> [c_char; N] {
     out
 }
 
-/// Room left untouched below the marker in [`release_unused_stack`]'s frame: the rest of that frame
-/// (a few hundred bytes) and the return address of the madvise(2) call, which are live while the
-/// pages below are given back. Every page that reaches into this room is kept.
-const STACK_MARGIN: usize = 1024;
+/// Room kept below the stack pointer where the stack is given back through libc's madvise(2)
+/// (not on x86-64, which makes the call inline): the wrapper's return address and frame, and
+/// AArch64's or any other ABI's use of the space just below the stack pointer. Every page that
+/// reaches into this room is kept.
+#[cfg(not(target_arch = "x86_64"))]
+const STACK_MARGIN: usize = 256;
 
-/// Gives the kernel back the pages of this thread's stack that lie below the caller's frame (less
-/// [`STACK_MARGIN`]). Nothing live is there: the stack grows down, and what deeper calls (the TLS
-/// handshake) left behind is never read again. The pages stay mapped, and a later call that goes
-/// that deep faults in zeroed pages as it would on a new thread. A held idle connection then keeps
-/// only the few pages its wait uses resident, instead of everything its handshake touched.
-/// Does nothing where the stack's bounds cannot be read.
+/// Gives the kernel back the pages of this thread's stack that lie wholly below the stack pointer.
+/// Nothing live is there: the stack grows down, and what deeper calls (the TLS handshake,
+/// OpenSSL's cleanup, the heap trim) left behind is never read again. The pages stay mapped, and a
+/// later call that goes that deep faults in zeroed pages as it would on a new thread. A held idle
+/// connection then keeps only the pages its frames and its wait use resident, instead of
+/// everything its handshake touched. Does nothing where the stack's bounds cannot be read.
+///
+/// Always inlined, and the cut taken at the stack pointer itself rather than under a frame with a
+/// margin: the frames from the thread's start down to the relay's poll are kept within two pages
+/// (docs/scaling.md, "The connection thread's stack"), a hundred bytes or so above the second
+/// page's end, and a frame of this function's own or a margin would reach into a third page and
+/// keep it. The relay calls this last, from its loop's own frame, after everything else it gives
+/// back, and then waits with nothing deeper in between.
+#[inline(always)]
 pub fn release_unused_stack() {
+    let Some((low, high)) = stack_bounds() else {
+        return;
+    };
+    let sp = stack_pointer();
+    if sp <= low || sp > high {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: madvise(MADV_DONTNEED) of [low, rsp rounded down to a page): this thread's own
+    // stack below the stack pointer, where no live frame is (the stack grows down). The asm is
+    // not `nostack`, so the compiler keeps nothing it will read again below the stack pointer
+    // (no red zone) across it; the system call itself writes nothing there. The range is empty
+    // (and nothing is done) when the stack pointer is in the stack's lowest page. MADV_DONTNEED
+    // only drops the pages' contents, which nothing reads before writing; a failure changes
+    // nothing. The syscall clobbers rcx, r11 and the flags, rax holds its result.
+    unsafe {
+        std::arch::asm!(
+            "mov rsi, rsp",
+            "and rsi, -4096",
+            "cmp rsi, rdi",
+            "jbe 2f",
+            "sub rsi, rdi",
+            "syscall",
+            "2:",
+            inlateout("rax") libc::SYS_madvise => _,
+            in("rdi") low,
+            out("rsi") _,
+            in("rdx") libc::MADV_DONTNEED,
+            lateout("rcx") _,
+            lateout("r11") _,
+        );
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let top = sp.saturating_sub(STACK_MARGIN) & !4095;
+        if top > low {
+            // SAFETY: [low, top) is this thread's own stack below the stack pointer by the
+            // margin, where no live frame is; MADV_DONTNEED only drops the pages' contents,
+            // which nothing reads before writing; a failure changes nothing.
+            unsafe {
+                libc::madvise(low as *mut libc::c_void, top - low, libc::MADV_DONTNEED);
+            }
+        }
+    }
+}
+
+/// The calling thread's stack, lowest and highest address; None where they cannot be read. Never
+/// inlined: its locals (the attributes glibc fills in) are below the stack pointer by the time the
+/// stack is given back.
+#[inline(never)]
+fn stack_bounds() -> Option<(usize, usize)> {
     // SAFETY: an all-zero pthread_attr_t is only a place for pthread_getattr_np to fill in.
     let mut attr: libc::pthread_attr_t = unsafe { std::mem::zeroed() };
     // SAFETY: pthread_getattr_np initialises `attr` for the calling thread, which exists.
     if unsafe { libc::pthread_getattr_np(libc::pthread_self(), &mut attr) } != 0 {
-        return;
+        return None;
     }
     let mut low: *mut libc::c_void = std::ptr::null_mut();
     let mut size: libc::size_t = 0;
@@ -89,24 +150,31 @@ pub fn release_unused_stack() {
         libc::pthread_attr_destroy(&mut attr);
         found
     };
-    if !found {
-        return;
-    }
-    let marker = 0u8;
-    let here = std::hint::black_box(&marker) as *const u8 as usize;
-    let low = low as usize;
-    // Whole pages only, all of them at least STACK_MARGIN below this frame.
-    let page = 4096;
-    let top = here.saturating_sub(STACK_MARGIN) & !(page - 1);
-    if top <= low || here > low + size {
-        return;
-    }
-    // SAFETY: [low, top) is this thread's own stack below every live frame (the stack grows down
-    // and `top` is under this function's frame by the margin). MADV_DONTNEED only drops the
-    // pages' contents, which nothing will read before writing; a failure changes nothing.
+    found.then(|| (low as usize, low as usize + size))
+}
+
+/// The stack pointer where this is inlined.
+#[inline(always)]
+fn stack_pointer() -> usize {
+    let sp: usize;
+    // SAFETY: the instruction only copies the stack pointer into a register; it reads no memory
+    // and changes nothing else.
+    #[cfg(target_arch = "x86_64")]
     unsafe {
-        libc::madvise(low as *mut libc::c_void, top - low, libc::MADV_DONTNEED);
+        std::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack, preserves_flags));
     }
+    // SAFETY: as above, on AArch64.
+    #[cfg(target_arch = "aarch64")]
+    unsafe {
+        std::arch::asm!("mov {}, sp", out(reg) sp, options(nomem, nostack, preserves_flags));
+    }
+    // Elsewhere a local's address, which is in this frame; STACK_MARGIN covers what lies below.
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let marker = 0u8;
+        sp = std::hint::black_box(&marker) as *const u8 as usize;
+    }
+    sp
 }
 
 /// Frees what OpenSSL keeps for the calling thread alone: its two random generators (a

@@ -42,6 +42,10 @@ fn timeout_ms(deadline: Option<Instant>) -> libc::c_int {
 
 /// Polls a set of descriptors until one is ready or the deadline passes. Returns the number ready
 /// (0 on timeout); each entry's `revents` says which. Retries on EINTR with the remaining time.
+/// Always inlined: it is the last frame above libc's while a held connection waits, and a frame of
+/// its own would be one more on the stack that stays resident (docs/scaling.md, "The connection
+/// thread's stack").
+#[inline(always)]
 pub fn poll(fds: &mut [libc::pollfd], deadline: Option<Instant>) -> io::Result<usize> {
     loop {
         let timeout = timeout_ms(deadline);

@@ -29,6 +29,7 @@ mod dual_stack;
 mod file_reload;
 mod gen_ca;
 mod greet;
+mod held_memory;
 mod hostile;
 mod import_stunnel;
 mod log_format;

@@ -6,6 +6,8 @@
 //! TLS-only service must never mistake a refused or unverified upstream for an empty answer, and
 //! the log line says why.
 
+use openssl::ssl::SslStream;
+
 use super::{Phase, close_plain};
 use crate::connection::gate::Gate;
 use crate::connection::handshake::originate;
@@ -55,10 +57,26 @@ fn originate_and_relay<S: Socket + Endpoint, U: Socket>(
     registered: &mut Registered<'_>,
     report: &mut Report,
 ) -> Result<(), Outcome> {
+    let mut tls = handshake(up, connector, gate, phase, registered, report)?;
+    phase.relay(plain, &mut tls, &[], report)
+}
+
+/// TLS with the upstream by the handshake deadline, and its facts in the report and the registry.
+/// Never inlined: this is done before the relay, and [`originate_and_relay`]'s frame stays on the
+/// stack while the connection is held (see [`crate::sys::release_unused_stack`]).
+#[inline(never)]
+fn handshake<U: Socket>(
+    up: U,
+    connector: &Connector,
+    gate: &Gate,
+    phase: &Phase<'_>,
+    registered: &mut Registered<'_>,
+    report: &mut Report,
+) -> Result<SslStream<U>, Outcome> {
     let deadline = phase.accepted + phase.settings.handshake_timeout;
     // The address connected to: its last session is the one to offer.
     let addr = report.upstream.clone().unwrap_or_default();
-    let mut tls = originate(
+    let tls = originate(
         connector,
         &addr,
         up,
@@ -75,5 +93,5 @@ fn originate_and_relay<S: Socket + Endpoint, U: Socket>(
         .ssl()
         .peer_certificate()
         .map(|c| crate::tls::subject(&c));
-    phase.relay(plain, &mut tls, &[], report)
+    Ok(tls)
 }

@@ -16,6 +16,10 @@ use crate::relay::Gathered;
 use crate::sys::{Socket, Stream};
 use crate::upstream::Upstream;
 
+// Always inlined into connection::serve, the frame above it: one frame fewer on the stack that
+// stays resident while a held connection waits (docs/scaling.md, "The connection thread's
+// stack"). What it does before the relay is in a frame of its own that is gone by then.
+#[inline(always)]
 pub(crate) fn run<S: Socket>(
     tls: SslStream<Gathered<S>>,
     upstream: &Upstream,
@@ -23,6 +27,24 @@ pub(crate) fn run<S: Socket>(
     phase: &Phase<'_>,
     report: &mut Report,
 ) -> Result<(), Outcome> {
+    let (mut tls, up, header) = open(tls, upstream, proxy, phase, report)?;
+    match up {
+        Stream::Tcp(mut up) => phase.relay(&mut tls, &mut up, &header, report),
+        Stream::Unix(mut up) => phase.relay(&mut tls, &mut up, &header, report),
+    }
+}
+
+/// Connects to the upstream and makes the PROXY header that goes first, if asked; on a failure the
+/// client is closed here. Never inlined: this is done before the relay, and [`run`]'s frame stays
+/// on the stack while the connection is held (see [`crate::sys::release_unused_stack`]).
+#[inline(never)]
+fn open<S: Socket>(
+    tls: SslStream<S>,
+    upstream: &Upstream,
+    proxy: Option<ProxyProtocol>,
+    phase: &Phase<'_>,
+    report: &mut Report,
+) -> Result<(SslStream<S>, Stream, Vec<u8>), Outcome> {
     let up = match phase.connect(upstream, report) {
         Ok(up) => up,
         Err(outcome) => {
@@ -50,9 +72,5 @@ pub(crate) fn run<S: Socket>(
             }
         }
     };
-    let mut tls = tls;
-    match up {
-        Stream::Tcp(mut up) => phase.relay(&mut tls, &mut up, &header, report),
-        Stream::Unix(mut up) => phase.relay(&mut tls, &mut up, &header, report),
-    }
+    Ok((tls, up, header))
 }

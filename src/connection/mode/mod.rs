@@ -304,7 +304,9 @@ pub(crate) struct Phase<'a> {
 impl Phase<'_> {
     /// Connects to an address of the upstream set, each attempt within `--connect-timeout`, or by
     /// the drain's end if that comes first, and records the address in the report; the outcome to
-    /// log when every attempt failed.
+    /// log when every attempt failed. Never inlined: the modes that call it keep their frames on
+    /// the stack while the relay waits (see [`crate::sys::release_unused_stack`]).
+    #[inline(never)]
     fn connect(&self, upstream: &Upstream, report: &mut Report) -> Result<Stream, Outcome> {
         let attempt = || {
             if self.shutdown.is_cut() {
@@ -340,7 +342,9 @@ impl Phase<'_> {
         }
     }
 
-    /// Relays between the two ends until both are done, and records how it went.
+    /// Relays between the two ends until both are done, and records how it went. Always inlined,
+    /// as the modes' `run` are: see mode::forward::run.
+    #[inline(always)]
     fn relay(
         &self,
         client: &mut impl Endpoint,
