@@ -19,7 +19,7 @@ use openssl::ssl::{SslAcceptor, SslStream};
 use crate::config::AcceptProxy;
 use crate::limits::Slot;
 use crate::proxy_protocol::Inbound;
-use crate::relay::Endpoint;
+use crate::relay::{Endpoint, Gathered};
 use crate::shutdown::Shutdown;
 use crate::sys::{Socket, Stream};
 
@@ -207,7 +207,7 @@ fn terminate<S: Socket + Endpoint>(
     gate: &Gate,
     registered: &mut Registered<'_>,
     report: &mut Report,
-) -> Result<(SslStream<S>, Option<usize>), Outcome> {
+) -> Result<(SslStream<Gathered<S>>, Option<usize>), Outcome> {
     prepare(&stream)?;
     // Greet mode writes everything right after the handshake and closes, so its last handshake
     // flight, greeting, close_notify and FIN can share one segment; the relaying modes never

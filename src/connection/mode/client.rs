@@ -8,6 +8,8 @@
 
 use openssl::ssl::SslStream;
 
+use crate::relay::Gathered;
+
 use super::{Phase, close_plain};
 use crate::connection::gate::Gate;
 use crate::connection::handshake::originate;
@@ -72,7 +74,7 @@ fn handshake<U: Socket>(
     phase: &Phase<'_>,
     registered: &mut Registered<'_>,
     report: &mut Report,
-) -> Result<SslStream<U>, Outcome> {
+) -> Result<SslStream<Gathered<U>>, Outcome> {
     let deadline = phase.accepted + phase.settings.handshake_timeout;
     // The address connected to: its last session is the one to offer.
     let addr = report.upstream.clone().unwrap_or_default();

@@ -34,17 +34,20 @@ pub(crate) fn run<S: Socket>(
     }
 }
 
+/// What [`open`] hands the relay: the client's stream, the upstream and the PROXY header to send it.
+type Opened<S> = (SslStream<Gathered<S>>, Stream, Vec<u8>);
+
 /// Connects to the upstream and makes the PROXY header that goes first, if asked; on a failure the
 /// client is closed here. Never inlined: this is done before the relay, and [`run`]'s frame stays
 /// on the stack while the connection is held (see [`crate::sys::release_unused_stack`]).
 #[inline(never)]
 fn open<S: Socket>(
-    tls: SslStream<S>,
+    tls: SslStream<Gathered<S>>,
     upstream: &Upstream,
     proxy: Option<ProxyProtocol>,
     phase: &Phase<'_>,
     report: &mut Report,
-) -> Result<(SslStream<S>, Stream, Vec<u8>), Outcome> {
+) -> Result<Opened<S>, Outcome> {
     let up = match phase.connect(upstream, report) {
         Ok(up) => up,
         Err(outcome) => {
