@@ -83,19 +83,24 @@ pub(crate) fn run(job: Job, slot: &mut Slot, ctx: &Context) -> Box<Report> {
         Ok(announced_dst) => {
             // In the registry from here to the end, so the control socket lists it in its
             // handshake too; its stop ends the relay.
-            let mut registered =
-                ctx.registry
-                    .register(Arc::clone(&ctx.service), report.peer, report.via, accepted);
+            // Boxed, as the report is: this frame stays on the stack while the connection is
+            // held, and the two are most of what it would otherwise carry.
+            let mut registered = Box::new(ctx.registry.register(
+                Arc::clone(&ctx.service),
+                report.peer,
+                report.via,
+                accepted,
+            ));
             let (stop, live) = (registered.stop(), registered.live());
-            let phase = Phase {
+            let phase = Box::new(Phase {
                 settings: &ctx.settings,
                 shutdown: &ctx.shutdown,
                 accepted,
                 announced_dst,
                 stop: Some(&stop),
                 live: Some(&live),
-            };
-            let (gate, registered) = (&ctx.gate, &mut registered);
+            });
+            let (gate, registered) = (&ctx.gate, &mut *registered);
             match stream {
                 Stream::Tcp(s) => serve(s, &started, &phase, gate, registered, &mut report),
                 Stream::Unix(s) => serve(s, &started, &phase, gate, registered, &mut report),

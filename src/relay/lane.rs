@@ -321,6 +321,26 @@ mod tests {
         assert_eq!(lane.write_interest(&sink), None);
     }
 
+    /// The upstream sent its last bytes and waits for an answer: the lane is empty and its
+    /// source still open, and only the wait for POLLOUT can move what the send left.
+    #[test]
+    fn what_a_send_left_is_waited_for_while_the_source_stays_open() {
+        let mut lane = queued(2 * RECORD);
+        let mut sink = sink(
+            usize::MAX,
+            || Io::Blocked(Interest::Write),
+            vec![|| Io::Blocked(Interest::Write)],
+        );
+        assert!(matches!(lane.drain(&mut sink), Ok(true)));
+        assert!(lane.buf.is_empty() && !lane.eof);
+        assert_eq!(lane.write_interest(&sink), Some(Interest::Write));
+        lane.write_wait = None;
+        sink.log.clear();
+        assert!(matches!(lane.drain(&mut sink), Ok(true)));
+        assert_eq!(sink.log, vec!["send".to_string()]);
+        assert_eq!(lane.write_interest(&sink), None);
+    }
+
     #[test]
     fn a_lane_with_nothing_left_anywhere_asks_for_no_write() {
         let lane = Lane::new();

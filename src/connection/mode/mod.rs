@@ -359,6 +359,7 @@ impl Phase<'_> {
 
 /// Records a relay's byte counts and turns how it ended into the connection's outcome. The relay
 /// has already closed the TLS side as that end requires.
+#[inline(never)]
 fn relayed(result: RelayResult, report: &mut Report) -> Result<(), Outcome> {
     report.bytes_in = result.bytes_in;
     report.bytes_out = result.bytes_out;
