@@ -358,7 +358,8 @@ impl Phase<'_> {
 }
 
 /// Records a relay's byte counts and turns how it ended into the connection's outcome. The relay
-/// has already closed the TLS side as that end requires.
+/// has already closed the TLS side as that end requires. Never inlined: its match would size the
+/// frame [`Phase::relay`] is inlined into, which stays on the stack while a held connection waits.
 #[inline(never)]
 fn relayed(result: RelayResult, report: &mut Report) -> Result<(), Outcome> {
     report.bytes_in = result.bytes_in;
